@@ -1,0 +1,40 @@
+# echo-cam: `make demo` and `make test` do all set-up on a fresh machine.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+
+.PHONY: install lint format test demo demo-local bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test,bench]'
+	touch $@
+
+install: $(STAMP)
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: $(STAMP)
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+test: lint
+	$(BIN)/python -m pytest -ra
+
+# Local mode on the shipped sample recordings (weights: ECHOCAM_WEIGHTS, default imagenet).
+demo-local: $(STAMP)
+	rm -rf demo-out/local
+	$(BIN)/echocam run samples --out demo-out/local
+	@echo "open demo-out/local/*/overlay.png; manifest: demo-out/local/manifest.jsonl"
+
+demo: demo-local
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/run_all.py
+
+clean:
+	rm -rf demo-out .demo .pytest_cache .ruff_cache

@@ -1,0 +1,70 @@
+"""A small API for notebooks: explain one recording, get arrays and PIL images back."""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from echocam.errors import from_code
+from echocam.keys import output_key
+from echocam.pipeline import Explainer, Source
+from echocam.settings import Params, Settings
+
+
+@dataclass
+class Explanation:
+    """One recording explained: its record, its images and the arrays of ``cam.npz``."""
+
+    record: dict[str, Any]
+    spectrogram: Image.Image
+    overlay: Image.Image
+    arrays: dict[str, np.ndarray]  # spectrogram_db, window_starts_s, class_ids, cams, ...
+    inputs: list[Image.Image]  # 224x224 model inputs, with save_inputs=True
+
+
+@cache
+def _explainer(settings: Settings, params: Params) -> Explainer:
+    from echocam.local import load
+
+    return Explainer(load(settings), params, device=settings.device, batch_size=settings.batch_size)
+
+
+def explain_bytes(
+    data: bytes,
+    *,
+    name: str = "recording.wav",
+    weights: str = "imagenet",
+    device: str = "auto",
+    **params: Any,
+) -> Explanation:
+    """Explain audio ``data``; ``params`` are :class:`~echocam.settings.Params` fields.
+
+    Raises an :class:`~echocam.errors.EchoCamError` (with ``.code``) for bad input.  The model
+    is loaded once per (weights, device, params) and reused.
+    """
+    explainer = _explainer(Settings(weights=weights, device=device), Params(**params))
+    (result,) = explainer.explain([Source(name, data, len(data))])
+    rec = result.record
+    if rec["status"] != "ok":
+        raise from_code(rec["error_code"], rec["error_message"])
+    with np.load(io.BytesIO(result.files[output_key(name, "cam.npz")])) as npz:
+        arrays = {k: npz[k] for k in npz.files}
+    return Explanation(
+        record=rec,
+        spectrogram=Image.open(io.BytesIO(result.files[rec["outputs"]["spectrogram"]])),
+        overlay=Image.open(io.BytesIO(result.files[rec["outputs"]["overlay"]])),
+        arrays=arrays,
+        inputs=[Image.open(io.BytesIO(result.files[k])) for k in rec["outputs"]["inputs"]],
+    )
+
+
+def explain_file(path: str | Path, **kwargs: Any) -> Explanation:
+    """Explain the audio file at ``path`` (see :func:`explain_bytes` for the keywords)."""
+    path = Path(path)
+    return explain_bytes(path.read_bytes(), name=path.name, **kwargs)

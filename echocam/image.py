@@ -1,0 +1,51 @@
+"""Spectrogram dB → 8-bit magma RGB image → 224x224 ImageNet-normalised model input."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from echocam import colormaps
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+MODEL_SIZE = 224
+
+
+def minmax(x: torch.Tensor, *, dims: tuple[int, ...] = (-2, -1), eps: float = 0.0) -> torch.Tensor:
+    """Per-map min-max normalisation to [0, 1] over ``dims``; a constant map becomes zeros."""
+    lo = x.amin(dim=dims, keepdim=True)
+    x = x - lo
+    hi = x.amax(dim=dims, keepdim=True)
+    if eps:
+        return x / (hi + eps)
+    return torch.where(hi > 0, x / hi.clamp_min(torch.finfo(x.dtype).tiny), torch.zeros_like(x))
+
+
+def spectrogram_rgb(db: torch.Tensor, *, lut: torch.Tensor) -> torch.Tensor:
+    """dB (b, n_mels, t) → uint8 RGB (b, 3, n_mels, t), as ``librosa.display.specshow`` draws it.
+
+    Each window is scaled from its own min to max (specshow's default colour limits) and low
+    frequencies are at the bottom (row 0 is the highest mel band).
+    """
+    rgb = colormaps.apply(minmax(db).flip(-2), lut)  # (b, m, t, 3)
+    return rgb.permute(0, 3, 1, 2).contiguous()
+
+
+def model_image(rgb: torch.Tensor, *, size: int = MODEL_SIZE) -> torch.Tensor:
+    """uint8 RGB (b, 3, h, w) → uint8 (b, 3, size, size), bilinear with antialiasing.
+
+    The result is what the network sees; it is saved with ``--save-inputs``, so the CAM can be
+    recomputed from the PNG with torchvision alone.
+    """
+    resized = F.interpolate(
+        rgb.float(), size=(size, size), mode="bilinear", align_corners=False, antialias=True
+    )
+    return resized.round_().clamp_(0, 255).to(torch.uint8)
+
+
+def normalise(images: torch.Tensor) -> torch.Tensor:
+    """uint8 (b, 3, h, w) → float32 ImageNet-normalised (torchvision's ToTensor + Normalize)."""
+    mean = torch.tensor(IMAGENET_MEAN, device=images.device).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=images.device).view(1, 3, 1, 1)
+    return (images.float() / 255.0 - mean) / std

@@ -1,0 +1,305 @@
+"""The core: recordings in, outputs and records out.  Local mode and workers both call it."""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from echocam import audio, colormaps, records, render, windows
+from echocam.cam import display_maps, explain
+from echocam.errors import EchoCamError
+from echocam.image import model_image, normalise, spectrogram_rgb
+from echocam.keys import output_key
+from echocam.model import LoadedModel
+from echocam.settings import Params, fingerprint
+from echocam.spectrogram import MelSpectrogramDB
+
+
+@dataclass
+class Source:
+    """One recording to explain: its key relative to the input root, and its bytes."""
+
+    key: str
+    data: bytes | None = None
+    size: int | None = None
+    etag: str | None = None
+    error: EchoCamError | None = None  # set when it could not even be read
+
+
+@dataclass
+class Result:
+    """A recording's outputs (relative key → bytes) and its record, to be written last."""
+
+    record: dict
+    files: dict[str, bytes] = field(default_factory=dict)
+
+    @property
+    def record_key(self) -> str:
+        return self.record["record_key"]
+
+
+@dataclass
+class _Recording:
+    """Per-recording host buffers, filled batch by batch."""
+
+    index: int
+    audio: audio.Audio
+    starts: np.ndarray  # window start samples (w,)
+    length: int  # window length in samples
+    decode_s: float
+    compute_s: float = 0.0
+    host: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+class Explainer:
+    """Holds the model and the on-device transforms; ``explain`` turns sources into results."""
+
+    def __init__(
+        self, model: LoadedModel, params: Params, *, device: str = "auto", batch_size: int = 32
+    ):
+        self.model, self.params, self.batch_size = model, params, batch_size
+        self.device = resolve_device(device)
+        self.net = model.net.to(self.device)
+        self.spectrogram = MelSpectrogramDB(
+            sample_rate=params.sample_rate,
+            n_fft=params.n_fft,
+            hop_length=params.hop_length,
+            n_mels=params.n_mels,
+            fmin=params.fmin,
+            fmax=params.fmax,
+            top_db=params.top_db,
+        ).to(self.device)
+        self.magma = torch.from_numpy(colormaps.lut("magma").copy()).to(self.device)
+        self.plasma = torch.from_numpy(colormaps.lut("plasma").copy()).to(self.device)
+        self.class_ids = _class_ids(params.classes, model.class_names)
+        self.fingerprint = fingerprint(params, model.sha256)
+
+    # -- the whole path -------------------------------------------------------------------
+
+    def explain(self, sources: Sequence[Source]) -> list[Result]:
+        """Explain every source; a bad one yields a failed record, never an exception."""
+        bases = [
+            records.base_record(
+                source_key=s.key,
+                size=s.size,
+                etag=s.etag,
+                model=self.model.identity,
+                fingerprint=self.fingerprint,
+            )
+            for s in sources
+        ]
+        results: list[Result | None] = [None] * len(sources)
+        recs: list[_Recording] = []
+        for i, src in enumerate(sources):
+            try:
+                recs.append(self._decode(i, src))
+            except EchoCamError as e:
+                results[i] = Result(records.failed(bases[i], code=e.code, message=e.message))
+        if recs:
+            prob_sum = self._compute(recs)
+            for rec in recs:
+                results[rec.index] = self._assemble(rec, bases[rec.index], prob_sum[rec.index])
+        return [r for r in results if r is not None]
+
+    # -- stages -----------------------------------------------------------------------------
+
+    def _decode(self, index: int, src: Source) -> _Recording:
+        if src.error is not None:
+            raise src.error
+        t0 = time.perf_counter()
+        p = self.params
+        decoded = audio.decode(
+            src.data or b"",
+            sample_rate=p.sample_rate,
+            min_samples=p.n_fft,
+            max_duration_s=p.max_duration_s,
+            max_bytes=p.max_bytes,
+        )
+        n = decoded.samples.shape[0]
+        window = round(p.window_seconds * p.sample_rate)
+        hop = round(p.window_hop_seconds * p.sample_rate)
+        length = min(window, n)
+        starts = windows.window_starts(n, window=length, hop=hop)
+        return _Recording(index, decoded, starts, length, time.perf_counter() - t0)
+
+    @torch.inference_mode()
+    def _compute(self, recs: list[_Recording]) -> torch.Tensor:
+        """Run every window through the device in batches; returns summed probabilities (r, c)."""
+        p, k = self.params, self.params.k
+        prob_sum = torch.zeros(
+            max(r.index for r in recs) + 1, len(self.model.class_names), device=self.device
+        )
+        # Windows of one length batch together (every window but a short recording's own).
+        groups: dict[int, list[tuple[_Recording, int]]] = defaultdict(list)
+        for rec in recs:
+            w = len(rec.starts)
+            frames = 1 + rec.length // p.hop_length
+            rec.host = {
+                "spectrogram_db": np.empty((w, p.n_mels, frames), np.float32),
+                "spectrogram_rgb": np.empty((w, 3, p.n_mels, frames), np.uint8),
+                "overlay": np.empty((w, k, 3, p.n_mels, frames), np.uint8),
+                "class_ids": np.empty((w, k), np.int64),
+                "logits": np.empty((w, k), np.float32),
+                "probabilities": np.empty((w, k), np.float32),
+                "top_ids": np.empty((w, p.top_k), np.int64),
+                "top_probs": np.empty((w, p.top_k), np.float32),
+            }
+            if p.save_inputs:
+                rec.host["inputs"] = np.empty((w, 3, 224, 224), np.uint8)
+            for j in range(w):
+                groups[rec.length].append((rec, j))
+        for length, items in groups.items():
+            for b0 in range(0, len(items), self.batch_size):
+                batch = items[b0 : b0 + self.batch_size]
+                t0 = time.perf_counter()
+                self._batch(batch, length, prob_sum)
+                share = (time.perf_counter() - t0) / len(batch)
+                for rec, _ in batch:
+                    rec.compute_s += share
+        return prob_sum.cpu()
+
+    def _batch(
+        self, batch: list[tuple[_Recording, int]], length: int, prob_sum: torch.Tensor
+    ) -> None:
+        p = self.params
+        waves = np.stack(
+            [rec.audio.samples[rec.starts[j] : rec.starts[j] + length] for rec, j in batch]
+        )
+        waves_t = torch.from_numpy(waves).to(self.device, non_blocking=True)
+        db = self.spectrogram(waves_t)
+        rgb = spectrogram_rgb(db, lut=self.magma)
+        img8 = model_image(rgb)
+        ex = explain(self.net, normalise(img8), top_k=p.top_k, class_ids=self.class_ids)
+        maps = display_maps(ex.cams, size=(db.shape[-2], db.shape[-1]))
+        ov = render.overlay(rgb, maps, lut=self.plasma, alpha=p.alpha)
+        top = ex.probs.topk(p.top_k, dim=-1)
+        rec_idx = torch.tensor([rec.index for rec, _ in batch], device=self.device)
+        prob_sum.index_add_(0, rec_idx, ex.probs)
+        out = {
+            "spectrogram_db": db,
+            "spectrogram_rgb": rgb,
+            "overlay": ov,
+            "class_ids": ex.class_ids,
+            "logits": ex.logits.gather(1, ex.class_ids),
+            "probabilities": ex.probs.gather(1, ex.class_ids),
+            "top_ids": top.indices,
+            "top_probs": top.values,
+            "cams": ex.cams,
+        }
+        if p.save_inputs:
+            out["inputs"] = img8
+        host = {name: t.cpu().numpy() for name, t in out.items()}  # the one copy per batch
+        for i, (rec, j) in enumerate(batch):
+            if "cams" not in rec.host:
+                rec.host["cams"] = np.empty((len(rec.starts),) + host["cams"].shape[1:], np.float32)
+            for name, arr in host.items():
+                rec.host[name][j] = arr[i]
+
+    def _assemble(self, rec: _Recording, base: dict, prob_sum: torch.Tensor) -> Result:
+        t0 = time.perf_counter()
+        p, h, names = self.params, rec.host, self.model.class_names
+        key = base["source_key"]
+        columns = np.rint(rec.starts / p.hop_length).astype(np.int64)
+        spec = render.stitch(h["spectrogram_rgb"], columns)  # (3, m, t)
+        ov = render.stitch(h["overlay"], columns)  # (k, 3, m, t): one band per explained class
+        ov = np.concatenate(list(ov), axis=1)  # (3, k*m, t)
+        level = p.png_compress_level
+        files = {
+            output_key(key, "spectrogram.png"): render.encode_png(spec, compress_level=level),
+            output_key(key, "overlay.png"): render.encode_png(ov, compress_level=level),
+        }
+        starts_s = rec.starts / p.sample_rate
+        npz = io.BytesIO()
+        np.savez(
+            npz,
+            spectrogram_db=h["spectrogram_db"],
+            window_starts_s=starts_s,
+            class_ids=h["class_ids"],
+            logits=h["logits"],
+            probabilities=h["probabilities"],
+            cams=h["cams"],
+            params=np.array(json.dumps(p.to_dict(), sort_keys=True)),
+            model_sha256=np.array(self.model.sha256),
+            class_names=np.array(names),
+        )
+        files[output_key(key, "cam.npz")] = npz.getvalue()
+        inputs = []
+        for j, img in enumerate(h.get("inputs", ())):
+            inputs.append(output_key(key, f"inputs/window_{j:05d}.png"))
+            files[inputs[-1]] = render.encode_png(img, compress_level=level)
+
+        def cls(i: int, prob: float, logit: float | None = None) -> dict:
+            d = {"class_id": int(i), "class_name": names[i], "probability": round(float(prob), 6)}
+            if logit is not None:
+                d["logit"] = round(float(logit), 5)
+            return d
+
+        mean = prob_sum / len(rec.starts)
+        agg = mean.topk(p.top_k)
+        window_rows = []
+        for j, start in enumerate(starts_s):
+            row = {
+                "start_s": round(float(start), 6),
+                "predictions": [
+                    cls(i, q) for i, q in zip(h["top_ids"][j], h["top_probs"][j], strict=True)
+                ],
+                "explained": [
+                    cls(i, q, lg)
+                    for i, q, lg in zip(
+                        h["class_ids"][j], h["probabilities"][j], h["logits"][j], strict=True
+                    )
+                ],
+            }
+            window_rows.append(row)
+        record = {
+            **base,
+            "status": "ok",
+            "duration_s": round(rec.audio.duration_s, 6),
+            "source_sample_rate": rec.audio.source_sample_rate,
+            "source_channels": rec.audio.source_channels,
+            "source_format": rec.audio.source_format,
+            "sample_rate": p.sample_rate,
+            "window_seconds": round(rec.length / p.sample_rate, 6),
+            "n_windows": len(rec.starts),
+            "windows": window_rows,
+            "top_predictions": [cls(i, q) for i, q in zip(agg.indices, agg.values, strict=True)],
+            "outputs": {
+                "spectrogram": output_key(key, "spectrogram.png"),
+                "overlay": output_key(key, "overlay.png"),
+                "cam": output_key(key, "cam.npz"),
+                "inputs": inputs,
+            },
+            "image_sizes": {
+                "spectrogram": [int(spec.shape[1]), int(spec.shape[2])],
+                "overlay": [int(ov.shape[1]), int(ov.shape[2])],
+            },
+        }
+        record["timings_s"] = {
+            "decode": round(rec.decode_s, 4),
+            "compute": round(rec.compute_s, 4),
+            "encode": round(time.perf_counter() - t0, 4),
+        }
+        return Result(record, files)
+
+
+def _class_ids(classes: Sequence[str], names: Sequence[str]) -> torch.Tensor | None:
+    if not classes:
+        return None
+    lookup = {n: i for i, n in enumerate(names)}
+    missing = [c for c in classes if c not in lookup]
+    if missing:
+        raise ValueError(f"unknown classes {missing}; the model's classes include {names[:5]}...")
+    return torch.tensor([lookup[c] for c in classes], dtype=torch.int64)

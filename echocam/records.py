@@ -1,0 +1,62 @@
+"""The per-recording record: what was computed, from what, by which model, and where it went."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from echocam.errors import TRANSIENT_CODES
+from echocam.keys import output_key
+
+SCHEMA_VERSION = 1
+
+
+def version() -> str:
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as _v
+
+    try:
+        return _v("echo-cam")
+    except PackageNotFoundError:  # running from a source tree that was never installed
+        return "0+unknown"
+
+
+def base_record(
+    *, source_key: str, size: int | None, etag: str | None, model: dict, fingerprint: str
+) -> dict[str, Any]:
+    """Fields every record has, ok or failed."""
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "source_key": source_key,
+        "source_size": size,
+        "source_etag": etag,
+        "status": "failed",
+        "error_code": None,
+        "error_message": None,
+        "model": model,
+        "fingerprint": fingerprint,
+        "echocam_version": version(),
+        "record_key": output_key(source_key, "record.json"),
+    }
+
+
+def failed(base: dict[str, Any], *, code: str, message: str) -> dict[str, Any]:
+    """``base`` as a failed record with a stable error ``code``."""
+    return {**base, "status": "failed", "error_code": code, "error_message": message, "outputs": {}}
+
+
+def dumps(record: dict[str, Any]) -> bytes:
+    return (json.dumps(record, indent=1, sort_keys=True, ensure_ascii=False) + "\n").encode()
+
+
+def is_current(record: dict[str, Any] | None, *, etag: str | None, fingerprint: str) -> bool:
+    """True when ``record`` already answers this source with this fingerprint (resume skips it).
+
+    A record failed for a transient reason (timeout, crashed worker, download) is not current:
+    the next run tries again.
+    """
+    if not record or record.get("fingerprint") != fingerprint:
+        return False
+    if etag is not None and record.get("source_etag") != etag:
+        return False
+    return record.get("status") == "ok" or record.get("error_code") not in TRANSIENT_CODES

@@ -1,0 +1,33 @@
+"""A run's description (``run.json`` under the output prefix): id, fingerprint, model, params."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Any
+
+from echocam.manifest import RUN_NAME, now_iso
+from echocam.records import version
+from echocam.settings import Params, fingerprint
+from echocam.storage import Store
+
+
+def describe(
+    *, model: dict[str, Any], params: Params, input_uri: str, output_uri: str, mode: str
+) -> dict[str, Any]:
+    """A new run: ``model`` is the model identity (``LoadedModel.identity``)."""
+    return {
+        "run_id": uuid.uuid4().hex,
+        "fingerprint": fingerprint(params, model["sha256"]),
+        "model": model,
+        "params": params.to_dict(),
+        "input": input_uri,
+        "output": output_uri,
+        "mode": mode,
+        "created_at": now_iso(),
+        "echocam_version": version(),
+    }
+
+
+def save(store: Store, run: dict[str, Any]) -> None:
+    store.put(RUN_NAME, (json.dumps(run, indent=1, sort_keys=True) + "\n").encode())

@@ -1,0 +1,141 @@
+"""One settings object: run parameters (they shape the outputs) and runtime settings (they don't).
+
+Both read ``ECHOCAM_<FIELD>`` from the environment; CLI flags (generated from the same fields)
+override them.  Only ``Params`` enters the run fingerprint, so changing a runtime setting
+(device, batch size) never reprocesses anything.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from dataclasses import dataclass, fields
+from typing import Any, Self, get_type_hints
+
+AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3")
+
+
+def _f(default: Any, help: str) -> Any:
+    return dataclasses.field(default=default, metadata={"help": help})
+
+
+@dataclass(frozen=True)
+class Params:
+    """Everything that changes a recording's outputs (with the model's sha256: the fingerprint)."""
+
+    sample_rate: int = _f(22050, "analysis sample rate, Hz (recordings are resampled to it)")
+    n_fft: int = _f(2048, "STFT frame length, samples")
+    hop_length: int = _f(200, "STFT hop, samples")
+    n_mels: int = _f(260, "mel bands")
+    fmin: float = _f(0.0, "lowest mel frequency, Hz")
+    fmax: float = _f(13000.0, "highest mel frequency, Hz (bands above Nyquist stay empty)")
+    top_db: float = _f(80.0, "dynamic range below each window's maximum, dB")
+    window_seconds: float = _f(5.0, "analysis window, seconds")
+    hop_seconds: float = _f(0.0, "window hop, seconds (0: equal to the window)")
+    top_k: int = _f(1, "classes predicted (and explained, unless --classes) per window")
+    classes: tuple[str, ...] = _f((), "explain these class names (comma-separated) instead")
+    alpha: float = _f(0.5, "opacity of the CAM over the spectrogram")
+    png_compress_level: int = _f(1, "PNG zlib level, 0 (fastest) to 9 (smallest)")
+    save_inputs: bool = _f(False, "also save each window's 224x224 model-input PNG")
+    max_duration_s: float = _f(1800.0, "longest recording accepted, seconds")
+    max_bytes: int = _f(1024**3, "largest object accepted, bytes")
+
+    def __post_init__(self) -> None:
+        if self.window_seconds <= 0 or self.hop_seconds < 0:
+            raise ValueError("window_seconds must be > 0 and hop_seconds >= 0")
+        if self.top_k < 1:
+            raise ValueError("top_k must be >= 1")
+        if not 0 <= self.png_compress_level <= 9:
+            raise ValueError("png_compress_level must be 0..9")
+        if not 0.0 <= self.alpha <= 1.0:
+            raise ValueError("alpha must be within [0, 1]")
+
+    @property
+    def window_hop_seconds(self) -> float:
+        return self.hop_seconds or self.window_seconds
+
+    @property
+    def k(self) -> int:
+        """Maps per window: the named classes, else the top-k."""
+        return len(self.classes) or self.top_k
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["classes"] = list(self.classes)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Self:
+        known = {f.name for f in fields(cls)}
+        kw = {k: v for k, v in d.items() if k in known}
+        if "classes" in kw:
+            kw["classes"] = tuple(kw["classes"])
+        return cls(**kw)
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None, **overrides: Any) -> Self:
+        return _from_env(cls, environ, overrides)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Where things are and how to run: never part of the fingerprint."""
+
+    weights: str = _f("imagenet", "imagenet | random | PATH | s3://bucket/key (checkpoint)")
+    seed: int = _f(0, "seed for --weights random")
+    device: str = _f("auto", "auto | cpu | cuda | cuda:N")
+    batch_size: int = _f(32, "windows per forward pass")
+    threads: int = _f(0, "torch threads per process (0: cores / worker processes)")
+    io_threads: int = _f(8, "concurrent downloads and uploads")
+    task_size: int = _f(16, "recordings per task (distributed) or per batch (local)")
+    broker_url: str = _f("redis://127.0.0.1:6379/0", "Celery broker (Redis) URL")
+    s3_endpoint_url: str = _f("", "S3 endpoint (MinIO, SeaweedFS, ...); empty: AWS")
+    s3_region: str = _f("", "S3 region; empty: from the AWS configuration")
+    queue: str = _f("echocam", "Celery queue name")
+    task_soft_time_limit: int = _f(600, "seconds before a task's recordings fail with timeout")
+    task_time_limit: int = _f(720, "seconds before a task's process is killed")
+    max_deliveries: int = _f(3, "deliveries of a task that kills its worker before it fails")
+    page_size: int = _f(1000, "keys per ListObjectsV2 page")
+    extensions: tuple[str, ...] = _f(AUDIO_EXTENSIONS, "audio file extensions to process")
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None, **overrides: Any) -> Self:
+        return _from_env(cls, environ, overrides)
+
+
+def env_name(field_name: str) -> str:
+    return f"ECHOCAM_{field_name.upper()}"
+
+
+def _from_env(cls: type, environ: dict[str, str] | None, overrides: dict[str, Any]) -> Any:
+    env = os.environ if environ is None else environ
+    hints = get_type_hints(cls)
+    kw: dict[str, Any] = {}
+    for f in fields(cls):
+        raw = env.get(env_name(f.name))
+        if raw:
+            kw[f.name] = parse(hints[f.name], raw, env_name(f.name))
+    kw.update({k: v for k, v in overrides.items() if v is not None})
+    return cls(**kw)
+
+
+def parse(hint: Any, raw: str, name: str) -> Any:
+    """Parse a string for a field of type ``hint`` (bool, int, float, str or tuple of str)."""
+    try:
+        if hint is bool:
+            if raw.lower() not in {"1", "0", "true", "false", "yes", "no"}:
+                raise ValueError(raw)
+            return raw.lower() in {"1", "true", "yes"}
+        if hint in (int, float, str):
+            return hint(raw)
+        return tuple(s.strip() for s in raw.split(",") if s.strip())  # tuple[str, ...]
+    except ValueError as e:
+        raise ValueError(f"{name}={raw!r} is not a valid {getattr(hint, '__name__', hint)}") from e
+
+
+def fingerprint(params: Params, model_sha256: str) -> str:
+    """Run fingerprint: sha256 over the model identity and every output-shaping parameter."""
+    blob = json.dumps({"model_sha256": model_sha256, "params": params.to_dict()}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()

@@ -1,0 +1,253 @@
+"""Where bytes live: a local directory or an S3-compatible bucket, behind one small interface.
+
+No torch here: the producer uses this module too.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+from urllib.parse import urlparse
+
+from echocam.errors import TooLarge
+from echocam.keys import join
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    key: str  # relative to the store's root
+    size: int
+    etag: str | None
+
+
+class Store(Protocol):
+    uri: str
+
+    def list(
+        self, *, suffixes: tuple[str, ...] = (), page_size: int = 1000
+    ) -> Iterator[ObjectInfo]:
+        """Objects under the root whose key ends with one of ``suffixes`` (any, if empty)."""
+        ...
+
+    def get(self, key: str, *, max_bytes: int | None = None) -> tuple[bytes, ObjectInfo]: ...
+
+    def head(self, key: str) -> ObjectInfo | None: ...
+
+    def put(self, key: str, data: bytes, *, if_absent: bool = False) -> bool:
+        """Write ``data``; with ``if_absent`` only if no object is there (False when one was)."""
+        ...
+
+    def put_file(self, key: str, path: str | os.PathLike) -> None:
+        """Upload a (possibly large) local file, streaming it."""
+        ...
+
+
+def _matches(key: str, suffixes: tuple[str, ...]) -> bool:
+    return not suffixes or key.lower().endswith(suffixes)
+
+
+def md5_etag(data: bytes) -> str:
+    """The ETag S3 gives a single-part upload of ``data``; local files get the same."""
+    return f'"{hashlib.md5(data, usedforsecurity=False).hexdigest()}"'
+
+
+class LocalStore:
+    """A directory; ``only`` restricts listing to one file (``echocam run FILE``)."""
+
+    def __init__(self, root: str | os.PathLike, *, only: str | None = None):
+        self.root = Path(root).resolve()
+        self.only = only
+        self.uri = str(self.root)
+
+    def _path(self, key: str) -> Path:
+        path = (self.root / key).resolve()
+        if not path.is_relative_to(self.root):
+            raise ValueError(f"key {key!r} escapes {self.root}")
+        return path
+
+    def list(
+        self, *, suffixes: tuple[str, ...] = (), page_size: int = 1000
+    ) -> Iterator[ObjectInfo]:
+        if self.only is not None:
+            paths = [self.root / self.only]
+        else:
+            paths = (p for p in sorted(self.root.rglob("*")) if p.is_file())
+        for p in paths:
+            key = p.relative_to(self.root).as_posix()
+            if _matches(key, suffixes):
+                # The md5 ETag an S3 single-part upload would get: records match across stores.
+                yield ObjectInfo(key, p.stat().st_size, md5_etag(p.read_bytes()))
+
+    def get(self, key: str, *, max_bytes: int | None = None) -> tuple[bytes, ObjectInfo]:
+        path = self._path(key)
+        size = path.stat().st_size
+        if max_bytes is not None and size > max_bytes:
+            raise TooLarge(f"object is {size} bytes, above the cap of {max_bytes}")
+        data = path.read_bytes()
+        return data, ObjectInfo(key, size, md5_etag(data))
+
+    def head(self, key: str) -> ObjectInfo | None:
+        path = self._path(key)
+        if not path.is_file():
+            return None
+        return ObjectInfo(key, path.stat().st_size, None)
+
+    def put(self, key: str, data: bytes, *, if_absent: bool = False) -> bool:
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            if if_absent:
+                try:
+                    os.link(tmp, path)  # atomic create-if-absent
+                except FileExistsError:
+                    return False
+            else:
+                os.replace(tmp, path)
+                tmp = ""
+            return True
+        finally:
+            if tmp:
+                os.unlink(tmp)
+
+    def put_file(self, key: str, path: str | os.PathLike) -> None:
+        dest = self._path(key)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, dest)
+
+
+def s3_client(*, endpoint_url: str = "", region: str = "", max_pool: int = 16, retries: int = 5):
+    """A boto3 S3 client: credentials from the standard AWS chain (``AWS_*`` variables, ...).
+
+    Transient errors (5xx, throttling, connection resets) are retried by botocore's
+    ``standard`` mode: exponential backoff with jitter, ``retries`` attempts.
+    """
+    import boto3
+    from botocore.config import Config
+
+    config = Config(
+        retries={"max_attempts": retries, "mode": "standard"},
+        max_pool_connections=max_pool,
+        connect_timeout=10,
+        read_timeout=60,
+        # S3-compatible servers (MinIO, SeaweedFS) differ in support for the newer default
+        # checksums; send them only where the API requires them.
+        request_checksum_calculation="when_required",
+        response_checksum_validation="when_required",
+        s3={"addressing_style": "path"} if endpoint_url else {},
+    )
+    return boto3.session.Session().client(
+        "s3", endpoint_url=endpoint_url or None, region_name=region or None, config=config
+    )
+
+
+def parse_s3_uri(uri: str) -> tuple[str, str]:
+    """``s3://bucket/prefix`` → (bucket, prefix without surrounding slashes)."""
+    u = urlparse(uri)
+    if u.scheme != "s3" or not u.netloc:
+        raise ValueError(f"not an s3://bucket/prefix URI: {uri!r}")
+    return u.netloc, u.path.strip("/")
+
+
+_NOT_FOUND = ("404", "NoSuchKey", "NotFound")
+
+
+class S3Store:
+    """A prefix of a bucket; keys are relative to the prefix."""
+
+    def __init__(self, uri: str, client: Any):
+        self.bucket, self.prefix = parse_s3_uri(uri)
+        self.client = client
+        self.uri = f"s3://{self.bucket}/{self.prefix}".rstrip("/")
+
+    def _key(self, key: str) -> str:
+        return join(self.prefix, key)
+
+    def list(
+        self, *, suffixes: tuple[str, ...] = (), page_size: int = 1000
+    ) -> Iterator[ObjectInfo]:
+        pages = self.client.get_paginator("list_objects_v2").paginate(
+            Bucket=self.bucket,
+            Prefix=f"{self.prefix}/" if self.prefix else "",
+            PaginationConfig={"PageSize": page_size},
+        )
+        cut = len(self.prefix) + 1 if self.prefix else 0
+        for page in pages:
+            for obj in page.get("Contents", ()):
+                key = obj["Key"][cut:]
+                if _matches(key, suffixes):
+                    yield ObjectInfo(key, obj["Size"], obj.get("ETag"))
+
+    def get(self, key: str, *, max_bytes: int | None = None) -> tuple[bytes, ObjectInfo]:
+        from botocore.exceptions import ClientError
+
+        try:
+            resp = self.client.get_object(Bucket=self.bucket, Key=self._key(key))
+        except ClientError as e:
+            if e.response.get("Error", {}).get("Code") in _NOT_FOUND:
+                raise FileNotFoundError(self._key(key)) from None
+            raise
+        size = resp["ContentLength"]
+        if max_bytes is not None and size > max_bytes:
+            resp["Body"].close()
+            raise TooLarge(f"object is {size} bytes, above the cap of {max_bytes}")
+        data = resp["Body"].read()
+        return data, ObjectInfo(key, size, resp.get("ETag"))
+
+    def head(self, key: str) -> ObjectInfo | None:
+        from botocore.exceptions import ClientError
+
+        try:
+            resp = self.client.head_object(Bucket=self.bucket, Key=self._key(key))
+        except ClientError as e:
+            if e.response.get("Error", {}).get("Code") in _NOT_FOUND:
+                return None
+            raise
+        return ObjectInfo(key, resp["ContentLength"], resp.get("ETag"))
+
+    def put(self, key: str, data: bytes, *, if_absent: bool = False) -> bool:
+        from botocore.exceptions import ClientError
+
+        kw = {"IfNoneMatch": "*"} if if_absent else {}
+        try:
+            self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data, **kw)
+        except ClientError as e:
+            if if_absent and e.response.get("Error", {}).get("Code") in (
+                "PreconditionFailed",
+                "412",
+                "ConditionalRequestConflict",
+            ):
+                return False
+            raise
+        return True
+
+    def put_file(self, key: str, path: str | os.PathLike) -> None:
+        self.client.upload_file(str(path), self.bucket, self._key(key))
+
+
+def read_json(store: Store, key: str) -> dict | None:
+    """The JSON object at ``key``, or None when there is none."""
+    try:
+        data, _ = store.get(key)
+    except FileNotFoundError:
+        return None
+    return json.loads(data)
+
+
+def open_store(uri: str, *, client_factory=None) -> Store:
+    """A store for a local path (directory or file) or an ``s3://bucket/prefix`` URI."""
+    if uri.startswith("s3://"):
+        return S3Store(uri, (client_factory or s3_client)())
+    path = Path(uri)
+    if path.is_file():
+        return LocalStore(path.parent, only=path.name)
+    return LocalStore(path)
