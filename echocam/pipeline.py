@@ -82,8 +82,8 @@ class Explainer:
             fmax=params.fmax,
             top_db=params.top_db,
         ).to(self.device)
-        self.magma = torch.from_numpy(colormaps.lut("magma").copy()).to(self.device)
-        self.plasma = torch.from_numpy(colormaps.lut("plasma").copy()).to(self.device)
+        self.magma = colormaps.table("magma", self.device)
+        self.plasma = colormaps.table("plasma", self.device)
         self.class_ids = _class_ids(params.classes, model.class_names)
         self.fingerprint = fingerprint(params, model.sha256)
 

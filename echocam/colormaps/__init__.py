@@ -22,6 +22,11 @@ def lut(name: str) -> np.ndarray:
     return table
 
 
+def table(name: str, device: torch.device | str = "cpu") -> torch.Tensor:
+    """``lut(name)`` as a (256, 3) uint8 tensor on ``device``."""
+    return torch.tensor(lut(name), device=device)
+
+
 def apply(values: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
     """Map ``values`` in [0, 1], shape (...), through ``table`` (256, 3) to uint8 (..., 3).
 

@@ -1,0 +1,5 @@
+import sys
+
+from echocam_cli import main
+
+sys.exit(main())

@@ -1,0 +1,56 @@
+"""Shared fixtures: real recordings, checkpoints the tests make, a loaded model."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+ROOT = Path(__file__).resolve().parent.parent
+RECORDINGS = ROOT.parent / "shared" / "data" / "recordings"
+SPECIES = ["Charadrius ruficapillus", "Chenonetta jubata", "Chlamydera nuchalis"]
+
+
+def recordings() -> list[Path]:
+    return sorted(p for p in RECORDINGS.glob("*") if p.suffix in (".wav", ".mp3"))
+
+
+needs_shared = pytest.mark.skipif(
+    not RECORDINGS.is_dir(), reason=f"shared recordings not found at {RECORDINGS}"
+)
+
+
+def wav_bytes(samples: np.ndarray, sr: int, *, subtype: str = "PCM_16", fmt: str = "WAV") -> bytes:
+    buf = io.BytesIO()
+    sf.write(buf, samples, sr, subtype=subtype, format=fmt)
+    return buf.getvalue()
+
+
+def chirp(seconds: float, sr: int, *, f0: float = 1000.0, f1: float = 6000.0) -> np.ndarray:
+    t = np.arange(int(seconds * sr)) / sr
+    return (0.5 * np.sin(2 * np.pi * (f0 + (f1 - f0) * t / (2 * seconds)) * t)).astype(np.float32)
+
+
+@pytest.fixture(scope="session")
+def species_checkpoint(tmp_path_factory) -> Path:
+    """A 3-species ResNet-18 checkpoint, as a species model would be shipped (seeded weights)."""
+    import torch
+    from torchvision.models import resnet18
+
+    from echocam.model import save_checkpoint
+
+    torch.manual_seed(1234)
+    net = resnet18(weights=None, num_classes=len(SPECIES))
+    path = tmp_path_factory.mktemp("ckpt") / "species.pt"
+    save_checkpoint(path, net.state_dict(), SPECIES)
+    return path
+
+
+@pytest.fixture(scope="session")
+def species_model(species_checkpoint):
+    from echocam.model import load_model
+
+    return load_model(str(species_checkpoint))

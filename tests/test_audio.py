@@ -1,0 +1,90 @@
+import numpy as np
+import pytest
+from conftest import chirp, needs_shared, recordings, wav_bytes
+
+from echocam.audio import decode
+from echocam.errors import (
+    EmptyInput,
+    NonFinite,
+    Silent,
+    TooLarge,
+    TooLong,
+    TooShort,
+    Undecodable,
+)
+from echocam.windows import frame, window_starts
+
+KW = dict(sample_rate=22050, min_samples=2048, max_duration_s=600.0, max_bytes=10**9)
+
+
+@needs_shared
+@pytest.mark.parametrize("path", recordings(), ids=lambda p: p.name)
+def test_decodes_every_shared_recording_to_the_target_rate(path):
+    import soundfile as sf
+
+    a = decode(path.read_bytes(), **KW)
+    info = sf.info(str(path))
+    assert a.sample_rate == 22050
+    assert a.source_sample_rate == info.samplerate
+    assert a.samples.dtype == np.float32 and a.samples.ndim == 1
+    expected = int(np.ceil(info.frames * 22050 / info.samplerate))
+    assert abs(a.samples.shape[0] - expected) <= 1  # soxr output length, fixed by librosa
+    assert np.isfinite(a.samples).all() and np.abs(a.samples).max() > 0
+
+
+@needs_shared
+def test_rates_and_containers_are_all_exercised():
+    rates = {decode(p.read_bytes(), **KW).source_sample_rate for p in recordings()}
+    assert rates == {22000, 44100, 48000}
+    assert {p.suffix for p in recordings()} == {".wav", ".mp3"}
+
+
+def test_stereo_is_mixed_to_mono_and_flac_ogg_decode():
+    left = chirp(1.0, 22050)
+    stereo = np.stack([left, np.zeros_like(left)], axis=1)
+    a = decode(wav_bytes(stereo, 22050), **KW)
+    assert a.source_channels == 2
+    np.testing.assert_allclose(a.samples, left / 2, atol=1e-4)
+    for fmt, subtype in (("FLAC", "PCM_16"), ("OGG", "VORBIS")):
+        b = decode(wav_bytes(left, 22050, fmt=fmt, subtype=subtype), **KW)
+        assert b.source_format == fmt and abs(b.samples.shape[0] - left.shape[0]) < 2048
+
+
+@pytest.mark.parametrize(
+    "data, kw, error",
+    [
+        (b"", {}, EmptyInput),
+        (np.random.default_rng(0).bytes(5000), {}, Undecodable),
+        (b"this is a text file, not audio\n" * 20, {}, Undecodable),
+        (wav_bytes(chirp(0.05, 22050), 22050), {}, TooShort),
+        (wav_bytes(chirp(3.0, 8000), 8000), {"max_duration_s": 2.0}, TooLong),
+        (wav_bytes(chirp(1.0, 8000), 8000), {"max_bytes": 1000}, TooLarge),
+        (wav_bytes(np.zeros(22050, np.float32), 22050), {}, Silent),
+        (
+            wav_bytes(np.array([0.1, np.nan] * 11025, np.float32), 22050, subtype="FLOAT"),
+            {},
+            NonFinite,
+        ),
+        (
+            wav_bytes(np.array([0.1, np.inf] * 11025, np.float64), 22050, subtype="DOUBLE"),
+            {},
+            NonFinite,
+        ),
+    ],
+    ids=["empty", "random", "text", "short", "long", "large", "silent", "nan", "inf"],
+)
+def test_bad_input_raises_typed_errors_with_stable_codes(data, kw, error):
+    with pytest.raises(error) as exc:
+        decode(data, **{**KW, **kw})
+    assert exc.value.code == error.code and exc.value.message
+
+
+def test_window_starts_cover_the_recording():
+    assert window_starts(100, window=100, hop=100).tolist() == [0]
+    assert window_starts(300, window=100, hop=100).tolist() == [0, 100, 200]
+    # trailing remainder: one more full window aligned to the end
+    assert window_starts(350, window=100, hop=100).tolist() == [0, 100, 200, 250]
+    assert window_starts(250, window=100, hop=50).tolist() == [0, 50, 100, 150]
+    x = np.arange(350, dtype=np.float32)
+    w = frame(x, window_starts(350, window=100, hop=100), 100)
+    assert w.shape == (4, 100) and w[-1, -1] == 349

@@ -1,0 +1,106 @@
+"""CAM against independent oracles: the logit identity, captum's LayerGradCam, pytorch-grad-cam."""
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+from conftest import needs_shared, recordings
+
+from echocam.audio import decode
+from echocam.cam import class_activation_maps, display_maps, explain
+from echocam.colormaps import table
+from echocam.image import model_image, normalise, spectrogram_rgb
+from echocam.settings import Params
+from echocam.spectrogram import MelSpectrogramDB
+from echocam.windows import frame, window_starts
+
+
+@pytest.fixture(autouse=True)
+def exact_float32():
+    old = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    yield
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = old
+
+
+@pytest.fixture(scope="module")
+def images():
+    """Model inputs from real recordings: 4 windows of 5 s."""
+    p = Params()
+    mel = MelSpectrogramDB(
+        sample_rate=p.sample_rate,
+        n_fft=p.n_fft,
+        hop_length=p.hop_length,
+        n_mels=p.n_mels,
+        fmin=p.fmin,
+        fmax=p.fmax,
+        top_db=p.top_db,
+    )
+    if not recordings():
+        pytest.skip("shared recordings not found")
+    y = decode(
+        recordings()[-1].read_bytes(),
+        sample_rate=p.sample_rate,
+        min_samples=p.n_fft,
+        max_duration_s=600,
+        max_bytes=10**9,
+    ).samples
+    wins = frame(
+        y, window_starts(len(y), window=5 * p.sample_rate, hop=5 * p.sample_rate), 5 * p.sample_rate
+    )[:4]
+    rgb = spectrogram_rgb(mel(torch.from_numpy(np.ascontiguousarray(wins))), lut=table("magma"))
+    return normalise(model_image(rgb))
+
+
+@needs_shared
+def test_cam_mean_plus_bias_is_the_logit(species_model, images):
+    net = species_model.net
+    ex = explain(net, images, top_k=3)
+    fc = net.net.fc
+    recon = ex.cams.mean(dim=(-2, -1)) + fc.bias[ex.class_ids]
+    torch.testing.assert_close(recon, ex.logits.gather(1, ex.class_ids), rtol=1e-4, atol=1e-4)
+    # top-k is sorted by probability
+    assert (ex.probs.gather(1, ex.class_ids).diff(dim=1) <= 0).all()
+
+
+@needs_shared
+def test_raw_cam_equals_captum_layer_gradcam_times_hw(species_model, images):
+    from captum.attr import LayerGradCam
+
+    net = species_model.net
+    ex = explain(net, images, top_k=1)
+    target = ex.class_ids[:, 0]
+    gc = LayerGradCam(lambda x: net(x)[0], net.net.layer4)
+    with torch.enable_grad():
+        ref = gc.attribute(
+            images.clone().requires_grad_(True), target=target, relu_attributions=False
+        )
+    h, w = ex.cams.shape[-2:]
+    torch.testing.assert_close(ex.cams[:, 0], ref[:, 0] * h * w, rtol=1e-4, atol=1e-4)
+
+
+@needs_shared
+def test_display_map_equals_pytorch_grad_cam(species_model, images):
+    from pytorch_grad_cam import GradCAM
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    net = species_model.net
+    wrapped = copy.deepcopy(net.net).requires_grad_(True).eval()  # grad-cam needs gradients
+    ex = explain(net, images, top_k=1)
+    ours = display_maps(ex.cams, size=(224, 224))[:, 0].numpy()
+    with GradCAM(model=wrapped, target_layers=[wrapped.layer4]) as cam:
+        targets = [ClassifierOutputTarget(int(c)) for c in ex.class_ids[:, 0]]
+        ref = cam(input_tensor=images.clone(), targets=targets)
+    np.testing.assert_allclose(ours, ref, atol=1e-4)
+
+
+def test_cams_for_named_classes_are_one_einsum():
+    feats = torch.randn(2, 512, 7, 7)
+    w = torch.randn(5, 512)
+    ids = torch.tensor([[4, 1], [0, 2]])
+    cams = class_activation_maps(feats, w, ids)
+    for b in range(2):
+        for k in range(2):
+            ref = (w[ids[b, k]][:, None, None] * feats[b]).sum(0)
+            torch.testing.assert_close(cams[b, k], ref, rtol=1e-5, atol=1e-4)

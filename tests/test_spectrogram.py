@@ -1,0 +1,66 @@
+import librosa
+import numpy as np
+import pytest
+import torch
+from conftest import needs_shared, recordings
+
+from echocam.audio import decode
+from echocam.settings import Params
+from echocam.spectrogram import MelSpectrogramDB
+from echocam.windows import frame, window_starts
+
+P = Params()
+
+
+@pytest.fixture(scope="module")
+def mel():
+    return MelSpectrogramDB(
+        sample_rate=P.sample_rate,
+        n_fft=P.n_fft,
+        hop_length=P.hop_length,
+        n_mels=P.n_mels,
+        fmin=P.fmin,
+        fmax=P.fmax,
+        top_db=P.top_db,
+    )
+
+
+def reference(y: np.ndarray) -> np.ndarray:
+    """The notebook's spectrogram (librosa 0.11 defaults + its parameters)."""
+    s = librosa.feature.melspectrogram(
+        y=y,
+        sr=P.sample_rate,
+        n_fft=P.n_fft,
+        hop_length=P.hop_length,
+        n_mels=P.n_mels,
+        fmin=P.fmin,
+        fmax=P.fmax,
+    )
+    return librosa.power_to_db(s, ref=np.max, top_db=P.top_db)
+
+
+@needs_shared
+@pytest.mark.parametrize("path", recordings(), ids=lambda p: p.name)
+def test_matches_librosa_within_0_05_db_on_real_recordings(path, mel):
+    y = decode(
+        path.read_bytes(),
+        sample_rate=P.sample_rate,
+        min_samples=P.n_fft,
+        max_duration_s=600,
+        max_bytes=10**9,
+    ).samples
+    window = 5 * P.sample_rate
+    wins = frame(y, window_starts(len(y), window=window, hop=window), window)
+    ours = mel(torch.from_numpy(np.ascontiguousarray(wins))).numpy()
+    for w, got in zip(wins, ours, strict=True):
+        ref = reference(w)
+        assert got.shape == ref.shape == (P.n_mels, 1 + window // P.hop_length)
+        assert np.abs(got - ref).max() <= 0.05
+
+
+def test_short_clip_matches_librosa(mel):
+    """A notebook-length clip (1.5 s) is one window of its own length."""
+    rng = np.random.default_rng(3)
+    y = (rng.standard_normal(int(1.5 * P.sample_rate)) * 0.1).astype(np.float32)
+    got = mel(torch.from_numpy(y)[None])[0].numpy()
+    assert np.abs(got - reference(y)).max() <= 0.05
