@@ -31,7 +31,9 @@ demo-local: $(STAMP)
 	$(BIN)/echocam run samples --out demo-out/local
 	@echo "open demo-out/local/*/overlay.png; manifest: demo-out/local/manifest.jsonl"
 
-demo: demo-local
+# The distributed path: Redis + SeaweedFS + a worker + the producer, all started and stopped here.
+demo: $(STAMP)
+	$(BIN)/python -m devtools.demo
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run_all.py

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -54,7 +55,9 @@ def decode(
                 )
             frames = f.read(dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as e:
-        raise Undecodable(f"cannot decode audio: {e}") from None
+        # libsndfile names the BytesIO object (an address); keep only its reason
+        reason = getattr(e, "error_string", None) or re.sub(r"^Error opening <[^>]*>: ", "", str(e))
+        raise Undecodable(f"cannot decode audio: {reason}") from None
     if frames.shape[0] == 0:
         raise Undecodable("container holds no audio frames")
     if frames.shape[0] / rate > max_duration_s:

@@ -7,7 +7,6 @@ means the recording's outputs are complete.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -16,22 +15,33 @@ from echocam import records
 from echocam.errors import DownloadFailed, EchoCamError
 from echocam.keys import output_key
 from echocam.manifest import now_iso
-from echocam.pipeline import Explainer, Source
+from echocam.pipeline import Explainer, Result, Source
 from echocam.storage import ObjectInfo, Store, read_json
-
-log = logging.getLogger(__name__)
 
 
 @dataclass
 class Outcome:
+    """What became of one source: its record's status, and whether this call wrote it."""
+
     key: str
-    status: str  # "ok" | "failed" | "skipped"
-    error_code: str | None = None
-    windows: int = 0
+    status: str  # "ok" | "failed"
+    error_code: str | None
+    windows: int
+    written: bool
+
+    @classmethod
+    def of(cls, record: dict, *, written: bool) -> Outcome:
+        return cls(
+            record["source_key"],
+            record["status"],
+            record.get("error_code"),
+            record.get("n_windows") or 0,
+            written,
+        )
 
 
 def is_done(record: dict | None, item: ObjectInfo, *, fingerprint: str, run_id: str, force: bool):
-    """Whether ``item`` needs no work: its record is current (or, with ``force``, from this run)."""
+    """Whether ``item`` needs no work: its record is current (with ``force``: from this run)."""
     if not records.is_current(record, etag=item.etag, fingerprint=fingerprint):
         return False
     return not force or record.get("run_id") == run_id
@@ -49,9 +59,33 @@ def fetch(src: Store, item: ObjectInfo, *, max_bytes: int) -> Source:
         return Source(item.key, size=item.size, etag=item.etag, error=err)
 
 
-def write_record(dst: Store, record: dict, *, replace: bool) -> bool:
-    """Write ``record`` last; without ``replace`` only if absent (False: another delivery won)."""
-    return dst.put(record["record_key"], records.dumps(record), if_absent=not replace)
+def _pending(
+    items: Sequence[ObjectInfo],
+    *,
+    dst: Store,
+    fingerprint: str,
+    run_id: str,
+    force: bool,
+    pool: ThreadPoolExecutor,
+) -> tuple[dict[str, Outcome], list[tuple[ObjectInfo, dict | None]]]:
+    """Outcomes of the items already done, and the (item, old record) pairs still to do."""
+    existing = list(pool.map(lambda it: read_json(dst, output_key(it.key, "record.json")), items))
+    done, todo = {}, []
+    for it, rec in zip(items, existing, strict=True):
+        if is_done(rec, it, fingerprint=fingerprint, run_id=run_id, force=force):
+            done[it.key] = Outcome.of(rec, written=False)
+        else:
+            todo.append((it, rec))
+    return done, todo
+
+
+def _write(dst: Store, result: Result, *, run_id: str, replace: bool) -> Outcome:
+    """Outputs first, record last; a new record only if absent (a twin delivery may have won)."""
+    for key, data in result.files.items():
+        dst.put(key, data)
+    rec = {**result.record, "run_id": run_id, "finished_at": now_iso()}
+    written = dst.put(rec["record_key"], records.dumps(rec), if_absent=not replace)
+    return Outcome.of(rec, written=written)
 
 
 def run_batch(
@@ -64,35 +98,65 @@ def run_batch(
     force: bool = False,
     pool: ThreadPoolExecutor,
 ) -> list[Outcome]:
-    """Explain ``items`` from ``src`` into ``dst``; skips done ones; never raises for bad input.
+    """Explain ``items`` from ``src`` into ``dst``, one outcome per item, in order.
 
-    Errors writing to ``dst`` do raise (the caller retries the batch; done recordings are then
-    skipped).  ``pool`` runs the reads and writes concurrently.
+    Done items are skipped; bad input becomes a failed record.  Errors writing to ``dst`` raise
+    (the caller retries the batch, and the recordings finished before are then skipped).
+    ``pool`` runs reads and writes concurrently.
     """
-    fp = explainer.fingerprint
-    existing = list(pool.map(lambda it: read_json(dst, output_key(it.key, "record.json")), items))
-    outcomes = {it.key: Outcome(it.key, "skipped") for it in items}
-    todo = [
-        (it, rec)
-        for it, rec in zip(items, existing, strict=True)
-        if not is_done(rec, it, fingerprint=fp, run_id=run_id, force=force)
-    ]
-    if not todo:
-        return list(outcomes.values())
-    max_bytes = explainer.params.max_bytes
-    sources = list(pool.map(lambda t: fetch(src, t[0], max_bytes=max_bytes), todo))
-    results = explainer.explain(sources)
-    had_record = {it.key: rec is not None for it, rec in todo}
+    outcomes, todo = _pending(
+        items, dst=dst, fingerprint=explainer.fingerprint, run_id=run_id, force=force, pool=pool
+    )
+    if todo:
+        max_bytes = explainer.params.max_bytes
+        sources = list(pool.map(lambda t: fetch(src, t[0], max_bytes=max_bytes), todo))
+        replace = {it.key: rec is not None for it, rec in todo}
+        results = explainer.explain(sources)
+        for out in pool.map(
+            lambda res: _write(dst, res, run_id=run_id, replace=replace[res.record["source_key"]]),
+            results,
+        ):
+            outcomes[out.key] = out
+    return [outcomes[it.key] for it in items]
 
-    def write(result) -> Outcome:
-        for key, data in result.files.items():
-            dst.put(key, data)
-        rec = {**result.record, "run_id": run_id, "finished_at": now_iso()}
-        key = rec["source_key"]
-        if not write_record(dst, rec, replace=had_record[key]):
-            return Outcome(key, "skipped")
-        return Outcome(key, rec["status"], rec["error_code"], rec.get("n_windows") or 0)
 
-    for out in pool.map(write, results):
-        outcomes[out.key] = out
-    return list(outcomes.values())
+def record_failures(
+    items: Sequence[ObjectInfo],
+    *,
+    dst: Store,
+    explainer: Explainer,
+    run_id: str,
+    code: str,
+    message: str,
+) -> list[Outcome]:
+    """Write failed records with ``code`` for the items not done yet (timeouts, poison tasks)."""
+    outcomes, todo = _pending(
+        items,
+        dst=dst,
+        fingerprint=explainer.fingerprint,
+        run_id=run_id,
+        force=False,
+        pool=_SERIAL,
+    )
+    for it, old in todo:
+        base = records.base_record(
+            source_key=it.key,
+            size=it.size,
+            etag=it.etag,
+            model=explainer.model.identity,
+            fingerprint=explainer.fingerprint,
+        )
+        res = Result(records.failed(base, code=code, message=message))
+        outcomes[it.key] = _write(dst, res, run_id=run_id, replace=old is not None)
+    return [outcomes[it.key] for it in items]
+
+
+class _Serial:
+    """``map`` in the calling thread: used where a pool's threads may be the ones stuck."""
+
+    @staticmethod
+    def map(fn, items):
+        return map(fn, items)
+
+
+_SERIAL = _Serial()

@@ -96,9 +96,17 @@ class Settings:
     queue: str = _f("echocam", "Celery queue name")
     task_soft_time_limit: int = _f(600, "seconds before a task's recordings fail with timeout")
     task_time_limit: int = _f(720, "seconds before a task's process is killed")
+    visibility_timeout: int = _f(7200, "seconds before Redis redelivers an unacked task")
     max_deliveries: int = _f(3, "deliveries of a task that kills its worker before it fails")
     page_size: int = _f(1000, "keys per ListObjectsV2 page")
     extensions: tuple[str, ...] = _f(AUDIO_EXTENSIONS, "audio file extensions to process")
+
+    def __post_init__(self) -> None:
+        if not 0 < self.task_soft_time_limit < self.task_time_limit < self.visibility_timeout:
+            raise ValueError(
+                "need 0 < task_soft_time_limit < task_time_limit < visibility_timeout "
+                "(a task must never be redelivered while it is still running)"
+            )
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None, **overrides: Any) -> Self:

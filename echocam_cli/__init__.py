@@ -74,6 +74,99 @@ def cmd_manifest(args: argparse.Namespace) -> int:
     return 0
 
 
+def _env_from(args: argparse.Namespace, cls: type) -> None:
+    """Put flags into ``ECHOCAM_*`` variables: the Celery app reads its settings at import."""
+    import os
+
+    for name, value in _pick(args, cls).items():
+        if value is not None:
+            os.environ[env_name(name)] = ",".join(value) if isinstance(value, tuple) else str(value)
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    _env_from(args, Settings)
+    settings = _settings(args)
+    from worker.app import app
+
+    argv = [
+        "worker",
+        "--loglevel",
+        args.loglevel,
+        "-Q",
+        settings.queue,
+        "-E",
+        "--concurrency",
+        str(args.concurrency),
+        "--pool",
+        args.pool,
+    ]
+    if args.hostname:
+        argv += ["--hostname", args.hostname]
+    app.worker_main(argv)
+    return 0
+
+
+def _producer_context(args: argparse.Namespace):
+    from echocam.local import client_factory
+    from echocam.storage import open_store
+
+    settings = _settings(args)
+    make = client_factory(settings)
+    return settings, lambda uri: open_store(uri, client_factory=make)
+
+
+def cmd_produce(args: argparse.Namespace) -> int:
+    _env_from(args, Settings)
+    from echocam import manifest
+    from producer import status, workers
+    from producer.enqueue import produce
+    from worker import progress
+    from worker.app import app
+
+    settings, store = _producer_context(args)
+    params = _params(args)
+    if args.model_sha256:
+        model = {"arch": "resnet18", "sha256": args.model_sha256, "weights": settings.weights}
+    else:
+        model = workers.model_identity(app, queue=settings.queue, timeout=args.describe_timeout)
+    src, dst = store(args.source), store(args.out)
+    result = produce(
+        src, dst, app=app, model=model, params=params, settings=settings, force=args.force
+    )
+    print(
+        f"run {result.run['run_id']}: enqueued {result.recordings} recordings in {result.tasks} "
+        f"tasks; skipped {result.skipped} already done (fingerprint "
+        f"{result.run['fingerprint'][:12]}, model {model['sha256'][:12]})"
+    )
+    if args.wait:
+        r = progress.client(settings.broker_url)
+        final = status.wait(r, result.run, timeout_s=args.timeout)
+        print(status.line(final))
+        _print_summary(manifest.compact(dst, page_size=settings.page_size))
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    _env_from(args, Settings)
+    from echocam.manifest import RUN_NAME
+    from echocam.storage import read_json
+    from producer import status
+    from worker import progress
+
+    settings, store = _producer_context(args)
+    run = read_json(store(args.out), RUN_NAME)
+    if run is None:
+        print(f"echocam: no run.json under {args.out}", file=sys.stderr)
+        return 2
+    r = progress.client(settings.broker_url)
+    if args.wait:
+        final = status.wait(r, run, timeout_s=args.timeout)
+    else:
+        final = status.summarise(progress.read(r, run["run_id"]), run)
+    print(json.dumps(final) if args.json else status.line(final))
+    return 0
+
+
 def _print_summary(summary: dict[str, Any]) -> None:
     keys = ("recordings", "by_status", "by_error_code", "windows", "wall_s", "windows_per_s")
     print(json.dumps({k: summary.get(k) for k in keys}, indent=1))
@@ -118,6 +211,105 @@ def build_parser() -> argparse.ArgumentParser:
         "runtime settings",
     )
     run.set_defaults(func=cmd_run)
+
+    wk = sub.add_parser(
+        "worker",
+        help="start a Celery worker (one model per process) consuming the task queue",
+        description="Start a Celery worker: `celery -A worker.app worker` with echocam's "
+        "settings. Each pool process holds one hooked ResNet-18.",
+    )
+    wk.add_argument(
+        "--concurrency",
+        "-c",
+        type=int,
+        default=1,
+        help="worker processes (one per GPU; on CPU, cores / --threads) [default 1]",
+    )
+    wk.add_argument(
+        "--pool",
+        default="prefork",
+        choices=["prefork", "solo"],
+        help="Celery pool [default prefork]",
+    )
+    wk.add_argument("--hostname", "-n", default=None, help="node name, e.g. gpu0@%%h")
+    wk.add_argument("--loglevel", "-l", default="INFO")
+    _add_fields(
+        wk,
+        Settings,
+        [
+            "queue",
+            "device",
+            "weights",
+            "seed",
+            "batch_size",
+            "threads",
+            "io_threads",
+            "broker_url",
+            "s3_endpoint_url",
+            "s3_region",
+            "task_soft_time_limit",
+            "task_time_limit",
+            "visibility_timeout",
+            "max_deliveries",
+        ],
+        "worker settings",
+    )
+    wk.set_defaults(func=cmd_worker)
+
+    pr = sub.add_parser(
+        "produce",
+        help="enqueue the recordings under an s3:// prefix as tasks for the workers",
+        description="Stream the keys under SOURCE (ListObjectsV2 pages), skip recordings whose "
+        "record is current (same source ETag and run fingerprint), and enqueue tasks of "
+        "--task-size recordings on Redis. Needs a running worker to learn the model's sha256, "
+        "unless --model-sha256 is given.",
+    )
+    pr.add_argument("source", metavar="SOURCE", help="s3://bucket/prefix of the recordings")
+    pr.add_argument("--out", required=True, metavar="DEST", help="s3://bucket/prefix for outputs")
+    pr.add_argument("--force", action="store_true", help="redo recordings that are already done")
+    pr.add_argument(
+        "--wait",
+        action="store_true",
+        help="show progress until the run is finished, then write the manifest",
+    )
+    pr.add_argument("--timeout", type=float, default=None, help="give up waiting after seconds")
+    pr.add_argument(
+        "--model-sha256",
+        default=None,
+        help="the workers' model sha256 (skip asking the running workers)",
+    )
+    pr.add_argument(
+        "--describe-timeout",
+        type=float,
+        default=10.0,
+        help="seconds to wait for workers to report their model [default 10]",
+    )
+    _add_fields(pr, Params, PARAM_FIELDS, "analysis parameters (enter the fingerprint)")
+    _add_fields(
+        pr,
+        Settings,
+        [
+            "queue",
+            "task_size",
+            "broker_url",
+            "s3_endpoint_url",
+            "s3_region",
+            "page_size",
+            "extensions",
+            "io_threads",
+            "weights",
+        ],
+        "producer settings",
+    )
+    pr.set_defaults(func=cmd_produce)
+
+    st = sub.add_parser("status", help="done / failed / remaining of the run under DEST")
+    st.add_argument("out", metavar="DEST", help="s3://bucket/prefix of a run")
+    st.add_argument("--wait", action="store_true", help="show a progress bar until finished")
+    st.add_argument("--timeout", type=float, default=None, help="give up waiting after seconds")
+    st.add_argument("--json", action="store_true", help="print the state as JSON")
+    _add_fields(st, Settings, ["broker_url", "s3_endpoint_url", "s3_region"], "settings")
+    st.set_defaults(func=cmd_status)
 
     man = sub.add_parser(
         "manifest",

@@ -1,0 +1,69 @@
+"""Progress of a run: done / failed / remaining from the Redis counters, as a bar or one line."""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+from tqdm import tqdm
+
+from worker import progress
+
+
+def summarise(counters: dict[str, int], run: dict[str, Any]) -> dict[str, Any]:
+    """Counters → done, failed, remaining, rate (recordings/s since the run began) and ETA."""
+    done = counters.get("ok", 0) + counters.get("failed", 0)
+    enqueued = counters.get("enqueued", 0)
+    elapsed = (datetime.now(UTC) - datetime.fromisoformat(run["created_at"])).total_seconds()
+    rate = done / elapsed if elapsed > 0 else 0.0
+    remaining = max(enqueued - done, 0)
+    return {
+        "run_id": run["run_id"],
+        "enqueued": enqueued,
+        "ok": counters.get("ok", 0),
+        "failed": counters.get("failed", 0),
+        "skipped": counters.get("skipped", 0),
+        "remaining": remaining,
+        "errors": {k[6:]: v for k, v in counters.items() if k.startswith("error:")},
+        "windows": counters.get("windows", 0),
+        "producer_done": bool(counters.get("producer_done")),
+        "finished": bool(counters.get("producer_done")) and remaining == 0,
+        "rate_per_s": round(rate, 3),
+        "eta_s": round(remaining / rate, 1) if rate > 0 else None,
+    }
+
+
+def line(s: dict[str, Any]) -> str:
+    eta = f"{s['eta_s']:.0f} s" if s["eta_s"] is not None else "?"
+    return (
+        f"run {s['run_id'][:12]}: {s['ok']} ok, {s['failed']} failed, {s['remaining']} remaining "
+        f"of {s['enqueued']} enqueued ({s['skipped']} skipped as done); "
+        f"{s['rate_per_s']:.2f} rec/s, ETA {eta}"
+        + (f"; errors {s['errors']}" if s["errors"] else "")
+        + ("" if s["producer_done"] else "; producer still enqueueing")
+    )
+
+
+def wait(
+    r,
+    run: dict[str, Any],
+    *,
+    poll_s: float = 1.0,
+    timeout_s: float | None = None,
+    show: bool = True,
+) -> dict[str, Any]:
+    """Block until every enqueued recording has a record (or ``timeout_s``); returns the state."""
+    deadline = time.monotonic() + timeout_s if timeout_s else None
+    with tqdm(total=0, unit="rec", desc="echocam", disable=not show) as bar:
+        while True:
+            s = summarise(progress.read(r, run["run_id"]), run)
+            bar.total = s["enqueued"]
+            bar.n = s["ok"] + s["failed"]
+            bar.set_postfix(ok=s["ok"], failed=s["failed"], refresh=False)
+            bar.refresh()
+            if s["finished"]:
+                return s
+            if deadline and time.monotonic() > deadline:
+                raise TimeoutError(f"run not finished after {timeout_s} s: {line(s)}")
+            time.sleep(poll_s)

@@ -1,0 +1,40 @@
+"""The Celery app: configuration declared in one place.  No torch here (the producer imports it).
+
+Start a worker with ``echocam worker`` (or ``celery -A worker.app worker``); settings come from
+``ECHOCAM_*`` variables (see ``echocam.settings.Settings``).
+"""
+
+from __future__ import annotations
+
+from celery import Celery
+
+from echocam.settings import Settings
+
+settings = Settings.from_env()
+
+app = Celery("echocam", broker=settings.broker_url, backend=None)
+app.conf.update(
+    # JSON only on the wire: a pickled message is rejected, never deserialised.
+    task_serializer="json",
+    result_serializer="json",
+    accept_content=["json"],
+    event_serializer="json",
+    # At least once, harmless twice: ack after the work; a lost worker's task is redelivered.
+    task_acks_late=True,
+    task_reject_on_worker_lost=True,
+    worker_prefetch_multiplier=1,
+    broker_transport_options={"visibility_timeout": settings.visibility_timeout},
+    worker_cancel_long_running_tasks_on_connection_loss=True,
+    broker_connection_retry_on_startup=True,
+    task_soft_time_limit=settings.task_soft_time_limit,
+    task_time_limit=settings.task_time_limit,
+    # Results live in the bucket (records); progress in Redis counters.
+    task_ignore_result=True,
+    # Events for Flower.
+    worker_send_task_events=True,
+    task_send_sent_event=True,
+    task_default_queue=settings.queue,
+    task_routes={"echocam.*": {"queue": settings.queue}},
+    imports=("worker.tasks", "worker.control"),
+    worker_hijack_root_logger=False,
+)

@@ -1,0 +1,102 @@
+"""The task: a batch of source keys plus the run's parameters → outputs and records in the bucket.
+
+Thin glue over ``echocam.batch.run_batch``; Celery supplies delivery, retries and time limits.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+from botocore.exceptions import BotoCoreError, ClientError
+from celery import signals
+from celery.exceptions import SoftTimeLimitExceeded
+
+from echocam.batch import Outcome, record_failures, run_batch
+from echocam.settings import Params
+from echocam.storage import ObjectInfo
+from worker import progress, state
+from worker.app import app, settings
+
+log = logging.getLogger(__name__)
+
+#: Errors writing to the bucket: the whole task retries (finished recordings are then skipped).
+TRANSIENT = (BotoCoreError, ClientError, ConnectionError, TimeoutError)
+
+
+@signals.worker_init.connect
+def _load_model(sender=None, **_):
+    try:
+        state.load_model_in_parent(getattr(sender, "concurrency", 1) or 1)
+    except Exception as e:
+        # Celery only logs exceptions from signal handlers; a worker without a model must stop.
+        log.critical("echocam: cannot load the model, stopping the worker: %s", e)
+        print(f"echocam worker: cannot load the model: {e}", file=sys.stderr, flush=True)
+        raise SystemExit(3) from e
+
+
+@signals.worker_process_init.connect
+def _init_process(**_):
+    try:
+        state.init_process()
+    except Exception as e:
+        log.critical("echocam: pool process cannot start: %s", e)
+        os._exit(3)  # the parent sees the process die and reports it
+
+
+@app.task(
+    name="echocam.process",
+    bind=True,
+    autoretry_for=TRANSIENT,
+    retry_backoff=2,
+    retry_backoff_max=120,
+    retry_jitter=True,
+    max_retries=5,
+)
+def process(self, items: list[list], run: dict) -> dict:
+    """Explain ``items`` ([key, size, etag] each) for ``run`` (run.json plus ``force``)."""
+    infos = [ObjectInfo(k, size, etag) for k, size, etag in items]
+    r = state.redis()
+    dst = state.store(run["output"])
+    explainer = state.explainer(Params.from_dict(run["params"]))
+    task_id = self.request.id
+
+    def fail_all(code: str, message: str) -> list[Outcome]:
+        return record_failures(
+            infos, dst=dst, explainer=explainer, run_id=run["run_id"], code=code, message=message
+        )
+
+    deliveries = r.incr(f"echocam:deliveries:{task_id}:{self.request.retries}")
+    r.expire(f"echocam:deliveries:{task_id}:{self.request.retries}", progress.TTL_S)
+    if explainer.fingerprint != run["fingerprint"]:
+        outcomes = fail_all(
+            "model_mismatch",
+            f"worker model {explainer.model.sha256[:12]} does not match the run's "
+            f"{run['model']['sha256'][:12]}",
+        )
+    elif deliveries > settings.max_deliveries:
+        outcomes = fail_all(
+            "worker_lost",
+            f"task {task_id} was delivered {deliveries - 1} times and its worker process "
+            "died each time",
+        )
+    else:
+        try:
+            outcomes = run_batch(
+                infos,
+                src=state.store(run["input"]),
+                dst=dst,
+                explainer=explainer,
+                run_id=run["run_id"],
+                force=run.get("force", False),
+                pool=state.pool(),
+            )
+        except SoftTimeLimitExceeded:
+            outcomes = fail_all(
+                "timeout", f"task exceeded its soft time limit of {settings.task_soft_time_limit} s"
+            )
+    progress.task_done(r, run["run_id"], task_id, outcomes)
+    counts = {s: sum(o.status == s for o in outcomes) for s in ("ok", "failed")}
+    log.info("echocam: task %s: %s", task_id, counts)
+    return counts
