@@ -28,6 +28,7 @@ class Outcome:
     error_code: str | None
     windows: int
     written: bool
+    timings_s: dict[str, float]  # decode, compute, encode (empty unless written now)
 
     @classmethod
     def of(cls, record: dict, *, written: bool) -> Outcome:
@@ -37,6 +38,7 @@ class Outcome:
             record.get("error_code"),
             record.get("n_windows") or 0,
             written,
+            (record.get("timings_s") or {}) if written else {},
         )
 
 

@@ -24,6 +24,7 @@ def client_factory(settings: Settings):
             endpoint_url=settings.s3_endpoint_url,
             region=settings.s3_region,
             max_pool=max(16, 2 * settings.io_threads),
+            retries=settings.s3_max_attempts,
         )
 
     return make

@@ -93,6 +93,7 @@ class Settings:
     broker_url: str = _f("redis://127.0.0.1:6379/0", "Celery broker (Redis) URL")
     s3_endpoint_url: str = _f("", "S3 endpoint (MinIO, SeaweedFS, ...); empty: AWS")
     s3_region: str = _f("", "S3 region; empty: from the AWS configuration")
+    s3_max_attempts: int = _f(8, "attempts per S3 request (backoff with jitter between)")
     queue: str = _f("echocam", "Celery queue name")
     task_soft_time_limit: int = _f(600, "seconds before a task's recordings fail with timeout")
     task_time_limit: int = _f(720, "seconds before a task's process is killed")

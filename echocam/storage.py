@@ -125,7 +125,7 @@ class LocalStore:
         shutil.copyfile(path, dest)
 
 
-def s3_client(*, endpoint_url: str = "", region: str = "", max_pool: int = 16, retries: int = 5):
+def s3_client(*, endpoint_url: str = "", region: str = "", max_pool: int = 16, retries: int = 8):
     """A boto3 S3 client: credentials from the standard AWS chain (``AWS_*`` variables, ...).
 
     Transient errors (5xx, throttling, connection resets) are retried by botocore's

@@ -6,6 +6,7 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
+import redis
 from tqdm import tqdm
 
 from worker import progress
@@ -57,7 +58,16 @@ def wait(
     deadline = time.monotonic() + timeout_s if timeout_s else None
     with tqdm(total=0, unit="rec", desc="echocam", disable=not show) as bar:
         while True:
-            s = summarise(progress.read(r, run["run_id"]), run)
+            try:
+                counters = progress.read(r, run["run_id"])
+            except redis.ConnectionError:  # Redis restarting: keep waiting, within the deadline
+                counters = None
+            if counters is None:
+                if deadline and time.monotonic() > deadline:
+                    raise TimeoutError(f"run not finished after {timeout_s} s: Redis unreachable")
+                time.sleep(poll_s)
+                continue
+            s = summarise(counters, run)
             bar.total = s["enqueued"]
             bar.n = s["ok"] + s["failed"]
             bar.set_postfix(ok=s["ok"], failed=s["failed"], refresh=False)

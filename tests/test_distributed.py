@@ -6,10 +6,13 @@ import io
 import json
 import os
 import re
+import time
 
 import numpy as np
 import pytest
 from conftest import RECORDINGS, chirp, needs_shared, wav_bytes
+from corpus import MAX_BYTES, MAX_DURATION_S, corpus
+from corpus import SKIPPED as CORPUS_SKIPPED
 from PIL import Image
 
 from devtools.services import RedisServer, SeaweedS3
@@ -38,7 +41,7 @@ COMMON = ["--task-size", "2", "--page-size", "2"]
 def stack(tmp_path_factory, species_checkpoint):
     """Redis + SeaweedFS + one worker; input and output in different buckets."""
     d = tmp_path_factory.mktemp("stack")
-    with RedisServer() as redis_srv, SeaweedS3() as s3:
+    with RedisServer(password="redis pw/with:odd@chars") as redis_srv, SeaweedS3() as s3:
         s3.create_bucket("field-audio")
         s3.create_bucket("cams-out")
         client = s3.client()
@@ -64,13 +67,13 @@ def stack(tmp_path_factory, species_checkpoint):
             worker.stop()
 
 
-def produce(stack, *args: str) -> tuple[int, str]:
+def produce(stack, *args: str, source: str = INPUT, out: str = OUTPUT) -> tuple[int, str]:
     proc = echocam(
         stack["env"],
         "produce",
-        INPUT,
+        source,
         "--out",
-        OUTPUT,
+        out,
         "--wait",
         "--timeout",
         "600",
@@ -179,3 +182,52 @@ def test_only_json_messages_and_no_credentials_in_outputs(stack):
             assert secret not in body and key_id not in body
     log = stack["worker"].log_path.read_text(errors="replace")
     assert secret not in log
+
+
+def test_bad_input_corpus_gives_one_record_each_with_stable_codes(stack):
+    """Every kind of bad, odd and valid input: a record each; the worker never dies."""
+    client = stack["s3"]
+    for key, data, _ in corpus():
+        client.put_object(Bucket="field-audio", Key=f"corpus/{key}", Body=data)
+    for key, data in CORPUS_SKIPPED:
+        client.put_object(Bucket="field-audio", Key=f"corpus/{key}", Body=data)
+    caps = ["--max-duration-s", str(MAX_DURATION_S), "--max-bytes", str(MAX_BYTES)]
+    enqueued, _ = produce(
+        stack, *caps, source="s3://field-audio/corpus", out="s3://cams-out/runs/corpus"
+    )
+    assert enqueued == len(corpus())
+    rows = {r["source_key"]: r for r in manifest(client, "runs/corpus")}
+    assert len(rows) == len(corpus())
+    for key, _, expected in corpus():
+        got = rows[key]["status"] if expected == "ok" else rows[key]["error_code"]
+        assert got == expected, (key, rows[key])
+        if expected != "ok":
+            assert rows[key]["error_message"]
+    assert stack["worker"].proc.poll() is None  # still alive
+    # nothing retries forever: a second produce finds everything current
+    assert (
+        produce(stack, *caps, source="s3://field-audio/corpus", out="s3://cams-out/runs/corpus")[0]
+        == 0
+    )
+
+
+def test_pickled_message_is_rejected_not_deserialised(stack, tmp_path):
+    from celery import Celery
+
+    marker = tmp_path / "unpickled"
+
+    class Exploit:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    app = Celery("attacker", broker=stack["redis"].url)
+    app.conf.task_serializer = "pickle"
+    app.send_task("echocam.process", args=[Exploit()], queue="echocam-test", serializer="pickle")
+    deadline = time.monotonic() + 60
+    while b"Refusing to deserialize" not in stack["worker"].log_path.read_bytes():
+        assert time.monotonic() < deadline, stack["worker"].log_tail()
+        time.sleep(0.2)
+    assert not marker.exists()
+    assert stack["worker"].proc.poll() is None
+    _, out = produce(stack)  # the worker still serves the queue: the run finishes
+    assert " 0 remaining" in out

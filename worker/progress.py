@@ -2,8 +2,8 @@
 
 Each task is counted once, whatever its deliveries: the task id goes into a set and its counts
 are added only if the id was new, atomically in one Lua script.  Keys (run id R):
-``echocam:run:R`` (hash: enqueued, skipped, ok, failed, windows, error:<code>, tasks_enqueued,
-tasks_done) and ``echocam:run:R:tasks`` (set of finished task ids).  No torch here.
+``echocam:run:R`` (hash: enqueued, skipped, producer_done, tasks_enqueued, tasks_done, ok,
+failed, windows, error:<code>, ms:<stage> = summed stage time in ms) and ``echocam:run:R:tasks`` (set of finished task ids).  No torch here.
 """
 
 from __future__ import annotations
@@ -49,6 +49,8 @@ def task_done(r: redis.Redis, run_id: str, task_id: str, outcomes: Iterable[Any]
         c["windows"] += o.windows
         if o.error_code:
             c[f"error:{o.error_code}"] += 1
+        for stage, seconds in o.timings_s.items():
+            c[f"ms:{stage}"] += round(seconds * 1000)
     args = [task_id] + [x for name, n in c.items() for x in (name, n)]
     added = r.eval(_COUNT_ONCE, 2, key(run_id), key(run_id) + ":tasks", *args)
     r.expire(key(run_id) + ":tasks", TTL_S)

@@ -12,17 +12,19 @@ import sys
 from botocore.exceptions import BotoCoreError, ClientError
 from celery import signals
 from celery.exceptions import SoftTimeLimitExceeded
+from redis.exceptions import RedisError
 
 from echocam.batch import Outcome, record_failures, run_batch
 from echocam.settings import Params
 from echocam.storage import ObjectInfo
-from worker import progress, state
+from worker import faults, progress, state
 from worker.app import app, settings
 
 log = logging.getLogger(__name__)
 
-#: Errors writing to the bucket: the whole task retries (finished recordings are then skipped).
-TRANSIENT = (BotoCoreError, ClientError, ConnectionError, TimeoutError)
+#: Errors writing to the bucket or Redis: the whole task retries (finished recordings are then
+#: skipped, and a task's outcomes are counted once).
+TRANSIENT = (BotoCoreError, ClientError, ConnectionError, TimeoutError, RedisError)
 
 
 @signals.worker_init.connect
@@ -83,6 +85,7 @@ def process(self, items: list[list], run: dict) -> dict:
         )
     else:
         try:
+            faults.before_task([it.key for it in infos])
             outcomes = run_batch(
                 infos,
                 src=state.store(run["input"]),
