@@ -16,7 +16,7 @@ from echocam.keys import output_key
 from echocam.records import is_current
 from echocam.settings import Params, Settings
 from echocam.storage import ObjectInfo, Store, read_json
-from worker import progress
+from worker import faults, progress
 
 log = logging.getLogger(__name__)
 TASK_NAME = "echocam.process"
@@ -84,6 +84,7 @@ def produce(
         out.recordings += len(items)
         out.tasks += 1
         skipped = 0
+        faults.after_send()
 
     with ThreadPoolExecutor(settings.io_threads) as pool:
         for it, needs_work in pending(

@@ -1,0 +1,271 @@
+"""Faults survived with real processes: killed workers, Redis restarts, S3 errors, poison tasks,
+time limits and a killed producer.  Each run must complete with every input in the manifest once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import soundfile as sf
+from conftest import RECORDINGS, needs_shared, wav_bytes
+
+from devtools.faultproxy import FaultProxy
+from devtools.services import RedisServer, SeaweedS3, wait_for
+from devtools.stack import ROOT, Worker, echocam
+
+pytestmark = [pytest.mark.slow, needs_shared]
+BUCKET = "faults"
+QUEUE = "echocam-faults"
+
+
+def clips(n: int, seconds: float = 3.0) -> list[bytes]:
+    """``n`` distinct real-audio clips cut from the shared 22 kHz soundscapes."""
+    files = sorted(RECORDINGS.glob("S4A*.wav"))
+    out = []
+    for i in range(n):
+        y, sr = sf.read(files[i % len(files)], dtype="float32")
+        start = (i // len(files)) * int(0.5 * sr)
+        out.append(wav_bytes(y[start : start + int(seconds * sr)], sr))
+    return out
+
+
+@pytest.fixture(scope="module")
+def svc(tmp_path_factory, species_checkpoint):
+    d = tmp_path_factory.mktemp("faults")
+    with RedisServer(appendonly=True, password="fault-pw") as redis_srv, SeaweedS3() as s3:
+        s3.create_bucket(BUCKET)
+        env = {
+            **os.environ,
+            **s3.env(),
+            "ECHOCAM_BROKER_URL": redis_srv.url,
+            "ECHOCAM_QUEUE": QUEUE,
+            "ECHOCAM_WEIGHTS": str(species_checkpoint),
+            "ECHOCAM_THREADS": "1",
+            # short limits so a lost message comes back within the test
+            "ECHOCAM_TASK_SOFT_TIME_LIMIT": "20",
+            "ECHOCAM_TASK_TIME_LIMIT": "30",
+            "ECHOCAM_VISIBILITY_TIMEOUT": "40",
+        }
+        yield {"env": env, "s3": s3, "client": s3.client(), "redis": redis_srv, "dir": d}
+
+
+def upload(svc, prefix: str, items: dict[str, bytes]) -> None:
+    for name, data in items.items():
+        svc["client"].put_object(Bucket=BUCKET, Key=f"{prefix}/{name}", Body=data)
+
+
+def worker(svc, name: str, **env: str) -> Worker:
+    w = Worker({**svc["env"], **env}, name=name, log_dir=svc["dir"]).start()
+    w.wait_ready()
+    return w
+
+
+def produce(svc, prefix: str, *args: str, wait: bool = False) -> subprocess.CompletedProcess:
+    proc = echocam(
+        svc["env"],
+        "produce",
+        f"s3://{BUCKET}/{prefix}",
+        "--out",
+        f"s3://{BUCKET}/out-{prefix}",
+        "--task-size",
+        "2",
+        *args,
+        *(["--wait", "--timeout", "400"] if wait else []),
+    )
+    assert proc.returncode == 0, proc.stderr
+    return proc
+
+
+def finish(svc, prefix: str) -> list[dict]:
+    """Wait for the run under out-<prefix>, compact it; the manifest's rows."""
+    st = echocam(svc["env"], "status", f"s3://{BUCKET}/out-{prefix}", "--wait", "--timeout", "400")
+    assert st.returncode == 0, st.stderr
+    man = echocam(svc["env"], "manifest", f"s3://{BUCKET}/out-{prefix}")
+    assert man.returncode == 0, man.stderr
+    return manifest(svc, prefix)
+
+
+def manifest(svc, prefix: str) -> list[dict]:
+    body = svc["client"].get_object(Bucket=BUCKET, Key=f"out-{prefix}/manifest.jsonl")["Body"]
+    return [json.loads(line) for line in body.read().decode().splitlines()]
+
+
+def assert_exactly_once(rows: list[dict], names, statuses=None) -> None:
+    keys = [r["source_key"] for r in rows]
+    assert sorted(keys) == sorted(names) and len(set(keys)) == len(keys)
+    want = statuses or {}
+    for r in rows:
+        expected = want.get(r["source_key"], "ok")
+        got = r["status"] if expected == "ok" else r["error_code"]
+        assert got == expected, r
+
+
+def wait_log(w: Worker, text: str, timeout: float = 120.0) -> None:
+    wait_for(lambda: text.encode() in w.log_path.read_bytes(), timeout, f"{text!r} in worker log")
+
+
+def pool_pids(w: Worker) -> list[int]:
+    out = subprocess.run(
+        ["ps", "-o", "pid=", "--ppid", str(w.proc.pid)], capture_output=True, text=True
+    ).stdout
+    return [int(p) for p in out.split()]
+
+
+def test_sigkill_of_a_pool_process_mid_task_redelivers_it(svc):
+    names = {f"clip-{i:02d}.wav": b for i, b in enumerate(clips(6))}
+    upload(svc, "sigkill", names)
+    w = worker(svc, "sigkill", ECHOCAM_FAULTS=json.dumps({"sleep": {"clip-02": 6}}))
+    try:
+        produce(svc, "sigkill")
+        wait_log(w, "echocam fault: sleeping")
+        (child,) = pool_pids(w)
+        os.kill(child, signal.SIGKILL)
+        rows = finish(svc, "sigkill")
+        assert_exactly_once(rows, names)
+        log = w.log_path.read_text()
+        assert "WorkerLostError" in log or "SIGKILL" in log
+        assert log.count("echocam fault: sleeping") >= 2  # delivered again
+    finally:
+        w.stop()
+
+
+def test_sigterm_warm_shutdown_finishes_the_task_and_a_restart_finishes_the_run(svc):
+    names = {f"clip-{i:02d}.wav": b for i, b in enumerate(clips(6))}
+    upload(svc, "sigterm", names)
+    w = worker(svc, "sigterm-1", ECHOCAM_FAULTS=json.dumps({"sleep": {"clip-00": 5}}))
+    try:
+        produce(svc, "sigterm")
+        wait_log(w, "echocam fault: sleeping")
+        os.kill(w.proc.pid, signal.SIGTERM)  # the main process: warm shutdown
+        assert w.proc.wait(90) == 0
+        log = w.log_path.read_text()
+        assert "succeeded" in log  # the task in hand was finished, not dropped
+    finally:
+        w.stop()
+    w2 = worker(svc, "sigterm-2")
+    try:
+        assert_exactly_once(finish(svc, "sigterm"), names)
+    finally:
+        w2.stop()
+
+
+def test_redis_restart_mid_run(svc):
+    names = {f"clip-{i:02d}.wav": b for i, b in enumerate(clips(8))}
+    upload(svc, "redis", names)
+    w = worker(svc, "redis", ECHOCAM_FAULTS=json.dumps({"sleep": {"clip-0": 2}}))
+    try:
+        produce(svc, "redis")
+        wait_log(w, "echocam fault: sleeping")
+        svc["redis"].restart()
+        rows = finish(svc, "redis")
+        assert_exactly_once(rows, names)
+        assert w.proc.poll() is None
+    finally:
+        w.stop()
+
+
+def test_s3_errors_and_dropped_connections_are_retried(svc):
+    names = {f"clip-{i:02d}.wav": b for i, b in enumerate(clips(6))}
+    upload(svc, "flaky", names)
+    with FaultProxy(svc["s3"].port, fail_rate=0.2, seed=7) as proxy:
+        w = worker(svc, "flaky", ECHOCAM_S3_ENDPOINT_URL=proxy.endpoint_url)
+        try:
+            produce(svc, "flaky", wait=True)
+        finally:
+            w.stop()
+    assert_exactly_once(manifest(svc, "flaky"), names)
+    assert proxy.counts["503"] > 0 and proxy.counts["dropped"] > 0
+
+
+@pytest.fixture(scope="module")
+def poison_run(svc):
+    """A task that crashes its process every time, one that hangs, and ordinary ones."""
+    names = {f"clip-{i:02d}.wav": b for i, b in enumerate(clips(4))}
+    names["poison.wav"], names["hang.wav"] = clips(2, seconds=2.0)
+    upload(svc, "poison", names)
+    w = worker(
+        svc,
+        "poison",
+        ECHOCAM_FAULTS=json.dumps({"crash": "poison", "sleep": {"hang": 60}}),
+        ECHOCAM_TASK_SOFT_TIME_LIMIT="4",
+        ECHOCAM_TASK_TIME_LIMIT="10",
+        ECHOCAM_MAX_DELIVERIES="2",
+    )
+    try:
+        produce(svc, "poison", "--task-size", "1", wait=True)
+        yield names, manifest(svc, "poison"), w
+    finally:
+        w.stop()
+
+
+def test_poison_task_is_failed_after_bounded_deliveries(poison_run):
+    names, rows, w = poison_run
+    assert_exactly_once(rows, names, {"poison.wav": "worker_lost", "hang.wav": "timeout"})
+    assert w.proc.poll() is None  # the worker lives on
+    assert w.log_path.read_text().count("crashing pool process") == 2  # max_deliveries
+
+
+def test_task_over_the_soft_time_limit_fails_with_timeout(poison_run):
+    names, rows, w = poison_run
+    row = next(r for r in rows if r["source_key"] == "hang.wav")
+    assert row["error_code"] == "timeout" and "soft time limit" in row["error_message"]
+    assert sum(r["status"] == "ok" for r in rows) == len(names) - 2
+
+
+def test_producer_killed_halfway_then_restarted(svc, species_checkpoint):
+    from echocam.model import load_model
+
+    names = {f"many-{i:03d}.wav": b for i, b in enumerate(clips(40, seconds=1.0))}
+    upload(svc, "many", names)
+    sha = load_model(str(species_checkpoint)).sha256
+    r = svc["redis"].client()
+    queue = "echocam-many"  # no other test's worker may consume these
+    env = {**svc["env"], "ECHOCAM_QUEUE": queue}
+    args = [
+        sys.executable,
+        "-m",
+        "echocam_cli",
+        "produce",
+        f"s3://{BUCKET}/many",
+        "--out",
+        f"s3://{BUCKET}/out-many",
+        "--task-size",
+        "1",
+        "--page-size",
+        "5",
+        "--model-sha256",
+        sha,
+    ]
+    first = subprocess.Popen(
+        args,
+        env={**env, "ECHOCAM_FAULTS": '{"send_delay": 0.1}'},
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=(svc["dir"] / "producer.log").open("wb"),
+    )
+    wait_for(lambda: r.llen(queue) >= 10, 60, "10 tasks enqueued")
+    first.kill()
+    first.wait(10)
+    queued = r.lrange(queue, 0, -1)
+    assert 10 <= len(queued) < len(names)
+    secret = svc["env"]["AWS_SECRET_ACCESS_KEY"].encode()
+    for raw in queued:  # JSON, and no credentials in task messages
+        msg = json.loads(raw)
+        assert msg["content-type"] == "application/json"
+        assert secret not in raw and svc["env"]["AWS_ACCESS_KEY_ID"].encode() not in raw
+    second = subprocess.run(
+        args, env=svc["env"], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
+    assert second.returncode == 0, second.stderr
+    w = worker(svc, "many", ECHOCAM_QUEUE=queue)
+    try:
+        assert_exactly_once(finish(svc, "many"), names)
+    finally:
+        w.stop()
+    np.testing.assert_equal(r.llen(queue), 0)
