@@ -43,8 +43,11 @@ def main() -> int:
                 worker.wait_ready()
             except (RuntimeError, TimeoutError) as e:
                 print(f"echocam demo: the worker did not start:\n{e}", file=sys.stderr)
-                print("(offline without ImageNet weights? run `ECHOCAM_WEIGHTS=random make demo` "
-                      "or point ECHOCAM_WEIGHTS at a checkpoint)", file=sys.stderr)
+                print(
+                    "(offline without ImageNet weights? run `ECHOCAM_WEIGHTS=random make demo` "
+                    "or point ECHOCAM_WEIGHTS at a checkpoint)",
+                    file=sys.stderr,
+                )
                 return 1
             print(f"  worker pid {worker.proc.pid}, log {worker.log_path}", flush=True)
             proc = echocam(

@@ -58,8 +58,9 @@ class FaultProxy:
                 up = http.client.HTTPConnection("127.0.0.1", proxy.upstream_port, timeout=60)
                 try:
                     # Keep the client's Host header: SigV4 signed it.
-                    up.putrequest(self.command, self.path, skip_host=True,
-                                  skip_accept_encoding=True)
+                    up.putrequest(
+                        self.command, self.path, skip_host=True, skip_accept_encoding=True
+                    )
                     for name, value in self.headers.items():
                         if name.lower() not in HOP_BY_HOP:
                             up.putheader(name, value)

@@ -108,6 +108,9 @@ class Explainer:
                 recs.append(self._decode(i, src))
             except EchoCamError as e:
                 results[i] = Result(records.failed(bases[i], code=e.code, message=e.message))
+            except Exception as e:  # a decoder bug on one file must not sink the batch
+                msg = f"{type(e).__name__}: {e}"
+                results[i] = Result(records.failed(bases[i], code="internal", message=msg))
         if recs:
             prob_sum = self._compute(recs)
             for rec in recs:

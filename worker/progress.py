@@ -3,7 +3,8 @@
 Each task is counted once, whatever its deliveries: the task id goes into a set and its counts
 are added only if the id was new, atomically in one Lua script.  Keys (run id R):
 ``echocam:run:R`` (hash: enqueued, skipped, producer_done, tasks_enqueued, tasks_done, ok,
-failed, windows, error:<code>, ms:<stage> = summed stage time in ms) and ``echocam:run:R:tasks`` (set of finished task ids).  No torch here.
+failed, windows, error:<code>, ms:<stage> = summed stage time in ms) and
+``echocam:run:R:tasks`` (set of finished task ids).  No torch here.
 """
 
 from __future__ import annotations

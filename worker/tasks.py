@@ -99,6 +99,11 @@ def process(self, items: list[list], run: dict) -> dict:
             outcomes = fail_all(
                 "timeout", f"task exceeded its soft time limit of {settings.task_soft_time_limit} s"
             )
+        except TRANSIENT:
+            raise  # Celery retries the task with backoff
+        except Exception as e:  # e.g. out of device memory: record it, never drop the batch
+            log.exception("echocam: task %s failed", task_id)
+            outcomes = fail_all("internal", f"{type(e).__name__}: {e}")
     progress.task_done(r, run["run_id"], task_id, outcomes)
     counts = {s: sum(o.status == s for o in outcomes) for s in ("ok", "failed")}
     log.info("echocam: task %s: %s", task_id, counts)
