@@ -15,19 +15,7 @@ from echocam.chunking import batched
 from echocam.model import LoadedModel, load_model
 from echocam.pipeline import Explainer
 from echocam.settings import Params, Settings
-from echocam.storage import open_store, s3_client
-
-
-def client_factory(settings: Settings):
-    def make():
-        return s3_client(
-            endpoint_url=settings.s3_endpoint_url,
-            region=settings.s3_region,
-            max_pool=max(16, 2 * settings.io_threads),
-            retries=settings.s3_max_attempts,
-        )
-
-    return make
+from echocam.storage import client_factory, open_store
 
 
 def load(settings: Settings) -> LoadedModel:

@@ -10,7 +10,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -18,6 +18,7 @@ from urllib.parse import urlparse
 
 from echocam.errors import TooLarge
 from echocam.keys import join
+from echocam.settings import Settings
 
 
 @dataclass(frozen=True)
@@ -148,6 +149,20 @@ def s3_client(*, endpoint_url: str = "", region: str = "", max_pool: int = 16, r
     return boto3.session.Session().client(
         "s3", endpoint_url=endpoint_url or None, region_name=region or None, config=config
     )
+
+
+def client_factory(settings: Settings) -> Callable[[], Any]:
+    """A maker of S3 clients configured by ``settings`` (endpoint, region, pool, attempts)."""
+
+    def make():
+        return s3_client(
+            endpoint_url=settings.s3_endpoint_url,
+            region=settings.s3_region,
+            max_pool=max(16, 2 * settings.io_threads),
+            retries=settings.s3_max_attempts,
+        )
+
+    return make
 
 
 def parse_s3_uri(uri: str) -> tuple[str, str]:

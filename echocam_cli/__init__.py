@@ -66,8 +66,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_manifest(args: argparse.Namespace) -> int:
     from echocam import manifest
-    from echocam.local import client_factory
-    from echocam.storage import open_store
+    from echocam.storage import client_factory, open_store
 
     store = open_store(args.out, client_factory=client_factory(_settings(args)))
     _print_summary(manifest.compact(store))
@@ -107,8 +106,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def _producer_context(args: argparse.Namespace):
-    from echocam.local import client_factory
-    from echocam.storage import open_store
+    from echocam.storage import client_factory, open_store
 
     settings = _settings(args)
     make = client_factory(settings)
@@ -311,6 +309,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_fields(st, Settings, ["broker_url", "s3_endpoint_url", "s3_region"], "settings")
     st.set_defaults(func=cmd_status)
 
+    # Its own parser lives in producer.metrics; main() hands it the arguments.
+    sub.add_parser(
+        "metrics",
+        help="serve Prometheus metrics: run progress, errors, stage times, queue length",
+        add_help=False,
+    )
+
     man = sub.add_parser(
         "manifest",
         help="compact the records under DEST into manifest.jsonl/.parquet and summary.json",
@@ -322,6 +327,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["metrics"]:
+        from producer import metrics
+
+        return metrics.main(argv[1:]) or 0
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

@@ -15,11 +15,11 @@ from functools import cache
 import numpy as np
 import soundfile as sf
 
-from echocam.local import client_factory, load, set_threads
+from echocam.local import load, set_threads
 from echocam.model import LoadedModel
 from echocam.pipeline import Explainer, Source
 from echocam.settings import Params
-from echocam.storage import S3Store, open_store
+from echocam.storage import S3Store, client_factory, open_store
 from worker import progress
 from worker.app import settings
 
