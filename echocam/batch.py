@@ -7,7 +7,7 @@ means the recording's outputs are complete.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -90,7 +90,17 @@ def _write(dst: Store, result: Result, *, run_id: str, replace: bool) -> Outcome
     return Outcome.of(rec, written=written)
 
 
-def run_batch(
+@dataclass
+class Prepared:
+    """A batch after its I/O-bound first half: outcomes of done items, and sources to explain."""
+
+    items: Sequence[ObjectInfo]
+    outcomes: dict[str, Outcome]
+    sources: list[Source]
+    replace: dict[str, bool]  # key → a record existed (overwrite instead of create)
+
+
+def prepare(
     items: Sequence[ObjectInfo],
     *,
     src: Store,
@@ -99,27 +109,67 @@ def run_batch(
     run_id: str,
     force: bool = False,
     pool: ThreadPoolExecutor,
-) -> list[Outcome]:
-    """Explain ``items`` from ``src`` into ``dst``, one outcome per item, in order.
-
-    Done items are skipped; bad input becomes a failed record.  Errors writing to ``dst`` raise
-    (the caller retries the batch, and the recordings finished before are then skipped).
-    ``pool`` runs reads and writes concurrently.
-    """
+) -> Prepared:
+    """Check which items are done and read the others' bytes, ``pool`` threads at a time."""
     outcomes, todo = _pending(
         items, dst=dst, fingerprint=explainer.fingerprint, run_id=run_id, force=force, pool=pool
     )
-    if todo:
-        max_bytes = explainer.params.max_bytes
-        sources = list(pool.map(lambda t: fetch(src, t[0], max_bytes=max_bytes), todo))
-        replace = {it.key: rec is not None for it, rec in todo}
-        results = explainer.explain(sources)
+    max_bytes = explainer.params.max_bytes
+    sources = list(pool.map(lambda t: fetch(src, t[0], max_bytes=max_bytes), todo))
+    return Prepared(items, outcomes, sources, {it.key: rec is not None for it, rec in todo})
+
+
+def complete(
+    batch: Prepared, *, dst: Store, explainer: Explainer, run_id: str, pool: ThreadPoolExecutor
+) -> list[Outcome]:
+    """Explain the prepared sources and write outputs, then records; one outcome per item."""
+    outcomes = dict(batch.outcomes)
+    if batch.sources:
+        results = explainer.explain(batch.sources)
         for out in pool.map(
-            lambda res: _write(dst, res, run_id=run_id, replace=replace[res.record["source_key"]]),
+            lambda res: _write(
+                dst, res, run_id=run_id, replace=batch.replace[res.record["source_key"]]
+            ),
             results,
         ):
             outcomes[out.key] = out
-    return [outcomes[it.key] for it in items]
+    return [outcomes[it.key] for it in batch.items]
+
+
+def run_batch(
+    chunks: Iterable[Sequence[ObjectInfo]],
+    *,
+    src: Store,
+    dst: Store,
+    explainer: Explainer,
+    run_id: str,
+    force: bool = False,
+    pool: ThreadPoolExecutor,
+    on_chunk: Callable[[list[Outcome]], None] | None = None,
+) -> list[Outcome]:
+    """Explain the items of ``chunks`` from ``src`` into ``dst``; one outcome per item, in order.
+
+    Done items are skipped; bad input becomes a failed record.  The reads of chunk N+1 run
+    while chunk N is explained (at most two chunks in memory); ``pool`` runs reads and writes
+    concurrently.  Errors writing to ``dst`` raise (the caller retries, and the recordings
+    finished before are then skipped).
+    """
+    common = dict(src=src, dst=dst, explainer=explainer, run_id=run_id, force=force, pool=pool)
+    chunks = iter(chunks)
+    prefetch = ThreadPoolExecutor(1, thread_name_prefix="echocam-prefetch")
+    outcomes: list[Outcome] = []
+    try:
+        ahead = prefetch.submit(prepare, next(chunks, []), **common)
+        while (batch := ahead.result()).items:
+            ahead = prefetch.submit(prepare, next(chunks, []), **common)
+            done = complete(batch, dst=dst, explainer=explainer, run_id=run_id, pool=pool)
+            outcomes += done
+            if on_chunk:
+                on_chunk(done)
+    finally:
+        # A time limit may interrupt us: never wait here on a read that hangs.
+        prefetch.shutdown(wait=False, cancel_futures=True)
+    return outcomes
 
 
 def record_failures(

@@ -49,7 +49,6 @@ def run_local(
     """Explain every audio object under ``source`` into ``dest``; returns the run's summary."""
     set_threads(settings.threads)
     model = load(settings)
-    explainer = Explainer(model, params, device=settings.device, batch_size=settings.batch_size)
     src = open_store(source, client_factory=client_factory(settings))
     dst = open_store(dest, client_factory=client_factory(settings))
     run = runs.describe(
@@ -61,15 +60,17 @@ def run_local(
         ThreadPoolExecutor(settings.io_threads) as pool,
         tqdm(total=len(items), unit="rec", disable=not progress, desc="echocam run") as bar,
     ):
-        for chunk in batched(items, settings.task_size):
-            outcomes = run_batch(
-                chunk,
-                src=src,
-                dst=dst,
-                explainer=explainer,
-                run_id=run["run_id"],
-                force=force,
-                pool=pool,
-            )
-            bar.update(len(outcomes))
+        explainer = Explainer(
+            model, params, device=settings.device, batch_size=settings.batch_size, pool=pool
+        )
+        run_batch(
+            batched(items, settings.task_size),
+            src=src,
+            dst=dst,
+            explainer=explainer,
+            run_id=run["run_id"],
+            force=force,
+            pool=pool,
+            on_chunk=lambda done: bar.update(len(done)),
+        )
     return manifest.compact(dst, page_size=settings.page_size)

@@ -7,6 +7,7 @@ import json
 import time
 from collections import defaultdict
 from collections.abc import Sequence
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -68,20 +69,24 @@ class Explainer:
     """Holds the model and the on-device transforms; ``explain`` turns sources into results."""
 
     def __init__(
-        self, model: LoadedModel, params: Params, *, device: str = "auto", batch_size: int = 32
+        self,
+        model: LoadedModel,
+        params: Params,
+        *,
+        device: str = "auto",
+        batch_size: int = 0,
+        pool: Executor | None = None,
     ):
-        self.model, self.params, self.batch_size = model, params, batch_size
+        self.model, self.params = model, params
         self.device = resolve_device(device)
+        self.cuda = self.device.type == "cuda"
+        self.batch_size = batch_size or (256 if self.cuda else 32)
+        # Decoding (libsndfile, soxr) and PNG encoding (zlib) release the GIL: threads overlap.
+        self.map = pool.map if pool is not None else map
         self.net = model.net.to(self.device)
-        self.spectrogram = MelSpectrogramDB(
-            sample_rate=params.sample_rate,
-            n_fft=params.n_fft,
-            hop_length=params.hop_length,
-            n_mels=params.n_mels,
-            fmin=params.fmin,
-            fmax=params.fmax,
-            top_db=params.top_db,
-        ).to(self.device)
+        if self.cuda:
+            self.net = self.net.to(memory_format=torch.channels_last)
+        self.spectrogram = MelSpectrogramDB.from_params(params).to(self.device)
         self.magma = colormaps.table("magma", self.device)
         self.plasma = colormaps.table("plasma", self.device)
         self.class_ids = _class_ids(params.classes, model.class_names)
@@ -103,21 +108,31 @@ class Explainer:
         ]
         results: list[Result | None] = [None] * len(sources)
         recs: list[_Recording] = []
-        for i, src in enumerate(sources):
-            try:
-                recs.append(self._decode(i, src))
-            except EchoCamError as e:
-                results[i] = Result(records.failed(bases[i], code=e.code, message=e.message))
-            except Exception as e:  # a decoder bug on one file must not sink the batch
-                msg = f"{type(e).__name__}: {e}"
-                results[i] = Result(records.failed(bases[i], code="internal", message=msg))
+        for i, decoded in enumerate(self.map(self._try_decode, range(len(sources)), sources)):
+            if isinstance(decoded, _Recording):
+                recs.append(decoded)
+            else:
+                code, message = decoded
+                results[i] = Result(records.failed(bases[i], code=code, message=message))
         if recs:
             prob_sum = self._compute(recs)
-            for rec in recs:
-                results[rec.index] = self._assemble(rec, bases[rec.index], prob_sum[rec.index])
+            assembled = self.map(
+                lambda rec: self._assemble(rec, bases[rec.index], prob_sum[rec.index]), recs
+            )
+            for rec, result in zip(recs, assembled, strict=True):
+                results[rec.index] = result
         return [r for r in results if r is not None]
 
     # -- stages -----------------------------------------------------------------------------
+
+    def _try_decode(self, index: int, src: Source) -> _Recording | tuple[str, str]:
+        """The decoded recording, or (error code, message)."""
+        try:
+            return self._decode(index, src)
+        except EchoCamError as e:
+            return e.code, e.message
+        except Exception as e:  # a decoder bug on one file must not sink the batch
+            return "internal", f"{type(e).__name__}: {e}"
 
     def _decode(self, index: int, src: Source) -> _Recording:
         if src.error is not None:
@@ -181,11 +196,18 @@ class Explainer:
         waves = np.stack(
             [rec.audio.samples[rec.starts[j] : rec.starts[j] + length] for rec, j in batch]
         )
-        waves_t = torch.from_numpy(waves).to(self.device, non_blocking=True)
-        db = self.spectrogram(waves_t)
+        waves_t = torch.from_numpy(waves)
+        if self.cuda:  # pinned memory: an asynchronous copy
+            waves_t = waves_t.pin_memory()
+        db = self.spectrogram(waves_t.to(self.device, non_blocking=True))
         rgb = spectrogram_rgb(db, lut=self.magma)
         img8 = model_image(rgb)
-        ex = explain(self.net, normalise(img8), top_k=p.top_k, class_ids=self.class_ids)
+        x = normalise(img8)
+        if self.cuda:
+            x = x.contiguous(memory_format=torch.channels_last)
+        # bf16 on CUDA: the forward is ~2x faster; logits and CAMs are computed in float32
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.cuda):
+            ex = explain(self.net, x, top_k=p.top_k, class_ids=self.class_ids)
         maps = display_maps(ex.cams, size=(db.shape[-2], db.shape[-1]))
         ov = render.overlay(rgb, maps, lut=self.plasma, alpha=p.alpha)
         top = ex.probs.topk(p.top_k, dim=-1)

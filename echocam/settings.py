@@ -86,7 +86,7 @@ class Settings:
     weights: str = _f("imagenet", "imagenet | random | PATH | s3://bucket/key (checkpoint)")
     seed: int = _f(0, "seed for --weights random")
     device: str = _f("auto", "auto | cpu | cuda | cuda:N")
-    batch_size: int = _f(32, "windows per forward pass")
+    batch_size: int = _f(0, "windows per forward pass (0: 256 on CUDA, 32 on CPU)")
     threads: int = _f(0, "torch threads per process (0: cores / worker processes)")
     io_threads: int = _f(8, "concurrent downloads and uploads")
     task_size: int = _f(16, "recordings per task (distributed) or per batch (local)")

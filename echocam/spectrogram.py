@@ -42,6 +42,19 @@ class MelSpectrogramDB(nn.Module):
         self.register_buffer("window", torch.hann_window(n_fft, periodic=True), persistent=False)
         self.n_fft, self.hop_length, self.top_db, self.amin = n_fft, hop_length, top_db, amin
 
+    @classmethod
+    def from_params(cls, params) -> MelSpectrogramDB:
+        """The spectrogram that ``params`` (an ``echocam.settings.Params``) describes."""
+        return cls(
+            sample_rate=params.sample_rate,
+            n_fft=params.n_fft,
+            hop_length=params.hop_length,
+            n_mels=params.n_mels,
+            fmin=params.fmin,
+            fmax=params.fmax,
+            top_db=params.top_db,
+        )
+
     def forward(self, waves: torch.Tensor) -> torch.Tensor:
         stft = torch.stft(
             waves,

@@ -28,15 +28,7 @@ def exact_float32():
 def images():
     """Model inputs from real recordings: 4 windows of 5 s."""
     p = Params()
-    mel = MelSpectrogramDB(
-        sample_rate=p.sample_rate,
-        n_fft=p.n_fft,
-        hop_length=p.hop_length,
-        n_mels=p.n_mels,
-        fmin=p.fmin,
-        fmax=p.fmax,
-        top_db=p.top_db,
-    )
+    mel = MelSpectrogramDB.from_params(p)
     if not recordings():
         pytest.skip("shared recordings not found")
     y = decode(

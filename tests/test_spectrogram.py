@@ -14,15 +14,7 @@ P = Params()
 
 @pytest.fixture(scope="module")
 def mel():
-    return MelSpectrogramDB(
-        sample_rate=P.sample_rate,
-        n_fft=P.n_fft,
-        hop_length=P.hop_length,
-        n_mels=P.n_mels,
-        fmin=P.fmin,
-        fmax=P.fmax,
-        top_db=P.top_db,
-    )
+    return MelSpectrogramDB.from_params(P)
 
 
 def reference(y: np.ndarray) -> np.ndarray:

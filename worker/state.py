@@ -58,7 +58,9 @@ def init_process() -> None:
 def explainer(params: Params) -> Explainer:
     if model is None:
         raise RuntimeError("worker model not loaded (worker_init did not run)")
-    return Explainer(model, params, device=settings.device, batch_size=settings.batch_size)
+    return Explainer(
+        model, params, device=settings.device, batch_size=settings.batch_size, pool=pool()
+    )
 
 
 @cache

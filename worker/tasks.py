@@ -15,6 +15,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 from redis.exceptions import RedisError
 
 from echocam.batch import Outcome, record_failures, run_batch
+from echocam.chunking import batched
 from echocam.settings import Params
 from echocam.storage import ObjectInfo
 from worker import faults, progress, state
@@ -86,8 +87,9 @@ def process(self, items: list[list], run: dict) -> dict:
     else:
         try:
             faults.before_task([it.key for it in infos])
+            # Sub-batches: reads of the next overlap the device work on this one.
             outcomes = run_batch(
-                infos,
+                batched(infos, max(1, -(-len(infos) // 4))),
                 src=state.store(run["input"]),
                 dst=dst,
                 explainer=explainer,
