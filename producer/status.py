@@ -59,21 +59,17 @@ def wait(
     with tqdm(total=0, unit="rec", desc="echocam", disable=not show) as bar:
         while True:
             try:
-                counters = progress.read(r, run["run_id"])
+                s = summarise(progress.read(r, run["run_id"]), run)
             except redis.ConnectionError:  # Redis restarting: keep waiting, within the deadline
-                counters = None
-            if counters is None:
-                if deadline and time.monotonic() > deadline:
-                    raise TimeoutError(f"run not finished after {timeout_s} s: Redis unreachable")
-                time.sleep(poll_s)
-                continue
-            s = summarise(counters, run)
-            bar.total = s["enqueued"]
-            bar.n = s["ok"] + s["failed"]
-            bar.set_postfix(ok=s["ok"], failed=s["failed"], refresh=False)
-            bar.refresh()
-            if s["finished"]:
-                return s
+                s = None
+            if s is not None:
+                bar.total = s["enqueued"]
+                bar.n = s["ok"] + s["failed"]
+                bar.set_postfix(ok=s["ok"], failed=s["failed"], refresh=False)
+                bar.refresh()
+                if s["finished"]:
+                    return s
             if deadline and time.monotonic() > deadline:
-                raise TimeoutError(f"run not finished after {timeout_s} s: {line(s)}")
+                state = line(s) if s else "Redis unreachable"
+                raise TimeoutError(f"run not finished after {timeout_s} s: {state}")
             time.sleep(poll_s)
