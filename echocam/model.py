@@ -125,7 +125,9 @@ def _imagenet_state_dict() -> dict[str, torch.Tensor]:
         return torch.load(path, map_location="cpu", weights_only=True)
     url = ResNet18_Weights.IMAGENET1K_V1.url
     try:
-        return torch.hub.load_state_dict_from_url(url, map_location="cpu", progress=False)
+        return torch.hub.load_state_dict_from_url(
+            url, map_location="cpu", progress=False, check_hash=True
+        )
     except Exception as e:  # URLError, timeouts, proxies: all mean "not available here"
         raise WeightsUnavailable(
             f"ImageNet ResNet-18 weights are not cached and cannot be downloaded ({e}). "
