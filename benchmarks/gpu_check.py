@@ -1,0 +1,296 @@
+"""The GPU check's Python half (``gpu_check.sh`` runs it): echo-cam on one NVIDIA GPU, briefly.
+
+1. the device: ``nvidia-smi`` and ``torch.cuda.get_device_name``;
+2. model + CAM: ``echocam.cam.explain`` on ``HookedResNet18`` (random weights), channels_last,
+   in fp32 and in bf16 autocast, at batch 64 / 256 / 1024, next to the forward alone;
+3. the full on-device path: ``Explainer.explain`` (spectrogram -> image -> model -> CAM ->
+   overlay -> host copy -> PNG/NPZ) on real recordings held in memory;
+4. local mode end to end: ``echocam run samples --out $OUT/gpu-run --weights random --device D``.
+
+Writes ``$OUT/gpu_check.json`` (``--out``, default $OUT or ./benchmarks/results).  Each part
+records its own error and the rest still run; the exit status is 1 if any part failed, 2 if
+CUDA was asked for and is not there.  ``--device cpu --quick`` runs every part at toy sizes on
+the CPU, to check this script where there is no GPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import _common as C
+import torch
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fn, device: torch.device, *, iters: int, warmup: int) -> float:
+    """Median seconds per call, synchronising the device around every call."""
+    for _ in range(warmup):
+        fn()
+    sync(device)
+    times = []
+    for _ in range(iters):
+        t0 = time.perf_counter()
+        fn()
+        sync(device)
+        times.append(time.perf_counter() - t0)
+    times.sort()
+    return times[len(times) // 2]
+
+
+def device_info(device: torch.device) -> dict:
+    info = {
+        "torch": torch.__version__,
+        "torch_cuda": torch.version.cuda,
+        "cuda_available": torch.cuda.is_available(),
+        "device": str(device),
+        "cpu": C.cpu_model(),
+        "cores": os.cpu_count(),
+    }
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        info.update(
+            name=torch.cuda.get_device_name(device),
+            capability=".".join(map(str, torch.cuda.get_device_capability(device))),
+            memory_gib=round(props.total_memory / 2**30, 1),
+            bf16_supported=torch.cuda.is_bf16_supported(),
+        )
+    if shutil.which("nvidia-smi"):
+        q = "name,driver_version,memory.total,clocks.max.sm,power.limit"
+        proc = subprocess.run(
+            ["nvidia-smi", f"--query-gpu={q}", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        info["nvidia_smi"] = proc.stdout.strip() or proc.stderr.strip()
+    return info
+
+
+def model_cam(device: torch.device, batches: list[int], iters: int) -> list[dict]:
+    from echocam.cam import explain
+    from echocam.model import load_model
+
+    net = load_model("random").net.to(device, memory_format=torch.channels_last)
+    rows = []
+    for precision in ("fp32", "bf16"):
+        for batch in batches:
+            row: dict = {"precision": precision, "batch": batch, "channels_last": True}
+            try:
+                x = torch.randn(batch, 3, 224, 224, device=device)
+                x = x.contiguous(memory_format=torch.channels_last)
+                enabled = precision == "bf16"
+
+                def forward(x=x, enabled=enabled):
+                    with (
+                        torch.inference_mode(),
+                        torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled),
+                    ):
+                        net(x)
+
+                def cam(x=x, enabled=enabled):
+                    with (
+                        torch.inference_mode(),
+                        torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled),
+                    ):
+                        explain(net, x, top_k=1)
+
+                if device.type == "cuda":
+                    torch.cuda.reset_peak_memory_stats(device)
+                f = timed(forward, device, iters=iters, warmup=2)
+                c = timed(cam, device, iters=iters, warmup=1)
+                row.update(
+                    forward_images_per_s=batch / f,
+                    explain_images_per_s=batch / c,
+                    explain_over_forward=c / f,
+                )
+                if device.type == "cuda":
+                    row["peak_memory_gib"] = round(
+                        torch.cuda.max_memory_allocated(device) / 2**30, 2
+                    )
+                del x
+            except Exception as e:  # an OOM at one size must not hide the others
+                row["error"] = f"{type(e).__name__}: {e}"[:500]
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+            rows.append(row)
+            print(f"  model+CAM {precision} batch {batch}: {_brief(row)}", flush=True)
+    return rows
+
+
+def sources_in_memory(windows: int):
+    """Real recordings (bytes) whose windows add up to ``windows``; synthetic chirps if none."""
+    from echocam.pipeline import Source
+    from echocam.settings import Params
+
+    params = Params()
+    try:
+        paths = C.recordings()
+    except SystemExit:
+        paths = []
+    if paths:
+        counts = C.window_counts(paths, params)
+        chosen = C.pick_recordings(counts, windows)
+        return [Source(f"{i:04d}_{p.name}", p.read_bytes()) for i, p in enumerate(chosen)], "real"
+    import numpy as np
+
+    t = np.arange(int(10 * params.sample_rate)) / params.sample_rate
+    y = (0.5 * np.sin(2 * np.pi * (1000 + 250 * t) * t)).astype(np.float32)
+    data = C.wav_bytes(y, params.sample_rate)
+    n = max(1, windows // 2)
+    return [Source(f"chirp_{i:04d}.wav", data) for i in range(n)], "synthetic"
+
+
+def full_path(device: torch.device, batches: list[int], windows: int, iters: int) -> list[dict]:
+    from echocam.model import load_model
+    from echocam.pipeline import Explainer
+    from echocam.settings import Params
+
+    model = load_model("random")
+    sources, kind = sources_in_memory(windows)
+    rows = []
+    for batch in batches:
+        row: dict = {"batch": batch, "audio": kind, "recordings": len(sources)}
+        try:
+            ex = Explainer(model, Params(), device=str(device), batch_size=batch)
+            ex.explain(sources[:4])  # warm-up: kernels, allocator, resampler
+            best, results = None, []
+            for _ in range(iters):
+                sync(device)
+                t0 = time.perf_counter()
+                results = ex.explain(sources)
+                sync(device)
+                dt = time.perf_counter() - t0
+                best = dt if best is None else min(best, dt)
+            bad = [r.record for r in results if r.record["status"] != "ok"]
+            if bad:
+                raise RuntimeError(f"{len(bad)} recordings failed: {bad[0].get('error_message')}")
+            n_windows = sum(r.record["n_windows"] for r in results)
+            stages: dict[str, float] = {}
+            for r in results:
+                for k, v in r.record["timings_s"].items():
+                    stages[k] = stages.get(k, 0.0) + v
+            row.update(
+                windows=n_windows,
+                seconds=best,
+                windows_per_s=n_windows / best,
+                stage_share={k: round(v / sum(stages.values()), 3) for k, v in stages.items()},
+            )
+        except Exception as e:
+            row["error"] = f"{type(e).__name__}: {e}"[:500]
+        rows.append(row)
+        print(f"  Explainer.explain batch {batch}: {_brief(row)}", flush=True)
+    return rows
+
+
+def local_run(device: torch.device, out: Path, timeout: float) -> dict:
+    dest = out / "gpu-run"
+    shutil.rmtree(dest, ignore_errors=True)
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(C.ROOT), os.environ.get("PYTHONPATH", "")]),
+    }
+    argv = [sys.executable, "-m", "echocam_cli", "run", "samples", "--out", str(dest),
+            "--weights", "random", "--device", str(device)]  # fmt: skip
+    t0 = time.perf_counter()
+    proc = subprocess.run(
+        argv, cwd=C.ROOT, env=env, capture_output=True, text=True, timeout=timeout, check=False
+    )
+    row: dict = {
+        "command": " ".join(["echocam", *argv[3:]]),
+        "returncode": proc.returncode,
+        "wall_s": time.perf_counter() - t0,
+        "out": str(dest),
+    }
+    if proc.returncode != 0:
+        row["error"] = (proc.stderr or proc.stdout)[-2000:]
+    else:
+        text = proc.stdout
+        try:
+            row["summary"] = json.loads(text[text.index("{") : text.index("\n}") + 2])
+        except ValueError:
+            row["stdout_tail"] = text[-2000:]
+        row["overlays"] = len(list(dest.glob("**/overlay.png")))
+    print(f"  echocam run samples: {_brief(row)}", flush=True)
+    return row
+
+
+def _brief(row: dict) -> str:
+    if "error" in row:
+        return "ERROR " + row["error"].splitlines()[0][:200]
+    keys = ("forward_images_per_s", "explain_images_per_s", "explain_over_forward",
+            "peak_memory_gib", "windows_per_s", "wall_s", "overlays")  # fmt: skip
+    return ", ".join(f"{k} {row[k]:.3g}" for k in keys if isinstance(row.get(k), float | int))
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--device", default="cuda", help="cuda | cuda:N | cpu (cpu: a dry run)")
+    ap.add_argument("--quick", action="store_true", help="toy sizes: check the script itself")
+    ap.add_argument("--out", default=os.environ.get("OUT") or str(C.RESULTS), help="results dir")
+    ap.add_argument("--batches", type=int, nargs="+", default=None, help="model+CAM batches")
+    ap.add_argument("--path-batches", type=int, nargs="+", default=None, help="Explainer batches")
+    ap.add_argument("--windows", type=int, default=None, help="windows for the full path")
+    ap.add_argument("--iters", type=int, default=None, help="timed iterations (median)")
+    args = ap.parse_args(argv)
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        print(
+            f"gpu_check: CUDA is not available (torch {torch.__version__}, built for CUDA "
+            f"{torch.version.cuda}); this check needs an NVIDIA GPU and a CUDA build of torch. "
+            "Use --device cpu --quick for a dry run.",
+            file=sys.stderr,
+        )
+        return 2
+    quick = args.quick
+    batches = args.batches or ([2, 4] if quick else [64, 256, 1024])
+    path_batches = args.path_batches or ([4] if quick else [64, 256])
+    windows = args.windows or (8 if quick else 512)
+    iters = args.iters or (1 if quick else 5)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    report: dict = {"benchmark": "gpu_check", "quick": quick, "errors": []}
+    t_start = time.perf_counter()
+    parts = [
+        ("device", lambda: device_info(device)),
+        ("model_cam", lambda: model_cam(device, batches, iters)),
+        ("full_path", lambda: full_path(device, path_batches, windows, max(1, iters // 2))),
+        ("local_run", lambda: local_run(device, out, timeout=240)),
+    ]
+    for name, fn in parts:
+        print(f"[{name}]", flush=True)
+        try:
+            report[name] = fn()
+        except Exception as e:
+            report[name] = {"error": f"{type(e).__name__}: {e}"}
+            report["errors"].append(f"{name}: {traceback.format_exc()[-1500:]}")
+            print(f"  ERROR {type(e).__name__}: {e}", flush=True)
+        if name == "device":
+            print("  " + json.dumps(report[name]), flush=True)
+    for part in ("model_cam", "full_path"):
+        for row in report.get(part) or []:
+            if isinstance(row, dict) and "error" in row:
+                report["errors"].append(f"{part}: {row['error']}")
+    local = report.get("local_run") or {}
+    if isinstance(local, dict) and local.get("error"):
+        report["errors"].append(f"local_run: {local['error'][-300:]}")
+    report["total_s"] = time.perf_counter() - t_start
+    C.write_json(out / "gpu_check.json", report)
+    print(f"gpu_check: {len(report['errors'])} errors, {report['total_s']:.0f} s; "
+          f"wrote {out / 'gpu_check.json'}")  # fmt: skip
+    return 1 if report["errors"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
