@@ -65,7 +65,7 @@ class MelSpectrogramDB(nn.Module):
             pad_mode="constant",
             return_complex=True,
         )
-        power = stft.real.square() + stft.imag.square()  # (b, 1 + n_fft/2, t)
+        power = stft.real.square().addcmul_(stft.imag, stft.imag)  # one temporary, not three
         mel = torch.matmul(self.mel_basis, power)  # (b, n_mels, t)
         db = 10.0 * torch.log10(mel.clamp_min(self.amin))
         db = db - db.amax(dim=(-2, -1), keepdim=True)  # ref=max, per window
