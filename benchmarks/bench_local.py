@@ -16,6 +16,7 @@ import json
 import statistics
 import time
 from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
 
 import _common as C
 import numpy as np
@@ -26,7 +27,7 @@ from echocam.cam import class_activation_maps, display_maps
 from echocam.image import model_image, normalise, spectrogram_rgb
 from echocam.model import load_model
 from echocam.pipeline import Explainer, Source
-from echocam.settings import Params
+from echocam.settings import Params, Settings
 
 STAGES = [
     ("decode", "decode + resample (soundfile, soxr_hq)"),
@@ -156,7 +157,9 @@ def run(args: argparse.Namespace) -> dict:
     sources = [Source(p.name, p.read_bytes(), p.stat().st_size) for p in chosen]
     n_windows = sum(counts[p] for p in chosen)
     model = load_model("random")
-    ex = Explainer(model, params, device="cpu", batch_size=args.batch)
+    # as `echocam run` builds it: decode and PNG encode on io threads
+    pool = ThreadPoolExecutor(Settings().io_threads)
+    ex = Explainer(model, params, device="cpu", batch_size=args.batch, pool=pool)
     from torchvision.models import resnet18
 
     bare = resnet18(weights=None).eval()

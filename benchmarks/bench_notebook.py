@@ -23,6 +23,7 @@ import statistics
 import tempfile
 import time
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import _common as C
@@ -44,7 +45,7 @@ from torchvision import transforms  # noqa: E402
 
 from echocam.model import load_model  # noqa: E402
 from echocam.pipeline import Explainer, Source  # noqa: E402
-from echocam.settings import Params  # noqa: E402
+from echocam.settings import Params, Settings  # noqa: E402
 
 
 class SaveFeatures:
@@ -142,7 +143,9 @@ def run(args: argparse.Namespace) -> dict:
         clips = make_clips(args.clips, params.window_seconds, workdir)
         sources = [Source(c.name, c.read_bytes()) for c in clips]
         model = load_model("random")
-        explainer = Explainer(model, params, device="cpu", batch_size=args.batch)
+        # as `echocam run` builds it: decode and PNG encode on io threads
+        pool = ThreadPoolExecutor(Settings().io_threads)
+        explainer = Explainer(model, params, device="cpu", batch_size=args.batch, pool=pool)
         nb_model = model.net.net  # the same weights, as plain torchvision resnet18
 
         # Warm both: librosa compiles numba code on first use, oneDNN builds its kernels.
