@@ -93,16 +93,10 @@ def window_counts(paths: Sequence[Path], params) -> dict[Path, int]:
     from echocam import audio, windows
 
     out = {}
-    window = round(params.window_seconds * params.sample_rate)
-    hop = round(params.window_hop_seconds * params.sample_rate)
+    window = params.window_samples
+    hop = params.hop_samples
     for p in paths:
-        a = audio.decode(
-            p.read_bytes(),
-            sample_rate=params.sample_rate,
-            min_samples=params.n_fft,
-            max_duration_s=params.max_duration_s,
-            max_bytes=params.max_bytes,
-        )
+        a = audio.decode(p.read_bytes(), **params.decode_options())
         n = a.samples.shape[0]
         out[p] = len(windows.window_starts(n, window=min(window, n), hop=hop))
     return out
@@ -135,16 +129,10 @@ def real_waves(n: int, params, paths: Sequence[Path] | None = None):
 
     from echocam import audio, windows
 
-    window = round(params.window_seconds * params.sample_rate)
+    window = params.window_samples
     out = []
     for p in (paths or recordings()) * (n + 1):
-        a = audio.decode(
-            p.read_bytes(),
-            sample_rate=params.sample_rate,
-            min_samples=params.n_fft,
-            max_duration_s=params.max_duration_s,
-            max_bytes=params.max_bytes,
-        )
+        a = audio.decode(p.read_bytes(), **params.decode_options())
         if a.samples.shape[0] < window:
             continue
         starts = windows.window_starts(a.samples.shape[0], window=window, hop=window)

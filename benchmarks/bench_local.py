@@ -45,18 +45,9 @@ def staged_pass(ex: Explainer, sources: list[Source], p: Params) -> dict[str, fl
     """The pipeline's path rebuilt from its building blocks, with a clock around each stage."""
     t: dict[str, float] = defaultdict(float)
     t0 = time.perf_counter()
-    decoded = [
-        audio.decode(
-            s.data,
-            sample_rate=p.sample_rate,
-            min_samples=p.n_fft,
-            max_duration_s=p.max_duration_s,
-            max_bytes=p.max_bytes,
-        )
-        for s in sources
-    ]
+    decoded = [audio.decode(s.data, **p.decode_options()) for s in sources]
     t["decode"] += time.perf_counter() - t0
-    length = round(p.window_seconds * p.sample_rate)
+    length = p.window_samples
     items = []
     for r, a in enumerate(decoded):
         n = min(length, a.samples.shape[0])

@@ -139,16 +139,10 @@ class Explainer:
             raise src.error
         t0 = time.perf_counter()
         p = self.params
-        decoded = audio.decode(
-            src.data or b"",
-            sample_rate=p.sample_rate,
-            min_samples=p.n_fft,
-            max_duration_s=p.max_duration_s,
-            max_bytes=p.max_bytes,
-        )
+        decoded = audio.decode(src.data or b"", **p.decode_options())
         n = decoded.samples.shape[0]
-        window = round(p.window_seconds * p.sample_rate)
-        hop = round(p.window_hop_seconds * p.sample_rate)
+        window = p.window_samples
+        hop = p.hop_samples
         length = min(window, n)
         starts = windows.window_starts(n, window=length, hop=hop)
         return _Recording(index, decoded, starts, length, time.perf_counter() - t0)

@@ -57,6 +57,23 @@ class Params:
         return self.hop_seconds or self.window_seconds
 
     @property
+    def window_samples(self) -> int:
+        return round(self.window_seconds * self.sample_rate)
+
+    @property
+    def hop_samples(self) -> int:
+        return round(self.window_hop_seconds * self.sample_rate)
+
+    def decode_options(self) -> dict[str, Any]:
+        """Keywords of ``echocam.audio.decode``: target rate, one-frame minimum, caps."""
+        return {
+            "sample_rate": self.sample_rate,
+            "min_samples": self.n_fft,
+            "max_duration_s": self.max_duration_s,
+            "max_bytes": self.max_bytes,
+        }
+
+    @property
     def k(self) -> int:
         """Maps per window: the named classes, else the top-k."""
         return len(self.classes) or self.top_k
