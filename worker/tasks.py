@@ -48,6 +48,17 @@ def _init_process(**_):
         os._exit(3)  # the parent sees the process die and reports it
 
 
+def _give_up(infos: list[ObjectInfo], fail_all, error: Exception) -> list[Outcome]:
+    """Retries exhausted: failed records if the bucket takes them, else count the failures so
+    that progress still completes (the next ``produce`` finds no record and retries them)."""
+    message = f"retries exhausted: {type(error).__name__}: {error}"
+    log.error("echocam: %s", message)
+    try:
+        return fail_all("internal", message)
+    except Exception:
+        return [Outcome(it.key, "failed", "internal", 0, False, {}) for it in infos]
+
+
 @app.task(
     name="echocam.process",
     bind=True,
@@ -101,8 +112,10 @@ def process(self, items: list[list], run: dict) -> dict:
             outcomes = fail_all(
                 "timeout", f"task exceeded its soft time limit of {settings.task_soft_time_limit} s"
             )
-        except TRANSIENT:
-            raise  # Celery retries the task with backoff
+        except TRANSIENT as e:
+            if self.request.retries < self.max_retries:
+                raise  # Celery retries the task with backoff and jitter
+            outcomes = _give_up(infos, fail_all, e)
         except Exception as e:  # e.g. out of device memory: record it, never drop the batch
             log.exception("echocam: task %s failed", task_id)
             outcomes = fail_all("internal", f"{type(e).__name__}: {e}")
