@@ -59,7 +59,6 @@ def produce(
     params: Params,
     settings: Settings,
     force: bool = False,
-    on_progress=None,
 ) -> Enqueued:
     """Describe the run (run.json), enqueue tasks of ``settings.task_size`` recordings."""
     run = runs.describe(
@@ -98,8 +97,6 @@ def produce(
             else:
                 out.skipped += 1
                 skipped += 1
-            if on_progress:
-                on_progress(out)
         if batch:
             send(batch)
     progress.add(r, run["run_id"], skipped=skipped, producer_done=1)
