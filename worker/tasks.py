@@ -98,9 +98,10 @@ def process(self, items: list[list], run: dict) -> dict:
     else:
         try:
             faults.before_task([it.key for it in infos])
-            # Sub-batches: reads of the next overlap the device work on this one.
+            # Two halves: the second half's reads overlap the device work on the first, and
+            # each half still fills a large forward batch.
             outcomes = run_batch(
-                batched(infos, max(1, -(-len(infos) // 4))),
+                batched(infos, max(1, -(-len(infos) // 2))),
                 src=state.store(run["input"]),
                 dst=dst,
                 explainer=explainer,
