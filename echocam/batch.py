@@ -191,13 +191,7 @@ def record_failures(
         pool=_SERIAL,
     )
     for it, old in todo:
-        base = records.base_record(
-            source_key=it.key,
-            size=it.size,
-            etag=it.etag,
-            model=explainer.model.identity,
-            fingerprint=explainer.fingerprint,
-        )
+        base = explainer.base_record(it.key, size=it.size, etag=it.etag)
         res = Result(records.failed(base, code=code, message=message))
         outcomes[it.key] = _write(dst, res, run_id=run_id, replace=old is not None)
     return [outcomes[it.key] for it in items]

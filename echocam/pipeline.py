@@ -92,20 +92,21 @@ class Explainer:
         self.class_ids = _class_ids(params.classes, model.class_names)
         self.fingerprint = fingerprint(params, model.sha256)
 
+    def base_record(self, key: str, *, size: int | None, etag: str | None) -> dict:
+        """The fields of ``key``'s record that do not depend on its outcome."""
+        return records.base_record(
+            source_key=key,
+            size=size,
+            etag=etag,
+            model=self.model.identity,
+            fingerprint=self.fingerprint,
+        )
+
     # -- the whole path -------------------------------------------------------------------
 
     def explain(self, sources: Sequence[Source]) -> list[Result]:
         """Explain every source; a bad one yields a failed record, never an exception."""
-        bases = [
-            records.base_record(
-                source_key=s.key,
-                size=s.size,
-                etag=s.etag,
-                model=self.model.identity,
-                fingerprint=self.fingerprint,
-            )
-            for s in sources
-        ]
+        bases = [self.base_record(s.key, size=s.size, etag=s.etag) for s in sources]
         results: list[Result | None] = [None] * len(sources)
         recs: list[_Recording] = []
         for i, decoded in enumerate(self.map(self._try_decode, range(len(sources)), sources)):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from functools import cache
 from typing import Any
 
 from echocam.errors import TRANSIENT_CODES
@@ -11,7 +12,9 @@ from echocam.keys import output_key
 SCHEMA_VERSION = 1
 
 
+@cache
 def version() -> str:
+    """The installed echo-cam version (read once: a metadata lookup costs ~1 ms)."""
     from importlib.metadata import PackageNotFoundError
     from importlib.metadata import version as _v
 
