@@ -39,8 +39,6 @@ class Store(Protocol):
 
     def get(self, key: str, *, max_bytes: int | None = None) -> tuple[bytes, ObjectInfo]: ...
 
-    def head(self, key: str) -> ObjectInfo | None: ...
-
     def put(self, key: str, data: bytes, *, if_absent: bool = False) -> bool:
         """Write ``data``; with ``if_absent`` only if no object is there (False when one was)."""
         ...
@@ -93,12 +91,6 @@ class LocalStore:
             raise TooLarge(f"object is {size} bytes, above the cap of {max_bytes}")
         data = path.read_bytes()
         return data, ObjectInfo(key, size, md5_etag(data))
-
-    def head(self, key: str) -> ObjectInfo | None:
-        path = self._path(key)
-        if not path.is_file():
-            return None
-        return ObjectInfo(key, path.stat().st_size, None)
 
     def put(self, key: str, data: bytes, *, if_absent: bool = False) -> bool:
         path = self._path(key)
@@ -217,17 +209,6 @@ class S3Store:
             raise TooLarge(f"object is {size} bytes, above the cap of {max_bytes}")
         data = resp["Body"].read()
         return data, ObjectInfo(key, size, resp.get("ETag"))
-
-    def head(self, key: str) -> ObjectInfo | None:
-        from botocore.exceptions import ClientError
-
-        try:
-            resp = self.client.head_object(Bucket=self.bucket, Key=self._key(key))
-        except ClientError as e:
-            if e.response.get("Error", {}).get("Code") in _NOT_FOUND:
-                return None
-            raise
-        return ObjectInfo(key, resp["ContentLength"], resp.get("ETag"))
 
     def put(self, key: str, data: bytes, *, if_absent: bool = False) -> bool:
         from botocore.exceptions import ClientError
