@@ -24,8 +24,12 @@ class Explanation:
 def class_activation_maps(
     features: torch.Tensor, fc_weight: torch.Tensor, class_ids: torch.Tensor
 ) -> torch.Tensor:
-    """Raw CAMs: features (b, c, h, w), fc_weight (classes, c), class_ids (b, k) → (b, k, h, w)."""
-    return torch.einsum("bkc,bchw->bkhw", fc_weight[class_ids].float(), features.float())
+    """Raw CAMs: features (b, c, h, w), fc_weight (classes, c), class_ids (b, k) → (b, k, h, w).
+
+    Always float32: under bf16 autocast (the CUDA forward) einsum would otherwise round to bf16.
+    """
+    with torch.autocast(features.device.type, enabled=False):
+        return torch.einsum("bkc,bchw->bkhw", fc_weight[class_ids].float(), features.float())
 
 
 def explain(

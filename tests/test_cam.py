@@ -96,3 +96,18 @@ def test_cams_for_named_classes_are_one_einsum():
         for k in range(2):
             ref = (w[ids[b, k]][:, None, None] * feats[b]).sum(0)
             torch.testing.assert_close(cams[b, k], ref, rtol=1e-5, atol=1e-4)
+
+
+@needs_shared
+def test_cams_stay_float32_under_bf16_autocast(species_model, images):
+    # The CUDA path runs the forward under bf16 autocast; the CAMs, logits and probabilities that
+    # reach the host (numpy has no bfloat16) must still be float32, and close to the fp32 maps.
+    net = species_model.net
+    with torch.inference_mode():
+        ref = explain(net, images, top_k=2)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            ex = explain(net, images, class_ids=ref.class_ids[0])
+    assert {ex.cams.dtype, ex.logits.dtype, ex.probs.dtype} == {torch.float32}
+    maps = display_maps(ex.cams, size=(32, 32)).numpy()  # must convert: bf16 would raise
+    ref_maps = display_maps(ref.cams[:1], size=(32, 32)).numpy()
+    assert np.abs(maps[0] - ref_maps[0]).max() < 0.1  # bf16 forward: same picture
