@@ -22,7 +22,10 @@ if str(ROOT) not in sys.path:  # devtools/ is not installed; the tests reach it 
     sys.path.insert(0, str(ROOT))
 
 RESULTS = ROOT / "benchmarks" / "results"
-RECORDINGS = ROOT.parent / "shared" / "data" / "recordings"
+# ECHOCAM_RECORDINGS: another folder of recordings (a copy carried to a GPU machine, say).
+RECORDINGS = Path(
+    os.environ.get("ECHOCAM_RECORDINGS") or ROOT.parent / "shared" / "data" / "recordings"
+)
 SAMPLES = ROOT / "samples"
 AUDIO_SUFFIXES = (".wav", ".mp3", ".flac", ".ogg")
 
@@ -80,7 +83,8 @@ def summary(times: Sequence[float]) -> dict[str, float]:
 
 
 def recordings(directory: Path | None = None) -> list[Path]:
-    """The shared real recordings (``../shared/data/recordings``), else the shipped samples."""
+    """The shared real recordings (``$ECHOCAM_RECORDINGS`` or ``../shared/data/recordings``),
+    else the shipped samples."""
     d = directory or (RECORDINGS if RECORDINGS.is_dir() else SAMPLES)
     found = sorted(p for p in d.iterdir() if p.suffix.lower() in AUDIO_SUFFIXES)
     if not found:

@@ -5,7 +5,10 @@
    in fp32 and in bf16 autocast, at batch 64 / 256 / 1024, next to the forward alone;
 3. the full on-device path: ``Explainer.explain`` (spectrogram -> image -> model -> CAM ->
    overlay -> host copy -> PNG/NPZ) on real recordings held in memory;
-4. local mode end to end: ``echocam run samples --out $OUT/gpu-run --weights random --device D``.
+4. local mode end to end: ``echocam run samples --out $OUT/gpu-run --weights random --device D``;
+5. candidates not (yet) in the pipeline, at one batch in bf16: ``cudnn.benchmark``, batch-norm
+   folded into the convolutions, and ``torch.compile`` of the forward (last: it compiles for a
+   minute or so, and is the part most likely to fail).
 
 Writes ``$OUT/gpu_check.json`` (``--out``, default $OUT or ./benchmarks/results).  Each part
 records its own error and the rest still run; the exit status is 1 if any part failed, 2 if
@@ -129,6 +132,80 @@ def model_cam(device: torch.device, batches: list[int], iters: int) -> list[dict
     return rows
 
 
+def fold_batchnorm(net: torch.nn.Module) -> torch.nn.Module:
+    """ResNet-18 with every eval-mode BatchNorm folded into the convolution before it."""
+    from torch import nn
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    r = net.net
+    r.conv1, r.bn1 = fuse_conv_bn_eval(r.conv1, r.bn1), nn.Identity()
+    for layer in (r.layer1, r.layer2, r.layer3, r.layer4):
+        for b in layer:
+            b.conv1, b.bn1 = fuse_conv_bn_eval(b.conv1, b.bn1), nn.Identity()
+            b.conv2, b.bn2 = fuse_conv_bn_eval(b.conv2, b.bn2), nn.Identity()
+            if b.downsample is not None:
+                b.downsample = fuse_conv_bn_eval(b.downsample[0], b.downsample[1])
+    return net
+
+
+def explicit_forward(net: torch.nn.Module):
+    """torchvision's ``ResNet._forward_impl`` returning layer4 too: no hook, so it compiles."""
+    r = net.net
+
+    def forward(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = r.maxpool(r.relu(r.bn1(r.conv1(x))))
+        f = r.layer4(r.layer3(r.layer2(r.layer1(x))))
+        return r.fc(torch.flatten(r.avgpool(f), 1)), f
+
+    return forward
+
+
+def candidates(device: torch.device, batch: int, iters: int) -> list[dict]:
+    """Forward + top-1 CAM per second, bf16 channels_last, under each candidate speed-up."""
+    from echocam.cam import class_activation_maps
+    from echocam.model import load_model
+
+    def run(forward, fc_weight, x):
+        with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16):
+            logits, feats = forward(x)
+            ids = logits.float().softmax(-1).topk(1, dim=-1).indices
+            return class_activation_maps(feats, fc_weight, ids)
+
+    x = torch.randn(batch, 3, 224, 224, device=device).contiguous(memory_format=torch.channels_last)
+    base = load_model("random").net.to(device, memory_format=torch.channels_last)
+    with torch.inference_mode():
+        reference = run(base, base.fc_weight, x).float()
+    folded = fold_batchnorm(load_model("random").net).to(device, memory_format=torch.channels_last)
+    variants = [
+        ("hooked (as the pipeline)", False, lambda: base),
+        ("hooked + cudnn.benchmark", True, lambda: base),
+        ("bn folded + cudnn.benchmark", True, lambda: folded),
+        ("explicit forward, bn folded, torch.compile", True,
+         lambda: torch.compile(explicit_forward(folded))),
+    ]  # fmt: skip
+    rows = []
+    for name, bench, make in variants:
+        row: dict = {"variant": name, "batch": batch, "precision": "bf16"}
+        try:
+            torch.backends.cudnn.benchmark = bench
+            forward = make()
+            t0 = time.perf_counter()
+            out = run(forward, base.fc_weight, x).float()  # first call: compiles, autotunes
+            sync(device)
+            row["first_call_s"] = time.perf_counter() - t0
+            scale = reference.abs().max().item()
+            row["max_rel_diff_vs_hooked"] = (out - reference).abs().max().item() / scale
+            dt = timed(lambda f=forward: run(f, base.fc_weight, x), device, iters=iters, warmup=2)
+            row["explain_images_per_s"] = batch / dt
+        except Exception as e:
+            row["error"] = f"{type(e).__name__}: {e}"[:500]
+        finally:
+            torch.backends.cudnn.benchmark = False
+        rows.append(row)
+        print(f"  {name}: {_brief(row)}", flush=True)
+    return rows
+
+
 def sources_in_memory(windows: int):
     """Real recordings (bytes) whose windows add up to ``windows``; synthetic chirps if none."""
     from echocam.pipeline import Source
@@ -230,7 +307,8 @@ def _brief(row: dict) -> str:
     if "error" in row:
         return "ERROR " + row["error"].splitlines()[0][:200]
     keys = ("forward_images_per_s", "explain_images_per_s", "explain_over_forward",
-            "peak_memory_gib", "windows_per_s", "wall_s", "overlays")  # fmt: skip
+            "peak_memory_gib", "windows_per_s", "wall_s", "overlays", "first_call_s",
+            "max_rel_diff_vs_hooked")  # fmt: skip
     return ", ".join(f"{k} {row[k]:.3g}" for k in keys if isinstance(row.get(k), float | int))
 
 
@@ -267,6 +345,7 @@ def main(argv: list[str] | None = None) -> int:
         ("model_cam", lambda: model_cam(device, batches, iters)),
         ("full_path", lambda: full_path(device, path_batches, windows, max(1, iters // 2))),
         ("local_run", lambda: local_run(device, out, timeout=240)),
+        ("candidates", lambda: candidates(device, batches[len(batches) // 2], iters)),
     ]
     for name, fn in parts:
         print(f"[{name}]", flush=True)
@@ -278,7 +357,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  ERROR {type(e).__name__}: {e}", flush=True)
         if name == "device":
             print("  " + json.dumps(report[name]), flush=True)
-    for part in ("model_cam", "full_path"):
+        C.write_json(out / "gpu_check.json", report)  # what is done survives a timeout
+    for part in ("model_cam", "full_path", "candidates"):
         for row in report.get(part) or []:
             if isinstance(row, dict) and "error" in row:
                 report["errors"].append(f"{part}: {row['error']}")
