@@ -37,7 +37,7 @@ class Params:
     top_k: int = _f(1, "classes predicted (and explained, unless --classes) per window")
     classes: tuple[str, ...] = _f((), "explain these class names (comma-separated) instead")
     alpha: float = _f(0.5, "opacity of the CAM over the spectrogram")
-    png_compress_level: int = _f(1, "PNG zlib level, 0 (fastest) to 9 (smallest)")
+    png_compress_level: int = _f(1, "PNG deflate level (ISA-L), 0 (fastest) to 3 (smallest)")
     save_inputs: bool = _f(False, "also save each window's 224x224 model-input PNG")
     max_duration_s: float = _f(1800.0, "longest recording accepted, seconds")
     max_bytes: int = _f(1024**3, "largest object accepted, bytes")
@@ -47,8 +47,8 @@ class Params:
             raise ValueError("window_seconds must be > 0 and hop_seconds >= 0")
         if self.top_k < 1:
             raise ValueError("top_k must be >= 1")
-        if not 0 <= self.png_compress_level <= 9:
-            raise ValueError("png_compress_level must be 0..9")
+        if not 0 <= self.png_compress_level <= 3:
+            raise ValueError("png_compress_level must be 0..3")
         if not 0.0 <= self.alpha <= 1.0:
             raise ValueError("alpha must be within [0, 1]")
 

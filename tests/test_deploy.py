@@ -473,7 +473,16 @@ def test_producer_requirements_follow_pyproject():
         if name in deps:
             assert str(req.specifier) == str(deps[name].specifier), name
             assert req.extras == deps[name].extras, name
-    model_stack = {"torch", "torchvision", "numpy", "soundfile", "soxr", "librosa", "pillow"}
+    model_stack = {
+        "torch",
+        "torchvision",
+        "numpy",
+        "soundfile",
+        "soxr",
+        "librosa",
+        "pillow",
+        "isal",
+    }
     assert set(deps) - set(slim) == model_stack, "decide: slim image or model stack?"
 
 
