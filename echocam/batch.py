@@ -8,14 +8,14 @@ means the recording's outputs are complete.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 from echocam import records
 from echocam.errors import DownloadFailed, EchoCamError
 from echocam.keys import output_key
 from echocam.manifest import now_iso
-from echocam.pipeline import Explainer, Result, Source
+from echocam.pipeline import Chunk, Explainer, Result, Source
 from echocam.storage import ObjectInfo, Store, read_json
 
 
@@ -92,11 +92,11 @@ def _write(dst: Store, result: Result, *, run_id: str, replace: bool) -> Outcome
 
 @dataclass
 class Prepared:
-    """A batch after its I/O-bound first half: outcomes of done items, and sources to explain."""
+    """A batch after its CPU-bound first half: outcomes of done items, the rest decoded."""
 
     items: Sequence[ObjectInfo]
     outcomes: dict[str, Outcome]
-    sources: list[Source]
+    chunk: Chunk | None  # the sources still to explain, decoded (None: nothing to do)
     replace: dict[str, bool]  # key → a record existed (overwrite instead of create)
 
 
@@ -110,27 +110,27 @@ def prepare(
     force: bool = False,
     pool: ThreadPoolExecutor,
 ) -> Prepared:
-    """Check which items are done and read the others' bytes, ``pool`` threads at a time."""
+    """Check which items are done, read the others' bytes and decode them, on ``pool``."""
     outcomes, todo = _pending(
         items, dst=dst, fingerprint=explainer.fingerprint, run_id=run_id, force=force, pool=pool
     )
     max_bytes = explainer.params.max_bytes
     sources = list(pool.map(lambda t: fetch(src, t[0], max_bytes=max_bytes), todo))
-    return Prepared(items, outcomes, sources, {it.key: rec is not None for it, rec in todo})
+    chunk = explainer.decode(sources) if sources else None
+    return Prepared(items, outcomes, chunk, {it.key: rec is not None for it, rec in todo})
 
 
 def complete(
     batch: Prepared, *, dst: Store, explainer: Explainer, run_id: str, pool: ThreadPoolExecutor
 ) -> list[Outcome]:
-    """Explain the prepared sources and write outputs, then records; one outcome per item."""
+    """Encode a computed batch and write outputs, then records; one outcome per item."""
     outcomes = dict(batch.outcomes)
-    if batch.sources:
-        results = explainer.explain(batch.sources)
+    if batch.chunk is not None:
         for out in pool.map(
             lambda res: _write(
                 dst, res, run_id=run_id, replace=batch.replace[res.record["source_key"]]
             ),
-            results,
+            explainer.finish(batch.chunk),
         ):
             outcomes[out.key] = out
     return [outcomes[it.key] for it in batch.items]
@@ -149,26 +149,42 @@ def run_batch(
 ) -> list[Outcome]:
     """Explain the items of ``chunks`` from ``src`` into ``dst``; one outcome per item, in order.
 
-    Done items are skipped; bad input becomes a failed record.  The reads of chunk N+1 run
-    while chunk N is explained (at most two chunks in memory); ``pool`` runs reads and writes
-    concurrently.  Errors writing to ``dst`` raise (the caller retries, and the recordings
-    finished before are then skipped).
+    Done items are skipped; bad input becomes a failed record.  Three chunks are in flight:
+    while the device computes chunk N (in this thread), chunk N+1 is read and decoded and
+    chunk N-1 encoded and written, each by its own thread using ``pool``.  Errors writing to
+    ``dst`` raise (the caller retries, and the recordings finished before are then skipped).
     """
     common = dict(src=src, dst=dst, explainer=explainer, run_id=run_id, force=force, pool=pool)
     chunks = iter(chunks)
     prefetch = ThreadPoolExecutor(1, thread_name_prefix="echocam-prefetch")
+    finisher = ThreadPoolExecutor(1, thread_name_prefix="echocam-finish")
     outcomes: list[Outcome] = []
+    finishing: Future[list[Outcome]] | None = None
+
+    def collect(future: Future[list[Outcome]]) -> None:
+        done = future.result()
+        outcomes.extend(done)
+        if on_chunk:
+            on_chunk(done)
+
     try:
         ahead = prefetch.submit(prepare, next(chunks, []), **common)
         while (batch := ahead.result()).items:
             ahead = prefetch.submit(prepare, next(chunks, []), **common)
-            done = complete(batch, dst=dst, explainer=explainer, run_id=run_id, pool=pool)
-            outcomes += done
-            if on_chunk:
-                on_chunk(done)
+            if batch.chunk is not None:
+                explainer.compute(batch.chunk)
+            if finishing is not None:
+                collect(finishing)  # bounded: one chunk finishing while the next computes
+            finishing = finisher.submit(
+                complete, batch, dst=dst, explainer=explainer, run_id=run_id, pool=pool
+            )
+        if finishing is not None:
+            collect(finishing)
     finally:
-        # A time limit may interrupt us: never wait here on a read that hangs.
+        # A time limit may interrupt us: never wait here on a read that hangs.  But let the
+        # chunk being written finish, so that no failure record races its real one.
         prefetch.shutdown(wait=False, cancel_futures=True)
+        finisher.shutdown(wait=True)
     return outcomes
 
 

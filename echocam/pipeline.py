@@ -59,6 +59,16 @@ class _Recording:
     host: dict[str, np.ndarray] = field(default_factory=dict)
 
 
+@dataclass
+class Chunk:
+    """Sources on their way through the stages: records so far, decoded recordings."""
+
+    bases: list[dict]  # the outcome-independent record fields, one per source
+    results: list[Result | None]  # failed results, by source; the rest come from ``finish``
+    recs: list[_Recording] = field(default_factory=list)
+    prob_sum: torch.Tensor | None = None  # (sources, classes) summed window probabilities
+
+
 def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -102,26 +112,39 @@ class Explainer:
             fingerprint=self.fingerprint,
         )
 
-    # -- the whole path -------------------------------------------------------------------
+    # -- the whole path, and its three stages ----------------------------------------------
 
     def explain(self, sources: Sequence[Source]) -> list[Result]:
         """Explain every source; a bad one yields a failed record, never an exception."""
+        return self.finish(self.compute(self.decode(sources)))
+
+    def decode(self, sources: Sequence[Source]) -> Chunk:
+        """CPU stage 1, on the pool's threads: decode, resample and plan the windows."""
         bases = [self.base_record(s.key, size=s.size, etag=s.etag) for s in sources]
-        results: list[Result | None] = [None] * len(sources)
-        recs: list[_Recording] = []
+        chunk = Chunk(bases, [None] * len(sources))
         for i, decoded in enumerate(self.map(self._try_decode, range(len(sources)), sources)):
             if isinstance(decoded, _Recording):
-                recs.append(decoded)
+                chunk.recs.append(decoded)
             else:
                 code, message = decoded
-                results[i] = Result(records.failed(bases[i], code=code, message=message))
-        if recs:
-            prob_sum = self._compute(recs)
-            assembled = self.map(
-                lambda rec: self._assemble(rec, bases[rec.index], prob_sum[rec.index]), recs
-            )
-            for rec, result in zip(recs, assembled, strict=True):
-                results[rec.index] = result
+                chunk.results[i] = Result(records.failed(bases[i], code=code, message=message))
+        return chunk
+
+    def compute(self, chunk: Chunk) -> Chunk:
+        """Device stage: every window of the chunk in batches; host arrays once per batch."""
+        if chunk.recs:
+            chunk.prob_sum = self._compute(chunk.recs)
+        return chunk
+
+    def finish(self, chunk: Chunk) -> list[Result]:
+        """CPU stage 2, on the pool's threads: stitch, encode PNG and NPZ, build the records."""
+        results = list(chunk.results)
+        assembled = self.map(
+            lambda rec: self._assemble(rec, chunk.bases[rec.index], chunk.prob_sum[rec.index]),
+            chunk.recs,
+        )
+        for rec, result in zip(chunk.recs, assembled, strict=True):
+            results[rec.index] = result
         return [r for r in results if r is not None]
 
     # -- stages -----------------------------------------------------------------------------
