@@ -32,7 +32,7 @@ class Explanation:
 def _explainer(settings: Settings, params: Params) -> Explainer:
     from echocam.local import load
 
-    return Explainer(load(settings), params, device=settings.device, batch_size=settings.batch_size)
+    return Explainer.from_settings(load(settings), params, settings)
 
 
 def explain_bytes(

@@ -60,9 +60,7 @@ def run_local(
         ThreadPoolExecutor(settings.io_threads) as pool,
         tqdm(total=len(items), unit="rec", disable=not progress, desc="echocam run") as bar,
     ):
-        explainer = Explainer(
-            model, params, device=settings.device, batch_size=settings.batch_size, pool=pool
-        )
+        explainer = Explainer.from_settings(model, params, settings, pool=pool)
         run_batch(
             batched(items, settings.task_size),
             src=src,

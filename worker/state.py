@@ -58,9 +58,7 @@ def init_process() -> None:
 def explainer(params: Params) -> Explainer:
     if model is None:
         raise RuntimeError("worker model not loaded (worker_init did not run)")
-    return Explainer(
-        model, params, device=settings.device, batch_size=settings.batch_size, pool=pool()
-    )
+    return Explainer.from_settings(model, params, settings, pool=pool())
 
 
 @cache
