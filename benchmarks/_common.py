@@ -207,3 +207,55 @@ def _jsonable(x: Any) -> Any:
 def verdict(value: float, target: float, *, higher_is_better: bool = True) -> str:
     ok = value >= target if higher_is_better else value <= target
     return "meets" if ok else "misses"
+
+
+class LocalMode:
+    """Local mode's pipeline over copies of ``paths`` in a scratch folder, with a warm explainer.
+
+    ``run()`` is what ``echocam run`` does after loading the model: ``run_batch`` over chunks of
+    ``task_size`` recordings from a ``LocalStore`` to a fresh ``LocalStore`` (outputs and records
+    written to disk), minus the manifest.  Repeated paths become distinct recordings.
+    """
+
+    def __init__(self, explainer, paths: Sequence[Path], *, task_size: int, pool):
+        import shutil
+        import tempfile
+
+        from echocam.settings import Settings
+        from echocam.storage import LocalStore
+
+        self.explainer, self.task_size, self.pool = explainer, task_size, pool
+        self.work = Path(tempfile.mkdtemp(prefix="echocam-bench-"))
+        (self.work / "in").mkdir()
+        for i, p in enumerate(paths):
+            shutil.copyfile(p, self.work / "in" / f"{i:04d}_{p.name}")
+        self.src = LocalStore(self.work / "in")
+        self.items = list(self.src.list(suffixes=Settings().extensions, page_size=1000))
+
+    def run(self) -> list:
+        """Outcomes, one per recording; raises unless every recording is ok."""
+        import shutil
+
+        from echocam.batch import run_batch
+        from echocam.chunking import batched
+        from echocam.storage import LocalStore
+
+        out = self.work / "out"
+        shutil.rmtree(out, ignore_errors=True)
+        outcomes = run_batch(
+            batched(self.items, self.task_size),
+            src=self.src,
+            dst=LocalStore(out),
+            explainer=self.explainer,
+            run_id="bench",
+            pool=self.pool,
+        )
+        bad = [o for o in outcomes if o.status != "ok"]
+        if bad:
+            raise RuntimeError(f"{len(bad)} recordings failed, e.g. {bad[0]}")
+        return outcomes
+
+    def close(self) -> None:
+        import shutil
+
+        shutil.rmtree(self.work, ignore_errors=True)

@@ -3,12 +3,13 @@
 1. the device: ``nvidia-smi`` and ``torch.cuda.get_device_name``;
 2. model + CAM: ``echocam.cam.explain`` on ``HookedResNet18`` (random weights), channels_last,
    in fp32 and in bf16 autocast, at batch 64 / 256 / 1024, next to the forward alone;
-3. the full on-device path: ``Explainer.explain`` (spectrogram -> image -> model -> CAM ->
-   overlay -> host copy -> PNG/NPZ) on real recordings held in memory;
+3. the full path on real recordings: the device stage alone (``Explainer.compute``: spectrogram
+   -> image -> model -> CAM -> overlay -> host copy) and local mode end to end (reads, decoding,
+   device, PNG/NPZ encoding and writes overlapped), at batch 64 / 256, and with torch.compile;
 4. local mode end to end: ``echocam run samples --out $OUT/gpu-run --weights random --device D``;
-5. candidates not (yet) in the pipeline, at one batch in bf16: ``cudnn.benchmark``, batch-norm
-   folded into the convolutions, and ``torch.compile`` of the forward (last: it compiles for a
-   minute or so, and is the part most likely to fail).
+5. speed-ups, at one batch in bf16: ``cudnn.benchmark`` and batch norm folded into the
+   convolutions (not in the pipeline), ``torch.compile`` of the hooked model (``--compile``) and
+   of a hook-free forward with folded batch norm (last: compiling is the likeliest to fail).
 
 Writes ``$OUT/gpu_check.json`` (``--out``, default $OUT or ./benchmarks/results).  Each part
 records its own error and the rest still run; the exit status is 1 if any part failed, 2 if
@@ -26,6 +27,7 @@ import subprocess
 import sys
 import time
 import traceback
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import _common as C
@@ -180,6 +182,7 @@ def candidates(device: torch.device, batch: int, iters: int) -> list[dict]:
         ("hooked (as the pipeline)", False, lambda: base),
         ("hooked + cudnn.benchmark", True, lambda: base),
         ("bn folded + cudnn.benchmark", True, lambda: folded),
+        ("hooked, torch.compile (--compile)", True, lambda: torch.compile(base)),
         ("explicit forward, bn folded, torch.compile", True,
          lambda: torch.compile(explicit_forward(folded))),
     ]  # fmt: skip
@@ -206,68 +209,64 @@ def candidates(device: torch.device, batch: int, iters: int) -> list[dict]:
     return rows
 
 
-def sources_in_memory(windows: int):
-    """Real recordings (bytes) whose windows add up to ``windows``; synthetic chirps if none."""
-    from echocam.pipeline import Source
-    from echocam.settings import Params
+def full_path(
+    device: torch.device, batches: list[int], windows: int, iters: int, *, compile_batch: int
+) -> list[dict]:
+    """The device stage alone (``Explainer.compute``: spectrogram -> image -> model -> CAM ->
+    overlay -> host copy) and local mode end to end (``C.LocalMode``: reads, decoding, device,
+    PNG/NPZ encoding and writes overlapped), on real recordings, per batch size; the last row
+    with ``torch.compile``."""
+    from echocam.model import load_model
+    from echocam.pipeline import Explainer, Source
+    from echocam.settings import Params, Settings
 
     params = Params()
-    try:
-        paths = C.recordings()
-    except SystemExit:
-        paths = []
-    if paths:
-        counts = C.window_counts(paths, params)
-        chosen = C.pick_recordings(counts, windows)
-        return [Source(f"{i:04d}_{p.name}", p.read_bytes()) for i, p in enumerate(chosen)], "real"
-    import numpy as np
-
-    t = np.arange(int(10 * params.sample_rate)) / params.sample_rate
-    y = (0.5 * np.sin(2 * np.pi * (1000 + 250 * t) * t)).astype(np.float32)
-    data = C.wav_bytes(y, params.sample_rate)
-    n = max(1, windows // 2)
-    return [Source(f"chirp_{i:04d}.wav", data) for i in range(n)], "synthetic"
-
-
-def full_path(device: torch.device, batches: list[int], windows: int, iters: int) -> list[dict]:
-    from echocam.model import load_model
-    from echocam.pipeline import Explainer
-    from echocam.settings import Params
-
+    paths = C.recordings()
+    chosen = C.pick_recordings(C.window_counts(paths, params), windows)
+    sources = [Source(f"{i:04d}_{p.name}", p.read_bytes()) for i, p in enumerate(chosen)]
     model = load_model("random")
-    sources, kind = sources_in_memory(windows)
+    pool = ThreadPoolExecutor(os.cpu_count() or 8, thread_name_prefix="echocam-io")
+    task_size = Settings().task_size
     rows = []
-    for batch in batches:
-        row: dict = {"batch": batch, "audio": kind, "recordings": len(sources)}
+    for batch, compiled in [(b, False) for b in batches] + [(compile_batch, True)]:
+        row: dict = {"batch": batch, "compile": compiled, "recordings": len(sources)}
+        row.update(io_threads=pool._max_workers, task_size=task_size)
+        local = None
         try:
-            ex = Explainer(model, Params(), device=str(device), batch_size=batch)
-            ex.explain(sources[:4])  # warm-up: kernels, allocator, resampler
-            best, results = None, []
+            ex = Explainer(model, params, device=str(device), batch_size=batch,
+                           compile=compiled, pool=pool)  # fmt: skip
+            chunk = ex.decode(sources)
+            n_windows = sum(len(r.starts) for r in chunk.recs)
+            t0 = time.perf_counter()
+            ex.compute(chunk)  # warm-up: kernels, allocator (and compilation)
+            sync(device)
+            row["first_compute_s"] = time.perf_counter() - t0
+            dt = timed(lambda ex=ex, chunk=chunk: ex.compute(chunk), device, iters=iters, warmup=1)
+            row.update(windows=n_windows, device_stage_windows_per_s=n_windows / dt)
+            local = C.LocalMode(ex, chosen, task_size=task_size, pool=pool)
+            local.run()  # warm-up: the last batch sizes of each chunk
+            best, outcomes = None, []
             for _ in range(iters):
-                sync(device)
                 t0 = time.perf_counter()
-                results = ex.explain(sources)
-                sync(device)
+                outcomes = local.run()
                 dt = time.perf_counter() - t0
                 best = dt if best is None else min(best, dt)
-            bad = [r.record for r in results if r.record["status"] != "ok"]
-            if bad:
-                raise RuntimeError(f"{len(bad)} recordings failed: {bad[0].get('error_message')}")
-            n_windows = sum(r.record["n_windows"] for r in results)
             stages: dict[str, float] = {}
-            for r in results:
-                for k, v in r.record["timings_s"].items():
+            for o in outcomes:
+                for k, v in o.timings_s.items():
                     stages[k] = stages.get(k, 0.0) + v
             row.update(
-                windows=n_windows,
-                seconds=best,
-                windows_per_s=n_windows / best,
-                stage_share={k: round(v / sum(stages.values()), 3) for k, v in stages.items()},
+                local_mode_windows_per_s=n_windows / best,
+                cpu_seconds_per_window={k: v / n_windows for k, v in stages.items()},
             )
         except Exception as e:
             row["error"] = f"{type(e).__name__}: {e}"[:500]
+        finally:
+            if local is not None:
+                local.close()
         rows.append(row)
-        print(f"  Explainer.explain batch {batch}: {_brief(row)}", flush=True)
+        print(f"  batch {batch} compile {compiled}: {_brief(row)}", flush=True)
+    pool.shutdown()
     return rows
 
 
@@ -307,7 +306,8 @@ def _brief(row: dict) -> str:
     if "error" in row:
         return "ERROR " + row["error"].splitlines()[0][:200]
     keys = ("forward_images_per_s", "explain_images_per_s", "explain_over_forward",
-            "peak_memory_gib", "windows_per_s", "wall_s", "overlays", "first_call_s",
+            "peak_memory_gib", "device_stage_windows_per_s", "local_mode_windows_per_s",
+            "first_compute_s", "wall_s", "overlays", "first_call_s",
             "max_rel_diff_vs_hooked")  # fmt: skip
     return ", ".join(f"{k} {row[k]:.3g}" for k in keys if isinstance(row.get(k), float | int))
 
@@ -334,7 +334,7 @@ def main(argv: list[str] | None = None) -> int:
     quick = args.quick
     batches = args.batches or ([2, 4] if quick else [64, 256, 1024])
     path_batches = args.path_batches or ([4] if quick else [64, 256])
-    windows = args.windows or (8 if quick else 512)
+    windows = args.windows or (8 if quick else 2048)
     iters = args.iters or (1 if quick else 5)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -343,7 +343,12 @@ def main(argv: list[str] | None = None) -> int:
     parts = [
         ("device", lambda: device_info(device)),
         ("model_cam", lambda: model_cam(device, batches, iters)),
-        ("full_path", lambda: full_path(device, path_batches, windows, max(1, iters // 2))),
+        (
+            "full_path",
+            lambda: full_path(
+                device, path_batches, windows, max(1, iters // 2), compile_batch=path_batches[-1]
+            ),
+        ),
         ("local_run", lambda: local_run(device, out, timeout=240)),
         ("candidates", lambda: candidates(device, batches[len(batches) // 2], iters)),
     ]
