@@ -106,13 +106,14 @@ def window_counts(paths: Sequence[Path], params) -> dict[Path, int]:
     return out
 
 
-def pick_recordings(counts: dict[Path, int], target: int, *, rounds: int = 8) -> list[Path]:
+def pick_recordings(counts: dict[Path, int], target: int) -> list[Path]:
     """Recordings (repeats allowed) whose windows add up to exactly ``target``.
 
     A subset sum over the recordings taken round-robin, preferring earlier entries: every
     recording appears once before any repeats, so every decoder path (22 kHz WAV, 44.1 kHz
     WAV, 48 kHz MP3) is in the mix while the batches stay full.
     """
+    rounds = 2 + target // max(1, sum(counts.values()))  # enough repeats to reach the target
     items = [p for _ in range(rounds) for p in counts]
     reach: dict[int, list[Path]] = {0: []}
     for p in items:

@@ -39,7 +39,7 @@ STAGES = [
     ("forward", "HookedResNet18 forward (layer4 hook)"),
     ("cam", "softmax + top-k + CAM einsum"),
     ("overlay", "display_maps + render.overlay"),
-    ("host_copy", "host copy into per-recording buffers"),
+    ("host_copy", "host arrays (views on CPU, pinned copies on CUDA)"),
     ("encode", "stitch + 2 PNG (ISA-L) + NPZ per recording"),
 ]
 
@@ -88,9 +88,9 @@ def staged_pass(ex: Explainer, sources: list[Source], p: Params) -> dict[str, fl
                 "top_probs": top.values,
                 "cams": cams,
             }
-            host = {name: v.cpu().numpy() for name, v in out.items()}
+            host = {name: v.numpy() for name, v in out.items()}  # CPU: views, as the pipeline
             for i, (r, _, _) in enumerate(batch):
-                per_rec[r].append({name: arr[i].copy() for name, arr in host.items()})
+                per_rec[r].append({name: arr[i] for name, arr in host.items()})
             t6 = time.perf_counter()
             for name, a, b in [
                 ("spectrogram", t0, t1),

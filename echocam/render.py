@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import struct
 import zlib
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -26,14 +27,14 @@ def overlay(
     return (base * (1.0 - alpha) + heat * alpha).round_().to(torch.uint8)
 
 
-def stitch(windows: np.ndarray, start_columns: np.ndarray) -> np.ndarray:
-    """Lay windows (w, ..., h, t) along time at ``start_columns`` → (..., h, total).
+def stitch(windows: Sequence[np.ndarray], start_columns: np.ndarray) -> np.ndarray:
+    """Lay windows (each (..., h, t)) along time at ``start_columns`` → (..., h, total).
 
     Later windows overwrite the columns they share with earlier ones (the end-aligned last
     window, or any hop shorter than the window).
     """
-    width = int(start_columns[-1]) + windows.shape[-1]
-    out = np.empty(windows.shape[1:-1] + (width,), dtype=windows.dtype)
+    width = int(start_columns[-1]) + windows[-1].shape[-1]
+    out = np.empty(windows[0].shape[:-1] + (width,), dtype=windows[0].dtype)
     for win, start in zip(windows, start_columns, strict=True):
         out[..., start : start + win.shape[-1]] = win
     return out
