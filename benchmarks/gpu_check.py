@@ -28,6 +28,7 @@ import sys
 import time
 import traceback
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 
 import _common as C
@@ -243,6 +244,8 @@ def full_path(
             row["first_compute_s"] = time.perf_counter() - t0
             dt = timed(lambda ex=ex, chunk=chunk: ex.compute(chunk), device, iters=iters, warmup=1)
             row.update(windows=n_windows, device_stage_windows_per_s=n_windows / dt)
+            if not compiled and batch == batches[-1]:
+                row["device_stage_profile"] = profile(partial(ex.compute, chunk), device)
             local = C.LocalMode(ex, chosen, task_size=task_size, pool=pool)
             local.run()  # warm-up: the last batch sizes of each chunk
             best, outcomes = None, []
@@ -268,6 +271,26 @@ def full_path(
         print(f"  batch {batch} compile {compiled}: {_brief(row)}", flush=True)
     pool.shutdown()
     return rows
+
+
+def profile(fn, device: torch.device, top: int = 12) -> dict[str, str]:
+    """torch.profiler's busiest operators in one call of ``fn``, by host time and device time."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    activities = [ProfilerActivity.CPU]
+    if device.type == "cuda":
+        activities.append(ProfilerActivity.CUDA)
+    with torch_profile(activities=activities) as prof:
+        fn()
+        sync(device)
+    averages = prof.key_averages()
+    tables = {"by_cpu": averages.table(sort_by="self_cpu_time_total", row_limit=top)}
+    if device.type == "cuda":
+        tables["by_device"] = averages.table(sort_by="self_cuda_time_total", row_limit=top)
+    for name, text in tables.items():
+        print(f"  profile {name}:\n{text}", flush=True)
+    return tables
 
 
 def local_run(device: torch.device, out: Path, timeout: float) -> dict:
