@@ -106,7 +106,7 @@ class Settings:
     batch_size: int = _f(0, "windows per forward pass (0: 256 on CUDA, 32 on CPU)")
     compile: bool = _f(False, "torch.compile the model (worth it on GPUs; compiles at start)")
     threads: int = _f(0, "torch threads per process (0: cores / worker processes)")
-    io_threads: int = _f(8, "concurrent downloads and uploads")
+    io_threads: int = _f(8, "threads for downloads, decoding, PNG/NPZ encoding and uploads")
     task_size: int = _f(16, "recordings per task (distributed) or per batch (local)")
     broker_url: str = _f("redis://127.0.0.1:6379/0", "Celery broker (Redis) URL")
     s3_endpoint_url: str = _f("", "S3 endpoint (MinIO, SeaweedFS, ...); empty: AWS")

@@ -360,7 +360,9 @@ def test_gpu_worker_and_cpu_profile(services, compose):
     (device,) = gpu["deploy"]["resources"]["reservations"]["devices"]
     assert device["capabilities"] == ["gpu"] and device["driver"] == "nvidia"
     assert device["device_ids"] == ["${WORKER_GPU:-0}"]
-    assert gpu["command"] == ["echocam", "worker", "--concurrency", "1", "--device", "cuda"]
+    assert gpu["command"] == [
+        "echocam", "worker", "--concurrency", "${WORKER_GPU_CONCURRENCY:-4}", "--device", "cuda"
+    ]  # fmt: skip
     assert cpu["command"][-2:] == ["--device", "cpu"] and "deploy" not in cpu
     for svc in (gpu, cpu):
         assert svc["image"] == gpu["image"] and svc["build"]["target"] == "worker"
