@@ -7,7 +7,8 @@
    -> image -> model -> CAM -> overlay -> host copy) and local mode end to end (reads, decoding,
    device, PNG/NPZ encoding and writes overlapped), at batch 64 / 256, and with torch.compile;
 4. local mode end to end: ``echocam run samples --out $OUT/gpu-run --weights random --device D``;
-5. speed-ups, at one batch in bf16: ``cudnn.benchmark`` and batch norm folded into the
+5. local mode in 1 / 4 / 8 processes sharing the device (as worker processes would);
+6. speed-ups, at one batch in bf16: ``cudnn.benchmark`` and batch norm folded into the
    convolutions (not in the pipeline), ``torch.compile`` of the hooked model (``--compile``) and
    of a hook-free forward with folded batch norm (last: compiling is the likeliest to fail).
 
@@ -273,6 +274,68 @@ def full_path(
     return rows
 
 
+def processes(device: torch.device, counts: list[int], windows: int) -> list[dict]:
+    """Local mode in P processes sharing the device, each on 1/P of the recordings: does one
+    device serve more explanations when more processes (as worker processes) decode and encode?
+    Each process builds its explainer, warms up, waits for the others, then runs."""
+    import multiprocessing as mp
+
+    from echocam.settings import Params
+
+    chosen = C.pick_recordings(C.window_counts(C.recordings(), Params()), windows)
+    ctx = mp.get_context("spawn")  # CUDA cannot cross a fork
+    rows = []
+    for n in counts:
+        row: dict = {"processes": n, "threads_per_process": max(1, (os.cpu_count() or 1) // n)}
+        try:
+            barrier, results = ctx.Barrier(n), ctx.Queue()
+            shares = [[str(p) for p in chosen[i::n]] for i in range(n)]
+            procs = [
+                ctx.Process(target=_process_run, args=(str(device), share, n, barrier, results))
+                for share in shares
+            ]
+            for proc in procs:
+                proc.start()
+            got = [results.get(timeout=300) for _ in procs]
+            for proc in procs:
+                proc.join(timeout=60)
+            errors = [g["error"] for g in got if "error" in g]
+            if errors:
+                raise RuntimeError(errors[0])
+            wall = max(g["end"] for g in got) - min(g["start"] for g in got)
+            total = sum(g["windows"] for g in got)
+            row.update(windows=total, wall_s=wall, windows_per_s=total / wall)
+        except Exception as e:
+            row["error"] = f"{type(e).__name__}: {e}"[:500]
+        rows.append(row)
+        print(f"  {n} processes: {_brief(row)}", flush=True)
+    return rows
+
+
+def _process_run(device: str, paths: list[str], n: int, barrier, results) -> None:
+    """One process of ``processes``: warm explainer, barrier, local mode over ``paths``."""
+    try:
+        from echocam.local import set_threads
+        from echocam.model import load_model
+        from echocam.pipeline import Explainer, Source
+        from echocam.settings import Params
+
+        threads = set_threads(0, processes=n)
+        pool = ThreadPoolExecutor(threads)
+        ex = Explainer(load_model("random"), Params(), device=device, pool=pool)
+        local = C.LocalMode(ex, [Path(p) for p in paths], task_size=16, pool=pool)
+        ex.explain([Source(p.name, p.read_bytes()) for p in map(Path, paths[:4])])  # warm-up
+        barrier.wait(timeout=300)
+        start = time.time()
+        outcomes = local.run()
+        end = time.time()
+        local.close()
+        results.put({"windows": sum(o.windows for o in outcomes), "start": start, "end": end})
+    except Exception as e:
+        results.put({"error": f"{type(e).__name__}: {e}"})
+        barrier.abort()
+
+
 def profile(fn, device: torch.device, top: int = 12) -> dict[str, str]:
     """torch.profiler's busiest operators in one call of ``fn``, by host time and device time."""
     from torch.profiler import ProfilerActivity
@@ -330,7 +393,7 @@ def _brief(row: dict) -> str:
         return "ERROR " + row["error"].splitlines()[0][:200]
     keys = ("forward_images_per_s", "explain_images_per_s", "explain_over_forward",
             "peak_memory_gib", "device_stage_windows_per_s", "local_mode_windows_per_s",
-            "first_compute_s", "wall_s", "overlays", "first_call_s",
+            "windows_per_s", "first_compute_s", "wall_s", "overlays", "first_call_s",
             "max_rel_diff_vs_hooked")  # fmt: skip
     return ", ".join(f"{k} {row[k]:.3g}" for k in keys if isinstance(row.get(k), float | int))
 
@@ -344,6 +407,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--path-batches", type=int, nargs="+", default=None, help="Explainer batches")
     ap.add_argument("--windows", type=int, default=None, help="windows for the full path")
     ap.add_argument("--iters", type=int, default=None, help="timed iterations (median)")
+    ap.add_argument("--processes", type=int, nargs="+", default=None, help="local mode procs")
+    ap.add_argument("--parts", nargs="+", default=None, help="run only these parts")
     args = ap.parse_args(argv)
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -359,6 +424,7 @@ def main(argv: list[str] | None = None) -> int:
     path_batches = args.path_batches or ([4] if quick else [64, 256])
     windows = args.windows or (8 if quick else 2048)
     iters = args.iters or (1 if quick else 5)
+    counts = args.processes or ([1, 2] if quick else [1, 4, 8])
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     report: dict = {"benchmark": "gpu_check", "quick": quick, "errors": []}
@@ -373,8 +439,11 @@ def main(argv: list[str] | None = None) -> int:
             ),
         ),
         ("local_run", lambda: local_run(device, out, timeout=240)),
+        ("processes", lambda: processes(device, counts, windows)),
         ("candidates", lambda: candidates(device, batches[len(batches) // 2], iters)),
     ]
+    if args.parts:
+        parts = [part for part in parts if part[0] == "device" or part[0] in args.parts]
     for name, fn in parts:
         print(f"[{name}]", flush=True)
         try:
@@ -386,7 +455,7 @@ def main(argv: list[str] | None = None) -> int:
         if name == "device":
             print("  " + json.dumps(report[name]), flush=True)
         C.write_json(out / "gpu_check.json", report)  # what is done survives a timeout
-    for part in ("model_cam", "full_path", "candidates"):
+    for part in ("model_cam", "full_path", "processes", "candidates"):
         for row in report.get(part) or []:
             if isinstance(row, dict) and "error" in row:
                 report["errors"].append(f"{part}: {row['error']}")
