@@ -107,7 +107,7 @@ def staged_pass(ex: Explainer, sources: list[Source], p: Params) -> dict[str, fl
         columns = np.rint(starts / p.hop_length).astype(np.int64)
         spec = render.stitch(np.stack([w["spectrogram_rgb"] for w in wins]), columns)
         ov = render.stitch(np.stack([w["overlay"] for w in wins]), columns)
-        ov = np.concatenate(list(ov), axis=1)
+        ov = ov.reshape(-1, *ov.shape[2:])
         render.encode_png(spec, compress_level=p.png_compress_level)
         render.encode_png(ov, compress_level=p.png_compress_level)
         np.savez(

@@ -279,9 +279,9 @@ class Explainer:
         p, names = self.params, self.model.class_names
         key = base["source_key"]
         columns = np.rint(rec.starts / p.hop_length).astype(np.int64)
-        spec = render.stitch(rec.windows("spectrogram_rgb"), columns)  # (3, m, t)
-        ov = render.stitch(rec.windows("overlay"), columns)  # (k, 3, m, t): a band per class
-        ov = np.concatenate(list(ov), axis=1)  # (3, k*m, t)
+        spec = render.stitch(rec.windows("spectrogram_rgb"), columns)  # (m, t, 3)
+        ov = render.stitch(rec.windows("overlay"), columns)  # (k, m, t, 3): a band per class
+        ov = ov.reshape(-1, *ov.shape[2:])  # (k*m, t, 3)
         level = p.png_compress_level
         files = {
             output_key(key, "spectrogram.png"): render.encode_png(spec, compress_level=level),
@@ -306,7 +306,7 @@ class Explainer:
         inputs = []
         for j, img in enumerate(rec.windows("inputs") if p.save_inputs else ()):
             inputs.append(output_key(key, f"inputs/window_{j:05d}.png"))
-            files[inputs[-1]] = render.encode_png(img, compress_level=level)
+            files[inputs[-1]] = render.encode_png(img.transpose(1, 2, 0), compress_level=level)
 
         def cls(i: int, prob: float, logit: float | None = None) -> dict:
             d = {"class_id": int(i), "class_name": names[i], "probability": round(float(prob), 6)}
@@ -350,8 +350,8 @@ class Explainer:
                 "inputs": inputs,
             },
             "image_sizes": {
-                "spectrogram": [int(spec.shape[1]), int(spec.shape[2])],
-                "overlay": [int(ov.shape[1]), int(ov.shape[2])],
+                "spectrogram": [int(spec.shape[0]), int(spec.shape[1])],
+                "overlay": [int(ov.shape[0]), int(ov.shape[1])],
             },
         }
         record["timings_s"] = {

@@ -18,30 +18,30 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 def overlay(
     spectrogram_rgb: torch.Tensor, maps: torch.Tensor, *, lut: torch.Tensor, alpha: float
 ) -> torch.Tensor:
-    """Blend colormapped ``maps`` (b, k, h, w) in [0, 1] over uint8 (b, 3, h, w) → (b, k, 3, h, w).
+    """Blend colormapped ``maps`` (b, k, h, w) in [0, 1] over uint8 (b, h, w, 3) → (b, k, h, w, 3).
 
     ``out = (1 - alpha) * spectrogram + alpha * lut(map)``, as the notebook's imshow at alpha 0.5.
     """
-    heat = colormaps.apply(maps, lut).permute(0, 1, 4, 2, 3).float()  # (b, k, 3, h, w)
+    heat = colormaps.apply(maps, lut).float()  # (b, k, h, w, 3)
     base = spectrogram_rgb.unsqueeze(1).float()
-    return (base * (1.0 - alpha) + heat * alpha).round_().to(torch.uint8)
+    return torch.lerp(base, heat, alpha).round_().to(torch.uint8)  # one pass, not three
 
 
 def stitch(windows: Sequence[np.ndarray], start_columns: np.ndarray) -> np.ndarray:
-    """Lay windows (each (..., h, t)) along time at ``start_columns`` → (..., h, total).
+    """Lay images (each (..., h, t, 3)) along time at ``start_columns`` → (..., h, total, 3).
 
     Later windows overwrite the columns they share with earlier ones (the end-aligned last
     window, or any hop shorter than the window).
     """
-    width = int(start_columns[-1]) + windows[-1].shape[-1]
-    out = np.empty(windows[0].shape[:-1] + (width,), dtype=windows[0].dtype)
+    width = int(start_columns[-1]) + windows[-1].shape[-2]
+    out = np.empty(windows[0].shape[:-2] + (width, windows[0].shape[-1]), dtype=windows[0].dtype)
     for win, start in zip(windows, start_columns, strict=True):
-        out[..., start : start + win.shape[-1]] = win
+        out[..., start : start + win.shape[-2], :] = win
     return out
 
 
 def encode_png(rgb: np.ndarray, *, compress_level: int) -> bytes:
-    """uint8 (3, h, w) or (h, w, 3) → an 8-bit RGB PNG, deflated by ISA-L at ``compress_level``.
+    """uint8 (h, w, 3) → an 8-bit RGB PNG, deflated by ISA-L at ``compress_level``.
 
     Every row uses PNG's Sub filter (each byte minus the one a pixel to its left: spectrograms
     change slowly along time), then ISA-L deflates the rows (levels 0 fastest ... 3 smallest).
@@ -49,8 +49,6 @@ def encode_png(rgb: np.ndarray, *, compress_level: int) -> bytes:
     long for a larger file on our overlays; the encoding is otherwise the CPU's biggest cost
     after the forward.  Any PNG reader decodes it.
     """
-    if rgb.shape[0] == 3 and rgb.shape[-1] != 3:
-        rgb = np.moveaxis(rgb, 0, -1)
     h, w, _ = rgb.shape
     rows = np.ascontiguousarray(rgb, dtype=np.uint8).reshape(h, 3 * w)
     filtered = np.empty((h, 1 + 3 * w), np.uint8)

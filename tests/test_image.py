@@ -23,16 +23,27 @@ def test_low_frequencies_are_at_the_bottom_and_range_spans_the_colormap():
     db = torch.full((1, 260, 50), -80.0)
     db[0, :10] = 0.0  # loudest energy in the lowest mel bands
     rgb = spectrogram_rgb(db, lut=colormaps.table("magma"))
-    assert rgb.dtype == torch.uint8 and rgb.shape == (1, 3, 260, 50)
+    assert rgb.dtype == torch.uint8 and rgb.shape == (1, 260, 50, 3)
     top = colormaps.lut("magma")[255]
-    np.testing.assert_array_equal(rgb[0, :, -1, 0].numpy(), top)  # bottom row: loudest
-    np.testing.assert_array_equal(rgb[0, :, 0, 0].numpy(), colormaps.lut("magma")[0])
+    np.testing.assert_array_equal(rgb[0, -1, 0].numpy(), top)  # bottom row: loudest
+    np.testing.assert_array_equal(rgb[0, 0, 0].numpy(), colormaps.lut("magma")[0])
 
 
 def test_model_image_is_224_uint8():
-    rgb = torch.randint(0, 256, (2, 3, 260, 552), dtype=torch.uint8)
+    rgb = torch.randint(0, 256, (2, 260, 552, 3), dtype=torch.uint8)
     img = model_image(rgb)
     assert img.shape == (2, 3, 224, 224) and img.dtype == torch.uint8
+    # the same numbers as resizing a channels-first copy: the layout is only a layout
+    ref = model_image(rgb.permute(0, 3, 1, 2).contiguous().permute(0, 2, 3, 1))
+    assert torch.equal(img, ref)
+
+
+def test_model_image_is_pillows_resize_as_in_the_notebook():
+    # The notebook resized a PIL image (torchvision Resize): bilinear with antialiasing.
+    rgb = spectrogram_rgb(torch.randn(1, 260, 552).cumsum(-1), lut=colormaps.table("magma"))
+    ours = model_image(rgb)[0].permute(1, 2, 0).numpy().astype(int)
+    pil = np.asarray(Image.fromarray(rgb[0].numpy()).resize((224, 224), Image.BILINEAR))
+    assert np.abs(ours - pil).max() <= 1 and (ours != pil).mean() < 0.01
 
 
 @pytest.mark.parametrize("level", [0, 1, 3])
@@ -43,14 +54,13 @@ def test_png_decodes_to_the_same_pixels_in_any_reader(shape, level):
     smooth = np.cumsum(rng.integers(0, 9, (h, w, 3)), axis=1) % 256  # wraps: Sub's modulo
     for rgb in (rng.integers(0, 256, (h, w, 3)), smooth):
         rgb = rgb.astype(np.uint8)
-        for layout in (rgb, np.moveaxis(rgb, -1, 0)):  # (h, w, 3) and (3, h, w)
-            data = render.encode_png(layout, compress_level=level)
-            Image.open(io.BytesIO(data)).verify()  # chunk CRCs and structure
-            with Image.open(io.BytesIO(data)) as im:
-                assert im.mode == "RGB" and im.size == (w, h)
-                np.testing.assert_array_equal(np.asarray(im), rgb)
-            if min(h, w) > 1:
-                np.testing.assert_array_equal(torchvision_decode(data), rgb)
+        data = render.encode_png(rgb, compress_level=level)
+        Image.open(io.BytesIO(data)).verify()  # chunk CRCs and structure
+        with Image.open(io.BytesIO(data)) as im:
+            assert im.mode == "RGB" and im.size == (w, h)
+            np.testing.assert_array_equal(np.asarray(im), rgb)
+        if min(h, w) > 1:
+            np.testing.assert_array_equal(torchvision_decode(data), rgb)
 
 
 def torchvision_decode(data: bytes) -> np.ndarray:
@@ -71,3 +81,27 @@ def torchvision_decode(data: bytes) -> np.ndarray:
 def test_png_rejects_levels_outside_isal():
     with pytest.raises(ValueError):
         Params(png_compress_level=4)
+
+
+def test_overlay_blends_the_colormapped_cam_over_the_spectrogram():
+    rng = np.random.default_rng(0)
+    rgb = torch.from_numpy(rng.integers(0, 256, (2, 5, 7, 3), dtype=np.uint8))
+    maps = torch.from_numpy(rng.random((2, 3, 5, 7), dtype=np.float32))  # k = 3 classes
+    lut = colormaps.table("plasma")
+    heat = colormaps.apply(maps, lut).numpy().astype(float)
+    for alpha in (0.0, 0.3, 0.5, 1.0):
+        ov = render.overlay(rgb, maps, lut=lut, alpha=alpha)
+        assert ov.shape == (2, 3, 5, 7, 3) and ov.dtype == torch.uint8
+        want = (1 - alpha) * rgb.numpy()[:, None].astype(float) + alpha * heat
+        assert np.abs(ov.numpy() - want).max() <= 0.5 + 1e-6  # rounded to the nearest level
+
+
+def test_stitch_lays_windows_along_time_later_ones_on_top():
+    a = np.full((2, 4, 3), 1, np.uint8)  # (h, t, 3)
+    b = np.full((2, 4, 3), 2, np.uint8)
+    out = render.stitch([a, b], np.array([0, 3]))  # the last window end-aligned: overlaps 1
+    assert out.shape == (2, 7, 3)
+    np.testing.assert_array_equal(out[0, :, 0], [1, 1, 1, 2, 2, 2, 2])
+    bands = render.stitch([np.stack([a, b]), np.stack([b, a])], np.array([0, 4]))  # (k, h, t, 3)
+    assert bands.shape == (2, 2, 8, 3)
+    np.testing.assert_array_equal(bands[1, 0, :, 0], [2, 2, 2, 2, 1, 1, 1, 1])
