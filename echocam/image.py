@@ -33,17 +33,22 @@ def spectrogram_rgb(db: torch.Tensor, *, lut: torch.Tensor) -> torch.Tensor:
     return colormaps.apply(minmax(db).flip(-2), lut)
 
 
-def model_image(rgb: torch.Tensor, *, size: int = MODEL_SIZE) -> torch.Tensor:
+def model_image(
+    rgb: torch.Tensor, *, size: int = MODEL_SIZE, uint8_kernel: bool | None = None
+) -> torch.Tensor:
     """uint8 RGB (b, h, w, 3) → uint8 (b, 3, size, size), bilinear with antialiasing.
 
     The result is what the network sees; it is saved with ``--save-inputs``, so the CAM can be
     recomputed from the PNG with torchvision alone.  The notebook resized a PIL image: on the
     CPU, torch's uint8 kernel is Pillow's algorithm (10x faster than the float path, and 1 level
     off Pillow on ~0.3 % of pixels instead of ~18 %); CUDA has only the float path.
+    ``uint8_kernel`` (default: on the CPU) picks between them.
     """
     x = rgb.permute(0, 3, 1, 2)  # a channels_last view; interpolate keeps that layout
     resize = {"size": (size, size), "mode": "bilinear", "align_corners": False, "antialias": True}
-    if x.device.type == "cpu":
+    if uint8_kernel is None:
+        uint8_kernel = x.device.type == "cpu"
+    if uint8_kernel:
         return F.interpolate(x, **resize)
     return F.interpolate(x.float(), **resize).round_().clamp_(0, 255).to(torch.uint8)
 

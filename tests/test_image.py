@@ -41,9 +41,13 @@ def test_model_image_is_224_uint8():
 def test_model_image_is_pillows_resize_as_in_the_notebook():
     # The notebook resized a PIL image (torchvision Resize): bilinear with antialiasing.
     rgb = spectrogram_rgb(torch.randn(1, 260, 552).cumsum(-1), lut=colormaps.table("magma"))
-    ours = model_image(rgb)[0].permute(1, 2, 0).numpy().astype(int)
     pil = np.asarray(Image.fromarray(rgb[0].numpy()).resize((224, 224), Image.BILINEAR))
+    ours = model_image(rgb)[0].permute(1, 2, 0).numpy().astype(int)
     assert np.abs(ours - pil).max() <= 1 and (ours != pil).mean() < 0.01
+    # the float path (what CUDA runs) rounds differently, never by more than one level
+    floats = model_image(rgb, uint8_kernel=False)
+    assert floats.shape == (1, 3, 224, 224) and floats.dtype == torch.uint8
+    assert np.abs(floats[0].permute(1, 2, 0).numpy().astype(int) - pil).max() <= 1
 
 
 @pytest.mark.parametrize("level", [0, 1, 3])
