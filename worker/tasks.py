@@ -98,8 +98,8 @@ def process(self, items: list[list], run: dict) -> dict:
     else:
         try:
             faults.before_task([it.key for it in infos])
-            # Two halves: the second half's reads overlap the device work on the first, and
-            # each half still fills a large forward batch.
+            # Two halves: the second is read and decoded while the first is on the device, the
+            # first encoded and written while the second is; each half still fills a batch.
             outcomes = run_batch(
                 batched(infos, max(1, -(-len(infos) // 2))),
                 src=state.store(run["input"]),
