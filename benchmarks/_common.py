@@ -10,8 +10,10 @@ import io
 import json
 import os
 import platform
+import shutil
 import statistics
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -219,9 +221,6 @@ class LocalMode:
     """
 
     def __init__(self, explainer, paths: Sequence[Path], *, task_size: int, pool):
-        import shutil
-        import tempfile
-
         from echocam.settings import Settings
         from echocam.storage import LocalStore
 
@@ -235,8 +234,6 @@ class LocalMode:
 
     def run(self) -> list:
         """Outcomes, one per recording; raises unless every recording is ok."""
-        import shutil
-
         from echocam.batch import run_batch
         from echocam.chunking import batched
         from echocam.storage import LocalStore
@@ -257,6 +254,4 @@ class LocalMode:
         return outcomes
 
     def close(self) -> None:
-        import shutil
-
         shutil.rmtree(self.work, ignore_errors=True)
