@@ -215,7 +215,7 @@ def verdict(value: float, target: float, *, higher_is_better: bool = True) -> st
 class LocalMode:
     """Local mode's pipeline over copies of ``paths`` in a scratch folder, with a warm explainer.
 
-    ``run()`` is what ``echocam run`` does after loading the model: ``run_batch`` over chunks of
+    ``run()`` is what ``echocam run`` does after loading the model: ``run_chunks`` over chunks of
     ``task_size`` recordings from a ``LocalStore`` to a fresh ``LocalStore`` (outputs and records
     written to disk), minus the manifest.  Repeated paths become distinct recordings.
     """
@@ -234,14 +234,14 @@ class LocalMode:
 
     def run(self) -> list:
         """Outcomes, one per recording; raises unless every recording is ok."""
-        from echocam.batch import run_batch
-        from echocam.chunking import batched
+        from echocam.chunking import chunked
+        from echocam.runner import run_chunks
         from echocam.storage import LocalStore
 
         out = self.work / "out"
         shutil.rmtree(out, ignore_errors=True)
-        outcomes = run_batch(
-            batched(self.items, self.task_size),
+        outcomes = run_chunks(
+            chunked(self.items, self.task_size),
             src=self.src,
             dst=LocalStore(out),
             explainer=self.explainer,

@@ -1,7 +1,7 @@
 """Local path: per-stage cost and end-to-end windows/s of local mode on CPU.
 
 Real recordings in a folder, 5-s windows, batch 32, at torch threads 1 and 2.  End to end is
-local mode's pipeline (``run_batch`` over chunks of ``--task-size`` recordings: read + decode,
+local mode's pipeline (``run_chunks`` over chunks of ``--task-size`` recordings: read + decode,
 device, encode + write overlapped, outputs and records written to disk), with the explainer
 built and warm.  Next to it, the bare torchvision ResNet-18 forward on the same batch and
 threads: the ratio end-to-end / bare says how much the rest of the path (decode, spectrogram,

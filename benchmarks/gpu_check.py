@@ -236,7 +236,7 @@ def full_path(
         local = None
         try:
             ex = Explainer(model, params, device=str(device), batch_size=batch,
-                           compile=compiled, pool=pool)  # fmt: skip
+                           compile_model=compiled, pool=pool)  # fmt: skip
             chunk = ex.decode(sources)
             n_windows = sum(len(r.starts) for r in chunk.recs)
             t0 = time.perf_counter()

@@ -12,7 +12,6 @@ import numpy as np
 from PIL import Image
 
 from echocam.errors import from_code
-from echocam.keys import output_key
 from echocam.pipeline import Explainer, Source
 from echocam.settings import Params, Settings
 
@@ -50,17 +49,17 @@ def explain_bytes(
     """
     explainer = _explainer(Settings(weights=weights, device=device), Params(**params))
     (result,) = explainer.explain([Source(name, data, len(data))])
-    rec = result.record
-    if rec["status"] != "ok":
-        raise from_code(rec["error_code"], rec["error_message"])
-    with np.load(io.BytesIO(result.files[output_key(name, "cam.npz")])) as npz:
+    record = result.record
+    if record["status"] != "ok":
+        raise from_code(record["error_code"], record["error_message"])
+    with np.load(io.BytesIO(result.files[record["outputs"]["cam"]])) as npz:
         arrays = {k: npz[k] for k in npz.files}
     return Explanation(
-        record=rec,
-        spectrogram=Image.open(io.BytesIO(result.files[rec["outputs"]["spectrogram"]])),
-        overlay=Image.open(io.BytesIO(result.files[rec["outputs"]["overlay"]])),
+        record=record,
+        spectrogram=Image.open(io.BytesIO(result.files[record["outputs"]["spectrogram"]])),
+        overlay=Image.open(io.BytesIO(result.files[record["outputs"]["overlay"]])),
         arrays=arrays,
-        inputs=[Image.open(io.BytesIO(result.files[k])) for k in rec["outputs"]["inputs"]],
+        inputs=[Image.open(io.BytesIO(result.files[k])) for k in record["outputs"]["inputs"]],
     )
 
 

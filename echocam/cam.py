@@ -12,8 +12,8 @@ from echocam.model import HookedResNet18
 
 
 @dataclass
-class Explanation:
-    """One forward pass over a batch of b images; every tensor stays on the model's device."""
+class CamBatch:
+    """One forward pass over a batch of b images and its CAMs; tensors stay on the device."""
 
     logits: torch.Tensor  # (b, classes) float32
     probs: torch.Tensor  # (b, classes) softmax
@@ -38,7 +38,7 @@ def explain(
     *,
     top_k: int = 1,
     class_ids: torch.Tensor | None = None,
-) -> Explanation:
+) -> CamBatch:
     """Forward normalised ``images`` (b, 3, 224, 224) once; CAMs for the top-k or given classes.
 
     ``class_ids`` (k,) names the classes to explain in every image; without it the ``top_k``
@@ -51,7 +51,7 @@ def explain(
         ids = probs.topk(top_k, dim=-1).indices
     else:
         ids = class_ids.to(images.device).expand(images.shape[0], -1)
-    return Explanation(logits, probs, ids, class_activation_maps(features, net.fc_weight, ids))
+    return CamBatch(logits, probs, ids, class_activation_maps(features, net.fc_weight, ids))
 
 
 def display_maps(cams: torch.Tensor, *, size: tuple[int, int]) -> torch.Tensor:

@@ -6,7 +6,7 @@ from collections.abc import Iterable, Iterator
 from itertools import islice
 
 
-def batched(items: Iterable, n: int) -> Iterator[list]:
+def chunked(items: Iterable, n: int) -> Iterator[list]:
     """Lists of ``n`` consecutive items from ``items``; the last may be shorter."""
     it = iter(items)
     while chunk := list(islice(it, n)):

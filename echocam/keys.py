@@ -6,7 +6,6 @@ import hashlib
 
 from echocam.errors import UnsafeKey
 
-OUTPUT_NAMES = ("spectrogram.png", "overlay.png", "cam.npz", "record.json")
 _MAX_SEGMENT_BYTES = 200  # below every filesystem's 255-byte name limit, with room to spare
 _MAX_KEY_BYTES = 900  # S3 keys are at most 1024 bytes; leave room for the prefix and file name
 

@@ -10,10 +10,10 @@ import torch
 from tqdm import tqdm
 
 from echocam import manifest, runs
-from echocam.batch import run_batch
-from echocam.chunking import batched
+from echocam.chunking import chunked
 from echocam.model import LoadedModel, load_model
 from echocam.pipeline import Explainer
+from echocam.runner import run_chunks
 from echocam.settings import Params, Settings
 from echocam.storage import client_factory, open_store
 
@@ -61,8 +61,8 @@ def run_local(
         tqdm(total=len(items), unit="rec", disable=not progress, desc="echocam run") as bar,
     ):
         explainer = Explainer.from_settings(model, params, settings, pool=pool)
-        run_batch(
-            batched(items, settings.task_size),
+        run_chunks(
+            chunked(items, settings.task_size),
             src=src,
             dst=dst,
             explainer=explainer,

@@ -11,18 +11,18 @@ import tempfile
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from echocam.chunking import batched
+from echocam.chunking import chunked
+from echocam.records import RECORD_NAME, now_iso
+from echocam.runs import RUN_NAME
 from echocam.storage import Store, read_json
 
-RECORD_NAME = "record.json"
-RUN_NAME = "run.json"
 MANIFEST_JSONL, MANIFEST_PARQUET, SUMMARY = "manifest.jsonl", "manifest.parquet", "summary.json"
 
 _PREDICTION = pa.struct(
@@ -52,10 +52,6 @@ SCHEMA = pa.schema(
         ("finished_at", pa.string()),
     ]
 )
-
-
-def now_iso() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds")
 
 
 def row(record: dict[str, Any]) -> dict[str, Any]:
@@ -88,14 +84,14 @@ def row(record: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def iter_records(store: Store, *, threads: int = 16, chunk: int = 2000, page_size: int = 1000):
+def iter_records(store: Store, *, threads: int = 16, chunk_size: int = 2000, page_size: int = 1000):
     """Every record under the store's root, read ``threads`` at a time, in listing order."""
     keys = (o.key for o in store.list(suffixes=("/" + RECORD_NAME,), page_size=page_size))
     with ThreadPoolExecutor(threads) as pool:
-        for batch in batched(keys, chunk):
-            for rec in pool.map(lambda k: read_json(store, k), batch):
-                if rec is not None:
-                    yield rec
+        for some_keys in chunked(keys, chunk_size):
+            for record in pool.map(lambda k: read_json(store, k), some_keys):
+                if record is not None:
+                    yield record
 
 
 def compact(store: Store, *, threads: int = 16, page_size: int = 1000) -> dict[str, Any]:
@@ -115,8 +111,8 @@ def compact(store: Store, *, threads: int = 16, page_size: int = 1000) -> dict[s
             pq.ParquetWriter(parquet_path, SCHEMA) as pw,
         ):
             rows: list[dict[str, Any]] = []
-            for rec in iter_records(store, threads=threads, page_size=page_size):
-                r = row(rec)  # one per source: record keys are an injective map of source keys
+            for record in iter_records(store, threads=threads, page_size=page_size):
+                r = row(record)  # one per source: record keys are an injective map of source keys
                 statuses[r["status"]] += 1
                 if r["error_code"]:
                     codes[r["error_code"]] += 1

@@ -6,10 +6,11 @@ import json
 import uuid
 from typing import Any
 
-from echocam.manifest import RUN_NAME, now_iso
-from echocam.records import version
+from echocam.records import now_iso, version
 from echocam.settings import Params, fingerprint
 from echocam.storage import Store
+
+RUN_NAME = "run.json"
 
 
 def describe(

@@ -73,11 +73,6 @@ class Params:
             "max_bytes": self.max_bytes,
         }
 
-    @property
-    def k(self) -> int:
-        """Maps per window: the named classes, else the top-k."""
-        return len(self.classes) or self.top_k
-
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["classes"] = list(self.classes)

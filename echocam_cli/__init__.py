@@ -146,7 +146,7 @@ def cmd_produce(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     _env_from(args, Settings)
-    from echocam.manifest import RUN_NAME
+    from echocam.runs import RUN_NAME
     from echocam.storage import read_json
     from producer import status
     from worker import progress

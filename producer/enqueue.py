@@ -11,7 +11,7 @@ from typing import Any
 from celery import Celery
 
 from echocam import runs
-from echocam.chunking import batched
+from echocam.chunking import chunked
 from echocam.keys import output_key
 from echocam.records import is_current
 from echocam.settings import Params, Settings
@@ -41,7 +41,7 @@ def pending(
 ) -> Iterator[tuple[ObjectInfo, bool]]:
     """(item, needs work) for every audio object, streamed page by page (constant memory)."""
     listing = src.list(suffixes=settings.extensions, page_size=settings.page_size)
-    for chunk in batched(listing, max(settings.page_size, 64)):
+    for chunk in chunked(listing, max(settings.page_size, 64)):
         if force:
             yield from ((it, True) for it in chunk)
             continue

@@ -1,4 +1,4 @@
-"""run_batch's overlapped stages, in process: order, completeness, and what a failure leaves."""
+"""run_chunks's overlapped stages, in process: order, completeness, and what a failure leaves."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from conftest import chirp, wav_bytes
 
-from echocam.batch import run_batch
-from echocam.chunking import batched
+from echocam.chunking import chunked
 from echocam.pipeline import Explainer
+from echocam.runner import run_chunks
 from echocam.settings import Params
 from echocam.storage import LocalStore
 
@@ -39,16 +39,16 @@ class CountingExplainer(Explainer):
         self.threads["decode"].add(threading.current_thread().name)
         return super().decode(sources)
 
-    def compute(self, chunk):
+    def compute(self, decoded):
         self.computed += 1
         self.threads["compute"].add(threading.current_thread().name)
         if self.computed == self.fail_compute:
             raise RuntimeError("device fell over")
-        return super().compute(chunk)
+        return super().compute(decoded)
 
-    def finish(self, chunk):
+    def finish(self, computed):
         self.threads["finish"].add(threading.current_thread().name)
-        return super().finish(chunk)
+        return super().finish(computed)
 
 
 def test_chunks_flow_through_three_threads_and_come_back_in_order(stores, species_model):
@@ -57,8 +57,8 @@ def test_chunks_flow_through_three_threads_and_come_back_in_order(stores, specie
     seen = []
     with ThreadPoolExecutor(4) as pool:
         ex = CountingExplainer(species_model, Params(), device="cpu", pool=pool)
-        outcomes = run_batch(
-            batched(items, 2),
+        outcomes = run_chunks(
+            chunked(items, 2),
             src=src,
             dst=dst,
             explainer=ex,
@@ -88,11 +88,11 @@ def test_a_device_failure_lets_the_chunk_before_finish_writing(stores, species_m
     with ThreadPoolExecutor(4) as pool:
         ex = CountingExplainer(species_model, Params(), device="cpu", pool=pool, fail_compute=2)
         with pytest.raises(RuntimeError, match="device fell over"):
-            run_batch(batched(items, 2), src=src, dst=dst, explainer=ex, run_id="r", pool=pool)
+            run_chunks(chunked(items, 2), src=src, dst=dst, explainer=ex, run_id="r", pool=pool)
     written = sorted(p.parent.name for p in dst.root.rglob("record.json"))
     assert written == [it.key for it in items[:2]]  # chunk 1 complete, nothing of chunk 2
     # and a rerun skips what is done
     with ThreadPoolExecutor(4) as pool:
         ex = CountingExplainer(species_model, Params(), device="cpu", pool=pool)
-        again = run_batch(batched(items, 2), src=src, dst=dst, explainer=ex, run_id="r", pool=pool)
+        again = run_chunks(chunked(items, 2), src=src, dst=dst, explainer=ex, run_id="r", pool=pool)
     assert [o.written for o in again] == [False, False, True, True, True, True]

@@ -1,6 +1,6 @@
-"""The task: a batch of source keys plus the run's parameters → outputs and records in the bucket.
+"""The task: a list of source keys plus the run's parameters → outputs and records in the bucket.
 
-Thin glue over ``echocam.batch.run_batch``; Celery supplies delivery, retries and time limits.
+Thin glue over ``echocam.runner.run_chunks``; Celery supplies delivery, retries and time limits.
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from celery import signals
 from celery.exceptions import SoftTimeLimitExceeded
 from redis.exceptions import RedisError
 
-from echocam.batch import Outcome, record_failures, run_batch
-from echocam.chunking import batched
+from echocam.chunking import chunked
+from echocam.runner import Outcome, record_failures, run_chunks
 from echocam.settings import Params
 from echocam.storage import ObjectInfo
 from worker import faults, progress, state
@@ -98,10 +98,10 @@ def process(self, items: list[list], run: dict) -> dict:
     else:
         try:
             faults.before_task([it.key for it in infos])
-            # Two halves: the second is read and decoded while the first is on the device, the
-            # first encoded and written while the second is; each half still fills a batch.
-            outcomes = run_batch(
-                batched(infos, max(1, -(-len(infos) // 2))),
+            # Two chunks: the second is read and decoded while the first is on the device, the
+            # first encoded and written while the second is; each still fills device batches.
+            outcomes = run_chunks(
+                chunked(infos, max(1, -(-len(infos) // 2))),
                 src=state.store(run["input"]),
                 dst=dst,
                 explainer=explainer,
@@ -117,7 +117,7 @@ def process(self, items: list[list], run: dict) -> dict:
             if self.request.retries < self.max_retries:
                 raise  # Celery retries the task with backoff and jitter
             outcomes = _give_up(infos, fail_all, e)
-        except Exception as e:  # e.g. out of device memory: record it, never drop the batch
+        except Exception as e:  # e.g. out of device memory: record it, never drop the task
             log.exception("echocam: task %s failed", task_id)
             outcomes = fail_all("internal", f"{type(e).__name__}: {e}")
     progress.task_done(r, run["run_id"], task_id, outcomes)

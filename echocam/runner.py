@@ -1,8 +1,10 @@
-"""Process a batch of source objects from one store into another: the unit of work.
+"""Run chunks of source objects from one store into another: the unit of work.
 
-``echocam run`` (local mode) and the Celery task both call :func:`run_batch`, so both write the
-same outputs and records.  Outputs are written first and the record last: a record's presence
-means the recording's outputs are complete.
+Words: an *item* is one source object, a *chunk* the items that go through the stages together
+(local mode: ``--task-size`` items; a worker task: half of its items), a *batch* the windows of
+one forward pass (``pipeline``).  ``echocam run`` (local mode) and the Celery task both call
+:func:`run_chunks`, so both write the same outputs and records.  Outputs are written first and
+the record last: a record's presence means the recording's outputs are complete.
 """
 
 from __future__ import annotations
@@ -13,9 +15,9 @@ from dataclasses import dataclass
 
 from echocam import records
 from echocam.errors import DownloadFailed, EchoCamError
-from echocam.keys import output_key
-from echocam.manifest import now_iso
-from echocam.pipeline import Chunk, Explainer, Result, Source
+from echocam.outputs import Result
+from echocam.pipeline import Computed, Decoded, Explainer, Source
+from echocam.records import Record
 from echocam.storage import ObjectInfo, Store, read_json
 
 
@@ -31,7 +33,7 @@ class Outcome:
     timings_s: dict[str, float]  # decode, compute, encode (empty unless written now)
 
     @classmethod
-    def of(cls, record: dict, *, written: bool) -> Outcome:
+    def of(cls, record: Record, *, written: bool) -> Outcome:
         return cls(
             record["source_key"],
             record["status"],
@@ -71,13 +73,13 @@ def _pending(
     pool: ThreadPoolExecutor,
 ) -> tuple[dict[str, Outcome], list[tuple[ObjectInfo, dict | None]]]:
     """Outcomes of the items already done, and the (item, old record) pairs still to do."""
-    existing = list(pool.map(lambda it: read_json(dst, output_key(it.key, "record.json")), items))
+    existing = list(pool.map(lambda it: read_json(dst, records.record_key(it.key)), items))
     done, todo = {}, []
-    for it, rec in zip(items, existing, strict=True):
-        if is_done(rec, it, fingerprint=fingerprint, run_id=run_id, force=force):
-            done[it.key] = Outcome.of(rec, written=False)
+    for it, record in zip(items, existing, strict=True):
+        if is_done(record, it, fingerprint=fingerprint, run_id=run_id, force=force):
+            done[it.key] = Outcome.of(record, written=False)
         else:
-            todo.append((it, rec))
+            todo.append((it, record))
     return done, todo
 
 
@@ -85,18 +87,18 @@ def _write(dst: Store, result: Result, *, run_id: str, replace: bool) -> Outcome
     """Outputs first, record last; a new record only if absent (a twin delivery may have won)."""
     for key, data in result.files.items():
         dst.put(key, data)
-    rec = {**result.record, "run_id": run_id, "finished_at": now_iso()}
-    written = dst.put(rec["record_key"], records.dumps(rec), if_absent=not replace)
-    return Outcome.of(rec, written=written)
+    record = records.stamped(result.record, run_id=run_id)
+    written = dst.put(record["record_key"], records.dumps(record), if_absent=not replace)
+    return Outcome.of(record, written=written)
 
 
 @dataclass
 class Prepared:
-    """A batch after its CPU-bound first half: outcomes of done items, the rest decoded."""
+    """A chunk after its first stage: outcomes of the done items, the others decoded."""
 
     items: Sequence[ObjectInfo]
     outcomes: dict[str, Outcome]
-    chunk: Chunk | None  # the sources still to explain, decoded (None: nothing to do)
+    decoded: Decoded | None  # the sources still to explain (None: nothing to do)
     replace: dict[str, bool]  # key → a record existed (overwrite instead of create)
 
 
@@ -116,27 +118,33 @@ def prepare(
     )
     max_bytes = explainer.params.max_bytes
     sources = list(pool.map(lambda t: fetch(src, t[0], max_bytes=max_bytes), todo))
-    chunk = explainer.decode(sources) if sources else None
-    return Prepared(items, outcomes, chunk, {it.key: rec is not None for it, rec in todo})
+    decoded = explainer.decode(sources) if sources else None
+    return Prepared(items, outcomes, decoded, {it.key: record is not None for it, record in todo})
 
 
 def complete(
-    batch: Prepared, *, dst: Store, explainer: Explainer, run_id: str, pool: ThreadPoolExecutor
+    prepared: Prepared,
+    computed: Computed | None,
+    *,
+    dst: Store,
+    explainer: Explainer,
+    run_id: str,
+    pool: ThreadPoolExecutor,
 ) -> list[Outcome]:
-    """Encode a computed batch and write outputs, then records; one outcome per item."""
-    outcomes = dict(batch.outcomes)
-    if batch.chunk is not None:
+    """Encode a computed chunk and write outputs, then records; one outcome per item."""
+    outcomes = dict(prepared.outcomes)
+    if computed is not None:
         for out in pool.map(
             lambda res: _write(
-                dst, res, run_id=run_id, replace=batch.replace[res.record["source_key"]]
+                dst, res, run_id=run_id, replace=prepared.replace[res.record["source_key"]]
             ),
-            explainer.finish(batch.chunk),
+            explainer.finish(computed),
         ):
             outcomes[out.key] = out
-    return [outcomes[it.key] for it in batch.items]
+    return [outcomes[it.key] for it in prepared.items]
 
 
-def run_batch(
+def run_chunks(
     chunks: Iterable[Sequence[ObjectInfo]],
     *,
     src: Store,
@@ -169,14 +177,13 @@ def run_batch(
 
     try:
         ahead = prefetch.submit(prepare, next(chunks, []), **common)
-        while (batch := ahead.result()).items:
+        while (prepared := ahead.result()).items:
             ahead = prefetch.submit(prepare, next(chunks, []), **common)
-            if batch.chunk is not None:
-                explainer.compute(batch.chunk)
+            computed = explainer.compute(prepared.decoded) if prepared.decoded else None
             if finishing is not None:
                 collect(finishing)  # bounded: one chunk finishing while the next computes
             finishing = finisher.submit(
-                complete, batch, dst=dst, explainer=explainer, run_id=run_id, pool=pool
+                complete, prepared, computed, dst=dst, explainer=explainer, run_id=run_id, pool=pool
             )
         if finishing is not None:
             collect(finishing)

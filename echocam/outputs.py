@@ -1,0 +1,133 @@
+"""A computed recording's files (spectrogram and overlay PNGs, ``cam.npz``) and its ok record.
+
+The last stage of the pipeline, on the CPU: windows are stitched along time into one image per
+recording, encoded, and described by the record.  Pure: arrays in, bytes and a record out.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from echocam import records, render
+from echocam.audio import Audio
+from echocam.keys import output_key
+from echocam.records import Record
+from echocam.settings import Params
+
+SPECTROGRAM, OVERLAY, CAM = "spectrogram.png", "overlay.png", "cam.npz"
+
+# Per-window arrays that go into cam.npz and the record, stacked per recording.
+PER_WINDOW = ("spectrogram_db", "class_ids", "logits", "probabilities", "top_ids", "top_probs",
+              "cams")  # fmt: skip
+
+
+@dataclass
+class Result:
+    """A recording's record and its output files (relative key → bytes), to be written first."""
+
+    record: Record
+    files: dict[str, bytes] = field(default_factory=dict)
+
+
+@dataclass
+class Computed:
+    """A recording after the device stage: per-window arrays and its mean class probabilities.
+
+    ``windows[name]`` holds output ``name`` of every window in time order: ``spectrogram_db``
+    (n_mels, t) float32, ``spectrogram_rgb`` (n_mels, t, 3) uint8, ``overlay`` (k, n_mels, t, 3)
+    uint8, ``cams`` (k, h, w) float32, ``class_ids``/``logits``/``probabilities`` (k,),
+    ``top_ids``/``top_probs`` (top_k,) and, with ``save_inputs``, ``inputs`` (3, 224, 224) uint8.
+    """
+
+    audio: Audio
+    starts: np.ndarray  # (w,) window start samples
+    length: int  # window length, samples
+    windows: dict[str, list[np.ndarray]]
+    mean_probs: np.ndarray  # (classes,) mean over the windows
+    decode_s: float
+    compute_s: float
+
+
+def encode(
+    recording: Computed,
+    base: Record,
+    *,
+    params: Params,
+    class_names: Sequence[str],
+    model_sha256: str,
+) -> Result:
+    """The recording's files and its ok record (``base`` completed)."""
+    p, names = params, class_names
+    key = base["source_key"]
+    level = p.png_compress_level
+    columns = np.rint(recording.starts / p.hop_length).astype(np.int64)
+    spec = render.stitch(recording.windows["spectrogram_rgb"], columns)  # (m, t, 3)
+    ov = render.stitch(recording.windows["overlay"], columns)  # (k, m, t, 3): a band per class
+    ov = ov.reshape(-1, *ov.shape[2:])  # (k*m, t, 3)
+    keys = {name: output_key(key, name) for name in (SPECTROGRAM, OVERLAY, CAM)}
+    files = {
+        keys[SPECTROGRAM]: render.encode_png(spec, compress_level=level),
+        keys[OVERLAY]: render.encode_png(ov, compress_level=level),
+    }
+    starts_s = recording.starts / p.sample_rate
+    h = {name: np.stack(recording.windows[name]) for name in PER_WINDOW}
+    npz = io.BytesIO()
+    np.savez(
+        npz,
+        spectrogram_db=h["spectrogram_db"],
+        window_starts_s=starts_s,
+        class_ids=h["class_ids"],
+        logits=h["logits"],
+        probabilities=h["probabilities"],
+        cams=h["cams"],
+        params=np.array(json.dumps(p.to_dict(), sort_keys=True)),
+        model_sha256=np.array(model_sha256),
+        class_names=np.array(names),
+    )
+    files[keys[CAM]] = npz.getvalue()
+    inputs = []
+    for j, img in enumerate(recording.windows["inputs"] if p.save_inputs else ()):
+        inputs.append(output_key(key, f"inputs/window_{j:05d}.png"))
+        files[inputs[-1]] = render.encode_png(img.transpose(1, 2, 0), compress_level=level)
+
+    windows = [
+        {
+            "start_s": round(float(start), 6),
+            "predictions": [
+                records.prediction(i, q, names)
+                for i, q in zip(h["top_ids"][j], h["top_probs"][j], strict=True)
+            ],
+            "explained": [
+                records.prediction(i, q, names, logit)
+                for i, q, logit in zip(
+                    h["class_ids"][j], h["probabilities"][j], h["logits"][j], strict=True
+                )
+            ],
+        }
+        for j, start in enumerate(starts_s)
+    ]
+    top = np.argsort(-recording.mean_probs, kind="stable")[: p.top_k]
+    record = records.succeeded(
+        base,
+        audio=recording.audio,
+        sample_rate=p.sample_rate,
+        window_seconds=recording.length / p.sample_rate,
+        windows=windows,
+        top_predictions=[records.prediction(i, recording.mean_probs[i], names) for i in top],
+        outputs={
+            "spectrogram": keys[SPECTROGRAM],
+            "overlay": keys[OVERLAY],
+            "cam": keys[CAM],
+            "inputs": inputs,
+        },
+        image_sizes={
+            "spectrogram": [int(spec.shape[0]), int(spec.shape[1])],
+            "overlay": [int(ov.shape[0]), int(ov.shape[1])],
+        },
+    )
+    return Result(record, files)
