@@ -35,6 +35,7 @@ BENCHMARKS: dict[str, tuple[str, list[str], list[str]]] = {
         [],
         ["--recordings", "8", "--configs", "1x1", "2x1"],
     ),
+    "png": ("bench_png.py", [], ["--recordings", "1", "--repeats", "1"]),
     "producer_memory": ("bench_producer_memory.py", [], ["--sizes", "1000", "10000"]),
     "gpu_check_cpu": (
         "gpu_check.py",
@@ -103,6 +104,12 @@ def headline(name: str, r: dict) -> list[list]:
             row(f"{label} windows/s", d["windows_per_s"])
             row(f"{label} / first config", d["speedup_vs_first"])
             row(f"{label} worker cores busy", d["worker_cores_busy"])
+    elif name == "png":
+        best = r["fastest_pillow"]
+        ratio = r["pillow_time_ratio"]
+        row(f"{best} (zlib-ng: {r['pillow_zlib_ng']}) time / {r['default']}", ratio, "> 1.5",
+            C.verdict(ratio, 1.5))  # fmt: skip
+        row(f"{best} bytes / {r['default']}", r["pillow_bytes_ratio"])
     elif name == "producer_memory":
         for path, g in r["growth"].items():
             metric = f"{path}: traced peak, {g['keys_ratio']:.0f}x keys"

@@ -57,7 +57,7 @@ def explain(
 def display_maps(cams: torch.Tensor, *, size: tuple[int, int]) -> torch.Tensor:
     """Maps for display in [0, 1]: (b, k, h, w) raw CAMs → (b, k, *size).
 
-    ReLU (only positive evidence, as Grad-CAM), per-map min-max (the notebook's ``getCAM``),
+    ReLU (only positive evidence, as Grad-CAM), per-map min-max (as CAM's authors show it),
     bilinear upsampling, min-max again: pytorch-grad-cam's ``scale_cam_image`` on the same maps.
     """
     maps = minmax(cams.float().relu(), eps=1e-7)

@@ -39,10 +39,9 @@ def model_image(
     """uint8 RGB (b, h, w, 3) → uint8 (b, 3, size, size), bilinear with antialiasing.
 
     The result is what the network sees; it is saved with ``--save-inputs``, so the CAM can be
-    recomputed from the PNG with torchvision alone.  The notebook resized a PIL image: on the
-    CPU, torch's uint8 kernel is Pillow's algorithm (10x faster than the float path, and 1 level
-    off Pillow on ~0.3 % of pixels instead of ~18 %); CUDA has only the float path.
-    ``uint8_kernel`` (default: on the CPU) picks between them.
+    recomputed from the PNG with torchvision alone.  torch's uint8 kernel (CPU only) is Pillow's
+    resize algorithm, so the model sees what a PIL resize would give it; CUDA has only the float
+    path, within a level of it.  ``uint8_kernel`` (default: on the CPU) picks between them.
     """
     x = rgb.permute(0, 3, 1, 2)  # a channels_last view; interpolate keeps that layout
     resize = {"size": (size, size), "mode": "bilinear", "align_corners": False, "antialias": True}

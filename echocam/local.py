@@ -31,7 +31,7 @@ def load(settings: Settings) -> LoadedModel:
 
 
 def set_threads(threads: int, *, processes: int = 1) -> int:
-    """torch intra-op threads: ``threads`` or cores / processes (oversubscription is 3x slower)."""
+    """torch intra-op threads: ``threads``, or cores / processes (more than cores oversubscribe)."""
     n = threads or max(1, (os.cpu_count() or 1) // processes)
     torch.set_num_threads(n)
     return n

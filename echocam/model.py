@@ -18,7 +18,7 @@ from echocam.errors import WeightsUnavailable
 class HookedResNet18(nn.Module):
     """torchvision ``resnet18`` in eval mode; ``forward`` returns (logits, layer4 features).
 
-    The features come from a forward hook on ``layer4`` (the notebook's ``SaveFeatures``),
+    The features come from a forward hook on ``layer4``,
     registered for the duration of one call so no tensor outlives the batch on the module.
     """
 

@@ -20,11 +20,11 @@ def overlay(
 ) -> torch.Tensor:
     """Blend colormapped ``maps`` (b, k, h, w) in [0, 1] over uint8 (b, h, w, 3) → (b, k, h, w, 3).
 
-    ``out = (1 - alpha) * spectrogram + alpha * lut(map)``, as the notebook's imshow at alpha 0.5.
+    ``out = (1 - alpha) * spectrogram + alpha * lut(map)``, what ``imshow`` draws at ``alpha``.
     """
     heat = colormaps.apply(maps, lut).float()  # (b, k, h, w, 3)
     base = spectrogram_rgb.unsqueeze(1).float()
-    return torch.lerp(base, heat, alpha).round_().to(torch.uint8)  # one pass, not three
+    return torch.lerp(base, heat, alpha).round_().to(torch.uint8)
 
 
 def stitch(windows: Sequence[np.ndarray], start_columns: np.ndarray) -> np.ndarray:
@@ -45,9 +45,9 @@ def encode_png(rgb: np.ndarray, *, compress_level: int) -> bytes:
 
     Every row uses PNG's Sub filter (each byte minus the one a pixel to its left: spectrograms
     change slowly along time), then ISA-L deflates the rows (levels 0 fastest ... 3 smallest).
-    Written by hand because Pillow, libpng and libspng all deflate with zlib, which took 7x as
-    long for a larger file on our overlays; the encoding is otherwise the CPU's biggest cost
-    after the forward.  Any PNG reader decodes it.
+    Written by hand because Pillow and libpng deflate with zlib (or zlib-ng), which is several
+    times slower on our images at a similar size (``benchmarks/bench_png.py``), and encoding is
+    the largest CPU cost after the forward.  Any PNG reader decodes it.
     """
     h, w, _ = rgb.shape
     rows = np.ascontiguousarray(rgb, dtype=np.uint8).reshape(h, 3 * w)

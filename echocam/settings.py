@@ -99,7 +99,7 @@ class Settings:
     seed: int = _f(0, "seed for --weights random")
     device: str = _f("auto", "auto | cpu | cuda | cuda:N")
     batch_size: int = _f(0, "windows per forward pass (0: 256 on CUDA, 32 on CPU)")
-    compile: bool = _f(False, "torch.compile the model (1.4x model speed on a GPU; compiles first)")
+    compile: bool = _f(False, "torch.compile the model (faster on GPUs; first batches compile)")
     threads: int = _f(0, "torch threads per process (0: cores / worker processes)")
     io_threads: int = _f(8, "threads for downloads, decoding, PNG/NPZ encoding and uploads")
     task_size: int = _f(16, "recordings per task (distributed) or per batch (local)")

@@ -32,7 +32,7 @@ class MelSpectrogramDB(nn.Module):
         import librosa  # deferred: only the filterbank comes from librosa
 
         with warnings.catch_warnings():
-            # The notebook's fmax (13 kHz) lies above Nyquist at 22050 Hz: librosa warns that the
+            # The default fmax (13 kHz) lies above Nyquist at 22050 Hz: librosa warns that the
             # top bands are empty.  They stay, for parity; they sit at the top_db floor.
             warnings.filterwarnings("ignore", message="Empty filters detected")
             mel = librosa.filters.mel(
