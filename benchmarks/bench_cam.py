@@ -19,7 +19,6 @@ import _common as C
 import torch
 
 from echocam.cam import class_activation_maps, explain
-from echocam.image import model_image, normalise, spectrogram_rgb
 from echocam.model import load_model
 from echocam.pipeline import Explainer
 from echocam.settings import Params
@@ -30,7 +29,7 @@ def images(batch: int) -> tuple[torch.Tensor, Explainer]:
     ex = Explainer(load_model("random"), params, device="cpu", batch_size=batch)
     with torch.inference_mode():
         waves = torch.from_numpy(C.real_waves(batch, params))
-        x = normalise(model_image(spectrogram_rgb(ex.spectrogram(waves), lut=ex.magma)))
+        x = ex.frontend(waves)
     return x.clone(), ex  # a normal tensor: autograd (Grad-CAM) refuses inference tensors
 
 

@@ -62,9 +62,9 @@ def staged_pass(ex: Explainer, sources: list[Source], p: Params) -> dict[str, fl
             batch = items[b0 : b0 + ex.batch_size]
             t0 = time.perf_counter()
             waves = np.stack([decoded[r].samples[s : s + n] for r, s, n in batch])
-            db = ex.spectrogram(torch.from_numpy(waves).to(ex.device))
+            db = ex.frontend.db(torch.from_numpy(waves).to(ex.device))
             t1 = time.perf_counter()
-            rgb = spectrogram_rgb(db, lut=ex.magma)
+            rgb = spectrogram_rgb(db, lut=ex.frontend.magma)
             img = normalise(model_image(rgb))
             t2 = time.perf_counter()
             logits, features = ex.net(img)
@@ -162,7 +162,7 @@ def run(args: argparse.Namespace) -> dict:
     bare.load_state_dict(model.net.net.state_dict())
     with torch.inference_mode():
         waves = torch.from_numpy(C.real_waves(args.batch, params, paths))
-        rgb = spectrogram_rgb(ex.spectrogram(waves), lut=ex.magma)
+        rgb = spectrogram_rgb(ex.frontend.db(waves), lut=ex.frontend.magma)
         img = normalise(model_image(rgb))
     n_batches = -(-n_windows // args.batch)
     result = {

@@ -237,16 +237,16 @@ def full_path(
         try:
             ex = Explainer(model, params, device=str(device), batch_size=batch,
                            compile_model=compiled, pool=pool)  # fmt: skip
-            chunk = ex.decode(sources)
-            n_windows = sum(len(r.starts) for r in chunk.recs)
+            decoded = ex.decode(sources)
+            n_windows = sum(len(r.planned.starts) for r in decoded.recordings)
             t0 = time.perf_counter()
-            ex.compute(chunk)  # warm-up: kernels, allocator (and compilation)
+            ex.compute(decoded)  # warm-up: kernels, allocator (and compilation)
             sync(device)
             row["first_compute_s"] = time.perf_counter() - t0
-            dt = timed(lambda ex=ex, chunk=chunk: ex.compute(chunk), device, iters=iters, warmup=1)
+            dt = timed(lambda ex=ex, d=decoded: ex.compute(d), device, iters=iters, warmup=1)
             row.update(windows=n_windows, device_stage_windows_per_s=n_windows / dt)
             if not compiled and batch == batches[-1]:
-                row["device_stage_profile"] = profile(partial(ex.compute, chunk), device)
+                row["device_stage_profile"] = profile(partial(ex.compute, decoded), device)
             local = C.LocalMode(ex, chosen, task_size=task_size, pool=pool)
             local.run()  # warm-up: the last batch sizes of each chunk
             best, outcomes = None, []

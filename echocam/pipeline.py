@@ -16,15 +16,14 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from echocam import audio, colormaps, outputs, records, render, windows
+from echocam import colormaps, outputs, records, render
 from echocam.cam import display_maps, explain
 from echocam.errors import EchoCamError
-from echocam.image import model_image, normalise, spectrogram_rgb
+from echocam.frontend import FrontEnd, Planned, plan
 from echocam.model import LoadedModel
 from echocam.outputs import Result
 from echocam.records import Record
 from echocam.settings import Params, Settings, fingerprint
-from echocam.spectrogram import MelSpectrogramDB
 
 
 @dataclass
@@ -43,9 +42,7 @@ class DecodedRecording:
     """A decoded recording and the windows planned over it."""
 
     index: int  # position among the chunk's sources
-    audio: audio.Audio
-    starts: np.ndarray  # (w,) window start samples
-    length: int  # window length in samples
+    planned: Planned
     decode_s: float
 
 
@@ -98,8 +95,7 @@ class Explainer:
             # The per-call layer4 hook traces into one graph; the first batch compiles and a
             # second batch size recompiles once, with the batch dimension dynamic.
             self.net = torch.compile(self.net)
-        self.spectrogram = MelSpectrogramDB.from_params(params).to(self.device)
-        self.magma = colormaps.table("magma", self.device)
+        self.frontend = FrontEnd(params, self.device)
         self.plasma = colormaps.table("plasma", self.device)
         self.class_ids = _class_ids(params.classes, model.class_names)
         self.fingerprint = fingerprint(params, model.sha256)
@@ -159,7 +155,8 @@ class Explainer:
         # Windows of one length batch together (every window but a short recording's own).
         groups: dict[int, list[tuple[int, int]]] = defaultdict(list)
         for r, recording in enumerate(recordings):
-            groups[recording.length].extend((r, j) for j in range(len(recording.starts)))
+            planned = recording.planned
+            groups[planned.length].extend((r, j) for j in range(len(planned.starts)))
         for length, pairs in groups.items():
             for b0 in range(0, len(pairs), self.batch_size):
                 batch = pairs[b0 : b0 + self.batch_size]
@@ -172,14 +169,15 @@ class Explainer:
         prob_sum = prob_sum.cpu().numpy()
         computed = []
         for r, recording in enumerate(recordings):
-            in_order = [rows[r][j] for j in range(len(recording.starts))]
+            planned = recording.planned
+            in_order = [rows[r][j] for j in range(len(planned.starts))]
             computed.append(
                 outputs.Computed(
-                    audio=recording.audio,
-                    starts=recording.starts,
-                    length=recording.length,
+                    audio=planned.audio,
+                    starts=planned.starts,
+                    length=planned.length,
                     windows={name: [h[name][i] for h, i in in_order] for name in in_order[0][0]},
-                    mean_probs=prob_sum[r] / len(recording.starts),
+                    mean_probs=prob_sum[r] / len(planned.starts),
                     decode_s=recording.decode_s,
                     compute_s=compute_s[r],
                 )
@@ -214,12 +212,8 @@ class Explainer:
         if src.error is not None:
             raise src.error
         t0 = time.perf_counter()
-        p = self.params
-        decoded = audio.decode(src.data or b"", **p.decode_options())
-        n = decoded.samples.shape[0]
-        length = min(p.window_samples, n)
-        starts = windows.window_starts(n, window=length, hop=p.hop_samples)
-        return DecodedRecording(index, decoded, starts, length, time.perf_counter() - t0)
+        planned = plan(src.data or b"", params=self.params)
+        return DecodedRecording(index, planned, time.perf_counter() - t0)
 
     def _batch(
         self,
@@ -234,14 +228,10 @@ class Explainer:
         waves = torch.empty((len(batch), length), dtype=torch.float32, pin_memory=self.cuda)
         rows = waves.numpy()
         for i, (r, j) in enumerate(batch):
-            recording = recordings[r]
-            rows[i] = recording.audio.samples[recording.starts[j] : recording.starts[j] + length]
-        db = self.spectrogram(waves.to(self.device, non_blocking=True))
-        rgb = spectrogram_rgb(db, lut=self.magma)
-        img8 = model_image(rgb)
-        x = normalise(img8)
-        if self.cuda:
-            x = x.contiguous(memory_format=torch.channels_last)
+            rows[i] = recordings[r].planned.window(j)
+        db = self.frontend.db(waves.to(self.device, non_blocking=True))
+        rgb, img8 = self.frontend.images(db)
+        x = self.frontend.model_input(img8)
         # bf16 only for the forward: logits and CAMs are computed in float32
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.cuda):
             cb = explain(self.net, x, top_k=p.top_k, class_ids=self.class_ids)
