@@ -1,0 +1,89 @@
+"""Where the evidence is: a display map's peak and evidence box, in seconds and Hertz.
+
+Pure maths on arrays.  A display map (see :func:`echocam.cam.display_maps`) has the shape of its
+window's spectrogram, (n_mels, frames): row 0 is the highest mel band (the image is drawn with
+low frequencies at the bottom) and column c is the STFT frame centred ``c * hop_length`` samples
+after the window's start.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cache
+
+import numpy as np
+from scipy import ndimage
+
+
+@dataclass(frozen=True)
+class Axes:
+    """The time (s) and frequency (Hz) of every cell of a window's display map."""
+
+    times_s: np.ndarray  # (frames,) seconds from the window's start
+    freqs_hz: np.ndarray  # (n_mels,) centre frequency of each row, row 0 the highest
+
+    @classmethod
+    def of(
+        cls,
+        *,
+        frames: int,
+        sample_rate: int,
+        hop_length: int,
+        n_mels: int,
+        fmin: float,
+        fmax: float,
+    ) -> Axes:
+        """The axes of a (n_mels, frames) map at these analysis parameters."""
+        return cls(
+            times_s=np.arange(frames) * (hop_length / sample_rate),
+            freqs_hz=band_centres(n_mels=n_mels, fmin=fmin, fmax=fmax)[::-1].copy(),
+        )
+
+
+@cache
+def band_centres(*, n_mels: int, fmin: float, fmax: float) -> np.ndarray:
+    """Centre frequency (Hz) of each mel band, lowest first: those of ``librosa.filters.mel``.
+
+    The Slaney filterbank's band i is a triangle from edge i to edge i + 2 of ``n_mels + 2``
+    mel-spaced edges; its centre is edge i + 1.
+    """
+    import librosa  # deferred: only this table comes from librosa
+
+    centres = librosa.mel_frequencies(n_mels=n_mels + 2, fmin=fmin, fmax=fmax)[1:-1]
+    centres.setflags(write=False)
+    return centres
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """A map's peak and the box around it, in seconds (from the recording's start) and Hz."""
+
+    peak_time_s: float
+    peak_freq_hz: float
+    box_begin_s: float
+    box_end_s: float
+    box_low_hz: float
+    box_high_hz: float
+
+
+def evidence(
+    display_map: np.ndarray, *, axes: Axes, offset_s: float = 0.0, threshold: float = 0.5
+) -> Evidence:
+    """The peak of ``display_map`` (n_mels, frames) and its evidence box.
+
+    The box bounds the connected region (4-connected cells) around the peak where the map is
+    ``>= threshold`` (times of its first and last frames, centres of its lowest and highest
+    bands).  ``offset_s`` is the window's start in the recording.  A constant map (no evidence
+    anywhere) peaks at its first cell and boxes the whole window, as the threshold selects all.
+    """
+    row, col = np.unravel_index(int(np.argmax(display_map)), display_map.shape)
+    labels, _ = ndimage.label(display_map >= min(threshold, display_map[row, col]))
+    rows, cols = np.nonzero(labels == labels[row, col])
+    return Evidence(
+        peak_time_s=float(offset_s + axes.times_s[col]),
+        peak_freq_hz=float(axes.freqs_hz[row]),
+        box_begin_s=float(offset_s + axes.times_s[cols.min()]),
+        box_end_s=float(offset_s + axes.times_s[cols.max()]),
+        box_low_hz=float(axes.freqs_hz[rows.max()]),
+        box_high_hz=float(axes.freqs_hz[rows.min()]),
+    )
