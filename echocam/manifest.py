@@ -1,4 +1,4 @@
-"""Compact per-recording records into manifest.jsonl, manifest.parquet and summary.json.
+"""Compact per-recording records into the run's tables (manifest, detections) and summary.json.
 
 Streams: records are read concurrently in bounded chunks and written row by row, so a million
 recordings need memory for one chunk, not for the whole manifest.  No torch here.
@@ -6,6 +6,7 @@ recordings need memory for one chunk, not for the whole manifest.  No torch here
 
 from __future__ import annotations
 
+import csv
 import json
 import tempfile
 import time
@@ -18,12 +19,16 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from echocam import detections
 from echocam.chunking import chunked
 from echocam.records import RECORD_NAME, now_iso
 from echocam.runs import RUN_NAME
 from echocam.storage import Store, read_json
 
 MANIFEST_JSONL, MANIFEST_PARQUET, SUMMARY = "manifest.jsonl", "manifest.parquet", "summary.json"
+DETECTIONS_CSV, DETECTIONS_PARQUET = "detections.csv", "detections.parquet"
+#: The tables the manifest step writes, text and Parquet of each.
+OUTPUT_NAMES = (MANIFEST_JSONL, MANIFEST_PARQUET, DETECTIONS_CSV, DETECTIONS_PARQUET)
 
 _PREDICTION = pa.struct(
     [("class_id", pa.int64()), ("class_name", pa.string()), ("probability", pa.float64())]
@@ -104,13 +109,14 @@ def compact(store: Store, *, threads: int = 16, page_size: int = 1000) -> dict[s
     audio_s = 0.0
     stale = 0
     last_finished = ""
+    min_probability = (run.get("params") or {}).get("min_probability", 0.0)
+    n_detections = 0
     with tempfile.TemporaryDirectory() as tmp:
-        jsonl_path, parquet_path = Path(tmp, MANIFEST_JSONL), Path(tmp, MANIFEST_PARQUET)
+        files = [Path(tmp, name) for name in OUTPUT_NAMES]
         with (
-            jsonl_path.open("w", encoding="utf-8") as jl,
-            pq.ParquetWriter(parquet_path, SCHEMA) as pw,
+            _Table(files[0], files[1], SCHEMA, text="jsonl") as manifest,
+            _Table(files[2], files[3], detections.SCHEMA, text="csv") as found,
         ):
-            rows: list[dict[str, Any]] = []
             for record in iter_records(store, threads=threads, page_size=page_size):
                 r = row(record)  # one per source: record keys are an injective map of source keys
                 statuses[r["status"]] += 1
@@ -121,13 +127,10 @@ def compact(store: Store, *, threads: int = 16, page_size: int = 1000) -> dict[s
                 if run.get("fingerprint") and r["fingerprint"] != run["fingerprint"]:
                     stale += 1
                 last_finished = max(last_finished, r["finished_at"] or "")
-                jl.write(json.dumps(r, ensure_ascii=False) + "\n")
-                rows.append(r)
-                if len(rows) >= 10_000:
-                    pw.write_table(pa.Table.from_pylist(rows, schema=SCHEMA))
-                    rows.clear()
-            if rows:
-                pw.write_table(pa.Table.from_pylist(rows, schema=SCHEMA))
+                manifest.add(r)
+                for d in detections.rows(record, min_probability=min_probability):
+                    found.add(d)
+                    n_detections += 1
         total = sum(statuses.values())
         wall = _wall_seconds(run.get("created_at"), last_finished)
         summary = {
@@ -136,6 +139,8 @@ def compact(store: Store, *, threads: int = 16, page_size: int = 1000) -> dict[s
             "by_error_code": dict(codes),
             "stale_fingerprint": stale,
             "windows": windows,
+            "detections": n_detections,
+            "min_probability": min_probability,
             "audio_seconds": round(audio_s, 3),
             "run_id": run.get("run_id"),
             "fingerprint": run.get("fingerprint"),
@@ -151,10 +156,46 @@ def compact(store: Store, *, threads: int = 16, page_size: int = 1000) -> dict[s
             "compacted_at": now_iso(),
             "compaction_s": round(time.perf_counter() - t0, 3),
         }
-        store.put_file(MANIFEST_JSONL, jsonl_path)
-        store.put_file(MANIFEST_PARQUET, parquet_path)
+        for path in files:
+            store.put_file(path.name, path)
     store.put(SUMMARY, (json.dumps(summary, indent=1) + "\n").encode())
     return summary
+
+
+class _Table:
+    """Rows of one schema streamed to a text file (JSON lines or CSV) and a Parquet file."""
+
+    def __init__(self, text_path: Path, parquet_path: Path, schema: pa.Schema, *, text: str):
+        self.schema = schema
+        self.text = text_path.open("w", encoding="utf-8", newline="")
+        self.parquet = pq.ParquetWriter(parquet_path, schema)
+        self.csv = None
+        if text == "csv":
+            self.csv = csv.DictWriter(self.text, fieldnames=schema.names, lineterminator="\n")
+            self.csv.writeheader()
+        self.rows: list[dict[str, Any]] = []
+
+    def add(self, row: dict[str, Any]) -> None:
+        if self.csv is not None:
+            self.csv.writerow(row)
+        else:
+            self.text.write(json.dumps(row, ensure_ascii=False) + "\n")
+        self.rows.append(row)
+        if len(self.rows) >= 10_000:  # bounded memory: a row group at a time
+            self._flush()
+
+    def _flush(self) -> None:
+        if self.rows:
+            self.parquet.write_table(pa.Table.from_pylist(self.rows, schema=self.schema))
+            self.rows.clear()
+
+    def __enter__(self) -> _Table:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._flush()
+        self.parquet.close()
+        self.text.close()
 
 
 def _wall_seconds(start: str | None, end: str | None) -> float | None:

@@ -12,14 +12,18 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+import torch
 
-from echocam import records, render
+from echocam import detections, records, render
 from echocam.audio import Audio
+from echocam.cam import display_maps
 from echocam.keys import output_key
+from echocam.localise import Axes, evidence
 from echocam.records import Record
 from echocam.settings import Params
 
 SPECTROGRAM, OVERLAY, CAM = "spectrogram.png", "overlay.png", "cam.npz"
+SELECTIONS, LABELS = "selections.txt", "labels.txt"
 
 # Per-window arrays that go into cam.npz and the record, stacked per recording.
 PER_WINDOW = ("spectrogram_db", "class_ids", "logits", "probabilities", "top_ids", "top_probs",
@@ -69,13 +73,14 @@ def encode(
     spec = render.stitch(recording.windows["spectrogram_rgb"], columns)  # (m, t, 3)
     ov = render.stitch(recording.windows["overlay"], columns)  # (k, m, t, 3): a band per class
     ov = ov.reshape(-1, *ov.shape[2:])  # (k*m, t, 3)
-    keys = {name: output_key(key, name) for name in (SPECTROGRAM, OVERLAY, CAM)}
+    keys = {name: output_key(key, name) for name in (SPECTROGRAM, OVERLAY, CAM, SELECTIONS, LABELS)}
     files = {
         keys[SPECTROGRAM]: render.encode_png(spec, compress_level=level),
         keys[OVERLAY]: render.encode_png(ov, compress_level=level),
     }
     starts_s = recording.starts / p.sample_rate
     h = {name: np.stack(recording.windows[name]) for name in PER_WINDOW}
+    ev = _evidence(h["cams"], starts_s, params=p, frames=h["spectrogram_db"].shape[-1])
     npz = io.BytesIO()
     np.savez(
         npz,
@@ -85,6 +90,7 @@ def encode(
         logits=h["logits"],
         probabilities=h["probabilities"],
         cams=h["cams"],
+        **ev,
         params=np.array(json.dumps(p.to_dict(), sort_keys=True)),
         model_sha256=np.array(model_sha256),
         class_names=np.array(names),
@@ -103,9 +109,12 @@ def encode(
                 for i, q in zip(h["top_ids"][j], h["top_probs"][j], strict=True)
             ],
             "explained": [
-                records.prediction(i, q, names, logit)
-                for i, q, logit in zip(
-                    h["class_ids"][j], h["probabilities"][j], h["logits"][j], strict=True
+                {
+                    **records.prediction(i, q, names, logit),
+                    **{name: round(float(ev[name][j, c]), 6) for name in detections.EVIDENCE},
+                }
+                for c, (i, q, logit) in enumerate(
+                    zip(h["class_ids"][j], h["probabilities"][j], h["logits"][j], strict=True)
                 )
             ],
         }
@@ -123,6 +132,8 @@ def encode(
             "spectrogram": keys[SPECTROGRAM],
             "overlay": keys[OVERLAY],
             "cam": keys[CAM],
+            "selections": keys[SELECTIONS],
+            "labels": keys[LABELS],
             "inputs": inputs,
         },
         image_sizes={
@@ -130,4 +141,37 @@ def encode(
             "overlay": [int(ov.shape[0]), int(ov.shape[1])],
         },
     )
+    found = detections.selections(
+        detections.rows(record, min_probability=p.min_probability),
+        gap_s=p.hop_length / p.sample_rate,
+    )
+    files[keys[SELECTIONS]] = detections.raven_table(found).encode()
+    files[keys[LABELS]] = detections.audacity_labels(found).encode()
     return Result(record, files)
+
+
+def _evidence(
+    cams: np.ndarray, starts_s: np.ndarray, *, params: Params, frames: int
+) -> dict[str, np.ndarray]:
+    """Peak and box of every window's display maps: name → (windows, k) float64.
+
+    The display maps are made again here from the raw CAMs (w, k, h, w'), one window at a
+    time, at the spectrogram's size (n_mels, ``frames``), as the overlay draws them.
+    """
+    p = params
+    axes = Axes.of(
+        frames=frames,
+        sample_rate=p.sample_rate,
+        hop_length=p.hop_length,
+        n_mels=p.n_mels,
+        fmin=p.fmin,
+        fmax=p.fmax,
+    )
+    out = {name: np.empty(cams.shape[:2]) for name in detections.EVIDENCE}
+    for j, start in enumerate(starts_s):
+        maps = display_maps(torch.from_numpy(cams[j : j + 1]), size=(p.n_mels, frames))[0]
+        for c, m in enumerate(maps.numpy()):
+            e = evidence(m, axes=axes, offset_s=float(start), threshold=p.box_threshold)
+            for name in detections.EVIDENCE:
+                out[name][j, c] = getattr(e, name)
+    return out

@@ -26,7 +26,13 @@ class Prediction(TypedDict):
     class_id: int
     class_name: str
     probability: float
-    logit: NotRequired[float]  # only for the explained classes
+    logit: NotRequired[float]  # the explained classes have these and their evidence (s, Hz)
+    peak_time_s: NotRequired[float]
+    peak_freq_hz: NotRequired[float]
+    box_begin_s: NotRequired[float]
+    box_end_s: NotRequired[float]
+    box_low_hz: NotRequired[float]
+    box_high_hz: NotRequired[float]
 
 
 class WindowRecord(TypedDict):
@@ -39,6 +45,8 @@ class Outputs(TypedDict):
     spectrogram: str
     overlay: str
     cam: str
+    selections: str  # Raven Pro selection table
+    labels: str  # Audacity label track
     inputs: list[str]
 
 

@@ -37,6 +37,12 @@ class Params:
     top_k: int = _f(1, "classes predicted (and explained, unless --classes) per window")
     classes: tuple[str, ...] = _f((), "explain these class names (comma-separated) instead")
     alpha: float = _f(0.5, "opacity of the CAM over the spectrogram")
+    box_threshold: float = _f(
+        0.5, "evidence box: the region around the CAM's peak where its display map is >= this"
+    )
+    min_probability: float = _f(
+        0.0, "detections below this stay out of selections, labels and detection tables"
+    )
     png_compress_level: int = _f(1, "PNG deflate level (ISA-L), 0 (fastest) to 3 (smallest)")
     save_inputs: bool = _f(False, "also save each window's 224x224 model-input PNG")
     max_duration_s: float = _f(1800.0, "longest recording accepted, seconds")
@@ -49,8 +55,9 @@ class Params:
             raise ValueError("top_k must be >= 1")
         if not 0 <= self.png_compress_level <= 3:
             raise ValueError("png_compress_level must be 0..3")
-        if not 0.0 <= self.alpha <= 1.0:
-            raise ValueError("alpha must be within [0, 1]")
+        for name in ("alpha", "box_threshold", "min_probability"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be within [0, 1]")
 
     @property
     def window_hop_seconds(self) -> float:

@@ -169,8 +169,11 @@ def _print_summary(summary: dict[str, Any]) -> None:
     keys = ("recordings", "by_status", "by_error_code", "windows", "wall_s", "windows_per_s")
     print(json.dumps({k: summary.get(k) for k in keys}, indent=1))
     out = summary["output"]
-    print(f"outputs: {out}/<source key>/{{spectrogram.png,overlay.png,cam.npz,record.json}}")
-    print(f"manifest: {out}/manifest.jsonl, {out}/manifest.parquet, {out}/summary.json")
+    print(
+        f"outputs: {out}/<source key>/"
+        "{spectrogram.png,overlay.png,cam.npz,selections.txt,labels.txt,record.json}"
+    )
+    print(f"tables: {out}/{{manifest,detections}}.{{jsonl|csv,parquet}}, {out}/summary.json")
 
 
 def build_parser() -> argparse.ArgumentParser:
