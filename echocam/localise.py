@@ -78,12 +78,12 @@ def evidence(
     """
     row, col = np.unravel_index(int(np.argmax(display_map)), display_map.shape)
     labels, _ = ndimage.label(display_map >= min(threshold, display_map[row, col]))
-    rows, cols = np.nonzero(labels == labels[row, col])
+    rows, cols = ndimage.find_objects(labels)[labels[row, col] - 1]  # the region's bounds
     return Evidence(
         peak_time_s=float(offset_s + axes.times_s[col]),
         peak_freq_hz=float(axes.freqs_hz[row]),
-        box_begin_s=float(offset_s + axes.times_s[cols.min()]),
-        box_end_s=float(offset_s + axes.times_s[cols.max()]),
-        box_low_hz=float(axes.freqs_hz[rows.max()]),
-        box_high_hz=float(axes.freqs_hz[rows.min()]),
+        box_begin_s=float(offset_s + axes.times_s[cols.start]),
+        box_end_s=float(offset_s + axes.times_s[cols.stop - 1]),
+        box_low_hz=float(axes.freqs_hz[rows.stop - 1]),
+        box_high_hz=float(axes.freqs_hz[rows.start]),
     )
