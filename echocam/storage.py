@@ -97,6 +97,7 @@ class LocalStore:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
         try:
+            os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; outputs follow the umask
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
             if if_absent:
@@ -116,6 +117,20 @@ class LocalStore:
         dest = self._path(key)
         dest.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(path, dest)
+
+
+def _umask() -> int:
+    """The process umask, read without changing it (``os.umask`` sets it, racing other threads)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)  # elsewhere: read it the only way there is, and put it back
+    os.umask(mask)
+    return mask
 
 
 def s3_client(*, endpoint_url: str = "", region: str = "", max_pool: int = 16, retries: int = 8):
