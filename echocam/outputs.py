@@ -39,7 +39,7 @@ class Result:
 
 
 @dataclass
-class Computed:
+class ComputedRecording:
     """A recording after the device stage: per-window arrays and its mean class probabilities.
 
     ``windows[name]`` holds output ``name`` of every window in time order: ``spectrogram_db``
@@ -58,7 +58,7 @@ class Computed:
 
 
 def encode(
-    recording: Computed,
+    recording: ComputedRecording,
     base: Record,
     *,
     params: Params,

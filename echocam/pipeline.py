@@ -60,7 +60,7 @@ class Computed:
     """A chunk after the device stage: each decoded recording with its windows' arrays."""
 
     decoded: Decoded
-    recordings: list[outputs.Computed]  # parallel to ``decoded.recordings``
+    recordings: list[outputs.ComputedRecording]  # parallel to ``decoded.recordings``
 
 
 def resolve_device(device: str) -> torch.device:
@@ -172,7 +172,7 @@ class Explainer:
             planned = recording.planned
             in_order = [rows[r][j] for j in range(len(planned.starts))]
             computed.append(
-                outputs.Computed(
+                outputs.ComputedRecording(
                     audio=planned.audio,
                     starts=planned.starts,
                     length=planned.length,
@@ -272,7 +272,7 @@ class Explainer:
         torch.cuda.current_stream(self.device).synchronize()
         return {name: t.numpy() for name, t in host.items()}
 
-    def _encode(self, recording: outputs.Computed, base: Record) -> Result:
+    def _encode(self, recording: outputs.ComputedRecording, base: Record) -> Result:
         t0 = time.perf_counter()
         result = outputs.encode(
             recording,

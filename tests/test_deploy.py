@@ -484,6 +484,7 @@ def test_producer_requirements_follow_pyproject():
         "librosa",
         "pillow",
         "isal",
+        "scipy",
     }
     assert set(deps) - set(slim) == model_stack, "decide: slim image or model stack?"
 
