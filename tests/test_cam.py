@@ -5,7 +5,7 @@ import copy
 import numpy as np
 import pytest
 import torch
-from conftest import needs_shared, recordings
+from conftest import recordings
 
 from echocam.audio import decode
 from echocam.cam import class_activation_maps, display_maps, explain
@@ -26,7 +26,7 @@ def exact_float32():
 
 @pytest.fixture(scope="module")
 def images():
-    """Model inputs from real recordings: 4 windows of 5 s."""
+    """Model inputs from a real recording (spinetail, also in samples/): 4 windows of 5 s."""
     p = Params()
     mel = MelSpectrogramDB.from_params(p)
     if not recordings():
@@ -45,7 +45,6 @@ def images():
     return normalise(model_image(rgb))
 
 
-@needs_shared
 def test_cam_mean_plus_bias_is_the_logit(species_model, images):
     net = species_model.net
     ex = explain(net, images, top_k=3)
@@ -56,7 +55,6 @@ def test_cam_mean_plus_bias_is_the_logit(species_model, images):
     assert (ex.probs.gather(1, ex.class_ids).diff(dim=1) <= 0).all()
 
 
-@needs_shared
 def test_raw_cam_equals_captum_layer_gradcam_times_hw(species_model, images):
     from captum.attr import LayerGradCam
 
@@ -72,7 +70,6 @@ def test_raw_cam_equals_captum_layer_gradcam_times_hw(species_model, images):
     torch.testing.assert_close(ex.cams[:, 0], ref[:, 0] * h * w, rtol=1e-4, atol=1e-4)
 
 
-@needs_shared
 def test_display_map_equals_pytorch_grad_cam(species_model, images):
     from pytorch_grad_cam import GradCAM
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
