@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 from pathlib import Path
 
 import numpy as np
@@ -10,12 +11,37 @@ import pytest
 import soundfile as sf
 
 ROOT = Path(__file__).resolve().parent.parent
-RECORDINGS = ROOT.parent / "shared" / "data" / "recordings"
+# ECHOCAM_TEST_RECORDINGS points elsewhere (a path that does not exist: a run without ../shared).
+RECORDINGS = Path(
+    os.environ.get("ECHOCAM_TEST_RECORDINGS") or ROOT.parent / "shared" / "data" / "recordings"
+)
+SAMPLES = ROOT / "samples"  # a few of the shared recordings, in the repository
 SPECIES = ["Charadrius ruficapillus", "Chenonetta jubata", "Chlamydera nuchalis"]
 
 
 def recordings() -> list[Path]:
-    return sorted(p for p in RECORDINGS.glob("*") if p.suffix in (".wav", ".mp3"))
+    """The shared recordings; the repository's samples/ when ../shared is absent."""
+    folder = RECORDINGS if RECORDINGS.is_dir() else SAMPLES
+    return sorted(p for p in folder.glob("*") if p.suffix in (".wav", ".mp3"))
+
+
+def recording(name: str) -> Path | None:
+    """The recording ``name`` from the shared set, else from samples/; None where neither has it."""
+    for folder in (RECORDINGS, SAMPLES):
+        if (folder / name).is_file():
+            return folder / name
+    return None
+
+
+def available(names: list[str]) -> list[str]:
+    """Those of ``names`` that :func:`recording` finds (samples/ alone holds only some)."""
+    return [n for n in names if recording(n) is not None]
+
+
+def needs_recording(name: str) -> pytest.MarkDecorator:
+    return pytest.mark.skipif(
+        recording(name) is None, reason=f"{name} not in ../shared nor samples/"
+    )
 
 
 needs_shared = pytest.mark.skipif(

@@ -8,9 +8,11 @@ Each check runs in a fresh interpreter; the "slim" ones make the model stack uni
 from __future__ import annotations
 
 import base64
+import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import urllib.error
@@ -21,6 +23,7 @@ import pytest
 import yaml
 
 from devtools.services import RedisServer, free_port, wait_for
+from devtools.stack import Worker
 
 ROOT = Path(__file__).resolve().parent.parent
 # What the worker image has and the slim image does not (pyproject dependencies and their own).
@@ -210,3 +213,54 @@ def test_worker_healthcheck_command_needs_no_torch(redis_srv):
     assert "Traceback" not in proc.stderr, proc.stderr
     assert proc.returncode != 0
     assert "No nodes replied" in proc.stdout + proc.stderr
+
+
+def _healthcheck_argv() -> list[str]:
+    """The worker image's HEALTHCHECK command, as docker runs it (the exec form of CMD)."""
+    dockerfile = (ROOT / "docker" / "Dockerfile").read_text().replace("\\\n", " ")
+    (line,) = [ln for ln in dockerfile.splitlines() if ln.startswith("HEALTHCHECK ")]
+    return json.loads(line.split(" CMD ", 1)[1])
+
+
+@pytest.fixture(scope="module")
+def live_worker(redis_srv, species_checkpoint, tmp_path_factory):
+    """A worker as the image starts it: node name Celery's default, celery@<host name>."""
+    env = {
+        **os.environ,
+        "ECHOCAM_BROKER_URL": redis_srv.url,
+        "ECHOCAM_WEIGHTS": str(species_checkpoint),
+        "ECHOCAM_QUEUE": "layering-healthcheck",
+        "ECHOCAM_THREADS": "1",
+    }
+    log_dir = tmp_path_factory.mktemp("worker")
+    worker = Worker(env, name="celery", log_dir=log_dir, args=["--device", "cpu"]).start()
+    try:
+        worker.wait_ready()
+        yield worker
+    finally:
+        worker.stop()
+
+
+def test_worker_healthcheck_command_passes_for_a_live_worker(redis_srv, live_worker, tmp_path):
+    """Exactly the Dockerfile's HEALTHCHECK command, in a shell with the container's HOSTNAME,
+    succeeds while the worker runs; for another host name it fails (it asks its own node only)."""
+    argv = _healthcheck_argv()
+    assert argv[:2] == ["/bin/sh", "-c"] and "inspect ping" in argv[2]
+    env = {
+        **os.environ,
+        "ECHOCAM_BROKER_URL": redis_srv.url,
+        "HOSTNAME": socket.gethostname(),  # docker sets it to the container's host name
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        "PYTHONPATH": str(ROOT),  # the image installs the package; here it is the checkout
+    }
+
+    def run(argv: list[str], **extra: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            argv, env={**env, **extra}, cwd=tmp_path, capture_output=True, text=True, timeout=60
+        )
+
+    proc = run(argv)
+    assert proc.returncode == 0, f"{proc.stdout}{proc.stderr}\n{live_worker.log_tail()}"
+    other = [*argv[:2], argv[2].replace("--timeout 10", "--timeout 1")]
+    assert other != argv
+    assert run(other, HOSTNAME="another-host").returncode != 0

@@ -2,7 +2,7 @@ import librosa
 import numpy as np
 import pytest
 import torch
-from conftest import needs_shared, recordings
+from conftest import needs_recording, recording, recordings
 
 from echocam.audio import decode
 from echocam.settings import Params
@@ -31,8 +31,7 @@ def reference(y: np.ndarray) -> np.ndarray:
     return librosa.power_to_db(s, ref=np.max, top_db=P.top_db)
 
 
-@needs_shared
-@pytest.mark.parametrize("path", recordings(), ids=lambda p: p.name)
+@pytest.mark.parametrize("path", recordings(), ids=lambda p: p.name)  # samples/ without ../shared
 def test_matches_librosa_within_0_05_db_on_real_recordings(path, mel):
     y = decode(
         path.read_bytes(),
@@ -56,3 +55,27 @@ def test_short_clip_matches_librosa(mel):
     y = (rng.standard_normal(int(1.5 * P.sample_rate)) * 0.1).astype(np.float32)
     got = mel(torch.from_numpy(y)[None])[0].numpy()
     assert np.abs(got - reference(y)).max() <= 0.05
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        pytest.param(n, marks=needs_recording(n))
+        for n in ("spinetail_44k.wav", "XC563936_soundscape_48k.mp3")
+    ],
+)
+def test_front_end_from_the_file_matches_librosa(name, species_checkpoint):
+    """The whole front end from the file: the pipeline's ``spectrogram_db`` (cam.npz) against the
+    notebook's ``librosa.load`` → ``melspectrogram`` → ``power_to_db`` on the same windows."""
+    from echocam import explain_file
+
+    path = recording(name)
+    ex = explain_file(path, weights=str(species_checkpoint), device="cpu")
+    y, _ = librosa.load(path, sr=P.sample_rate, res_type="soxr_hq", mono=True)
+    window = 5 * P.sample_rate
+    starts = window_starts(len(y), window=window, hop=window)
+    np.testing.assert_array_equal(ex.arrays["window_starts_s"], starts / P.sample_rate)
+    got = ex.arrays["spectrogram_db"]
+    assert got.shape == (len(starts), P.n_mels, 1 + window // P.hop_length)
+    for start, db in zip(starts, got, strict=True):
+        assert np.abs(db - reference(y[start : start + window])).max() <= 0.05
