@@ -7,6 +7,7 @@ The stores are wrapped in small classes that delegate to them and note what was 
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import os
@@ -14,15 +15,20 @@ import shutil
 import subprocess
 import sys
 import threading
+import tracemalloc
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from conftest import ROOT
+import soundfile as sf
+from conftest import ROOT, wav_bytes
 
 from devtools.services import SeaweedS3
+from echocam import audio
 from echocam.batch import run_batch
 from echocam.chunking import batched
+from echocam.errors import TooLarge, TooLong
 from echocam.keys import output_dir
 from echocam.pipeline import Explainer
 from echocam.settings import Params
@@ -230,3 +236,131 @@ def test_settings_refuse_time_limits_that_would_redeliver_a_running_task(soft, h
 def test_a_worker_app_with_a_visibility_timeout_below_the_time_limit_does_not_import():
     proc = celery_conf(ECHOCAM_TASK_TIME_LIMIT="900", ECHOCAM_VISIBILITY_TIMEOUT="800")
     assert proc.returncode != 0 and "visibility_timeout" in proc.stderr
+
+
+# -- caps: checked before the download, and from the header ------------------------------------
+
+
+class CountingBody:
+    """A real response body that counts the bytes read from it."""
+
+    def __init__(self, body, counts: Counter, key: str):
+        self.body, self.counts, self.key = body, counts, key
+
+    def read(self, *args):
+        data = self.body.read(*args)
+        self.counts[self.key] += len(data)
+        return data
+
+    def __getattr__(self, name):
+        return getattr(self.body, name)
+
+
+class CountingClient:
+    """A real boto3 client whose object bodies count what is read from them."""
+
+    def __init__(self, client):
+        self.client, self.counts = client, Counter()
+
+    def get_object(self, **kw):
+        response = self.client.get_object(**kw)
+        response["Body"] = CountingBody(response["Body"], self.counts, kw["Key"])
+        return response
+
+    def __getattr__(self, name):
+        return getattr(self.client, name)
+
+
+def test_an_s3_object_above_max_bytes_is_refused_without_reading_its_body(
+    seaweed, tmp_path, species_model
+):
+    big = (SAMPLES / CLIPS[0]).read_bytes()  # 440 044 bytes
+    y, sr = sf.read(SAMPLES / CLIPS[1], dtype="float32")
+    small = wav_bytes(y[: 2 * sr], sr)  # 2 s of the other recording: 88 244 bytes
+    prefix = f"caps{next(_unique)}"
+    client = seaweed.client()
+    client.put_object(Bucket=BUCKET, Key=f"{prefix}/big.wav", Body=big)
+    client.put_object(Bucket=BUCKET, Key=f"{prefix}/small.wav", Body=small)
+    counting = CountingClient(client)
+    src = S3Store(f"s3://{BUCKET}/{prefix}", counting)
+    from echocam.model import load_model
+
+    model = load_model("random")
+    _, outcomes = explain_into(
+        src, LocalStore(tmp_path / "out"), model, run_id="c", max_bytes=200_000
+    )
+    assert {o.key: o.error_code for o in outcomes} == {"big.wav": "too_large", "small.wav": None}
+    assert counting.counts[f"{prefix}/small.wav"] == len(small)  # the counter does count
+    assert counting.counts[f"{prefix}/big.wav"] == 0
+
+
+def test_a_local_file_above_max_bytes_is_refused_without_opening_it(tmp_path):
+    (tmp_path / "big.wav").write_bytes((SAMPLES / CLIPS[0]).read_bytes())
+    (tmp_path / "small.wav").write_bytes(b"RIFF" + bytes(100))
+    store = LocalStore(tmp_path)
+    opened: list[str] = []
+    with audit_opens(opened):
+        with pytest.raises(TooLarge, match="above the cap of 200000"):
+            store.get("big.wav", max_bytes=200_000)
+        data, _ = store.get("small.wav", max_bytes=200_000)
+    assert len(data) == 104
+    assert str(tmp_path / "small.wav") in opened  # the hook does see reads
+    assert str(tmp_path / "big.wav") not in opened
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="LocalStore.list reads every file whole to compute its md5 ETag, so local mode "
+    "reads an object above max_bytes whole before the cap is checked",
+)
+def test_local_mode_never_opens_a_file_above_max_bytes(tmp_path, species_model):
+    src = tmp_path / "in"
+    src.mkdir()
+    shutil.copy(SAMPLES / CLIPS[0], src / "big.wav")
+    opened: list[str] = []
+    with audit_opens(opened):
+        _, outcomes = explain_into(
+            LocalStore(src), LocalStore(tmp_path / "out"), species_model, run_id="c", max_bytes=1000
+        )
+    assert outcomes[0].error_code == "too_large"
+    assert str(src / "big.wav") not in opened
+
+
+_audit_sinks: list[list[str]] = []
+
+
+def _audit(event: str, args) -> None:
+    if event == "open" and _audit_sinks and isinstance(args[0], str | os.PathLike):
+        _audit_sinks[-1].append(os.fspath(args[0]))
+
+
+@contextlib.contextmanager
+def audit_opens(sink: list[str]):
+    """Note the path of every file this process opens (an audit hook: it stays installed, but
+    notes nothing outside this block)."""
+    if _audit not in _installed_hooks:
+        sys.addaudithook(_audit)
+        _installed_hooks.append(_audit)
+    _audit_sinks.append(sink)
+    try:
+        yield sink
+    finally:
+        _audit_sinks.pop()
+
+
+_installed_hooks: list = []
+
+
+def test_a_too_long_wav_is_refused_from_its_header_before_its_samples_are_decoded():
+    data = (SAMPLES / CLIPS[0]).read_bytes()  # 10 s at 22 050 Hz, 16-bit mono
+    decoded_bytes = 10 * 22050 * 4  # what decoding it to float32 would allocate
+    tracemalloc.start()
+    try:
+        with pytest.raises(TooLong, match="duration 10.0 s exceeds"):
+            audio.decode(
+                data, sample_rate=22050, min_samples=2048, max_duration_s=5, max_bytes=10**9
+            )
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < decoded_bytes / 20, peak
