@@ -364,3 +364,25 @@ def test_a_too_long_wav_is_refused_from_its_header_before_its_samples_are_decode
     finally:
         tracemalloc.stop()
     assert peak < decoded_bytes / 20, peak
+
+
+def test_a_redelivered_task_rewrites_byte_identical_outputs(tmp_path, sources, species_checkpoint):
+    from echocam.model import load_model
+
+    dst = RecordingStore(LocalStore(tmp_path / "out"))
+    items, outcomes = explain_into(
+        sources, dst, load_model(str(species_checkpoint)), run_id="r", top_k=2
+    )
+    names = ("cam.npz", "spectrogram.png", "overlay.png")
+    ok = [o.key for o in outcomes if o.status == "ok"]
+    assert len(ok) == 2
+    first = {f"{k}/{n}": (dst.inner.root / k / n).read_bytes() for k in ok for n in names}
+    # The worker died after the outputs, before the records: the task comes back to another
+    # process (a freshly loaded model), finds no record, and writes everything again.
+    for it in items:
+        (dst.inner.root / output_dir(it.key) / "record.json").unlink()
+    dst.events.clear()
+    explain_into(sources, dst, load_model(str(species_checkpoint)), run_id="r", top_k=2)
+    assert set(first) <= {e[1] for e in dst.events if e[0] == "end"}  # really rewritten
+    again = {key: (dst.inner.root / key).read_bytes() for key in first}
+    assert [k for k in first if again[k] != first[k]] == []
