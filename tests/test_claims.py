@@ -8,6 +8,7 @@ The stores are wrapped in small classes that delegate to them and note what was 
 from __future__ import annotations
 
 import contextlib
+import io
 import itertools
 import json
 import os
@@ -18,17 +19,19 @@ import threading
 import tracemalloc
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import soundfile as sf
+import torch
 from conftest import ROOT, SPECIES, wav_bytes
 
 from devtools.services import SeaweedS3
-from devtools.stack import echocam
 from echocam import audio
 from echocam.batch import run_batch
 from echocam.chunking import batched
@@ -396,9 +399,22 @@ def test_a_redelivered_task_rewrites_byte_identical_outputs(tmp_path, sources, s
 
 
 def cli(*args: str) -> subprocess.CompletedProcess:
-    """``echocam ARGS`` as a user runs it (no ``ECHOCAM_*`` variables from this environment)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ECHOCAM_")}
-    return echocam(env, *args, timeout=600)
+    """``echocam ARGS``: the console script's ``main`` (its return value is the exit code), run
+    in this process to spare an interpreter and torch import per call; no ``ECHOCAM_*``
+    variables from this environment, and torch's thread count restored afterwards."""
+    from echocam_cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    ours = [k for k in os.environ if k.startswith("ECHOCAM_")]
+    threads = torch.get_num_threads()
+    with mock.patch.dict(os.environ), redirect_stdout(out), redirect_stderr(err):
+        for k in ours:
+            del os.environ[k]
+        try:
+            code = main(list(args))
+        finally:
+            torch.set_num_threads(threads)
+    return subprocess.CompletedProcess(["echocam", *args], code, out.getvalue(), err.getvalue())
 
 
 def test_classes_explains_the_named_classes_in_the_order_given(tmp_path, species_checkpoint):
