@@ -33,11 +33,11 @@ from conftest import ROOT, SPECIES, wav_bytes
 
 from devtools.services import SeaweedS3
 from echocam import audio
-from echocam.batch import run_batch
-from echocam.chunking import batched
+from echocam.chunking import chunked
 from echocam.errors import TooLarge, TooLong
 from echocam.keys import output_dir
 from echocam.pipeline import Explainer
+from echocam.runner import run_chunks
 from echocam.settings import Params
 from echocam.storage import LocalStore, S3Store, read_json
 
@@ -109,8 +109,8 @@ def explain_into(src, dst, model, *, run_id: str, force: bool = False, **params)
     items = list(src.list(suffixes=(".wav",)))
     with ThreadPoolExecutor(4) as pool:
         ex = Explainer(model, Params(**params), device="cpu", batch_size=8, pool=pool)
-        outcomes = run_batch(
-            batched(items, 2), src=src, dst=dst, explainer=ex, run_id=run_id, force=force, pool=pool
+        outcomes = run_chunks(
+            chunked(items, 2), src=src, dst=dst, explainer=ex, run_id=run_id, force=force, pool=pool
         )
     return items, outcomes
 
