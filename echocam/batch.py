@@ -16,6 +16,7 @@ from echocam.errors import DownloadFailed, EchoCamError
 from echocam.keys import output_key
 from echocam.manifest import now_iso
 from echocam.pipeline import Chunk, Explainer, Result, Source
+from echocam.protocol import RESUME, Redo, is_done
 from echocam.storage import ObjectInfo, Store, read_json
 
 
@@ -42,13 +43,6 @@ class Outcome:
         )
 
 
-def is_done(record: dict | None, item: ObjectInfo, *, fingerprint: str, run_id: str, force: bool):
-    """Whether ``item`` needs no work: its record is current (with ``force``: from this run)."""
-    if not records.is_current(record, etag=item.etag, fingerprint=fingerprint):
-        return False
-    return not force or record.get("run_id") == run_id
-
-
 def fetch(src: Store, item: ObjectInfo, *, max_bytes: int) -> Source:
     """Read one source; failures become the source's error (download_failed after retries)."""
     try:
@@ -67,14 +61,14 @@ def _pending(
     dst: Store,
     fingerprint: str,
     run_id: str,
-    force: bool,
+    redo: Redo,
     pool: ThreadPoolExecutor,
 ) -> tuple[dict[str, Outcome], list[tuple[ObjectInfo, dict | None]]]:
     """Outcomes of the items already done, and the (item, old record) pairs still to do."""
     existing = list(pool.map(lambda it: read_json(dst, output_key(it.key, "record.json")), items))
     done, todo = {}, []
     for it, rec in zip(items, existing, strict=True):
-        if is_done(rec, it, fingerprint=fingerprint, run_id=run_id, force=force):
+        if is_done(rec, it, fingerprint=fingerprint, run_id=run_id, redo=redo):
             done[it.key] = Outcome.of(rec, written=False)
         else:
             todo.append((it, rec))
@@ -107,12 +101,12 @@ def prepare(
     dst: Store,
     explainer: Explainer,
     run_id: str,
-    force: bool = False,
+    redo: Redo = RESUME,
     pool: ThreadPoolExecutor,
 ) -> Prepared:
     """Check which items are done, read the others' bytes and decode them, on ``pool``."""
     outcomes, todo = _pending(
-        items, dst=dst, fingerprint=explainer.fingerprint, run_id=run_id, force=force, pool=pool
+        items, dst=dst, fingerprint=explainer.fingerprint, run_id=run_id, redo=redo, pool=pool
     )
     max_bytes = explainer.params.max_bytes
     sources = list(pool.map(lambda t: fetch(src, t[0], max_bytes=max_bytes), todo))
@@ -143,7 +137,7 @@ def run_batch(
     dst: Store,
     explainer: Explainer,
     run_id: str,
-    force: bool = False,
+    redo: Redo = RESUME,
     pool: ThreadPoolExecutor,
     on_chunk: Callable[[list[Outcome]], None] | None = None,
 ) -> list[Outcome]:
@@ -154,7 +148,7 @@ def run_batch(
     chunk N-1 encoded and written, each by its own thread using ``pool``.  Errors writing to
     ``dst`` raise (the caller retries, and the recordings finished before are then skipped).
     """
-    common = dict(src=src, dst=dst, explainer=explainer, run_id=run_id, force=force, pool=pool)
+    common = dict(src=src, dst=dst, explainer=explainer, run_id=run_id, redo=redo, pool=pool)
     chunks = iter(chunks)
     prefetch = ThreadPoolExecutor(1, thread_name_prefix="echocam-prefetch")
     finisher = ThreadPoolExecutor(1, thread_name_prefix="echocam-finish")
@@ -203,7 +197,7 @@ def record_failures(
         dst=dst,
         fingerprint=explainer.fingerprint,
         run_id=run_id,
-        force=False,
+        redo=RESUME,  # a current record stays, even under --force: a timeout never replaces it
         pool=_SERIAL,
     )
     for it, old in todo:

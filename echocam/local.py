@@ -14,6 +14,7 @@ from echocam.batch import run_batch
 from echocam.chunking import batched
 from echocam.model import LoadedModel, load_model
 from echocam.pipeline import Explainer
+from echocam.protocol import RESUME, Redo
 from echocam.settings import Params, Settings
 from echocam.storage import client_factory, open_store
 
@@ -43,7 +44,7 @@ def run_local(
     *,
     params: Params,
     settings: Settings,
-    force: bool = False,
+    redo: Redo = RESUME,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Explain every audio object under ``source`` into ``dest``; returns the run's summary."""
@@ -67,7 +68,7 @@ def run_local(
             dst=dst,
             explainer=explainer,
             run_id=run["run_id"],
-            force=force,
+            redo=redo,
             pool=pool,
             on_chunk=lambda done: bar.update(len(done)),
         )

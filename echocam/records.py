@@ -6,7 +6,6 @@ import json
 from functools import cache
 from typing import Any
 
-from echocam.errors import TRANSIENT_CODES
 from echocam.keys import output_key
 
 SCHEMA_VERSION = 1
@@ -50,16 +49,3 @@ def failed(base: dict[str, Any], *, code: str, message: str) -> dict[str, Any]:
 
 def dumps(record: dict[str, Any]) -> bytes:
     return (json.dumps(record, indent=1, sort_keys=True, ensure_ascii=False) + "\n").encode()
-
-
-def is_current(record: dict[str, Any] | None, *, etag: str | None, fingerprint: str) -> bool:
-    """True when ``record`` already answers this source with this fingerprint (resume skips it).
-
-    A record failed for a transient reason (timeout, crashed worker, download) is not current:
-    the next run tries again.
-    """
-    if not record or record.get("fingerprint") != fingerprint:
-        return False
-    if etag is not None and record.get("source_etag") != etag:
-        return False
-    return record.get("status") == "ok" or record.get("error_code") not in TRANSIENT_CODES

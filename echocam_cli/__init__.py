@@ -54,11 +54,17 @@ def _settings(args: argparse.Namespace) -> Settings:
     return Settings.from_env(**_pick(args, Settings))
 
 
+def _redo(args: argparse.Namespace):
+    from echocam.protocol import Redo
+
+    return Redo(force=args.force)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from echocam.local import run_local
 
     summary = run_local(
-        args.source, args.out, params=_params(args), settings=_settings(args), force=args.force
+        args.source, args.out, params=_params(args), settings=_settings(args), redo=_redo(args)
     )
     _print_summary(summary)
     return 0
@@ -115,10 +121,9 @@ def _producer_context(args: argparse.Namespace):
 
 def cmd_produce(args: argparse.Namespace) -> int:
     _env_from(args, Settings)
-    from echocam import manifest
+    from echocam import manifest, progress
     from producer import status, workers
     from producer.enqueue import produce
-    from worker import progress
     from worker.app import app
 
     settings, store = _producer_context(args)
@@ -129,7 +134,7 @@ def cmd_produce(args: argparse.Namespace) -> int:
         model = workers.model_identity(app, queue=settings.queue, timeout=args.describe_timeout)
     src, dst = store(args.source), store(args.out)
     result = produce(
-        src, dst, app=app, model=model, params=params, settings=settings, force=args.force
+        src, dst, app=app, model=model, params=params, settings=settings, redo=_redo(args)
     )
     print(
         f"run {result.run['run_id']}: enqueued {result.recordings} recordings in {result.tasks} "
@@ -146,10 +151,10 @@ def cmd_produce(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     _env_from(args, Settings)
+    from echocam import progress
     from echocam.manifest import RUN_NAME
     from echocam.storage import read_json
     from producer import status
-    from worker import progress
 
     settings, store = _producer_context(args)
     run = read_json(store(args.out), RUN_NAME)

@@ -3,23 +3,18 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 from celery import Celery
 
-from echocam import runs
-from echocam.chunking import batched
-from echocam.keys import output_key
-from echocam.records import is_current
+from echocam import faults, plan, progress, protocol, runs
+from echocam.protocol import RESUME, Redo
 from echocam.settings import Params, Settings
-from echocam.storage import ObjectInfo, Store, read_json
-from worker import faults, progress
+from echocam.storage import ObjectInfo, Store
 
 log = logging.getLogger(__name__)
-TASK_NAME = "echocam.process"
 
 
 @dataclass
@@ -30,24 +25,9 @@ class Enqueued:
     skipped: int = 0
 
 
-def pending(
-    src: Store,
-    dst: Store,
-    *,
-    settings: Settings,
-    fingerprint: str,
-    force: bool,
-    pool: ThreadPoolExecutor,
-) -> Iterator[tuple[ObjectInfo, bool]]:
-    """(item, needs work) for every audio object, streamed page by page (constant memory)."""
-    listing = src.list(suffixes=settings.extensions, page_size=settings.page_size)
-    for chunk in batched(listing, max(settings.page_size, 64)):
-        if force:
-            yield from ((it, True) for it in chunk)
-            continue
-        existing = pool.map(lambda it: read_json(dst, output_key(it.key, "record.json")), chunk)
-        for it, rec in zip(chunk, existing, strict=True):
-            yield it, not is_current(rec, etag=it.etag, fingerprint=fingerprint)
+def _chunk(settings: Settings) -> int:
+    """Records read at a time (on ``settings.io_threads`` threads)."""
+    return max(settings.page_size, 64)
 
 
 def produce(
@@ -58,14 +38,14 @@ def produce(
     model: dict[str, Any],
     params: Params,
     settings: Settings,
-    force: bool = False,
+    redo: Redo = RESUME,
 ) -> Enqueued:
     """Describe the run (run.json), enqueue tasks of ``settings.task_size`` recordings."""
     run = runs.describe(
         model=model, params=params, input_uri=src.uri, output_uri=dst.uri, mode="distributed"
     )
     runs.save(dst, run)
-    message = {**run, "force": force}
+    message = protocol.run_message(run, redo)
     r = progress.client(settings.broker_url)
     out = Enqueued(run)
     batch: list[ObjectInfo] = []
@@ -74,9 +54,7 @@ def produce(
     def send(items: list[ObjectInfo]) -> None:
         nonlocal skipped
         app.send_task(
-            TASK_NAME,
-            args=[[[it.key, it.size, it.etag] for it in items], message],
-            queue=settings.queue,
+            protocol.TASK_NAME, args=protocol.task_args(items, message), queue=settings.queue
         )
         # Counted after the send: a producer killed in between under-counts, never over-waits.
         progress.add(r, run["run_id"], enqueued=len(items), tasks_enqueued=1, skipped=skipped)
@@ -86,11 +64,18 @@ def produce(
         faults.after_send()
 
     with ThreadPoolExecutor(settings.io_threads) as pool:
-        for it, needs_work in pending(
-            src, dst, settings=settings, fingerprint=run["fingerprint"], force=force, pool=pool
-        ):
-            if needs_work:
-                batch.append(it)
+        decisions = plan.for_run(
+            src,
+            dst,
+            run,
+            settings=settings,
+            redo=redo,
+            pool=pool,
+            chunk=_chunk(settings),
+        )
+        for d in decisions:
+            if d.todo:
+                batch.append(d.item)
                 if len(batch) == settings.task_size:
                     send(batch)
                     batch = []

@@ -1,0 +1,86 @@
+"""Which recordings a run does: list the source, read each record, apply the one rule.
+
+``echocam produce`` enqueues what :func:`plan` says needs work.  Streamed page by page:
+constant memory for any bucket, and the first decisions come before the listing ends.  No
+torch here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from echocam import protocol
+from echocam.chunking import batched
+from echocam.keys import output_key
+from echocam.protocol import RESUME, Redo
+from echocam.settings import Settings
+from echocam.storage import ObjectInfo, Store, read_json
+
+
+@dataclass(frozen=True)
+class Decision:
+    """One listed object, and why the run skips it (``reason`` None: it needs work)."""
+
+    item: ObjectInfo
+    reason: str | None
+
+    @property
+    def todo(self) -> bool:
+        return self.reason is None
+
+
+def plan(
+    src: Store,
+    dst: Store,
+    *,
+    extensions: tuple[str, ...],
+    fingerprint: str,
+    run_id: str,
+    redo: Redo = RESUME,
+    pool: ThreadPoolExecutor,
+    chunk: int = 64,
+    page_size: int = 1000,
+) -> Iterator[Decision]:
+    """A :class:`Decision` for each audio object under ``src``, in listing order.
+
+    Records are read ``chunk`` at a time on ``pool``.
+    """
+    listing = src.list(suffixes=extensions, page_size=page_size)
+    for audio in batched(listing, max(1, chunk)):
+        if protocol.needs_records(redo):
+            found = pool.map(lambda it: read_json(dst, output_key(it.key, "record.json")), audio)
+            records = dict(zip((it.key for it in audio), found, strict=True))
+        else:
+            records = {}
+        for it in audio:
+            reason = protocol.skip_reason(
+                records.get(it.key), it, fingerprint=fingerprint, run_id=run_id, redo=redo
+            )
+            yield Decision(it, reason)
+
+
+def for_run(
+    src: Store,
+    dst: Store,
+    run: dict[str, Any],
+    *,
+    settings: Settings,
+    redo: Redo = RESUME,
+    pool: ThreadPoolExecutor,
+    chunk: int,
+) -> Iterator[Decision]:
+    """:func:`plan` for ``run`` (its run.json) with the listing ``settings``."""
+    return plan(
+        src,
+        dst,
+        extensions=settings.extensions,
+        fingerprint=run["fingerprint"],
+        run_id=run["run_id"],
+        redo=redo,
+        pool=pool,
+        chunk=chunk,
+        page_size=settings.page_size,
+    )
