@@ -1,0 +1,141 @@
+"""`echocam produce` as a user runs it, against real Redis, a real S3 server and a real worker:
+waiting for workers that are still starting."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+
+import pytest
+from conftest import chirp, wav_bytes
+
+from devtools.services import RedisServer, SeaweedS3
+from devtools.stack import ROOT, Worker, echocam
+
+pytestmark = pytest.mark.slow
+BUCKET = "produce-cli"
+QUEUE = "echocam-produce-cli"
+
+
+def clip(i: int) -> bytes:
+    """A distinct 2 s chirp (its own ETag)."""
+    return wav_bytes(chirp(2.0, 22050, f0=500.0 + 100 * i), 22050)
+
+
+@pytest.fixture(scope="module")
+def svc(tmp_path_factory, species_checkpoint):
+    """Redis + SeaweedFS; the worker is started by the first test that needs one."""
+    d = tmp_path_factory.mktemp("produce-cli")
+    with RedisServer(password="produce-pw") as redis_srv, SeaweedS3() as s3:
+        s3.create_bucket(BUCKET)
+        env = {
+            **os.environ,
+            **s3.env(),
+            "ECHOCAM_BROKER_URL": redis_srv.url,
+            "ECHOCAM_QUEUE": QUEUE,
+            "ECHOCAM_WEIGHTS": str(species_checkpoint),
+            "ECHOCAM_THREADS": "1",
+            "ECHOCAM_TASK_SIZE": "2",
+        }
+        state = {"env": env, "client": s3.client(), "redis": redis_srv, "dir": d, "worker": None}
+        try:
+            yield state
+        finally:
+            if state["worker"] is not None:
+                state["worker"].stop()
+
+
+@pytest.fixture
+def worker(svc) -> Worker:
+    if svc["worker"] is None:
+        svc["worker"] = Worker(svc["env"], name="w1", log_dir=svc["dir"]).start()
+    svc["worker"].wait_ready()
+    return svc["worker"]
+
+
+def upload(svc, prefix: str, items: dict[str, bytes]) -> None:
+    for name, data in items.items():
+        svc["client"].put_object(Bucket=BUCKET, Key=f"{prefix}/{name}", Body=data)
+
+
+def produce(svc, prefix: str, *args: str, wait: bool = True) -> subprocess.CompletedProcess:
+    proc = echocam(
+        svc["env"],
+        "produce",
+        f"s3://{BUCKET}/{prefix}",
+        "--out",
+        f"s3://{BUCKET}/out/{prefix}",
+        *args,
+        *(["--wait", "--timeout", "300"] if wait else []),
+    )
+    tail = svc["worker"].log_tail() if svc["worker"] else ""
+    assert proc.returncode == 0, proc.stdout + proc.stderr + "\n" + tail
+    return proc
+
+
+def enqueued(proc: subprocess.CompletedProcess) -> int:
+    return int(re.search(r"enqueued (\d+) recordings", proc.stdout).group(1))
+
+
+def records(svc, prefix: str) -> dict[str, dict]:
+    out = {}
+    pages = (
+        svc["client"]
+        .get_paginator("list_objects_v2")
+        .paginate(Bucket=BUCKET, Prefix=f"out/{prefix}/")
+    )
+    for page in pages:
+        for obj in page.get("Contents", ()):
+            if obj["Key"].endswith("/record.json"):
+                body = svc["client"].get_object(Bucket=BUCKET, Key=obj["Key"])["Body"].read()
+                rec = json.loads(body)
+                out[rec["source_key"]] = rec
+    return out
+
+
+def test_produce_keeps_asking_until_a_worker_that_starts_later_answers(svc):
+    """Item 6: produce first, worker second; produce enqueues once the worker is up."""
+    assert svc["worker"] is None, "this test needs to start the first worker itself"
+    upload(svc, "late", {"a.wav": clip(0), "b.wav": clip(1)})
+    log = (svc["dir"] / "produce-late.log").open("w")
+    cmd = [sys.executable, "-m", "echocam_cli", "produce", f"s3://{BUCKET}/late"]
+    cmd += ["--out", f"s3://{BUCKET}/out/late", "--describe-timeout", "120"]
+    t0 = time.monotonic()
+    proc = subprocess.Popen(cmd, env=svc["env"], stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+    try:
+        time.sleep(4)  # produce has broadcast (at least once) to no one
+        assert proc.poll() is None, (svc["dir"] / "produce-late.log").read_text()
+        w = svc["worker"] = Worker(svc["env"], name="w1", log_dir=svc["dir"]).start()
+        answered = None  # when the worker's consumer was up and could answer
+        while proc.poll() is None:
+            if answered is None and b" ready." in w.log_path.read_bytes():
+                answered = time.monotonic()
+            assert time.monotonic() - t0 < 130, "produce still running after its timeout"
+            time.sleep(0.2)
+        done = time.monotonic()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        log.close()
+    out = (svc["dir"] / "produce-late.log").read_text()
+    assert proc.returncode == 0, out + w.log_tail()
+    assert "enqueued 2 recordings" in out
+    answered = answered or done
+    # It returned soon after the worker could answer, well before its 120 s.
+    assert done - answered < 15, (done - answered, out)
+    assert done - t0 < 100, done - t0
+    w.wait_ready()
+
+
+def test_produce_returns_as_soon_as_a_running_worker_answers(svc, worker):
+    upload(svc, "quick", {"a.wav": clip(2)})
+    t0 = time.monotonic()
+    proc = produce(svc, "quick", "--describe-timeout", "60", wait=False)
+    assert enqueued(proc) == 1
+    # A broadcast used to collect replies for the whole --describe-timeout.
+    assert time.monotonic() - t0 < 30
