@@ -13,6 +13,7 @@ import sys
 from dataclasses import fields
 from typing import Any, get_type_hints
 
+from echocam.records import version
 from echocam.settings import Params, Settings, env_name, parse
 
 PARAM_FIELDS = [f.name for f in fields(Params)]
@@ -134,7 +135,14 @@ def cmd_produce(args: argparse.Namespace) -> int:
         model = workers.model_identity(app, queue=settings.queue, timeout=args.describe_timeout)
     src, dst = store(args.source), store(args.out)
     result = produce(
-        src, dst, app=app, model=model, params=params, settings=settings, redo=_redo(args)
+        src,
+        dst,
+        app=app,
+        model=model,
+        params=params,
+        settings=settings,
+        redo=_redo(args),
+        show=True,
     )
     print(
         f"run {result.run['run_id']}: enqueued {result.recordings} recordings in {result.tasks} "
@@ -183,6 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="echocam",
         description="Class Activation Maps on bird-recording spectrograms, over whole buckets.",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = sub.add_parser(
@@ -228,7 +237,9 @@ def build_parser() -> argparse.ArgumentParser:
         "-c",
         type=int,
         default=1,
-        help="worker processes (one per GPU; on CPU, cores / --threads) [default 1]",
+        help="worker processes; each holds its own model on --device. On a GPU run several "
+        "that share it: the GPU waits on CPU work, so about cores / 4 (4 on a 16-core host, as "
+        "WORKER_GPU_CONCURRENCY in docker-compose.yml); on CPU, cores / --threads [default 1]",
     )
     wk.add_argument(
         "--pool",
@@ -268,8 +279,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="enqueue the recordings under an s3:// prefix as tasks for the workers",
         description="Stream the keys under SOURCE (ListObjectsV2 pages), skip recordings whose "
         "record is current (same source ETag and run fingerprint), and enqueue tasks of "
-        "--task-size recordings on Redis. Needs a running worker to learn the model's sha256, "
-        "unless --model-sha256 is given.",
+        "--task-size recordings on Redis, with a progress bar on stderr (listed, enqueued, "
+        "skipped). Needs a running worker to learn the model's sha256 (it waits up to "
+        "--describe-timeout for one to start), unless --model-sha256 is given.",
     )
     pr.add_argument("source", metavar="SOURCE", help="s3://bucket/prefix of the recordings")
     pr.add_argument("--out", required=True, metavar="DEST", help="s3://bucket/prefix for outputs")
@@ -289,7 +301,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--describe-timeout",
         type=float,
         default=10.0,
-        help="seconds to wait for workers to report their model [default 10]",
+        help="seconds to wait for a worker to report its model, asking every second (workers "
+        "may still be starting) [default 10]",
     )
     _add_fields(pr, Params, PARAM_FIELDS, "analysis parameters (enter the fingerprint)")
     _add_fields(

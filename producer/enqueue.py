@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import logging
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 from celery import Celery
+from tqdm import tqdm
 
 from echocam import faults, plan, progress, protocol, runs
 from echocam.protocol import RESUME, Redo
@@ -39,8 +41,13 @@ def produce(
     params: Params,
     settings: Settings,
     redo: Redo = RESUME,
+    show: bool = False,
 ) -> Enqueued:
-    """Describe the run (run.json), enqueue tasks of ``settings.task_size`` recordings."""
+    """Describe the run (run.json), enqueue tasks of ``settings.task_size`` recordings.
+
+    With ``show``, a progress bar on stderr (listed, enqueued, skipped) while listing and
+    enqueuing.
+    """
     run = runs.describe(
         model=model, params=params, input_uri=src.uri, output_uri=dst.uri, mode="distributed"
     )
@@ -63,7 +70,16 @@ def produce(
         skipped = 0
         faults.after_send()
 
-    with ThreadPoolExecutor(settings.io_threads) as pool:
+    with (
+        ThreadPoolExecutor(settings.io_threads) as pool,
+        tqdm(
+            desc="echocam produce: listed",
+            unit=" rec",
+            file=sys.stderr,
+            disable=not show,
+            mininterval=0.5,
+        ) as bar,
+    ):
         decisions = plan.for_run(
             src,
             dst,
@@ -82,7 +98,10 @@ def produce(
             else:
                 out.skipped += 1
                 skipped += 1
+            bar.set_postfix(enqueued=out.recordings, skipped=out.skipped, refresh=False)
+            bar.update()
         if batch:
             send(batch)
+        bar.set_postfix(enqueued=out.recordings, skipped=out.skipped)
     progress.add(r, run["run_id"], skipped=skipped, producer_done=1)
     return out

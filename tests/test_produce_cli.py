@@ -1,5 +1,5 @@
 """`echocam produce` as a user runs it, against real Redis, a real S3 server and a real worker:
-waiting for workers that are still starting."""
+waiting for workers that are still starting, progress while enqueuing."""
 
 from __future__ import annotations
 
@@ -139,3 +139,33 @@ def test_produce_returns_as_soon_as_a_running_worker_answers(svc, worker):
     assert enqueued(proc) == 1
     # A broadcast used to collect replies for the whole --describe-timeout.
     assert time.monotonic() - t0 < 30
+
+
+def bars(stderr: str) -> list[tuple[int, int, int]]:
+    """(listed, enqueued, skipped) of each state of produce's progress bar."""
+    pattern = r"listed: (\d+) rec \[[^\]]*?enqueued=(\d+), skipped=(\d+)\]"
+    return [tuple(map(int, m.groups())) for m in re.finditer(pattern, stderr)]
+
+
+def test_produce_shows_listed_enqueued_skipped_while_it_works(svc, worker):
+    """Item 7: a bar on stderr from the first key on, not one line at the end."""
+    upload(svc, "progress", {f"r{i}.wav": clip(10 + i) for i in range(3)})
+    upload(svc, "progress", {"notes.txt": b"not audio"})
+    produce(svc, "progress")
+    upload(svc, "progress", {f"r{i}.wav": clip(10 + i) for i in range(3, 6)})
+    # Each send pauses (the fault hook): the bar must show the states in between.
+    slow = {**svc["env"], "ECHOCAM_FAULTS": json.dumps({"send_delay": 0.4})}
+    proc = echocam(
+        slow,
+        "produce",
+        f"s3://{BUCKET}/progress",
+        "--out",
+        f"s3://{BUCKET}/out/progress",
+        "--task-size",
+        "1",
+    )
+    assert proc.returncode == 0, proc.stderr
+    states = bars(proc.stderr)
+    assert states[-1] == (6, 3, 3), proc.stderr
+    assert any(0 < enq < 3 for _, enq, _ in states), states  # shown while enqueuing
+    assert enqueued(proc) == 3
