@@ -15,6 +15,7 @@ from echocam.batch import run_batch
 from echocam.chunking import batched
 from echocam.model import LoadedModel, load_model
 from echocam.pipeline import Explainer
+from echocam.plan import Decision
 from echocam.protocol import RESUME, Redo
 from echocam.settings import Params, Settings
 from echocam.storage import ObjectInfo, Store, client_factory, open_store
@@ -46,13 +47,15 @@ def run_local(
     params: Params,
     settings: Settings,
     redo: Redo = RESUME,
+    limit: int | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Explain the audio objects under ``source`` into ``dest``; returns the run's summary.
 
     ``source`` and ``dest`` are paths, ``s3://`` URIs or stores.  The listing is streamed:
     work starts with the first chunk, and the progress bar's total grows while the listing goes
-    on.  ``redo`` says what to redo although done (``--force``).
+    on.  ``redo`` says what to redo although done (``--force``, ``--retry-failed``); with
+    ``limit``, at most that many recordings that need work.
     """
     set_threads(settings.threads)
     model = load(settings)
@@ -78,6 +81,7 @@ def run_local(
                 redo=redo,
                 pool=pool,
                 chunk=settings.task_size,
+                limit=limit,
             )
             for d in decisions:
                 bar.total += 1
@@ -101,6 +105,38 @@ def run_local(
             on_chunk=lambda done: bar.update(len(done)),
         )
     return manifest.compact(dst, page_size=settings.page_size)
+
+
+def dry_run(
+    source: str | Store,
+    dest: str | Store,
+    *,
+    params: Params,
+    settings: Settings,
+    redo: Redo = RESUME,
+    limit: int | None = None,
+) -> Iterator[Decision]:
+    """What :func:`run_local` would explain and skip (and why), writing nothing anywhere.
+
+    The model is loaded (its sha256 enters the fingerprint that says what is done).
+    """
+    model = load(settings)
+    src, dst = _stores(source, dest, settings)
+    run = runs.describe(
+        model=model.identity, params=params, input_uri=src.uri, output_uri=dst.uri, mode="dry-run"
+    )
+    with ThreadPoolExecutor(settings.io_threads) as pool:
+        yield from plan.for_run(
+            src,
+            dst,
+            run,
+            settings=settings,
+            redo=redo,
+            pool=pool,
+            chunk=settings.task_size,
+            limit=limit,
+            report_extension=True,
+        )
 
 
 def _stores(source: str | Store, dest: str | Store, settings: Settings) -> tuple[Store, Store]:

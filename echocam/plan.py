@@ -1,8 +1,8 @@
 """Which recordings a run does: list the source, read each record, apply the one rule.
 
-``echocam produce`` enqueues what :func:`plan` says needs work.  Streamed page by page:
-constant memory for any bucket, and the first decisions come before the listing ends.  No
-torch here.
+``echocam produce`` enqueues what :func:`plan` says needs work, ``echocam run`` explains it, and
+both print it with ``--dry-run``.  Streamed page by page: constant memory for any bucket, and the
+first decisions come before the listing ends.  No torch here.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from echocam.chunking import batched
 from echocam.keys import output_key
 from echocam.protocol import RESUME, Redo
 from echocam.settings import Settings
-from echocam.storage import ObjectInfo, Store, read_json
+from echocam.storage import ObjectInfo, Store, read_json, suffix_matches
 
 
 @dataclass(frozen=True)
@@ -43,23 +43,39 @@ def plan(
     pool: ThreadPoolExecutor,
     chunk: int = 64,
     page_size: int = 1000,
+    limit: int | None = None,
+    report_extension: bool = False,
 ) -> Iterator[Decision]:
     """A :class:`Decision` for each audio object under ``src``, in listing order.
 
-    Records are read ``chunk`` at a time on ``pool``.
+    Records are read ``chunk`` at a time on ``pool``.  With ``limit``, stops after that many
+    recordings that need work.  With ``report_extension``, objects whose extension is not in
+    ``extensions`` are listed too, as skipped (``--dry-run``; a local listing then reads them).
     """
-    listing = src.list(suffixes=extensions, page_size=page_size)
-    for audio in batched(listing, max(1, chunk)):
+    if limit is not None and limit <= 0:
+        return
+    suffixes = () if report_extension else extensions
+    listing = src.list(suffixes=suffixes, page_size=page_size)
+    todo = 0
+    for items in batched(listing, max(1, chunk)):
+        audio = [it for it in items if suffix_matches(it.key, extensions)]
         if protocol.needs_records(redo):
             found = pool.map(lambda it: read_json(dst, output_key(it.key, "record.json")), audio)
             records = dict(zip((it.key for it in audio), found, strict=True))
         else:
             records = {}
-        for it in audio:
+        for it in items:
+            if not suffix_matches(it.key, extensions):
+                yield Decision(it, protocol.EXTENSION)
+                continue
             reason = protocol.skip_reason(
                 records.get(it.key), it, fingerprint=fingerprint, run_id=run_id, redo=redo
             )
             yield Decision(it, reason)
+            if reason is None:
+                todo += 1
+                if todo == limit:
+                    return
 
 
 def for_run(
@@ -71,6 +87,8 @@ def for_run(
     redo: Redo = RESUME,
     pool: ThreadPoolExecutor,
     chunk: int,
+    limit: int | None = None,
+    report_extension: bool = False,
 ) -> Iterator[Decision]:
     """:func:`plan` for ``run`` (its run.json) with the listing ``settings``."""
     return plan(
@@ -83,4 +101,6 @@ def for_run(
         pool=pool,
         chunk=chunk,
         page_size=settings.page_size,
+        limit=limit,
+        report_extension=report_extension,
     )

@@ -61,13 +61,36 @@ def _redo(args: argparse.Namespace):
     return Redo(force=args.force)
 
 
-def cmd_run(args: argparse.Namespace) -> int:
-    from echocam.local import run_local
+def _print_dry_run(decisions) -> None:
+    """One line a listed object: ``process<TAB>key`` or ``skip<TAB>key<TAB>reason``; a summary."""
+    from collections import Counter
 
-    summary = run_local(
-        args.source, args.out, params=_params(args), settings=_settings(args), redo=_redo(args)
+    todo, why = 0, Counter()
+    for d in decisions:
+        if d.todo:
+            todo += 1
+            print(f"process\t{d.item.key}")
+        else:
+            why[d.reason] += 1
+            print(f"skip\t{d.item.key}\t{d.reason}")
+    reasons = ", ".join(f"{n} {reason}" for reason, n in why.most_common())
+    print(
+        f"dry run: would process {todo}, skip {sum(why.values())}"
+        + (f" ({reasons})" if reasons else "")
+        + "; nothing was written"
     )
-    _print_summary(summary)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from echocam import local
+
+    common = dict(
+        params=_params(args), settings=_settings(args), redo=_redo(args), limit=args.limit
+    )
+    if args.dry_run:
+        _print_dry_run(local.dry_run(args.source, args.out, **common))
+        return 0
+    _print_summary(local.run_local(args.source, args.out, **common))
     return 0
 
 
@@ -123,30 +146,25 @@ def _producer_context(args: argparse.Namespace):
 def cmd_produce(args: argparse.Namespace) -> int:
     _env_from(args, Settings)
     from echocam import manifest, progress
-    from producer import status, workers
-    from producer.enqueue import produce
+    from producer import enqueue, status, workers
     from worker.app import app
 
     settings, store = _producer_context(args)
-    params = _params(args)
+    params, redo = _params(args), _redo(args)
     if args.model_sha256:
         model = {"arch": "resnet18", "sha256": args.model_sha256, "weights": settings.weights}
     else:
         model = workers.model_identity(app, queue=settings.queue, timeout=args.describe_timeout)
     src, dst = store(args.source), store(args.out)
-    result = produce(
-        src,
-        dst,
-        app=app,
-        model=model,
-        params=params,
-        settings=settings,
-        redo=_redo(args),
-        show=True,
-    )
+    common = dict(model=model, params=params, settings=settings, redo=redo, limit=args.limit)
+    if args.dry_run:
+        _print_dry_run(enqueue.dry_run(src, dst, **common))
+        return 0
+    result = enqueue.produce(src, dst, app=app, show=True, **common)
+    why = "already done"
     print(
         f"run {result.run['run_id']}: enqueued {result.recordings} recordings in {result.tasks} "
-        f"tasks; skipped {result.skipped} already done (fingerprint "
+        f"tasks; skipped {result.skipped} {why} (fingerprint "
         f"{result.run['fingerprint'][:12]}, model {model['sha256'][:12]})"
     )
     if args.wait:
@@ -186,6 +204,31 @@ def _print_summary(summary: dict[str, Any]) -> None:
     print(f"manifest: {out}/manifest.jsonl, {out}/manifest.parquet, {out}/summary.json")
 
 
+def _positive(raw: str) -> int:
+    n = int(raw)
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, not {n}")
+    return n
+
+
+def _add_selection(parser: argparse.ArgumentParser, *, verb: str) -> None:
+    """--force, --limit and --dry-run: what a run does."""
+    group = parser.add_argument_group("what to do")
+    group.add_argument("--force", action="store_true", help="redo recordings that are already done")
+    group.add_argument(
+        "--limit",
+        type=_positive,
+        default=None,
+        metavar="N",
+        help=f"{verb} at most N recordings that need work (the first N listed), then stop",
+    )
+    group.add_argument(
+        "--dry-run",
+        action="store_true",
+        help=f"list what would be {verb}ed and what skipped, and why; write nothing",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="echocam",
@@ -202,7 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("source", metavar="SOURCE", help="audio file, directory or s3://bucket/prefix")
     run.add_argument("--out", required=True, metavar="DEST", help="directory or s3://bucket/prefix")
-    run.add_argument("--force", action="store_true", help="redo recordings that are already done")
+    _add_selection(run, verb="process")
     _add_fields(run, Params, PARAM_FIELDS, "analysis parameters (enter the fingerprint)")
     _add_fields(
         run,
@@ -285,7 +328,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     pr.add_argument("source", metavar="SOURCE", help="s3://bucket/prefix of the recordings")
     pr.add_argument("--out", required=True, metavar="DEST", help="s3://bucket/prefix for outputs")
-    pr.add_argument("--force", action="store_true", help="redo recordings that are already done")
+    _add_selection(pr, verb="enqueue")
     pr.add_argument(
         "--wait",
         action="store_true",

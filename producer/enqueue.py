@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -12,6 +13,7 @@ from celery import Celery
 from tqdm import tqdm
 
 from echocam import faults, plan, progress, protocol, runs
+from echocam.plan import Decision
 from echocam.protocol import RESUME, Redo
 from echocam.settings import Params, Settings
 from echocam.storage import ObjectInfo, Store
@@ -41,12 +43,13 @@ def produce(
     params: Params,
     settings: Settings,
     redo: Redo = RESUME,
+    limit: int | None = None,
     show: bool = False,
 ) -> Enqueued:
     """Describe the run (run.json), enqueue tasks of ``settings.task_size`` recordings.
 
-    With ``show``, a progress bar on stderr (listed, enqueued, skipped) while listing and
-    enqueuing.
+    With ``limit``, at most that many recordings that need work; with ``show``, a progress
+    bar on stderr (listed, enqueued, skipped) while listing and enqueuing.
     """
     run = runs.describe(
         model=model, params=params, input_uri=src.uri, output_uri=dst.uri, mode="distributed"
@@ -88,6 +91,7 @@ def produce(
             redo=redo,
             pool=pool,
             chunk=_chunk(settings),
+            limit=limit,
         )
         for d in decisions:
             if d.todo:
@@ -105,3 +109,31 @@ def produce(
         bar.set_postfix(enqueued=out.recordings, skipped=out.skipped)
     progress.add(r, run["run_id"], skipped=skipped, producer_done=1)
     return out
+
+
+def dry_run(
+    src: Store,
+    dst: Store,
+    *,
+    model: dict[str, Any],
+    params: Params,
+    settings: Settings,
+    redo: Redo = RESUME,
+    limit: int | None = None,
+) -> Iterator[Decision]:
+    """What :func:`produce` would enqueue and skip (and why), writing nothing anywhere."""
+    run = runs.describe(
+        model=model, params=params, input_uri=src.uri, output_uri=dst.uri, mode="dry-run"
+    )
+    with ThreadPoolExecutor(settings.io_threads) as pool:
+        yield from plan.for_run(
+            src,
+            dst,
+            run,
+            settings=settings,
+            redo=redo,
+            pool=pool,
+            chunk=_chunk(settings),
+            limit=limit,
+            report_extension=True,
+        )

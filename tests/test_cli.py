@@ -1,5 +1,5 @@
 """The `echocam` command itself: --version, honest help, and local mode (`echocam run`) as a user
-runs it: a bar from the start."""
+runs it: a bar from the start, --dry-run and --limit over a directory."""
 
 from __future__ import annotations
 
@@ -132,3 +132,34 @@ def test_run_local_writes_its_first_records_before_listing_the_last_file(
     last_listed = events.index("listed rec_011.wav")
     assert first_record < last_listed, events
     assert sum(e.startswith("record") for e in events) == 12
+
+
+def lines(proc: subprocess.CompletedProcess) -> set[tuple[str, ...]]:
+    return {tuple(line.split("\t")) for line in proc.stdout.splitlines() if "\t" in line}
+
+
+def test_run_dry_run_and_limit(tmp_path, local_args):
+    """Item 8 in local mode: the same rule and code path as `produce`."""
+    src, out = tmp_path / "in", tmp_path / "out"
+    (src / "site").mkdir(parents=True)
+    for i in range(3):
+        (src / "site" / f"r{i}.wav").write_bytes(clip(i))
+    (src / "site" / "empty.wav").write_bytes(b"")
+    (src / "notes.txt").write_text("not audio")
+    run = ["run", str(src), "--out", str(out), *local_args]
+
+    proc = echocam(*run, "--dry-run")
+    assert proc.returncode == 0, proc.stderr
+    assert lines(proc) == {
+        ("process", "site/r0.wav"),
+        ("process", "site/r1.wav"),
+        ("process", "site/r2.wav"),
+        ("process", "site/empty.wav"),
+        ("skip", "notes.txt", "extension"),
+    }, proc.stdout
+    assert not out.exists()  # no run.json, no outputs
+
+    proc = echocam(*run, "--limit", "2")
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(records(out)) == ["site/empty.wav", "site/r0.wav"]
+    assert records(out)["site/empty.wav"]["error_code"] == "empty"

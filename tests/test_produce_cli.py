@@ -1,5 +1,5 @@
 """`echocam produce` as a user runs it, against real Redis, a real S3 server and a real worker:
-waiting for workers that are still starting, progress while enqueuing."""
+waiting for workers that are still starting, progress while enqueuing, --dry-run and --limit."""
 
 from __future__ import annotations
 
@@ -169,3 +169,46 @@ def test_produce_shows_listed_enqueued_skipped_while_it_works(svc, worker):
     assert states[-1] == (6, 3, 3), proc.stderr
     assert any(0 < enq < 3 for _, enq, _ in states), states  # shown while enqueuing
     assert enqueued(proc) == 3
+
+
+def run_json(svc, prefix: str) -> bytes:
+    return svc["client"].get_object(Bucket=BUCKET, Key=f"out/{prefix}/run.json")["Body"].read()
+
+
+def lines(proc: subprocess.CompletedProcess) -> set[tuple[str, ...]]:
+    return {tuple(line.split("\t")) for line in proc.stdout.splitlines() if "\t" in line}
+
+
+def test_dry_run_writes_nothing_and_limit_takes_a_subset(svc, worker):
+    """Item 8: --dry-run says what would be enqueued and skipped, and why; --limit N."""
+    upload(svc, "dry", {"a0.wav": clip(20), "a1.wav": clip(21), "bad.wav": b"not audio at all"})
+    upload(svc, "dry", {"notes.txt": b"field notes"})
+    produce(svc, "dry")
+    upload(svc, "dry", {"a2.wav": clip(22), "a3.wav": clip(23)})
+    run_before = run_json(svc, "dry")
+    r = svc["redis"].client()
+    counters_before = set(r.scan_iter(match="echocam:run:*"))
+
+    proc = produce(svc, "dry", "--dry-run", wait=False)
+    done = "done (current record)"
+    assert lines(proc) == {
+        ("skip", "a0.wav", done),
+        ("skip", "a1.wav", done),
+        ("skip", "bad.wav", done),  # undecodable: a fact about the input, current
+        ("process", "a2.wav"),
+        ("process", "a3.wav"),
+        ("skip", "notes.txt", "extension"),
+    }, proc.stdout
+    assert "would process 2, skip 4" in proc.stdout
+    proc = produce(svc, "dry", "--dry-run", "--limit", "1", wait=False)
+    assert {x for x in lines(proc) if x[0] == "process"} == {("process", "a2.wav")}
+    time.sleep(3)  # had anything been enqueued, the running worker would be writing it now
+    assert run_json(svc, "dry") == run_before  # no run.json
+    assert set(r.scan_iter(match="echocam:run:*")) == counters_before  # no run, no tasks
+    assert "a2.wav" not in records(svc, "dry") and "a3.wav" not in records(svc, "dry")
+
+    proc = produce(svc, "dry", "--limit", "1")
+    assert enqueued(proc) == 1
+    assert sorted(records(svc, "dry")) == ["a0.wav", "a1.wav", "a2.wav", "bad.wav"]
+    assert enqueued(produce(svc, "dry")) == 1  # the rest
+    assert "a3.wav" in records(svc, "dry")
