@@ -58,7 +58,7 @@ def _settings(args: argparse.Namespace) -> Settings:
 def _redo(args: argparse.Namespace):
     from echocam.protocol import Redo
 
-    return Redo(force=args.force)
+    return Redo(force=args.force, failed=args.retry_failed, codes=args.codes or ())
 
 
 def _print_dry_run(decisions) -> None:
@@ -161,7 +161,7 @@ def cmd_produce(args: argparse.Namespace) -> int:
         _print_dry_run(enqueue.dry_run(src, dst, **common))
         return 0
     result = enqueue.produce(src, dst, app=app, show=True, **common)
-    why = "already done"
+    why = "not failed, or already done" if redo.failed else "already done"
     print(
         f"run {result.run['run_id']}: enqueued {result.recordings} recordings in {result.tasks} "
         f"tasks; skipped {result.skipped} {why} (fingerprint "
@@ -204,6 +204,18 @@ def _print_summary(summary: dict[str, Any]) -> None:
     print(f"manifest: {out}/manifest.jsonl, {out}/manifest.parquet, {out}/summary.json")
 
 
+def _codes(raw: str) -> tuple[str, ...]:
+    from echocam.errors import ERROR_CODES
+
+    codes = tuple(c.strip() for c in raw.split(",") if c.strip())
+    unknown = [c for c in codes if c not in ERROR_CODES]
+    if unknown or not codes:
+        raise argparse.ArgumentTypeError(
+            f"unknown error code(s) {', '.join(unknown) or raw!r}; known: {', '.join(ERROR_CODES)}"
+        )
+    return codes
+
+
 def _positive(raw: str) -> int:
     n = int(raw)
     if n < 1:
@@ -212,9 +224,25 @@ def _positive(raw: str) -> int:
 
 
 def _add_selection(parser: argparse.ArgumentParser, *, verb: str) -> None:
-    """--force, --limit and --dry-run: what a run does."""
+    """--force, --retry-failed [--codes], --limit and --dry-run: what a run does."""
     group = parser.add_argument_group("what to do")
-    group.add_argument("--force", action="store_true", help="redo recordings that are already done")
+    redo = group.add_mutually_exclusive_group()
+    redo.add_argument("--force", action="store_true", help="redo recordings that are already done")
+    redo.add_argument(
+        "--retry-failed",
+        action="store_true",
+        help="redo only the recordings whose record under DEST failed (whatever the reason, "
+        "even one a plain run skips as done, such as undecodable); recordings with an ok "
+        "record or no record yet are left alone (run without this flag to do those)",
+    )
+    group.add_argument(
+        "--codes",
+        type=_codes,
+        default=None,
+        metavar="CODE,...",
+        help="with --retry-failed: only records failed with these error codes (e.g. "
+        "undecodable,internal)",
+    )
     group.add_argument(
         "--limit",
         type=_positive,

@@ -1,5 +1,5 @@
 """The `echocam` command itself: --version, honest help, and local mode (`echocam run`) as a user
-runs it: a bar from the start, --dry-run and --limit over a directory."""
+runs it: a bar from the start, --dry-run, --limit and --retry-failed over a directory."""
 
 from __future__ import annotations
 
@@ -138,8 +138,8 @@ def lines(proc: subprocess.CompletedProcess) -> set[tuple[str, ...]]:
     return {tuple(line.split("\t")) for line in proc.stdout.splitlines() if "\t" in line}
 
 
-def test_run_dry_run_and_limit(tmp_path, local_args):
-    """Item 8 in local mode: the same rule and code path as `produce`."""
+def test_run_dry_run_limit_and_retry_failed(tmp_path, local_args):
+    """Items 8 and 9 in local mode: the same rule and code path as `produce`."""
     src, out = tmp_path / "in", tmp_path / "out"
     (src / "site").mkdir(parents=True)
     for i in range(3):
@@ -163,3 +163,24 @@ def test_run_dry_run_and_limit(tmp_path, local_args):
     assert proc.returncode == 0, proc.stderr
     assert sorted(records(out)) == ["site/empty.wav", "site/r0.wav"]
     assert records(out)["site/empty.wav"]["error_code"] == "empty"
+
+    proc = echocam(*run, "--dry-run", "--retry-failed")
+    assert lines(proc) == {
+        ("process", "site/empty.wav"),
+        ("skip", "site/r0.wav", "ok (--retry-failed redoes failed ones only)"),
+        ("skip", "site/r1.wav", "no record (--retry-failed redoes failed ones only)"),
+        ("skip", "site/r2.wav", "no record (--retry-failed redoes failed ones only)"),
+        ("skip", "notes.txt", "extension"),
+    }, proc.stdout
+    before = records(out)
+    proc = echocam(*run, "--retry-failed", "--codes", "empty")
+    assert proc.returncode == 0, proc.stderr
+    after = records(out)
+    run_id = json.loads((out / "run.json").read_text())["run_id"]
+    assert after["site/empty.wav"]["run_id"] == run_id != before["site/empty.wav"]["run_id"]
+    assert after["site/r0.wav"] == before["site/r0.wav"] and len(after) == 2
+
+    proc = echocam(*run, "--codes", "empty")
+    assert proc.returncode == 2 and "--retry-failed" in proc.stderr
+    proc = echocam(*run, "--retry-failed", "--codes", "emtpy")
+    assert proc.returncode == 2 and "unknown error code" in proc.stderr

@@ -1,5 +1,6 @@
 """`echocam produce` as a user runs it, against real Redis, a real S3 server and a real worker:
-waiting for workers that are still starting, progress while enqueuing, --dry-run and --limit."""
+waiting for workers that are still starting, progress while enqueuing, --dry-run, --limit and
+--retry-failed."""
 
 from __future__ import annotations
 
@@ -200,6 +201,8 @@ def test_dry_run_writes_nothing_and_limit_takes_a_subset(svc, worker):
         ("skip", "notes.txt", "extension"),
     }, proc.stdout
     assert "would process 2, skip 4" in proc.stdout
+    proc = produce(svc, "dry", "--dry-run", "--retry-failed", wait=False)
+    assert ("process", "bad.wav") in lines(proc) and ("process", "a2.wav") not in lines(proc)
     proc = produce(svc, "dry", "--dry-run", "--limit", "1", wait=False)
     assert {x for x in lines(proc) if x[0] == "process"} == {("process", "a2.wav")}
     time.sleep(3)  # had anything been enqueued, the running worker would be writing it now
@@ -212,3 +215,35 @@ def test_dry_run_writes_nothing_and_limit_takes_a_subset(svc, worker):
     assert sorted(records(svc, "dry")) == ["a0.wav", "a1.wav", "a2.wav", "bad.wav"]
     assert enqueued(produce(svc, "dry")) == 1  # the rest
     assert "a3.wav" in records(svc, "dry")
+
+
+def test_retry_failed_redoes_failed_records_only(svc, worker):
+    """Item 9: failed records (current ones too) are redone by the workers; ok recordings and
+    recordings with no record are left alone; --codes narrows to those codes."""
+    upload(svc, "retry", {"ok.wav": clip(30), "empty.wav": b"", "junk.wav": b"no audio here"})
+    produce(svc, "retry")
+    first = records(svc, "retry")
+    assert first["empty.wav"]["error_code"] == "empty"
+    assert first["junk.wav"]["error_code"] == "undecodable"
+    upload(svc, "retry", {"new.wav": clip(31)})
+
+    proc = produce(svc, "retry", "--retry-failed", "--codes", "empty")
+    assert enqueued(proc) == 1
+    run_id = json.loads(run_json(svc, "retry"))["run_id"]
+    second = records(svc, "retry")
+    # The worker redid it (a current failed record, which it would otherwise skip as done).
+    assert second["empty.wav"]["run_id"] == run_id != first["empty.wav"]["run_id"]
+    assert second["junk.wav"] == first["junk.wav"]
+    assert second["ok.wav"] == first["ok.wav"]
+    assert "new.wav" not in second
+
+    proc = produce(svc, "retry", "--retry-failed")
+    assert enqueued(proc) == 2
+    run_id = json.loads(run_json(svc, "retry"))["run_id"]
+    third = records(svc, "retry")
+    assert third["empty.wav"]["run_id"] == third["junk.wav"]["run_id"] == run_id
+    assert third["ok.wav"] == first["ok.wav"]
+    assert "new.wav" not in third
+    # A plain run still skips current failures, and does the new recording.
+    assert enqueued(produce(svc, "retry")) == 1
+    assert records(svc, "retry")["junk.wav"] == third["junk.wav"]
