@@ -100,8 +100,9 @@ class DiscardingApp:
 def child(path: str, n: int, broker_url: str, task_size: int) -> dict:
     from concurrent.futures import ThreadPoolExecutor
 
+    from echocam.plan import plan
     from echocam.settings import Params, Settings
-    from producer.enqueue import pending, produce
+    from producer.enqueue import produce
 
     settings = Settings(broker_url=broker_url or Settings().broker_url, task_size=task_size)
     src, dst = ListingStub(n), NothingDoneStore()
@@ -115,8 +116,15 @@ def child(path: str, n: int, broker_url: str, task_size: int) -> dict:
         with ThreadPoolExecutor(settings.io_threads) as pool:
             count = sum(
                 1
-                for _ in pending(
-                    src, dst, settings=settings, fingerprint="f", force=False, pool=pool
+                for _ in plan(
+                    src,
+                    dst,
+                    extensions=settings.extensions,
+                    fingerprint="f",
+                    run_id="r",
+                    pool=pool,
+                    chunk=max(settings.page_size, 64),
+                    page_size=settings.page_size,
                 )
             )
     elif path == "produce":

@@ -3,19 +3,22 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import torch
 from tqdm import tqdm
 
-from echocam import manifest, runs
+from echocam import manifest, plan, runs
 from echocam.chunking import chunked
 from echocam.model import LoadedModel, load_model
 from echocam.pipeline import Explainer
+from echocam.plan import Decision
+from echocam.protocol import RESUME, Redo
 from echocam.runner import run_chunks
 from echocam.settings import Params, Settings
-from echocam.storage import client_factory, open_store
+from echocam.storage import ObjectInfo, Store, client_factory, open_store
 
 
 def load(settings: Settings) -> LoadedModel:
@@ -38,37 +41,107 @@ def set_threads(threads: int, *, processes: int = 1) -> int:
 
 
 def run_local(
-    source: str,
-    dest: str,
+    source: str | Store,
+    dest: str | Store,
     *,
     params: Params,
     settings: Settings,
-    force: bool = False,
+    redo: Redo = RESUME,
+    limit: int | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Explain every audio object under ``source`` into ``dest``; returns the run's summary."""
+    """Explain the audio objects under ``source`` into ``dest``; returns the run's summary.
+
+    ``source`` and ``dest`` are paths, ``s3://`` URIs or stores.  The listing is streamed:
+    work starts with the first chunk, and the progress bar's total grows while the listing goes
+    on.  ``redo`` says what to redo although done (``--force``, ``--retry-failed``); with
+    ``limit``, at most that many recordings that need work.
+    """
     set_threads(settings.threads)
     model = load(settings)
-    src = open_store(source, client_factory=client_factory(settings))
-    dst = open_store(dest, client_factory=client_factory(settings))
+    src, dst = _stores(source, dest, settings)
     run = runs.describe(
         model=model.identity, params=params, input_uri=src.uri, output_uri=dst.uri, mode="local"
     )
     runs.save(dst, run)
-    items = list(src.list(suffixes=settings.extensions, page_size=settings.page_size))
     with (
         ThreadPoolExecutor(settings.io_threads) as pool,
-        tqdm(total=len(items), unit="rec", disable=not progress, desc="echocam run") as bar,
+        tqdm(total=0, unit="rec", disable=not progress, desc="echocam run") as bar,
     ):
+        skipped = 0
+
+        def todo() -> Iterator[ObjectInfo]:
+            nonlocal skipped
+            # Records are read a task's worth at a time: the first batch starts after that many.
+            decisions = plan.for_run(
+                src,
+                dst,
+                run,
+                settings=settings,
+                redo=redo,
+                pool=pool,
+                chunk=settings.task_size,
+                limit=limit,
+            )
+            for d in decisions:
+                bar.total += 1
+                if d.todo:
+                    yield d.item
+                else:
+                    skipped += 1
+                    bar.set_postfix(skipped=skipped, refresh=False)
+                    bar.update()
+            bar.refresh()
+
         explainer = Explainer.from_settings(model, params, settings, pool=pool)
         run_chunks(
-            chunked(items, settings.task_size),
+            chunked(todo(), settings.task_size),
             src=src,
             dst=dst,
             explainer=explainer,
             run_id=run["run_id"],
-            force=force,
+            redo=redo,
             pool=pool,
             on_chunk=lambda done: bar.update(len(done)),
         )
     return manifest.compact(dst, page_size=settings.page_size)
+
+
+def dry_run(
+    source: str | Store,
+    dest: str | Store,
+    *,
+    params: Params,
+    settings: Settings,
+    redo: Redo = RESUME,
+    limit: int | None = None,
+) -> Iterator[Decision]:
+    """What :func:`run_local` would explain and skip (and why), writing nothing anywhere.
+
+    The model is loaded (its sha256 enters the fingerprint that says what is done).
+    """
+    model = load(settings)
+    src, dst = _stores(source, dest, settings)
+    run = runs.describe(
+        model=model.identity, params=params, input_uri=src.uri, output_uri=dst.uri, mode="dry-run"
+    )
+    with ThreadPoolExecutor(settings.io_threads) as pool:
+        yield from plan.for_run(
+            src,
+            dst,
+            run,
+            settings=settings,
+            redo=redo,
+            pool=pool,
+            chunk=settings.task_size,
+            limit=limit,
+            report_extension=True,
+        )
+
+
+def _stores(source: str | Store, dest: str | Store, settings: Settings) -> tuple[Store, Store]:
+    """Stores for paths or URIs (a store given is used as is)."""
+    make = client_factory(settings)
+    return tuple(
+        open_store(x, client_factory=make) if isinstance(x, str) else x for x in (source, dest)
+    )

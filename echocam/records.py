@@ -12,7 +12,6 @@ from datetime import UTC, datetime
 from functools import cache
 from typing import TYPE_CHECKING, Any, Literal, NotRequired, TypedDict
 
-from echocam.errors import TRANSIENT_CODES
 from echocam.keys import output_key
 
 if TYPE_CHECKING:  # the producer reads records and never loads the audio stack
@@ -177,16 +176,3 @@ def prediction(class_id: int, probability: float, names, logit: float | None = N
 
 def dumps(record: Record) -> bytes:
     return (json.dumps(record, indent=1, sort_keys=True, ensure_ascii=False) + "\n").encode()
-
-
-def is_current(record: Record | dict | None, *, etag: str | None, fingerprint: str) -> bool:
-    """True when ``record`` already answers this source with this fingerprint (resume skips it).
-
-    A record failed for a transient reason (timeout, crashed worker, download) is not current:
-    the next run tries again.
-    """
-    if not record or record.get("fingerprint") != fingerprint:
-        return False
-    if etag is not None and record.get("source_etag") != etag:
-        return False
-    return record.get("status") == "ok" or record.get("error_code") not in TRANSIENT_CODES

@@ -17,6 +17,7 @@ from echocam import records
 from echocam.errors import DownloadFailed, EchoCamError
 from echocam.outputs import Result
 from echocam.pipeline import Computed, Decoded, Explainer, Source
+from echocam.protocol import RESUME, Redo, is_done
 from echocam.records import Record
 from echocam.storage import ObjectInfo, Store, read_json
 
@@ -44,13 +45,6 @@ class Outcome:
         )
 
 
-def is_done(record: dict | None, item: ObjectInfo, *, fingerprint: str, run_id: str, force: bool):
-    """Whether ``item`` needs no work: its record is current (with ``force``: from this run)."""
-    if not records.is_current(record, etag=item.etag, fingerprint=fingerprint):
-        return False
-    return not force or record.get("run_id") == run_id
-
-
 def fetch(src: Store, item: ObjectInfo, *, max_bytes: int) -> Source:
     """Read one source; failures become the source's error (download_failed after retries)."""
     try:
@@ -69,14 +63,14 @@ def _pending(
     dst: Store,
     fingerprint: str,
     run_id: str,
-    force: bool,
+    redo: Redo,
     pool: ThreadPoolExecutor,
 ) -> tuple[dict[str, Outcome], list[tuple[ObjectInfo, dict | None]]]:
     """Outcomes of the items already done, and the (item, old record) pairs still to do."""
     existing = list(pool.map(lambda it: read_json(dst, records.record_key(it.key)), items))
     done, todo = {}, []
     for it, record in zip(items, existing, strict=True):
-        if is_done(record, it, fingerprint=fingerprint, run_id=run_id, force=force):
+        if is_done(record, it, fingerprint=fingerprint, run_id=run_id, redo=redo):
             done[it.key] = Outcome.of(record, written=False)
         else:
             todo.append((it, record))
@@ -109,12 +103,12 @@ def prepare(
     dst: Store,
     explainer: Explainer,
     run_id: str,
-    force: bool = False,
+    redo: Redo = RESUME,
     pool: ThreadPoolExecutor,
 ) -> Prepared:
     """Check which items are done, read the others' bytes and decode them, on ``pool``."""
     outcomes, todo = _pending(
-        items, dst=dst, fingerprint=explainer.fingerprint, run_id=run_id, force=force, pool=pool
+        items, dst=dst, fingerprint=explainer.fingerprint, run_id=run_id, redo=redo, pool=pool
     )
     max_bytes = explainer.params.max_bytes
     sources = list(pool.map(lambda t: fetch(src, t[0], max_bytes=max_bytes), todo))
@@ -151,7 +145,7 @@ def run_chunks(
     dst: Store,
     explainer: Explainer,
     run_id: str,
-    force: bool = False,
+    redo: Redo = RESUME,
     pool: ThreadPoolExecutor,
     on_chunk: Callable[[list[Outcome]], None] | None = None,
 ) -> list[Outcome]:
@@ -162,7 +156,7 @@ def run_chunks(
     chunk N-1 encoded and written, each by its own thread using ``pool``.  Errors writing to
     ``dst`` raise (the caller retries, and the recordings finished before are then skipped).
     """
-    common = dict(src=src, dst=dst, explainer=explainer, run_id=run_id, force=force, pool=pool)
+    common = dict(src=src, dst=dst, explainer=explainer, run_id=run_id, redo=redo, pool=pool)
     chunks = iter(chunks)
     prefetch = ThreadPoolExecutor(1, thread_name_prefix="echocam-prefetch")
     finisher = ThreadPoolExecutor(1, thread_name_prefix="echocam-finish")
@@ -210,7 +204,7 @@ def record_failures(
         dst=dst,
         fingerprint=explainer.fingerprint,
         run_id=run_id,
-        force=False,
+        redo=RESUME,  # a current record stays, even under --force: a timeout never replaces it
         pool=_SERIAL,
     )
     for it, old in todo:

@@ -48,7 +48,8 @@ class Store(Protocol):
         ...
 
 
-def _matches(key: str, suffixes: tuple[str, ...]) -> bool:
+def suffix_matches(key: str, suffixes: tuple[str, ...]) -> bool:
+    """Whether ``key`` ends with one of ``suffixes``, case-insensitively (any key, if empty)."""
     return not suffixes or key.lower().endswith(suffixes)
 
 
@@ -80,7 +81,7 @@ class LocalStore:
             paths = (p for p in sorted(self.root.rglob("*")) if p.is_file())
         for p in paths:
             key = p.relative_to(self.root).as_posix()
-            if _matches(key, suffixes):
+            if suffix_matches(key, suffixes):
                 # The md5 ETag an S3 single-part upload would get: records match across stores.
                 yield ObjectInfo(key, p.stat().st_size, md5_etag(p.read_bytes()))
 
@@ -206,7 +207,7 @@ class S3Store:
         for page in pages:
             for obj in page.get("Contents", ()):
                 key = obj["Key"][cut:]
-                if _matches(key, suffixes):
+                if suffix_matches(key, suffixes):
                     yield ObjectInfo(key, obj["Size"], obj.get("ETag"))
 
     def get(self, key: str, *, max_bytes: int | None = None) -> tuple[bytes, ObjectInfo]:

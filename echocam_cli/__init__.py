@@ -13,6 +13,7 @@ import sys
 from dataclasses import fields
 from typing import Any, get_type_hints
 
+from echocam.records import version
 from echocam.settings import Params, Settings, env_name, parse
 
 PARAM_FIELDS = [f.name for f in fields(Params)]
@@ -54,13 +55,42 @@ def _settings(args: argparse.Namespace) -> Settings:
     return Settings.from_env(**_pick(args, Settings))
 
 
-def cmd_run(args: argparse.Namespace) -> int:
-    from echocam.local import run_local
+def _redo(args: argparse.Namespace):
+    from echocam.protocol import Redo
 
-    summary = run_local(
-        args.source, args.out, params=_params(args), settings=_settings(args), force=args.force
+    return Redo(force=args.force, failed=args.retry_failed, codes=args.codes or ())
+
+
+def _print_dry_run(decisions) -> None:
+    """One line a listed object: ``process<TAB>key`` or ``skip<TAB>key<TAB>reason``; a summary."""
+    from collections import Counter
+
+    todo, why = 0, Counter()
+    for d in decisions:
+        if d.todo:
+            todo += 1
+            print(f"process\t{d.item.key}")
+        else:
+            why[d.reason] += 1
+            print(f"skip\t{d.item.key}\t{d.reason}")
+    reasons = ", ".join(f"{n} {reason}" for reason, n in why.most_common())
+    print(
+        f"dry run: would process {todo}, skip {sum(why.values())}"
+        + (f" ({reasons})" if reasons else "")
+        + "; nothing was written"
     )
-    _print_summary(summary)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from echocam import local
+
+    common = dict(
+        params=_params(args), settings=_settings(args), redo=_redo(args), limit=args.limit
+    )
+    if args.dry_run:
+        _print_dry_run(local.dry_run(args.source, args.out, **common))
+        return 0
+    _print_summary(local.run_local(args.source, args.out, **common))
     return 0
 
 
@@ -115,25 +145,26 @@ def _producer_context(args: argparse.Namespace):
 
 def cmd_produce(args: argparse.Namespace) -> int:
     _env_from(args, Settings)
-    from echocam import manifest
-    from producer import status, workers
-    from producer.enqueue import produce
-    from worker import progress
+    from echocam import manifest, progress
+    from producer import enqueue, status, workers
     from worker.app import app
 
     settings, store = _producer_context(args)
-    params = _params(args)
+    params, redo = _params(args), _redo(args)
     if args.model_sha256:
         model = {"arch": "resnet18", "sha256": args.model_sha256, "weights": settings.weights}
     else:
         model = workers.model_identity(app, queue=settings.queue, timeout=args.describe_timeout)
     src, dst = store(args.source), store(args.out)
-    result = produce(
-        src, dst, app=app, model=model, params=params, settings=settings, force=args.force
-    )
+    common = dict(model=model, params=params, settings=settings, redo=redo, limit=args.limit)
+    if args.dry_run:
+        _print_dry_run(enqueue.dry_run(src, dst, **common))
+        return 0
+    result = enqueue.produce(src, dst, app=app, show=True, **common)
+    why = "not failed, or already done" if redo.failed else "already done"
     print(
         f"run {result.run['run_id']}: enqueued {result.recordings} recordings in {result.tasks} "
-        f"tasks; skipped {result.skipped} already done (fingerprint "
+        f"tasks; skipped {result.skipped} {why} (fingerprint "
         f"{result.run['fingerprint'][:12]}, model {model['sha256'][:12]})"
     )
     if args.wait:
@@ -146,10 +177,10 @@ def cmd_produce(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     _env_from(args, Settings)
+    from echocam import progress
     from echocam.runs import RUN_NAME
     from echocam.storage import read_json
     from producer import status
-    from worker import progress
 
     settings, store = _producer_context(args)
     run = read_json(store(args.out), RUN_NAME)
@@ -176,11 +207,65 @@ def _print_summary(summary: dict[str, Any]) -> None:
     print(f"tables: {out}/{{manifest,detections}}.{{jsonl|csv,parquet}}, {out}/summary.json")
 
 
+def _codes(raw: str) -> tuple[str, ...]:
+    from echocam.errors import ERROR_CODES
+
+    codes = tuple(c.strip() for c in raw.split(",") if c.strip())
+    unknown = [c for c in codes if c not in ERROR_CODES]
+    if unknown or not codes:
+        raise argparse.ArgumentTypeError(
+            f"unknown error code(s) {', '.join(unknown) or raw!r}; known: {', '.join(ERROR_CODES)}"
+        )
+    return codes
+
+
+def _positive(raw: str) -> int:
+    n = int(raw)
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, not {n}")
+    return n
+
+
+def _add_selection(parser: argparse.ArgumentParser, *, verb: str) -> None:
+    """--force, --retry-failed [--codes], --limit and --dry-run: what a run does."""
+    group = parser.add_argument_group("what to do")
+    redo = group.add_mutually_exclusive_group()
+    redo.add_argument("--force", action="store_true", help="redo recordings that are already done")
+    redo.add_argument(
+        "--retry-failed",
+        action="store_true",
+        help="redo only the recordings whose record under DEST failed (whatever the reason, "
+        "even one a plain run skips as done, such as undecodable); recordings with an ok "
+        "record or no record yet are left alone (run without this flag to do those)",
+    )
+    group.add_argument(
+        "--codes",
+        type=_codes,
+        default=None,
+        metavar="CODE,...",
+        help="with --retry-failed: only records failed with these error codes (e.g. "
+        "undecodable,internal)",
+    )
+    group.add_argument(
+        "--limit",
+        type=_positive,
+        default=None,
+        metavar="N",
+        help=f"{verb} at most N recordings that need work (the first N listed), then stop",
+    )
+    group.add_argument(
+        "--dry-run",
+        action="store_true",
+        help=f"list what would be {verb}ed and what skipped, and why; write nothing",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="echocam",
         description="Class Activation Maps on bird-recording spectrograms, over whole buckets.",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = sub.add_parser(
@@ -191,7 +276,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("source", metavar="SOURCE", help="audio file, directory or s3://bucket/prefix")
     run.add_argument("--out", required=True, metavar="DEST", help="directory or s3://bucket/prefix")
-    run.add_argument("--force", action="store_true", help="redo recordings that are already done")
+    _add_selection(run, verb="process")
     _add_fields(run, Params, PARAM_FIELDS, "analysis parameters (enter the fingerprint)")
     _add_fields(
         run,
@@ -226,7 +311,9 @@ def build_parser() -> argparse.ArgumentParser:
         "-c",
         type=int,
         default=1,
-        help="worker processes (one per GPU; on CPU, cores / --threads) [default 1]",
+        help="worker processes; each holds its own model on --device. On a GPU run several "
+        "that share it: the GPU waits on CPU work, so about cores / 4 (4 on a 16-core host, as "
+        "WORKER_GPU_CONCURRENCY in docker-compose.yml); on CPU, cores / --threads [default 1]",
     )
     wk.add_argument(
         "--pool",
@@ -266,12 +353,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="enqueue the recordings under an s3:// prefix as tasks for the workers",
         description="Stream the keys under SOURCE (ListObjectsV2 pages), skip recordings whose "
         "record is current (same source ETag and run fingerprint), and enqueue tasks of "
-        "--task-size recordings on Redis. Needs a running worker to learn the model's sha256, "
-        "unless --model-sha256 is given.",
+        "--task-size recordings on Redis, with a progress bar on stderr (listed, enqueued, "
+        "skipped). Needs a running worker to learn the model's sha256 (it waits up to "
+        "--describe-timeout for one to start), unless --model-sha256 is given.",
     )
     pr.add_argument("source", metavar="SOURCE", help="s3://bucket/prefix of the recordings")
     pr.add_argument("--out", required=True, metavar="DEST", help="s3://bucket/prefix for outputs")
-    pr.add_argument("--force", action="store_true", help="redo recordings that are already done")
+    _add_selection(pr, verb="enqueue")
     pr.add_argument(
         "--wait",
         action="store_true",
@@ -287,7 +375,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--describe-timeout",
         type=float,
         default=10.0,
-        help="seconds to wait for workers to report their model [default 10]",
+        help="seconds to wait for a worker to report its model, asking every second (workers "
+        "may still be starting) [default 10]",
     )
     _add_fields(pr, Params, PARAM_FIELDS, "analysis parameters (enter the fingerprint)")
     _add_fields(

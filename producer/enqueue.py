@@ -3,23 +3,22 @@
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 from celery import Celery
+from tqdm import tqdm
 
-from echocam import runs
-from echocam.chunking import chunked
-from echocam.keys import output_key
-from echocam.records import is_current
+from echocam import faults, plan, progress, protocol, runs
+from echocam.plan import Decision
+from echocam.protocol import RESUME, Redo
 from echocam.settings import Params, Settings
-from echocam.storage import ObjectInfo, Store, read_json
-from worker import faults, progress
+from echocam.storage import ObjectInfo, Store
 
 log = logging.getLogger(__name__)
-TASK_NAME = "echocam.process"
 
 
 @dataclass
@@ -30,24 +29,9 @@ class Enqueued:
     skipped: int = 0
 
 
-def pending(
-    src: Store,
-    dst: Store,
-    *,
-    settings: Settings,
-    fingerprint: str,
-    force: bool,
-    pool: ThreadPoolExecutor,
-) -> Iterator[tuple[ObjectInfo, bool]]:
-    """(item, needs work) for every audio object, streamed page by page (constant memory)."""
-    listing = src.list(suffixes=settings.extensions, page_size=settings.page_size)
-    for chunk in chunked(listing, max(settings.page_size, 64)):
-        if force:
-            yield from ((it, True) for it in chunk)
-            continue
-        existing = pool.map(lambda it: read_json(dst, output_key(it.key, "record.json")), chunk)
-        for it, rec in zip(chunk, existing, strict=True):
-            yield it, not is_current(rec, etag=it.etag, fingerprint=fingerprint)
+def _chunk(settings: Settings) -> int:
+    """Records read at a time (on ``settings.io_threads`` threads)."""
+    return max(settings.page_size, 64)
 
 
 def produce(
@@ -58,14 +42,20 @@ def produce(
     model: dict[str, Any],
     params: Params,
     settings: Settings,
-    force: bool = False,
+    redo: Redo = RESUME,
+    limit: int | None = None,
+    show: bool = False,
 ) -> Enqueued:
-    """Describe the run (run.json), enqueue tasks of ``settings.task_size`` recordings."""
+    """Describe the run (run.json), enqueue tasks of ``settings.task_size`` recordings.
+
+    With ``limit``, at most that many recordings that need work; with ``show``, a progress
+    bar on stderr (listed, enqueued, skipped) while listing and enqueuing.
+    """
     run = runs.describe(
         model=model, params=params, input_uri=src.uri, output_uri=dst.uri, mode="distributed"
     )
     runs.save(dst, run)
-    message = {**run, "force": force}
+    message = protocol.run_message(run, redo)
     r = progress.client(settings.broker_url)
     out = Enqueued(run)
     batch: list[ObjectInfo] = []
@@ -74,9 +64,7 @@ def produce(
     def send(items: list[ObjectInfo]) -> None:
         nonlocal skipped
         app.send_task(
-            TASK_NAME,
-            args=[[[it.key, it.size, it.etag] for it in items], message],
-            queue=settings.queue,
+            protocol.TASK_NAME, args=protocol.task_args(items, message), queue=settings.queue
         )
         # Counted after the send: a producer killed in between under-counts, never over-waits.
         progress.add(r, run["run_id"], enqueued=len(items), tasks_enqueued=1, skipped=skipped)
@@ -85,19 +73,67 @@ def produce(
         skipped = 0
         faults.after_send()
 
-    with ThreadPoolExecutor(settings.io_threads) as pool:
-        for it, needs_work in pending(
-            src, dst, settings=settings, fingerprint=run["fingerprint"], force=force, pool=pool
-        ):
-            if needs_work:
-                batch.append(it)
+    with (
+        ThreadPoolExecutor(settings.io_threads) as pool,
+        tqdm(
+            desc="echocam produce: listed",
+            unit=" rec",
+            file=sys.stderr,
+            disable=not show,
+            mininterval=0.5,
+        ) as bar,
+    ):
+        decisions = plan.for_run(
+            src,
+            dst,
+            run,
+            settings=settings,
+            redo=redo,
+            pool=pool,
+            chunk=_chunk(settings),
+            limit=limit,
+        )
+        for d in decisions:
+            if d.todo:
+                batch.append(d.item)
                 if len(batch) == settings.task_size:
                     send(batch)
                     batch = []
             else:
                 out.skipped += 1
                 skipped += 1
+            bar.set_postfix(enqueued=out.recordings, skipped=out.skipped, refresh=False)
+            bar.update()
         if batch:
             send(batch)
+        bar.set_postfix(enqueued=out.recordings, skipped=out.skipped)
     progress.add(r, run["run_id"], skipped=skipped, producer_done=1)
     return out
+
+
+def dry_run(
+    src: Store,
+    dst: Store,
+    *,
+    model: dict[str, Any],
+    params: Params,
+    settings: Settings,
+    redo: Redo = RESUME,
+    limit: int | None = None,
+) -> Iterator[Decision]:
+    """What :func:`produce` would enqueue and skip (and why), writing nothing anywhere."""
+    run = runs.describe(
+        model=model, params=params, input_uri=src.uri, output_uri=dst.uri, mode="dry-run"
+    )
+    with ThreadPoolExecutor(settings.io_threads) as pool:
+        yield from plan.for_run(
+            src,
+            dst,
+            run,
+            settings=settings,
+            redo=redo,
+            pool=pool,
+            chunk=_chunk(settings),
+            limit=limit,
+            report_extension=True,
+        )

@@ -2,7 +2,7 @@
 
 Flower exports worker and task events, but not what a run has done nor how deep the queue is.
 This exporter reads the per-run counters the producer and the workers keep in Redis
-(``worker.progress``: hash ``echocam:run:<run_id>``) and the broker's queue lists, and serves:
+(``echocam.progress``: hash ``echocam:run:<run_id>``) and the broker's queue lists, and serves:
 
 - ``echocam_recordings_enqueued_total{run_id}``, ``echocam_recordings_skipped_total{run_id}``
 - ``echocam_recordings_total{run_id,status}``: finished recordings, status ``ok`` or ``failed``
@@ -38,7 +38,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from worker import progress
+from echocam import progress
 
 DEFAULT_PORT = 9808
 RUN_PREFIX = progress.key("")  # "echocam:run:"

@@ -9,7 +9,7 @@ from typing import Any
 import redis
 from tqdm import tqdm
 
-from worker import progress
+from echocam import progress
 
 
 def summarise(counters: dict[str, int], run: dict[str, Any]) -> dict[str, Any]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from celery import Celery
 
 
@@ -9,14 +11,28 @@ class NoWorkers(RuntimeError):
     code = "no_workers"
 
 
-def model_identity(app: Celery, *, queue: str, timeout: float) -> dict:
-    """The model identity every worker consuming ``queue`` reports; they must agree."""
-    replies = app.control.broadcast("echocam_model", reply=True, timeout=timeout)
+def _models(replies: list[dict] | None, queue: str) -> dict[str, dict]:
     models = {}
     for reply in replies or []:
         for host, answer in reply.items():
             if isinstance(answer, dict) and queue in answer.get("queues", ()) and answer["model"]:
                 models[host] = answer["model"]
+    return models
+
+
+def model_identity(app: Celery, *, queue: str, timeout: float, every: float = 1.0) -> dict:
+    """The model identity every worker consuming ``queue`` reports; they must agree.
+
+    A broadcast reaches only the workers running when it is sent, so ask again every
+    ``every`` seconds (each round collects the replies for that long) until a worker on
+    ``queue`` answers with its model, or ``timeout`` seconds have passed.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        window = max(0.1, min(every, deadline - time.monotonic()))
+        models = _models(app.control.broadcast("echocam_model", reply=True, timeout=window), queue)
+        if models or time.monotonic() >= deadline:
+            break
     if not models:
         raise NoWorkers(
             f"no worker on queue {queue!r} answered within {timeout:g} s: start one with "

@@ -37,6 +37,7 @@ from echocam.chunking import chunked
 from echocam.errors import TooLarge, TooLong
 from echocam.keys import output_dir
 from echocam.pipeline import Explainer
+from echocam.protocol import Redo
 from echocam.runner import run_chunks
 from echocam.settings import Params
 from echocam.storage import LocalStore, S3Store, read_json
@@ -110,7 +111,13 @@ def explain_into(src, dst, model, *, run_id: str, force: bool = False, **params)
     with ThreadPoolExecutor(4) as pool:
         ex = Explainer(model, Params(**params), device="cpu", batch_size=8, pool=pool)
         outcomes = run_chunks(
-            chunked(items, 2), src=src, dst=dst, explainer=ex, run_id=run_id, force=force, pool=pool
+            chunked(items, 2),
+            src=src,
+            dst=dst,
+            explainer=ex,
+            run_id=run_id,
+            redo=Redo(force=force),
+            pool=pool,
         )
     return items, outcomes
 

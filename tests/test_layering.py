@@ -45,9 +45,12 @@ PRODUCER_MODULES = (
     "producer.status",
     "producer.workers",
     "producer.metrics",
-    "worker.progress",
     "worker.app",
     "echocam_cli",
+    "echocam.protocol",
+    "echocam.plan",
+    "echocam.progress",
+    "echocam.faults",
     "echocam.manifest",
     "echocam.runs",
     "echocam.storage",
@@ -89,6 +92,20 @@ def test_producer_path_does_not_import_torch():
     proc = python(code)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "[]", f"the producer path imported {proc.stdout.strip()}"
+
+
+def test_producer_package_imports_nothing_from_worker():
+    """The contract lives in ``echocam.protocol``: the producer gets the Celery app passed in
+    (by the CLI) and imports no module of ``worker/``."""
+    code = (
+        "import sys\n"
+        f"for m in {tuple(m for m in PRODUCER_MODULES if m.startswith('producer.'))!r}:\n"
+        "    __import__(m)\n"
+        "print(sorted(m for m in sys.modules if m == 'worker' or m.startswith('worker.')))\n"
+    )
+    proc = python(code)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]", f"the producer imported {proc.stdout.strip()}"
 
 
 def test_producer_path_imports_without_the_model_stack():

@@ -1,4 +1,4 @@
-"""The Prometheus exporter against a real Redis: counters written by worker.progress, tasks queued
+"""The Prometheus exporter against a real Redis: counters written by echocam.progress, tasks queued
 by a real Celery producer, scraped over HTTP on 127.0.0.1."""
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from celery import Celery
 from prometheus_client.parser import text_string_to_metric_families
 
 from devtools.services import RedisServer, free_port, wait_for
+from echocam import progress
 from producer import metrics
-from worker import progress
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -15,12 +15,12 @@ from functools import cache
 import numpy as np
 import soundfile as sf
 
+from echocam import progress
 from echocam.local import load, set_threads
 from echocam.model import LoadedModel
 from echocam.pipeline import Explainer, Source
 from echocam.settings import Params
 from echocam.storage import S3Store, client_factory, open_store
-from worker import progress
 from worker.app import settings
 
 log = logging.getLogger(__name__)

@@ -14,11 +14,12 @@ from celery import signals
 from celery.exceptions import SoftTimeLimitExceeded
 from redis.exceptions import RedisError
 
+from echocam import faults, progress, protocol
 from echocam.chunking import chunked
 from echocam.runner import Outcome, record_failures, run_chunks
 from echocam.settings import Params
 from echocam.storage import ObjectInfo
-from worker import faults, progress, state
+from worker import state
 from worker.app import app, settings
 
 log = logging.getLogger(__name__)
@@ -60,7 +61,7 @@ def _give_up(infos: list[ObjectInfo], fail_all, error: Exception) -> list[Outcom
 
 
 @app.task(
-    name="echocam.process",
+    name=protocol.TASK_NAME,
     bind=True,
     autoretry_for=TRANSIENT,
     retry_backoff=2,
@@ -68,9 +69,10 @@ def _give_up(infos: list[ObjectInfo], fail_all, error: Exception) -> list[Outcom
     retry_jitter=True,
     max_retries=5,
 )
-def process(self, items: list[list], run: dict) -> dict:
-    """Explain ``items`` ([key, size, etag] each) for ``run`` (run.json plus ``force``)."""
-    infos = [ObjectInfo(k, size, etag) for k, size, etag in items]
+def process(self, items: list[list], message: dict) -> dict:
+    """Explain ``items`` for the run in ``message`` (see ``echocam.protocol``)."""
+    infos = protocol.decode_items(items)
+    run, redo = protocol.decode_run(message)
     r = state.redis()
     dst = state.store(run["output"])
     explainer = state.explainer(Params.from_dict(run["params"]))
@@ -106,7 +108,7 @@ def process(self, items: list[list], run: dict) -> dict:
                 dst=dst,
                 explainer=explainer,
                 run_id=run["run_id"],
-                force=run.get("force", False),
+                redo=redo,
                 pool=state.pool(),
             )
         except SoftTimeLimitExceeded:

@@ -5,7 +5,8 @@
   SUBSTR, as a segfaulting decoder would;
 - ``{"sleep": {"SUBSTR": S}}`` sleeps S seconds before such a task's work, as a hung read would;
 - ``{"send_delay": S}`` makes the producer pause S seconds after each task it sends.
-Never set in production.
+Never set in production.  Here, not in ``worker/``, because the producer calls
+:func:`after_send` and imports nothing from the worker.
 """
 
 from __future__ import annotations
