@@ -9,13 +9,14 @@ import os
 import signal
 import subprocess
 import sys
+from collections import Counter
 
 import numpy as np
 import pytest
 import soundfile as sf
 from conftest import RECORDINGS, needs_shared, wav_bytes
 
-from devtools.faultproxy import FaultProxy
+from devtools.faultproxy import FaultProxy, Rule
 from devtools.services import RedisServer, SeaweedS3, wait_for
 from devtools.stack import ROOT, Worker, echocam
 
@@ -117,22 +118,92 @@ def pool_pids(w: Worker) -> list[int]:
     return [int(p) for p in out.split()]
 
 
+def run_id(svc, prefix: str) -> str:
+    body = svc["client"].get_object(Bucket=BUCKET, Key=f"out-{prefix}/run.json")["Body"]
+    return json.loads(body.read())["run_id"]
+
+
+def counters(svc, rid: str) -> dict[str, int]:
+    """The run's progress hash (ok, failed, enqueued, tasks_done, ...) and its task-set size."""
+    r = svc["redis"].client()
+    out = {k.decode(): int(v) for k, v in r.hgetall(f"echocam:run:{rid}").items()}
+    return {**out, "task_ids": r.scard(f"echocam:run:{rid}:tasks")}
+
+
+def deliveries(svc, rid: str) -> list[int]:
+    """How often each of the run's tasks ran (deliveries and Celery retries), sorted."""
+    r = svc["redis"].client()
+    runs = []
+    for tid in r.smembers(f"echocam:run:{rid}:tasks"):
+        keys = r.keys(f"echocam:deliveries:{tid.decode()}:*")
+        runs.append(sum(int(r.get(k)) for k in keys))
+    return sorted(runs)
+
+
+def assert_counted_once(svc, prefix: str, names, *, tasks: int, failed: int = 0) -> None:
+    """Redis progress: every recording and every task counted once, whatever the deliveries."""
+    c = counters(svc, run_id(svc, prefix))
+    assert c["enqueued"] == len(names) and c["tasks_enqueued"] == tasks, c
+    assert (c["ok"], c.get("failed", 0)) == (len(names) - failed, failed), c
+    assert c["tasks_done"] == c["task_ids"] == tasks, c
+
+
+def puts(proxy: FaultProxy, prefix: str, key: str, name: str) -> list:
+    """The PUTs of ``key``'s output ``name`` under out-<prefix>, in the order the proxy saw them."""
+    return proxy.requests("PUT", f"/{BUCKET}/out-{prefix}/{key}/{name}")
+
+
+def assert_records_created_once(proxy: FaultProxy, prefix: str, names) -> None:
+    """Each recording's record.json was created by exactly one successful conditional PUT
+    (If-None-Match: *): no delivery overwrote or duplicated another's record."""
+    base = f"/{BUCKET}/out-{prefix}/"
+    created: Counter[str] = Counter()
+    for q in proxy.requests("PUT", base):
+        if q.path.endswith("/record.json") and q.status == 200:
+            assert q.if_none_match == "*", q  # a create, never an overwrite
+            created[q.path[len(base) : -len("/record.json")]] += 1
+    assert created == Counter(list(names))
+
+
+def source_gets(proxy: FaultProxy, prefix: str, key: str) -> int:
+    return len(proxy.requests("GET", f"/{BUCKET}/{prefix}/{key}"))
+
+
 def test_sigkill_of_a_pool_process_mid_task_redelivers_it(svc):
+    """The pool process dies between two records of a task: the redelivered task skips the
+    recording whose record exists and rewrites the other's outputs with the same bytes."""
     names = {f"clip-{i:02d}.wav": b for i, b in enumerate(clips(6))}
     upload(svc, "sigkill", names)
-    w = worker(svc, "sigkill", ECHOCAM_FAULTS=json.dumps({"sleep": {"clip-02": 6}}))
-    try:
-        produce(svc, "sigkill")
-        wait_log(w, "echocam fault: sleeping")
-        (child,) = pool_pids(w)
-        os.kill(child, signal.SIGKILL)
-        rows = finish(svc, "sigkill")
-        assert_exactly_once(rows, names)
-        log = w.log_path.read_text()
-        assert "WorkerLostError" in log or "SIGKILL" in log
-        assert log.count("echocam fault: sleeping") >= 2  # delivered again
-    finally:
-        w.stop()
+    # tasks: [00, 01], [02, 03], [04, 05]; halves of one: 02 is written, then 03.
+    held = Rule("PUT", f"/{BUCKET}/out-sigkill/clip-03.wav/record.json", "stall", times=1)
+    with FaultProxy(svc["s3"].port, fail_rate=0, rules=[held]) as proxy:
+        w = worker(svc, "sigkill", ECHOCAM_S3_ENDPOINT_URL=proxy.endpoint_url)
+        try:
+            produce(svc, "sigkill")
+            wait_for(proxy.stalled.is_set, 120, "clip-03's record PUT held at the proxy")
+            (child,) = pool_pids(w)
+            os.kill(child, signal.SIGKILL)
+            proxy.release()
+            rows = finish(svc, "sigkill")
+        finally:
+            w.stop()
+    assert_exactly_once(rows, names)
+    log = w.log_path.read_text()
+    assert "WorkerLostError" in log or "SIGKILL" in log
+    assert deliveries(svc, run_id(svc, "sigkill")) == [1, 1, 2]  # delivered again
+    assert_counted_once(svc, "sigkill", names, tasks=3)
+    assert_records_created_once(proxy, "sigkill", names)
+    # skipped: clip-02 (record there) is neither read nor written again
+    assert source_gets(proxy, "sigkill", "clip-02.wav") == 1
+    assert [q.status for q in puts(proxy, "sigkill", "clip-02.wav", "overlay.png")] == [200]
+    # rewritten harmlessly: clip-03 read twice, each output written twice with equal bytes
+    assert source_gets(proxy, "sigkill", "clip-03.wav") == 2
+    statuses = [q.status for q in puts(proxy, "sigkill", "clip-03.wav", "record.json")]
+    assert statuses == ["stalled", 200]
+    for name in ("spectrogram.png", "overlay.png", "cam.npz"):
+        twice = puts(proxy, "sigkill", "clip-03.wav", name)
+        assert [q.status for q in twice] == [200, 200], name
+        assert twice[0].etag == twice[1].etag, name  # ETag: md5 of the bytes written
 
 
 def test_sigterm_warm_shutdown_finishes_the_task_and_a_restart_finishes_the_run(svc):
