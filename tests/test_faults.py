@@ -207,23 +207,37 @@ def test_sigkill_of_a_pool_process_mid_task_redelivers_it(svc):
 
 
 def test_sigterm_warm_shutdown_finishes_the_task_and_a_restart_finishes_the_run(svc):
+    """Warm shutdown writes the task in hand and acks it: nothing is redelivered or redone."""
     names = {f"clip-{i:02d}.wav": b for i, b in enumerate(clips(6))}
     upload(svc, "sigterm", names)
-    w = worker(svc, "sigterm-1", ECHOCAM_FAULTS=json.dumps({"sleep": {"clip-00": 5}}))
-    try:
-        produce(svc, "sigterm")
-        wait_log(w, "echocam fault: sleeping")
-        os.kill(w.proc.pid, signal.SIGTERM)  # the main process: warm shutdown
-        assert w.proc.wait(90) == 0
-        log = w.log_path.read_text()
-        assert "succeeded" in log  # the task in hand was finished, not dropped
-    finally:
-        w.stop()
-    w2 = worker(svc, "sigterm-2")
-    try:
-        assert_exactly_once(finish(svc, "sigterm"), names)
-    finally:
-        w2.stop()
+    with FaultProxy(svc["s3"].port, fail_rate=0) as proxy:
+        s3 = proxy.endpoint_url
+        w = worker(
+            svc,
+            "sigterm-1",
+            ECHOCAM_FAULTS=json.dumps({"sleep": {"clip-00": 5}}),
+            ECHOCAM_S3_ENDPOINT_URL=s3,
+        )
+        try:
+            produce(svc, "sigterm")
+            wait_log(w, "echocam fault: sleeping")
+            os.kill(w.proc.pid, signal.SIGTERM)  # the main process: warm shutdown
+            assert w.proc.wait(90) == 0
+            assert "succeeded" in w.log_path.read_text()
+        finally:
+            w.stop()
+        # the task in hand ([clip-00, clip-01]) was finished, not dropped, and nothing else begun
+        assert_records_created_once(proxy, "sigterm", ["clip-00.wav", "clip-01.wav"])
+        w2 = worker(svc, "sigterm-2", ECHOCAM_S3_ENDPOINT_URL=s3)
+        try:
+            assert_exactly_once(finish(svc, "sigterm"), names)
+        finally:
+            w2.stop()
+    assert deliveries(svc, run_id(svc, "sigterm")) == [1, 1, 1]  # acked: never redelivered
+    assert_counted_once(svc, "sigterm", names, tasks=3)
+    assert_records_created_once(proxy, "sigterm", names)
+    assert all(source_gets(proxy, "sigterm", n) == 1 for n in names)  # none redone
+    assert "echocam fault: sleeping" not in w2.log_path.read_text()
 
 
 def test_redis_restart_mid_run(svc):
