@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections import Counter
 
 import numpy as np
@@ -241,18 +242,58 @@ def test_sigterm_warm_shutdown_finishes_the_task_and_a_restart_finishes_the_run(
 
 
 def test_redis_restart_mid_run(svc):
+    """Redis crashes while a task is in flight and ``status --wait`` is polling: the worker and
+    the waiting client reconnect, the cut-off task is delivered again, the run completes."""
     names = {f"clip-{i:02d}.wav": b for i, b in enumerate(clips(8))}
     upload(svc, "redis", names)
-    w = worker(svc, "redis", ECHOCAM_FAULTS=json.dumps({"sleep": {"clip-0": 2}}))
-    try:
-        produce(svc, "redis")
-        wait_log(w, "echocam fault: sleeping")
-        svc["redis"].restart()
-        rows = finish(svc, "redis")
-        assert_exactly_once(rows, names)
-        assert w.proc.poll() is None
-    finally:
-        w.stop()
+    out = f"s3://{BUCKET}/out-redis"
+    with FaultProxy(svc["s3"].port, fail_rate=0) as proxy:
+        w = worker(
+            svc,
+            "redis",
+            ECHOCAM_FAULTS=json.dumps({"sleep": {"clip-03": 12}}),  # task [clip-02, clip-03]
+            ECHOCAM_S3_ENDPOINT_URL=proxy.endpoint_url,
+            # the cut-off task comes back after the visibility timeout: keep it short
+            ECHOCAM_TASK_SOFT_TIME_LIMIT="18",
+            ECHOCAM_TASK_TIME_LIMIT="22",
+            ECHOCAM_VISIBILITY_TIMEOUT="25",
+        )
+        status_err = svc["dir"] / "status-redis.err"
+        try:
+            produce(svc, "redis")
+            status = subprocess.Popen(
+                [sys.executable, "-m", "echocam_cli", "status", out, "--wait", "--timeout", "200"],
+                env=svc["env"],
+                cwd=ROOT,
+                stdout=subprocess.PIPE,
+                stderr=status_err.open("wb"),
+                text=True,
+            )
+            try:
+                # its progress bar shows counters: it has read Redis at least once
+                wait_for(lambda: b"ok=" in status_err.read_bytes(), 60, "status --wait polling")
+                wait_log(w, "'clip-03.wav']")  # the fault sleep: the task is in flight
+                svc["redis"].kill()  # a crash (SIGKILL); the AOF keeps what was acknowledged
+                time.sleep(3)  # long enough for clients' own retries (< 1 s) to give up
+                svc["redis"].start()
+                stdout, _ = status.communicate(timeout=240)
+            finally:
+                if status.poll() is None:
+                    status.kill()
+                    status.wait(10)
+            assert status.returncode == 0, status_err.read_text()[-2000:]
+            assert "8 ok, 0 failed, 0 remaining of 8" in stdout, stdout
+            rows = finish(svc, "redis")
+            assert w.proc.poll() is None
+        finally:
+            w.stop()
+    assert_exactly_once(rows, names)
+    log = w.log_path.read_text()
+    sleeps = [ln for ln in log.splitlines() if "echocam fault: sleeping" in ln]
+    assert len(sleeps) == 2 and all("'clip-03.wav']" in ln for ln in sleeps), sleeps
+    assert deliveries(svc, run_id(svc, "redis")) == [1, 1, 1, 2]  # the cut-off task ran again
+    assert_counted_once(svc, "redis", names, tasks=4)
+    assert_records_created_once(proxy, "redis", names)
 
 
 def test_s3_errors_and_dropped_connections_are_retried(svc):
