@@ -307,6 +307,50 @@ def test_s3_errors_and_dropped_connections_are_retried(svc):
             w.stop()
     assert_exactly_once(manifest(svc, "flaky"), names)
     assert proxy.counts["503"] > 0 and proxy.counts["dropped"] > 0
+    assert_records_created_once(proxy, "flaky", names)
+    assert_counted_once(svc, "flaky", names, tasks=3)
+
+
+def test_s3_faults_that_outlast_botocore_retries(svc):
+    """A source that fails every read becomes a download_failed record; a record write that
+    fails every botocore attempt raises out of run_batch and Celery retries the whole task,
+    whose second run skips the finished recording and writes the other."""
+    retries = 1  # ECHOCAM_S3_MAX_ATTEMPTS for this worker; botocore's retries max_attempts
+    tries = retries + 1  # counts retries after the first try (so 8 means 9 tries)
+    names = {f"clip-{i:02d}.wav": b for i, b in enumerate(clips(5))}
+    names["unreadable.wav"] = clips(6)[5]
+    upload(svc, "outlast", names)  # tasks: [00, 01], [02, 03], [04, unreadable]
+    unreadable = Rule("GET", f"/{BUCKET}/outlast/unreadable.wav")  # every time
+    record_03 = f"/{BUCKET}/out-outlast/clip-03.wav/record.json"
+    write = Rule("PUT", record_03, times=tries)  # every try of the first delivery
+    with FaultProxy(svc["s3"].port, fail_rate=0, rules=[unreadable, write]) as proxy:
+        w = worker(
+            svc,
+            "outlast",
+            ECHOCAM_S3_ENDPOINT_URL=proxy.endpoint_url,
+            ECHOCAM_S3_MAX_ATTEMPTS=str(retries),
+        )
+        try:
+            produce(svc, "outlast", wait=True)
+        finally:
+            w.stop()
+    rows = manifest(svc, "outlast")
+    assert_exactly_once(rows, names, {"unreadable.wav": "download_failed"})
+    row = next(r for r in rows if r["source_key"] == "unreadable.wav")
+    assert "cannot read source" in row["error_message"] and "SlowDown" in row["error_message"]
+    gets = proxy.requests("GET", f"/{BUCKET}/outlast/unreadable.wav")
+    assert [q.status for q in gets] == [503] * tries  # botocore gave up; no task retry
+    # the whole-task retry: one Celery retry, after which the record write went through
+    log = w.log_path.read_text()
+    assert log.count("Retry in") == 1 and "SlowDown" in log, w.log_tail()
+    assert [q.status for q in proxy.requests("PUT", record_03)] == [503] * tries + [200]
+    assert deliveries(svc, run_id(svc, "outlast")) == [1, 1, 2]
+    assert source_gets(proxy, "outlast", "clip-02.wav") == 1  # done: skipped by the retry
+    assert source_gets(proxy, "outlast", "clip-03.wav") == 2  # redone by the retry
+    assert_counted_once(svc, "outlast", names, tasks=3, failed=1)
+    c = counters(svc, run_id(svc, "outlast"))
+    assert c["error:download_failed"] == 1, c
+    assert_records_created_once(proxy, "outlast", names)
 
 
 @pytest.fixture(scope="module")
