@@ -4,15 +4,16 @@ time limits and a killed producer.  Each run must complete with every input in t
 
 from __future__ import annotations
 
+import base64
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
 from collections import Counter
 
-import numpy as np
 import pytest
 import soundfile as sf
 from conftest import RECORDINGS, needs_shared, wav_bytes
@@ -388,14 +389,24 @@ def test_task_over_the_soft_time_limit_fails_with_timeout(poison_run):
     assert sum(r["status"] == "ok" for r in rows) == len(names) - 2
 
 
+def task_keys(raw: bytes) -> tuple[str, list[str]]:
+    """(run id, source keys) of a task message as it waits in the Redis queue."""
+    msg = json.loads(raw)
+    assert msg["properties"]["body_encoding"] == "base64"
+    (items, run), _, _ = json.loads(base64.b64decode(msg["body"]))
+    return run["run_id"], [key for key, _, _ in items]
+
+
 def test_producer_killed_halfway_then_restarted(svc, species_checkpoint):
+    """A producer killed halfway leaves some tasks queued; once they are done, a second
+    producer enqueues exactly the recordings that have no current record, and skips the rest."""
     from echocam.model import load_model
 
     names = {f"many-{i:03d}.wav": b for i, b in enumerate(clips(40, seconds=1.0))}
     upload(svc, "many", names)
     sha = load_model(str(species_checkpoint)).sha256
     r = svc["redis"].client()
-    queue = "echocam-many"  # no other test's worker may consume these
+    queue = "echocam-many"  # its own queue: only this test's worker consumes it
     env = {**svc["env"], "ECHOCAM_QUEUE": queue}
     args = [
         sys.executable,
@@ -419,9 +430,11 @@ def test_producer_killed_halfway_then_restarted(svc, species_checkpoint):
         stdout=subprocess.DEVNULL,
         stderr=(svc["dir"] / "producer.log").open("wb"),
     )
-    wait_for(lambda: r.llen(queue) >= 10, 60, "10 tasks enqueued")
-    first.kill()
-    first.wait(10)
+    try:
+        wait_for(lambda: r.llen(queue) >= 10, 60, "10 tasks enqueued")
+    finally:
+        first.kill()
+        first.wait(10)
     queued = r.lrange(queue, 0, -1)
     assert 10 <= len(queued) < len(names)
     secret = svc["env"]["AWS_SECRET_ACCESS_KEY"].encode()
@@ -429,13 +442,51 @@ def test_producer_killed_halfway_then_restarted(svc, species_checkpoint):
         msg = json.loads(raw)
         assert msg["content-type"] == "application/json"
         assert secret not in raw and svc["env"]["AWS_ACCESS_KEY_ID"].encode() not in raw
-    second = subprocess.run(
-        args, env=svc["env"], cwd=ROOT, capture_output=True, text=True, timeout=300
-    )
-    assert second.returncode == 0, second.stderr
+    (first_run,) = {task_keys(raw)[0] for raw in queued}
+    first_keys = [key for raw in queued for key in task_keys(raw)[1]]
+    assert len(set(first_keys)) == len(first_keys) == len(queued)
+
     w = worker(svc, "many", ECHOCAM_QUEUE=queue)
     try:
+        # the first run's tasks, all of them and nothing else, are done before the restart
+        tasks = f"echocam:run:{first_run}:tasks"
+        wait_for(lambda: r.scard(tasks) == len(queued), 180, "the first producer's tasks done")
+        assert r.llen(queue) == 0
+        listed = svc["client"].list_objects_v2(Bucket=BUCKET, Prefix="out-many/")["Contents"]
+        records = [o["Key"] for o in listed if o["Key"].endswith("/record.json")]
+        done = {k[len("out-many/") : -len("/record.json")] for k in records}
+        assert done == set(first_keys)
+        todo = set(names) - done
+
+        second = subprocess.run(
+            args, env=env, cwd=ROOT, capture_output=True, text=True, timeout=300
+        )
+        assert second.returncode == 0, second.stderr
+        m = re.search(
+            r"run (\w+): enqueued (\d+) recordings in (\d+) tasks; skipped (\d+) already done",
+            second.stdout,
+        )
+        assert m, second.stdout
+        second_run, enqueued, n_tasks, skipped = m[1], int(m[2]), int(m[3]), int(m[4])
+        assert (enqueued, n_tasks, skipped) == (len(todo), len(todo), len(done))
+        c = counters(svc, second_run)
+        assert (c["enqueued"], c["tasks_enqueued"], c["skipped"]) == (
+            len(todo),
+            len(todo),
+            len(done),
+        )
+        assert c["producer_done"] == 1
         assert_exactly_once(finish(svc, "many"), names)
     finally:
         w.stop()
-    np.testing.assert_equal(r.llen(queue), 0)
+    assert r.llen(queue) == 0
+    # which run wrote each record: the first run the keys it had queued, the second the rest
+    by_run = {}
+    for key in names:
+        rec = svc["client"].get_object(Bucket=BUCKET, Key=f"out-many/{key}/record.json")
+        by_run[key] = json.loads(rec["Body"].read())["run_id"]
+    assert {k for k, rid in by_run.items() if rid == first_run} == done
+    assert {k for k, rid in by_run.items() if rid == second_run} == todo
+    assert counters(svc, first_run)["ok"] == len(done)
+    c = counters(svc, second_run)
+    assert c["ok"] == c["tasks_done"] == c["task_ids"] == len(todo), c
