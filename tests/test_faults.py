@@ -1,5 +1,10 @@
 """Faults survived with real processes: killed workers, Redis restarts, S3 errors, poison tasks,
 time limits and a killed producer.  Each run must complete with every input in the manifest once.
+
+The manifest has one row per record by construction, so exactly-once is checked where it can
+break: workers reach S3 through a fault proxy that logs every request (each record.json must be
+created by one conditional PUT; a redelivered task's reads and writes are counted), and Redis
+holds how often each task ran and what progress counted.
 """
 
 from __future__ import annotations
