@@ -1,21 +1,29 @@
 """Faults survived with real processes: killed workers, Redis restarts, S3 errors, poison tasks,
 time limits and a killed producer.  Each run must complete with every input in the manifest once.
+
+The manifest has one row per record by construction, so exactly-once is checked where it can
+break: workers reach S3 through a fault proxy that logs every request (each record.json must be
+created by one conditional PUT; a redelivered task's reads and writes are counted), and Redis
+holds how often each task ran and what progress counted.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
+import time
+from collections import Counter
 
-import numpy as np
 import pytest
 import soundfile as sf
 from conftest import RECORDINGS, needs_shared, wav_bytes
 
-from devtools.faultproxy import FaultProxy
+from devtools.faultproxy import FaultProxy, Rule
 from devtools.services import RedisServer, SeaweedS3, wait_for
 from devtools.stack import ROOT, Worker, echocam
 
@@ -117,57 +125,181 @@ def pool_pids(w: Worker) -> list[int]:
     return [int(p) for p in out.split()]
 
 
+def run_id(svc, prefix: str) -> str:
+    body = svc["client"].get_object(Bucket=BUCKET, Key=f"out-{prefix}/run.json")["Body"]
+    return json.loads(body.read())["run_id"]
+
+
+def counters(svc, rid: str) -> dict[str, int]:
+    """The run's progress hash (ok, failed, enqueued, tasks_done, ...) and its task-set size."""
+    r = svc["redis"].client()
+    out = {k.decode(): int(v) for k, v in r.hgetall(f"echocam:run:{rid}").items()}
+    return {**out, "task_ids": r.scard(f"echocam:run:{rid}:tasks")}
+
+
+def deliveries(svc, rid: str) -> list[int]:
+    """How often each of the run's tasks ran (deliveries and Celery retries), sorted."""
+    r = svc["redis"].client()
+    runs = []
+    for tid in r.smembers(f"echocam:run:{rid}:tasks"):
+        keys = r.keys(f"echocam:deliveries:{tid.decode()}:*")
+        runs.append(sum(int(r.get(k)) for k in keys))
+    return sorted(runs)
+
+
+def assert_counted_once(svc, prefix: str, names, *, tasks: int, failed: int = 0) -> None:
+    """Redis progress: every recording and every task counted once, whatever the deliveries."""
+    c = counters(svc, run_id(svc, prefix))
+    assert c["enqueued"] == len(names) and c["tasks_enqueued"] == tasks, c
+    assert (c["ok"], c.get("failed", 0)) == (len(names) - failed, failed), c
+    assert c["tasks_done"] == c["task_ids"] == tasks, c
+
+
+def puts(proxy: FaultProxy, prefix: str, key: str, name: str) -> list:
+    """The PUTs of ``key``'s output ``name`` under out-<prefix>, in the order the proxy saw them."""
+    return proxy.requests("PUT", f"/{BUCKET}/out-{prefix}/{key}/{name}")
+
+
+def assert_records_created_once(proxy: FaultProxy, prefix: str, names) -> None:
+    """Each recording's record.json was created by exactly one successful conditional PUT
+    (If-None-Match: *): no delivery overwrote or duplicated another's record."""
+    base = f"/{BUCKET}/out-{prefix}/"
+    created: Counter[str] = Counter()
+    for q in proxy.requests("PUT", base):
+        if q.path.endswith("/record.json") and q.status == 200:
+            assert q.if_none_match == "*", q  # a create, never an overwrite
+            created[q.path[len(base) : -len("/record.json")]] += 1
+    assert created == Counter(list(names))
+
+
+def source_gets(proxy: FaultProxy, prefix: str, key: str) -> int:
+    return len(proxy.requests("GET", f"/{BUCKET}/{prefix}/{key}"))
+
+
 def test_sigkill_of_a_pool_process_mid_task_redelivers_it(svc):
+    """The pool process dies between two records of a task: the redelivered task skips the
+    recording whose record exists and rewrites the other's outputs with the same bytes."""
     names = {f"clip-{i:02d}.wav": b for i, b in enumerate(clips(6))}
     upload(svc, "sigkill", names)
-    w = worker(svc, "sigkill", ECHOCAM_FAULTS=json.dumps({"sleep": {"clip-02": 6}}))
-    try:
-        produce(svc, "sigkill")
-        wait_log(w, "echocam fault: sleeping")
-        (child,) = pool_pids(w)
-        os.kill(child, signal.SIGKILL)
-        rows = finish(svc, "sigkill")
-        assert_exactly_once(rows, names)
-        log = w.log_path.read_text()
-        assert "WorkerLostError" in log or "SIGKILL" in log
-        assert log.count("echocam fault: sleeping") >= 2  # delivered again
-    finally:
-        w.stop()
+    # tasks: [00, 01], [02, 03], [04, 05]; halves of one: 02 is written, then 03.
+    held = Rule("PUT", f"/{BUCKET}/out-sigkill/clip-03.wav/record.json", "stall", times=1)
+    with FaultProxy(svc["s3"].port, fail_rate=0, rules=[held]) as proxy:
+        w = worker(svc, "sigkill", ECHOCAM_S3_ENDPOINT_URL=proxy.endpoint_url)
+        try:
+            produce(svc, "sigkill")
+            wait_for(proxy.stalled.is_set, 120, "clip-03's record PUT held at the proxy")
+            (child,) = pool_pids(w)
+            os.kill(child, signal.SIGKILL)
+            proxy.release()
+            rows = finish(svc, "sigkill")
+        finally:
+            w.stop()
+    assert_exactly_once(rows, names)
+    log = w.log_path.read_text()
+    assert "WorkerLostError" in log or "SIGKILL" in log
+    assert deliveries(svc, run_id(svc, "sigkill")) == [1, 1, 2]  # delivered again
+    assert_counted_once(svc, "sigkill", names, tasks=3)
+    assert_records_created_once(proxy, "sigkill", names)
+    # skipped: clip-02 (record there) is neither read nor written again
+    assert source_gets(proxy, "sigkill", "clip-02.wav") == 1
+    assert [q.status for q in puts(proxy, "sigkill", "clip-02.wav", "overlay.png")] == [200]
+    # rewritten harmlessly: clip-03 read twice, each output written twice with equal bytes
+    assert source_gets(proxy, "sigkill", "clip-03.wav") == 2
+    statuses = [q.status for q in puts(proxy, "sigkill", "clip-03.wav", "record.json")]
+    assert statuses == ["stalled", 200]
+    for name in ("spectrogram.png", "overlay.png", "cam.npz"):
+        twice = puts(proxy, "sigkill", "clip-03.wav", name)
+        assert [q.status for q in twice] == [200, 200], name
+        assert twice[0].etag == twice[1].etag, name  # ETag: md5 of the bytes written
 
 
 def test_sigterm_warm_shutdown_finishes_the_task_and_a_restart_finishes_the_run(svc):
+    """Warm shutdown writes the task in hand and acks it: nothing is redelivered or redone."""
     names = {f"clip-{i:02d}.wav": b for i, b in enumerate(clips(6))}
     upload(svc, "sigterm", names)
-    w = worker(svc, "sigterm-1", ECHOCAM_FAULTS=json.dumps({"sleep": {"clip-00": 5}}))
-    try:
-        produce(svc, "sigterm")
-        wait_log(w, "echocam fault: sleeping")
-        os.kill(w.proc.pid, signal.SIGTERM)  # the main process: warm shutdown
-        assert w.proc.wait(90) == 0
-        log = w.log_path.read_text()
-        assert "succeeded" in log  # the task in hand was finished, not dropped
-    finally:
-        w.stop()
-    w2 = worker(svc, "sigterm-2")
-    try:
-        assert_exactly_once(finish(svc, "sigterm"), names)
-    finally:
-        w2.stop()
+    with FaultProxy(svc["s3"].port, fail_rate=0) as proxy:
+        s3 = proxy.endpoint_url
+        w = worker(
+            svc,
+            "sigterm-1",
+            ECHOCAM_FAULTS=json.dumps({"sleep": {"clip-00": 5}}),
+            ECHOCAM_S3_ENDPOINT_URL=s3,
+        )
+        try:
+            produce(svc, "sigterm")
+            wait_log(w, "echocam fault: sleeping")
+            os.kill(w.proc.pid, signal.SIGTERM)  # the main process: warm shutdown
+            assert w.proc.wait(90) == 0
+            assert "succeeded" in w.log_path.read_text()
+        finally:
+            w.stop()
+        # the task in hand ([clip-00, clip-01]) was finished, not dropped, and nothing else begun
+        assert_records_created_once(proxy, "sigterm", ["clip-00.wav", "clip-01.wav"])
+        w2 = worker(svc, "sigterm-2", ECHOCAM_S3_ENDPOINT_URL=s3)
+        try:
+            assert_exactly_once(finish(svc, "sigterm"), names)
+        finally:
+            w2.stop()
+    assert deliveries(svc, run_id(svc, "sigterm")) == [1, 1, 1]  # acked: never redelivered
+    assert_counted_once(svc, "sigterm", names, tasks=3)
+    assert_records_created_once(proxy, "sigterm", names)
+    assert all(source_gets(proxy, "sigterm", n) == 1 for n in names)  # none redone
+    assert "echocam fault: sleeping" not in w2.log_path.read_text()
 
 
 def test_redis_restart_mid_run(svc):
+    """Redis crashes while a task is in flight and ``status --wait`` is polling: the worker and
+    the waiting client reconnect, the cut-off task is delivered again, the run completes."""
     names = {f"clip-{i:02d}.wav": b for i, b in enumerate(clips(8))}
     upload(svc, "redis", names)
-    w = worker(svc, "redis", ECHOCAM_FAULTS=json.dumps({"sleep": {"clip-0": 2}}))
-    try:
-        produce(svc, "redis")
-        wait_log(w, "echocam fault: sleeping")
-        svc["redis"].restart()
-        rows = finish(svc, "redis")
-        assert_exactly_once(rows, names)
-        assert w.proc.poll() is None
-    finally:
-        w.stop()
+    out = f"s3://{BUCKET}/out-redis"
+    with FaultProxy(svc["s3"].port, fail_rate=0) as proxy:
+        w = worker(
+            svc,
+            "redis",
+            ECHOCAM_FAULTS=json.dumps({"sleep": {"clip-03": 12}}),  # task [clip-02, clip-03]
+            ECHOCAM_S3_ENDPOINT_URL=proxy.endpoint_url,
+            # the cut-off task comes back after the visibility timeout: keep it short
+            ECHOCAM_TASK_SOFT_TIME_LIMIT="18",
+            ECHOCAM_TASK_TIME_LIMIT="22",
+            ECHOCAM_VISIBILITY_TIMEOUT="25",
+        )
+        status_err = svc["dir"] / "status-redis.err"
+        try:
+            produce(svc, "redis")
+            status = subprocess.Popen(
+                [sys.executable, "-m", "echocam_cli", "status", out, "--wait", "--timeout", "200"],
+                env=svc["env"],
+                cwd=ROOT,
+                stdout=subprocess.PIPE,
+                stderr=status_err.open("wb"),
+                text=True,
+            )
+            try:
+                # its progress bar shows counters: it has read Redis at least once
+                wait_for(lambda: b"ok=" in status_err.read_bytes(), 60, "status --wait polling")
+                wait_log(w, "'clip-03.wav']")  # the fault sleep: the task is in flight
+                svc["redis"].kill()  # a crash (SIGKILL); the AOF keeps what was acknowledged
+                time.sleep(3)  # long enough for clients' own retries (< 1 s) to give up
+                svc["redis"].start()
+                stdout, _ = status.communicate(timeout=240)
+            finally:
+                if status.poll() is None:
+                    status.kill()
+                    status.wait(10)
+            assert status.returncode == 0, status_err.read_text()[-2000:]
+            assert "8 ok, 0 failed, 0 remaining of 8" in stdout, stdout
+            rows = finish(svc, "redis")
+            assert w.proc.poll() is None
+        finally:
+            w.stop()
+    assert_exactly_once(rows, names)
+    log = w.log_path.read_text()
+    sleeps = [ln for ln in log.splitlines() if "echocam fault: sleeping" in ln]
+    assert len(sleeps) == 2 and all("'clip-03.wav']" in ln for ln in sleeps), sleeps
+    assert deliveries(svc, run_id(svc, "redis")) == [1, 1, 1, 2]  # the cut-off task ran again
+    assert_counted_once(svc, "redis", names, tasks=4)
+    assert_records_created_once(proxy, "redis", names)
 
 
 def test_s3_errors_and_dropped_connections_are_retried(svc):
@@ -181,6 +313,50 @@ def test_s3_errors_and_dropped_connections_are_retried(svc):
             w.stop()
     assert_exactly_once(manifest(svc, "flaky"), names)
     assert proxy.counts["503"] > 0 and proxy.counts["dropped"] > 0
+    assert_records_created_once(proxy, "flaky", names)
+    assert_counted_once(svc, "flaky", names, tasks=3)
+
+
+def test_s3_faults_that_outlast_botocore_retries(svc):
+    """A source that fails every read becomes a download_failed record; a record write that
+    fails every botocore attempt raises out of run_batch and Celery retries the whole task,
+    whose second run skips the finished recording and writes the other."""
+    retries = 1  # ECHOCAM_S3_MAX_ATTEMPTS for this worker; botocore's retries max_attempts
+    tries = retries + 1  # counts retries after the first try (so 8 means 9 tries)
+    names = {f"clip-{i:02d}.wav": b for i, b in enumerate(clips(5))}
+    names["unreadable.wav"] = clips(6)[5]
+    upload(svc, "outlast", names)  # tasks: [00, 01], [02, 03], [04, unreadable]
+    unreadable = Rule("GET", f"/{BUCKET}/outlast/unreadable.wav")  # every time
+    record_03 = f"/{BUCKET}/out-outlast/clip-03.wav/record.json"
+    write = Rule("PUT", record_03, times=tries)  # every try of the first delivery
+    with FaultProxy(svc["s3"].port, fail_rate=0, rules=[unreadable, write]) as proxy:
+        w = worker(
+            svc,
+            "outlast",
+            ECHOCAM_S3_ENDPOINT_URL=proxy.endpoint_url,
+            ECHOCAM_S3_MAX_ATTEMPTS=str(retries),
+        )
+        try:
+            produce(svc, "outlast", wait=True)
+        finally:
+            w.stop()
+    rows = manifest(svc, "outlast")
+    assert_exactly_once(rows, names, {"unreadable.wav": "download_failed"})
+    row = next(r for r in rows if r["source_key"] == "unreadable.wav")
+    assert "cannot read source" in row["error_message"] and "SlowDown" in row["error_message"]
+    gets = proxy.requests("GET", f"/{BUCKET}/outlast/unreadable.wav")
+    assert [q.status for q in gets] == [503] * tries  # botocore gave up; no task retry
+    # the whole-task retry: one Celery retry, after which the record write went through
+    log = w.log_path.read_text()
+    assert log.count("Retry in") == 1 and "SlowDown" in log, w.log_tail()
+    assert [q.status for q in proxy.requests("PUT", record_03)] == [503] * tries + [200]
+    assert deliveries(svc, run_id(svc, "outlast")) == [1, 1, 2]
+    assert source_gets(proxy, "outlast", "clip-02.wav") == 1  # done: skipped by the retry
+    assert source_gets(proxy, "outlast", "clip-03.wav") == 2  # redone by the retry
+    assert_counted_once(svc, "outlast", names, tasks=3, failed=1)
+    c = counters(svc, run_id(svc, "outlast"))
+    assert c["error:download_failed"] == 1, c
+    assert_records_created_once(proxy, "outlast", names)
 
 
 @pytest.fixture(scope="module")
@@ -218,14 +394,24 @@ def test_task_over_the_soft_time_limit_fails_with_timeout(poison_run):
     assert sum(r["status"] == "ok" for r in rows) == len(names) - 2
 
 
+def task_keys(raw: bytes) -> tuple[str, list[str]]:
+    """(run id, source keys) of a task message as it waits in the Redis queue."""
+    msg = json.loads(raw)
+    assert msg["properties"]["body_encoding"] == "base64"
+    (items, run), _, _ = json.loads(base64.b64decode(msg["body"]))
+    return run["run_id"], [key for key, _, _ in items]
+
+
 def test_producer_killed_halfway_then_restarted(svc, species_checkpoint):
+    """A producer killed halfway leaves some tasks queued; once they are done, a second
+    producer enqueues exactly the recordings that have no current record, and skips the rest."""
     from echocam.model import load_model
 
     names = {f"many-{i:03d}.wav": b for i, b in enumerate(clips(40, seconds=1.0))}
     upload(svc, "many", names)
     sha = load_model(str(species_checkpoint)).sha256
     r = svc["redis"].client()
-    queue = "echocam-many"  # no other test's worker may consume these
+    queue = "echocam-many"  # its own queue: only this test's worker consumes it
     env = {**svc["env"], "ECHOCAM_QUEUE": queue}
     args = [
         sys.executable,
@@ -249,9 +435,11 @@ def test_producer_killed_halfway_then_restarted(svc, species_checkpoint):
         stdout=subprocess.DEVNULL,
         stderr=(svc["dir"] / "producer.log").open("wb"),
     )
-    wait_for(lambda: r.llen(queue) >= 10, 60, "10 tasks enqueued")
-    first.kill()
-    first.wait(10)
+    try:
+        wait_for(lambda: r.llen(queue) >= 10, 60, "10 tasks enqueued")
+    finally:
+        first.kill()
+        first.wait(10)
     queued = r.lrange(queue, 0, -1)
     assert 10 <= len(queued) < len(names)
     secret = svc["env"]["AWS_SECRET_ACCESS_KEY"].encode()
@@ -259,13 +447,51 @@ def test_producer_killed_halfway_then_restarted(svc, species_checkpoint):
         msg = json.loads(raw)
         assert msg["content-type"] == "application/json"
         assert secret not in raw and svc["env"]["AWS_ACCESS_KEY_ID"].encode() not in raw
-    second = subprocess.run(
-        args, env=svc["env"], cwd=ROOT, capture_output=True, text=True, timeout=300
-    )
-    assert second.returncode == 0, second.stderr
+    (first_run,) = {task_keys(raw)[0] for raw in queued}
+    first_keys = [key for raw in queued for key in task_keys(raw)[1]]
+    assert len(set(first_keys)) == len(first_keys) == len(queued)
+
     w = worker(svc, "many", ECHOCAM_QUEUE=queue)
     try:
+        # the first run's tasks, all of them and nothing else, are done before the restart
+        tasks = f"echocam:run:{first_run}:tasks"
+        wait_for(lambda: r.scard(tasks) == len(queued), 180, "the first producer's tasks done")
+        assert r.llen(queue) == 0
+        listed = svc["client"].list_objects_v2(Bucket=BUCKET, Prefix="out-many/")["Contents"]
+        records = [o["Key"] for o in listed if o["Key"].endswith("/record.json")]
+        done = {k[len("out-many/") : -len("/record.json")] for k in records}
+        assert done == set(first_keys)
+        todo = set(names) - done
+
+        second = subprocess.run(
+            args, env=env, cwd=ROOT, capture_output=True, text=True, timeout=300
+        )
+        assert second.returncode == 0, second.stderr
+        m = re.search(
+            r"run (\w+): enqueued (\d+) recordings in (\d+) tasks; skipped (\d+) already done",
+            second.stdout,
+        )
+        assert m, second.stdout
+        second_run, enqueued, n_tasks, skipped = m[1], int(m[2]), int(m[3]), int(m[4])
+        assert (enqueued, n_tasks, skipped) == (len(todo), len(todo), len(done))
+        c = counters(svc, second_run)
+        assert (c["enqueued"], c["tasks_enqueued"], c["skipped"]) == (
+            len(todo),
+            len(todo),
+            len(done),
+        )
+        assert c["producer_done"] == 1
         assert_exactly_once(finish(svc, "many"), names)
     finally:
         w.stop()
-    np.testing.assert_equal(r.llen(queue), 0)
+    assert r.llen(queue) == 0
+    # which run wrote each record: the first run the keys it had queued, the second the rest
+    by_run = {}
+    for key in names:
+        rec = svc["client"].get_object(Bucket=BUCKET, Key=f"out-many/{key}/record.json")
+        by_run[key] = json.loads(rec["Body"].read())["run_id"]
+    assert {k for k, rid in by_run.items() if rid == first_run} == done
+    assert {k for k, rid in by_run.items() if rid == second_run} == todo
+    assert counters(svc, first_run)["ok"] == len(done)
+    c = counters(svc, second_run)
+    assert c["ok"] == c["tasks_done"] == c["task_ids"] == len(todo), c

@@ -23,7 +23,15 @@ app.conf.update(
     task_acks_late=True,
     task_reject_on_worker_lost=True,
     worker_prefetch_multiplier=1,
-    broker_transport_options={"visibility_timeout": settings.visibility_timeout},
+    # A pool process reports "up" only after worker_process_init (device set-up and a warm-up
+    # explain, ~5 s on a busy CPU); billiard's default of 4 s kills it and forks another, in a loop.
+    worker_proc_alive_timeout=60,
+    # kombu looks for unacked messages past the visibility timeout every 10 s but, by default,
+    # scans only every 10th time: a lost task came back up to 100 s late.  Scan every time.
+    broker_transport_options={
+        "visibility_timeout": settings.visibility_timeout,
+        "unacked_restore_throttle": 1,
+    },
     worker_cancel_long_running_tasks_on_connection_loss=True,
     broker_connection_retry_on_startup=True,
     task_soft_time_limit=settings.task_soft_time_limit,
