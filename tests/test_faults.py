@@ -319,7 +319,7 @@ def test_s3_errors_and_dropped_connections_are_retried(svc):
 
 def test_s3_faults_that_outlast_botocore_retries(svc):
     """A source that fails every read becomes a download_failed record; a record write that
-    fails every botocore attempt raises out of run_batch and Celery retries the whole task,
+    fails every botocore attempt raises out of run_chunks and Celery retries the whole task,
     whose second run skips the finished recording and writes the other."""
     retries = 1  # ECHOCAM_S3_MAX_ATTEMPTS for this worker; botocore's retries max_attempts
     tries = retries + 1  # counts retries after the first try (so 8 means 9 tries)
