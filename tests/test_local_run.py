@@ -229,7 +229,9 @@ def minmax(x: torch.Tensor) -> torch.Tensor:
 def test_overlay_is_the_documented_blend_of_spectrogram_and_plasma_cam(run_dir):
     """overlay.png, recomputed from spectrogram.png and cam.npz's raw CAMs: display map (ReLU,
     min-max, bilinear to the spectrogram's size, min-max), plasma, blended at alpha; the windows
-    stitched along time, one band per explained class.  ±1 level for rounding."""
+    stitched along time, one band per explained class.  ±1 level for rounding; a map value within
+    float error of a colour-table boundary may take the neighbouring entry (on a handful of
+    pixels: the batched and the single-window upsampling differ in the last bits)."""
     _, out, _ = run_dir
     plasma = lut("plasma").astype(np.float32)
     for rec in ok_records(out):
@@ -243,18 +245,23 @@ def test_overlay_is_the_documented_blend_of_spectrogram_and_plasma_cam(run_dir):
         assert alpha == 0.5
         n_mels, k = spec.shape[0], cams.shape[1]
         assert ov.shape == (k * n_mels, spec.shape[1], 3)
-        expected = np.zeros(ov.shape, np.float32)
+        # the blend with the colour-table entry below, at and above the computed one
+        expected = np.zeros((3, *ov.shape), np.float32)
         columns = np.rint(starts * rec["sample_rate"] / hop).astype(int)
         for j, c in enumerate(columns):  # later windows overwrite shared columns, as stitched
             maps = minmax(torch.from_numpy(cams[j : j + 1]).relu())
             maps = F.interpolate(maps, size=(n_mels, frames), mode="bilinear", align_corners=False)
             maps = minmax(maps)[0].numpy()  # (k, n_mels, frames) in [0, 1]
-            heat = plasma[np.clip(np.floor(maps * 256), 0, 255).astype(int)]
+            index = np.clip(np.floor(maps * 256), 0, 255).astype(int)
             base = spec[:, c : c + frames].astype(np.float32)
-            blend = (1 - alpha) * base + alpha * heat  # (k, n_mels, frames, 3)
-            expected[:, c : c + frames] = blend.reshape(k * n_mels, frames, 3)
-        diff = np.abs(ov - np.rint(expected))
-        assert diff.max() <= 1, (rec["source_key"], diff.max(), (diff > 1).mean())
+            for n, step in enumerate((-1, 0, 1)):
+                heat = plasma[np.clip(index + step, 0, 255)]
+                blend = (1 - alpha) * base + alpha * heat  # (k, n_mels, frames, 3)
+                expected[n, :, c : c + frames] = blend.reshape(k * n_mels, frames, 3)
+        diff = np.abs(ov - np.rint(expected))  # (3, k*n_mels, t, 3)
+        exact = diff[1].max(axis=-1) <= 1
+        assert exact.mean() > 1 - 1e-4, (rec["source_key"], 1 - exact.mean())
+        assert diff.max(axis=-1).min(axis=0).max() <= 1, rec["source_key"]
 
 
 def test_second_run_skips_everything_done(run_dir):
