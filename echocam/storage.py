@@ -138,13 +138,14 @@ def s3_client(*, endpoint_url: str = "", region: str = "", max_pool: int = 16, r
     """A boto3 S3 client: credentials from the standard AWS chain (``AWS_*`` variables, ...).
 
     Transient errors (5xx, throttling, connection resets) are retried by botocore's
-    ``standard`` mode: exponential backoff with jitter, ``retries`` attempts.
+    ``standard`` mode: exponential backoff with jitter, ``retries`` attempts in all (the first
+    included: botocore's ``max_attempts`` would count the retries alone).
     """
     import boto3
     from botocore.config import Config
 
     config = Config(
-        retries={"max_attempts": retries, "mode": "standard"},
+        retries={"total_max_attempts": retries, "mode": "standard"},
         max_pool_connections=max_pool,
         connect_timeout=10,
         read_timeout=60,

@@ -321,8 +321,7 @@ def test_s3_faults_that_outlast_botocore_retries(svc):
     """A source that fails every read becomes a download_failed record; a record write that
     fails every botocore attempt raises out of run_chunks and Celery retries the whole task,
     whose second run skips the finished recording and writes the other."""
-    retries = 1  # ECHOCAM_S3_MAX_ATTEMPTS for this worker; botocore's retries max_attempts
-    tries = retries + 1  # counts retries after the first try (so 8 means 9 tries)
+    tries = 2  # ECHOCAM_S3_MAX_ATTEMPTS for this worker: attempts per request, the first included
     names = {f"clip-{i:02d}.wav": b for i, b in enumerate(clips(5))}
     names["unreadable.wav"] = clips(6)[5]
     upload(svc, "outlast", names)  # tasks: [00, 01], [02, 03], [04, unreadable]
@@ -334,7 +333,7 @@ def test_s3_faults_that_outlast_botocore_retries(svc):
             svc,
             "outlast",
             ECHOCAM_S3_ENDPOINT_URL=proxy.endpoint_url,
-            ECHOCAM_S3_MAX_ATTEMPTS=str(retries),
+            ECHOCAM_S3_MAX_ATTEMPTS=str(tries),
         )
         try:
             produce(svc, "outlast", wait=True)
