@@ -478,6 +478,7 @@ def test_hostile_paths_never_leave_the_run(run_dir, server, tmp_path):
             status, _, body = get(server, target)
             assert status in (400, 403, 404), (target, status)
             assert SECRET.encode() not in body, target
+        assert get(server, "/tile?key=a.png&z=x&i=0")[0] == 400
         assert get(server, "/file/run.json")[0] == 200  # the run's own files still are served
         assert get(server, "/file/" + manifest_rows(out)[0]["record_key"])[0] == 200
     finally:

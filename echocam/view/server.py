@@ -154,6 +154,8 @@ class Handler(BaseHTTPRequestHandler):
             pass  # the browser went away (media elements abort requests all the time)
         except (BadKey, FileNotFoundError, KeyError, IndexError):
             self.fail(HTTPStatus.NOT_FOUND)
+        except ValueError:  # a malformed number in the query
+            self.fail(HTTPStatus.BAD_REQUEST)
         except Exception:  # details in the server's log, never to the browser
             traceback.print_exc(file=sys.stderr)
             self.fail(HTTPStatus.INTERNAL_SERVER_ERROR)

@@ -100,7 +100,8 @@
             width: Math.max(1, sx(colOf(b1) + 1) - x), height: Math.max(1, rowLow - rowHigh + 1),
           }));
         }
-        if (j % every === 0) {
+        // a window that starts off-screen keeps its label only if there is room for it
+        if (j % every === 0 && right - Math.max(left, 0) > 170) {
           const label = `${c.name} ${c.p.toFixed(3)}`;
           marks.appendChild(el("text", { class: "label", x: Math.max(left, 0) + 4, y: top + 15 },
             label));
