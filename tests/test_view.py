@@ -515,6 +515,19 @@ def test_only_loopback_hosts_and_with_a_token_only_its_holders(run_dir):
         srv.server_close()
 
 
+def test_a_run_without_a_manifest_says_how_to_make_one(tmp_path):
+    (tmp_path / "run.json").write_text(json.dumps({"run_id": "going", "params": {}}))
+    srv = make_server(str(tmp_path), port=0, quiet=True)
+    start_in_thread(srv)
+    try:
+        status, _, body = get(f"http://127.0.0.1:{srv.server_address[1]}", "/")
+        assert status == 200 and b"echocam manifest DEST" in body
+        assert b"0 recordings match" in body
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
 def test_a_million_recordings_page_fast(tmp_path):
     n = 1_000_000
     rng = np.random.default_rng(0)

@@ -158,8 +158,15 @@ def gallery(data: RunData, query: dict[str, str]) -> bytes:
             f'<div class="key">{e(key)}</div><div class="meta">{meta}</div></a>'
         )
     keep = {k: v for k, v in query.items() if k != "offset" and v}
+    missing = (
+        '<p class="error">This run has no manifest.parquet yet (a run still going, or one '
+        "that stopped): <code>echocam manifest DEST</code> writes it from the records.</p>"
+        if data.table("manifest.parquet") is None
+        else ""
+    )
     body = (
         "<h1>Recordings</h1>"
+        + missing
         + form
         + f'<p class="count" id="count">{total} recordings match</p>'
         + f'<div class="gallery" id="gallery">{"".join(cards)}</div>'
