@@ -47,6 +47,17 @@ class Store(Protocol):
         """Upload a (possibly large) local file, streaming it."""
         ...
 
+    def head(self, key: str) -> ObjectInfo:
+        """The object's size (and ETag where the store has one) without reading it."""
+        ...
+
+    def get_range(self, key: str, start: int, stop: int) -> bytes:
+        """Bytes ``start`` to ``stop`` (exclusive) of the object, clipped to its end.
+
+        ``0 <= start < stop`` and ``start`` below the object's size, else ValueError.
+        """
+        ...
+
 
 def suffix_matches(key: str, suffixes: tuple[str, ...]) -> bool:
     """Whether ``key`` ends with one of ``suffixes``, case-insensitively (any key, if empty)."""
@@ -118,6 +129,21 @@ class LocalStore:
         dest = self._path(key)
         dest.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(path, dest)
+
+    def head(self, key: str) -> ObjectInfo:
+        # No ETag: a local file's md5 would mean reading it whole.
+        path = self._path(key)
+        if not path.is_file():
+            raise FileNotFoundError(key)
+        return ObjectInfo(key, path.stat().st_size, None)
+
+    def get_range(self, key: str, start: int, stop: int) -> bytes:
+        path = self._path(key)
+        with path.open("rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            _check_range(start, stop, size)
+            f.seek(start)
+            return f.read(min(stop, size) - start)
 
 
 def _umask() -> int:
@@ -245,6 +271,39 @@ class S3Store:
 
     def put_file(self, key: str, path: str | os.PathLike) -> None:
         self.client.upload_file(str(path), self.bucket, self._key(key))
+
+    def head(self, key: str) -> ObjectInfo:
+        from botocore.exceptions import ClientError
+
+        try:
+            resp = self.client.head_object(Bucket=self.bucket, Key=self._key(key))
+        except ClientError as e:
+            if e.response.get("Error", {}).get("Code") in _NOT_FOUND:
+                raise FileNotFoundError(self._key(key)) from None
+            raise
+        return ObjectInfo(key, resp["ContentLength"], resp.get("ETag"))
+
+    def get_range(self, key: str, start: int, stop: int) -> bytes:
+        from botocore.exceptions import ClientError
+
+        _check_range(start, stop, None)
+        try:
+            resp = self.client.get_object(
+                Bucket=self.bucket, Key=self._key(key), Range=f"bytes={start}-{stop - 1}"
+            )
+        except ClientError as e:
+            code = e.response.get("Error", {}).get("Code")
+            if code in _NOT_FOUND:
+                raise FileNotFoundError(self._key(key)) from None
+            if code in ("InvalidRange", "416"):
+                raise ValueError(f"range {start}-{stop} is past the end of {key!r}") from None
+            raise
+        return resp["Body"].read()
+
+
+def _check_range(start: int, stop: int, size: int | None) -> None:
+    if not 0 <= start < stop or (size is not None and start >= size):
+        raise ValueError(f"range {start}-{stop} is empty or past the end ({size} bytes)")
 
 
 def read_json(store: Store, key: str) -> dict | None:

@@ -196,6 +196,30 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_view(args: argparse.Namespace) -> int:
+    import os
+
+    from echocam.storage import client_factory
+    from echocam.view.server import serve
+
+    serve(
+        args.dest,
+        host=args.host,
+        port=args.port,
+        token=args.token or os.environ.get("ECHOCAM_VIEW_TOKEN") or None,
+        client_factory=client_factory(_settings(args)),
+    )
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from echocam.storage import client_factory
+    from echocam.view.report import write
+
+    print(f"report: {write(args.dest, client_factory=client_factory(_settings(args)))}")
+    return 0
+
+
 def _print_summary(summary: dict[str, Any]) -> None:
     keys = ("recordings", "by_status", "by_error_code", "windows", "wall_s", "windows_per_s")
     print(json.dumps({k: summary.get(k) for k in keys}, indent=1))
@@ -420,6 +444,34 @@ def build_parser() -> argparse.ArgumentParser:
     man.add_argument("out", metavar="DEST", help="directory or s3://bucket/prefix of a run")
     _add_fields(man, Settings, ["s3_endpoint_url", "s3_region"], "storage")
     man.set_defaults(func=cmd_manifest)
+
+    view = sub.add_parser(
+        "view",
+        help="look at the run under DEST in the browser (gallery, recordings, sound)",
+        description="Serve the run under DEST (a directory or s3://bucket/prefix) to the "
+        "browser: a gallery with filters, each recording's spectrogram and CAMs with axes in s "
+        "and Hz, its evidence boxes and its sound. Reads with this machine's credentials; the "
+        "browser never sees them.",
+    )
+    view.add_argument("dest", metavar="DEST", help="directory or s3://bucket/prefix of a run")
+    view.add_argument("--host", default="127.0.0.1", help="address to bind [default 127.0.0.1]")
+    view.add_argument("--port", type=int, default=8765, help="port [default 8765]")
+    view.add_argument(
+        "--token",
+        default=None,
+        help="require this token (open the printed URL once; a cookie keeps it) "
+        "[ECHOCAM_VIEW_TOKEN]",
+    )
+    _add_fields(view, Settings, ["s3_endpoint_url", "s3_region"], "storage")
+    view.set_defaults(func=cmd_view)
+
+    rep = sub.add_parser(
+        "report",
+        help="write a static, self-contained report.html into the run under DEST",
+    )
+    rep.add_argument("dest", metavar="DEST", help="directory or s3://bucket/prefix of a run")
+    _add_fields(rep, Settings, ["s3_endpoint_url", "s3_region"], "storage")
+    rep.set_defaults(func=cmd_report)
     return parser
 
 

@@ -1,0 +1,337 @@
+"""``echocam view``: the standard library's threading HTTP server over one run.
+
+Routes (GET and HEAD only):
+
+``/``, ``/detections``, ``/failed``, ``/rec?key=SOURCE``
+    pages (:mod:`echocam.view.pages`);
+``/file/KEY``
+    an output under the run (``record.json``, ``cam.npz``, PNGs, tables), checked by
+    :func:`echocam.view.data.safe_key`;
+``/tile?key=PNG&z=&i=``, ``/thumb?key=PNG&cols=``, ``/crop?key=SOURCE&t=&class_id=``
+    pieces of the PNGs, cut here (:mod:`echocam.view.images`);
+``/audio?key=SOURCE``
+    the source recording of a record of this run, streamed from the input store with HTTP
+    range requests (206), the server's credentials staying on the server;
+``/colourbar/NAME.png``, ``/static/NAME``.
+
+Security: binds 127.0.0.1 unless told otherwise; on a loopback address requests must name a
+loopback Host (no DNS rebinding); with a token every request needs it (``?token=`` once sets an
+HttpOnly cookie); a strict Content-Security-Policy; no path reaches outside the run.
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import re
+import sys
+import threading
+import traceback
+from http import HTTPStatus
+from http.cookies import SimpleCookie
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from importlib import resources
+from typing import Any
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
+
+from echocam.view import pages
+from echocam.view.data import AUDIO_TYPES, BadKey, RunData, audio_type, safe_key
+from echocam.view.images import Images, colour_bar
+
+STATIC = {"view.css": "text/css; charset=utf-8", "view.js": "text/javascript; charset=utf-8"}
+CONTENT_TYPES = {
+    ".png": "image/png",
+    ".json": "application/json",
+    ".txt": "text/plain; charset=utf-8",
+    ".csv": "text/csv; charset=utf-8",
+    ".jsonl": "application/jsonl",
+    ".html": "text/html; charset=utf-8",
+}
+CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "media-src 'self'; connect-src 'self'; form-action 'self'; base-uri 'none'; "
+    "frame-ancestors 'none'"
+)
+COOKIE = "echocam_token"
+_STREAM_CHUNK = 1 << 20
+_RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+LOOPBACK_NAMES = {"localhost", "127.0.0.1", "::1"}
+
+
+def parse_range(header: str, size: int) -> tuple[int, int] | None | str:
+    """One ``bytes=`` range of an object of ``size`` bytes → (start, stop exclusive).
+
+    None when the header is not a single byte range (answered with the whole object, as RFC 9110
+    allows); ``"unsatisfiable"`` when it lies past the end (416).
+    """
+    m = _RANGE.match(header.strip())
+    if not m or m.groups() == ("", ""):
+        return None
+    first, last = m.groups()
+    if first == "":  # the last N bytes
+        n = int(last)
+        if n == 0:
+            return "unsatisfiable"
+        return max(0, size - n), size
+    start = int(first)
+    stop = size if last == "" else min(size, int(last) + 1)
+    if last != "" and int(last) < start:
+        return None
+    if start >= size:
+        return "unsatisfiable"
+    return start, stop
+
+
+class ViewServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, address, data: RunData, *, token: str | None = None, quiet=False):
+        super().__init__(address, Handler)
+        self.data = data
+        self.images = Images(data.get)
+        self.token = token or None
+        self.quiet = quiet
+        host = address[0]
+        try:
+            self.loopback = ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            self.loopback = host == "localhost"
+
+    @property
+    def url(self) -> str:
+        host, port = self.server_address[:2]
+        return f"http://{host}:{port}/"
+
+
+class Handler(BaseHTTPRequestHandler):
+    server: ViewServer
+    protocol_version = "HTTP/1.1"
+    server_version = "echocam-view"
+    sys_version = ""
+
+    # plumbing
+    def log_message(self, format: str, *args: Any) -> None:
+        if not self.server.quiet:
+            sys.stderr.write(f"{self.address_string()} {format % args}\n")
+
+    def log_request(self, code: Any = "-", size: Any = "-") -> None:
+        # never the query: it may hold the token
+        path = self._target()[0] if hasattr(self, "path") else "-"
+        self.log_message('"%s %s" %s %s', self.command, path, code, size)
+
+    def _headers(self, status: int, ctype: str, length: int, extra: dict[str, str] | None = None):
+        self.send_response(status)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(length))
+        self.send_header("Content-Security-Policy", CSP)
+        self.send_header("X-Content-Type-Options", "nosniff")
+        self.send_header("Referrer-Policy", "no-referrer")
+        self.send_header("Cross-Origin-Resource-Policy", "same-origin")
+        for k, v in (extra or {}).items():
+            self.send_header(k, v)
+        self.end_headers()
+
+    def send(self, status: int, body: bytes, ctype: str, **extra: str) -> None:
+        headers = {"Cache-Control": "no-cache"}
+        headers.update({k.replace("_", "-"): v for k, v in extra.items()})
+        self._headers(status, ctype, len(body), headers)
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def fail(self, status: HTTPStatus, message: str = "") -> None:
+        text = f"{status.value} {status.phrase}{': ' + message if message else ''}\n"
+        self.send(status, text.encode(), "text/plain; charset=utf-8")
+
+    def do_HEAD(self) -> None:
+        self.do_GET()
+
+    def do_GET(self) -> None:
+        try:
+            if not self._allowed():
+                return
+            self._route()
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the browser went away (media elements abort requests all the time)
+        except (BadKey, FileNotFoundError, KeyError, IndexError):
+            self.fail(HTTPStatus.NOT_FOUND)
+        except ValueError:  # a malformed number in the query
+            self.fail(HTTPStatus.BAD_REQUEST)
+        except Exception:  # details in the server's log, never to the browser
+            traceback.print_exc(file=sys.stderr)
+            self.fail(HTTPStatus.INTERNAL_SERVER_ERROR)
+
+    def _allowed(self) -> bool:
+        if self.server.loopback:
+            host = self.headers.get("Host", "")
+            name = urlsplit("//" + host).hostname if host else None
+            if name not in LOOPBACK_NAMES:
+                self.fail(HTTPStatus.FORBIDDEN, "this viewer answers to localhost only")
+                return False
+        token = self.server.token
+        if token is None:
+            return True
+        path, raw_query = self._target()
+        query = dict(parse_qsl(raw_query))
+        cookie = SimpleCookie(self.headers.get("Cookie", ""))
+        given = [
+            query.get("token", ""),
+            cookie[COOKIE].value if COOKIE in cookie else "",
+            self.headers.get("Authorization", "").removeprefix("Bearer "),
+        ]
+        if not any(g and hmac.compare_digest(g.encode(), token.encode()) for g in given):
+            self.fail(HTTPStatus.UNAUTHORIZED, "open the URL with ?token=... once")
+            return False
+        if "token" in query:  # once: keep it in a cookie and out of the address bar
+            rest = urlencode([(k, v) for k, v in parse_qsl(raw_query) if k != "token"])
+            self.send_response(HTTPStatus.SEE_OTHER)
+            here = "/" + path.lstrip("/")  # never "//host": no open redirect
+            self.send_header("Location", here + (f"?{rest}" if rest else ""))
+            self.send_header("Set-Cookie", f"{COOKIE}={token}; HttpOnly; SameSite=Strict; Path=/")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return False
+        return True
+
+    # routes
+    def _target(self) -> tuple[str, str]:
+        """(path, query) of the request target, the path still percent-encoded."""
+        target = self.path
+        if target.startswith(("http://", "https://")):  # absolute-form
+            url = urlsplit(target)
+            return url.path, url.query
+        path, _, query = target.partition("?")
+        return path, query.partition("#")[0]
+
+    def _route(self) -> None:
+        path, raw_query = self._target()
+        query = dict(parse_qsl(raw_query, keep_blank_values=True))
+        query.pop("token", None)
+        data = self.server.data
+        html = "text/html; charset=utf-8"
+        if path == "/":
+            self.send(200, pages.gallery(data, query), html)
+        elif path == "/detections":
+            self.send(200, pages.detections(data, query), html)
+        elif path == "/failed":
+            self.send(200, pages.failed(data, query), html)
+        elif path == "/rec":
+            body = pages.recording(data, query.get("key", ""))
+            if body is None:
+                self.fail(HTTPStatus.NOT_FOUND, "no record for that key in this run")
+            else:
+                self.send(200, body, html)
+        elif path.startswith("/file/"):
+            self._file(unquote(path[len("/file/") :]))
+        elif path == "/tile":
+            key = safe_key(query["key"], suffixes=(".png",))
+            body = self.server.images.tile(key, int(query["z"]), int(query["i"]))
+            self.send(200, body, "image/png", Cache_Control="private, max-age=3600")
+        elif path == "/thumb":
+            key = safe_key(query["key"], suffixes=(".png",))
+            cols = int(query.get("cols", "3308"))
+            body = self.server.images.thumbnail(key, columns=cols)
+            self.send(200, body, "image/png", Cache_Control="private, max-age=3600")
+        elif path == "/crop":
+            self._crop(query)
+        elif path == "/audio":
+            self._audio(query.get("key", ""))
+        elif path.startswith("/colourbar/") and path.endswith(".png"):
+            name = path[len("/colourbar/") : -4]
+            if name not in ("magma", "plasma"):
+                raise KeyError(name)
+            self.send(200, colour_bar(name), "image/png", Cache_Control="max-age=86400")
+        elif path.startswith("/static/") and path[len("/static/") :] in STATIC:
+            name = path[len("/static/") :]
+            body = resources.files(__package__).joinpath("static", name).read_bytes()
+            self.send(200, body, STATIC[name])
+        else:
+            self.fail(HTTPStatus.NOT_FOUND)
+
+    def _file(self, key: str) -> None:
+        body = self.server.data.get(safe_key(key))
+        ext = "." + key.rsplit(".", 1)[-1].lower()
+        ctype = CONTENT_TYPES.get(ext, "application/octet-stream")
+        name = key.rsplit("/", 1)[-1].replace('"', "")
+        disposition = "inline" if ext in (".png", ".json", ".txt") else "attachment"
+        self.send(200, body, ctype, Content_Disposition=f'{disposition}; filename="{_ascii(name)}"')
+
+    def _crop(self, query: dict[str, str]) -> None:
+        from echocam.view.report import detection_crop
+
+        data = self.server.data
+        record = data.record(query["key"])
+        if record is None:
+            raise KeyError(query["key"])
+        body = detection_crop(
+            self.server.images, record, data.params(), float(query["t"]), int(query["class_id"])
+        )
+        if body is None:
+            raise KeyError("no such detection")
+        self.send(200, body, "image/png", Cache_Control="private, max-age=3600")
+
+    def _audio(self, source_key: str) -> None:
+        """Stream the source of one of this run's records, honouring a byte range."""
+        ctype = audio_type(source_key)
+        if ctype is None:
+            raise KeyError(source_key)
+        safe_key(source_key, suffixes=tuple(AUDIO_TYPES))  # a plain relative key
+        if self.server.data.record(source_key) is None:  # only recordings of this run
+            raise KeyError(source_key)
+        store = self.server.data.input_store()
+        try:
+            size = store.head(source_key).size
+        except ValueError as e:  # a local key that resolves outside the input directory
+            raise BadKey(source_key) from e
+        header = self.headers.get("Range")
+        span = parse_range(header, size) if header else None
+        common = {"Accept-Ranges": "bytes", "Cache-Control": "private, max-age=0"}
+        if span == "unsatisfiable":
+            self._headers(416, "text/plain", 0, {**common, "Content-Range": f"bytes */{size}"})
+            return
+        if span is None:
+            start, stop, status = 0, size, 200
+        else:
+            start, stop = span
+            status = 206
+            common["Content-Range"] = f"bytes {start}-{stop - 1}/{size}"
+        self._headers(status, ctype, stop - start, common)
+        if self.command == "HEAD":
+            return
+        for at in range(start, stop, _STREAM_CHUNK):
+            self.wfile.write(store.get_range(source_key, at, min(stop, at + _STREAM_CHUNK)))
+
+
+def _ascii(name: str) -> str:
+    return name.encode("ascii", "replace").decode().replace("?", "_")
+
+
+def make_server(
+    uri: str,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8765,
+    token: str | None = None,
+    client_factory=None,
+    quiet: bool = False,
+) -> ViewServer:
+    data = RunData.open(uri, client_factory=client_factory)
+    return ViewServer((host, port), data, token=token, quiet=quiet)
+
+
+def serve(uri: str, **kwargs: Any) -> None:
+    """Serve the run at ``uri`` until interrupted."""
+    server = make_server(uri, **kwargs)
+    url = server.url + (f"?token={kwargs['token']}" if kwargs.get("token") else "")
+    print(f"echocam view: serving {server.data.store.uri} at {url}", flush=True)
+    try:
+        server.serve_forever()
+    finally:
+        server.server_close()
+        server.data.close()
+
+
+def start_in_thread(server: ViewServer) -> threading.Thread:
+    """Serve in a daemon thread (tests, notebooks); ``server.shutdown()`` stops it."""
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    return thread
