@@ -494,7 +494,8 @@ def test_producer_requirements_follow_pyproject():
         "isal",
         "scipy",
     }
-    assert set(deps) - set(slim) == model_stack, "decide: slim image or model stack?"
+    viewer = {"duckdb"}  # echocam view/report run from a full install (they cut tiles with Pillow)
+    assert set(deps) - set(slim) == model_stack | viewer, "decide: slim image or model stack?"
 
 
 def test_hadolint():
