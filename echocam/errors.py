@@ -45,6 +45,10 @@ class UnsafeKey(EchoCamError):
     code = "unsafe_key"
 
 
+class InvalidParams(EchoCamError):
+    code = "invalid_params"
+
+
 class DownloadFailed(EchoCamError):
     code = "download_failed"
 
@@ -67,6 +71,7 @@ ERROR_CODES: dict[str, str] = {
     "timeout": "the task exceeded its soft time limit",
     "worker_lost": "the task crashed its worker process on every delivery (poison task)",
     "model_mismatch": "the worker's model differs from the run's model",
+    "invalid_params": "the run's parameters ask what the model cannot answer (--classes, --top-k)",
     "internal": "an unexpected error; the message has the details",
 }
 

@@ -4,6 +4,7 @@
 - ``{"crash": "SUBSTR"}`` ends the pool process (``os._exit``) when a task holds a key containing
   SUBSTR, as a segfaulting decoder would;
 - ``{"sleep": {"SUBSTR": S}}`` sleeps S seconds before such a task's work, as a hung read would;
+- ``{"raise": "SUBSTR"}`` raises a RuntimeError in such a task, as a bug or a device error would;
 - ``{"send_delay": S}`` makes the producer pause S seconds after each task it sends.
 Never set in production.  Here, not in ``worker/``, because the producer calls
 :func:`after_send` and imports nothing from the worker.
@@ -30,6 +31,9 @@ def before_task(keys: list[str]) -> None:
     if crash and any(crash in k for k in keys):
         log.warning("echocam fault: crashing pool process %d on %s", os.getpid(), keys)
         os._exit(70)
+    fail = faults.get("raise")
+    if fail and any(fail in k for k in keys):
+        raise RuntimeError(f"echocam fault: an unexpected error on {keys}")
     for substr, seconds in (faults.get("sleep") or {}).items():
         if any(substr in k for k in keys):
             log.warning("echocam fault: sleeping %s s in pid %d on %s", seconds, os.getpid(), keys)

@@ -59,6 +59,7 @@ def run_local(
     """
     set_threads(settings.threads)
     model = load(settings)
+    params.class_ids(model.class_names)  # the model can answer them, or stop before run.json
     src, dst = _stores(source, dest, settings)
     run = runs.describe(
         model=model.identity, params=params, input_uri=src.uri, output_uri=dst.uri, mode="local"

@@ -97,7 +97,8 @@ class Explainer:
             self.net = torch.compile(self.net)
         self.frontend = FrontEnd(params, self.device)
         self.plasma = colormaps.table("plasma", self.device)
-        self.class_ids = _class_ids(params.classes, model.class_names)
+        ids = params.class_ids(model.class_names)
+        self.class_ids = None if ids is None else torch.tensor(ids, dtype=torch.int64)
         self.fingerprint = fingerprint(params, model.sha256)
 
     @classmethod
@@ -287,13 +288,3 @@ class Explainer:
             "encode": round(time.perf_counter() - t0, 4),
         }
         return result
-
-
-def _class_ids(classes: Sequence[str], names: Sequence[str]) -> torch.Tensor | None:
-    if not classes:
-        return None
-    lookup = {n: i for i, n in enumerate(names)}
-    missing = [c for c in classes if c not in lookup]
-    if missing:
-        raise ValueError(f"unknown classes {missing}; the model's classes include {names[:5]}...")
-    return torch.tensor([lookup[c] for c in classes], dtype=torch.int64)

@@ -193,22 +193,29 @@ def record_failures(
     items: Sequence[ObjectInfo],
     *,
     dst: Store,
-    explainer: Explainer,
+    model: dict,
+    fingerprint: str,
     run_id: str,
     code: str,
     message: str,
 ) -> list[Outcome]:
-    """Write failed records with ``code`` for the items not done yet (timeouts, poison tasks)."""
+    """Write failed records with ``code`` for the items not done yet (timeouts, poison tasks).
+
+    ``model`` is the identity of the model the records name, ``fingerprint`` the run's as this
+    worker computes it: no explainer is needed (it may be what could not be built).
+    """
     outcomes, todo = _pending(
         items,
         dst=dst,
-        fingerprint=explainer.fingerprint,
+        fingerprint=fingerprint,
         run_id=run_id,
         redo=RESUME,  # a current record stays, even under --force: a timeout never replaces it
         pool=_SERIAL,
     )
     for it, old in todo:
-        base = explainer.base_record(it.key, size=it.size, etag=it.etag)
+        base = records.new(
+            source_key=it.key, size=it.size, etag=it.etag, model=model, fingerprint=fingerprint
+        )
         res = Result(records.failed(base, code=code, message=message))
         outcomes[it.key] = _write(dst, res, run_id=run_id, replace=old is not None)
     return [outcomes[it.key] for it in items]

@@ -11,8 +11,11 @@ import dataclasses
 import hashlib
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from typing import Any, Self, get_type_hints
+
+from echocam.errors import InvalidParams
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3")
 
@@ -79,6 +82,26 @@ class Params:
             "max_duration_s": self.max_duration_s,
             "max_bytes": self.max_bytes,
         }
+
+    def class_ids(self, class_names: Sequence[str]) -> list[int] | None:
+        """Ids of ``classes`` among a model's ``class_names`` (None: explain the top-k).
+
+        Raises :class:`~echocam.errors.InvalidParams` when the model cannot answer these
+        parameters: a class it does not know, or a top-k above its number of classes.
+        """
+        if self.top_k > len(class_names):
+            raise InvalidParams(
+                f"top_k {self.top_k} is above the model's {len(class_names)} classes"
+            )
+        if not self.classes:
+            return None
+        lookup = {n: i for i, n in enumerate(class_names)}
+        missing = [c for c in self.classes if c not in lookup]
+        if missing:
+            raise InvalidParams(
+                f"unknown classes {missing}; the model's classes include {list(class_names[:5])}"
+            )
+        return [lookup[c] for c in self.classes]
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)

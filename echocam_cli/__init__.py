@@ -155,6 +155,9 @@ def cmd_produce(args: argparse.Namespace) -> int:
         model = {"arch": "resnet18", "sha256": args.model_sha256, "weights": settings.weights}
     else:
         model = workers.model_identity(app, queue=settings.queue, timeout=args.describe_timeout)
+        names = model.pop("class_names", None)
+        if isinstance(names, list):
+            params.class_ids(names)  # stop here, not in every task, if the model can't answer
     src, dst = store(args.source), store(args.out)
     common = dict(model=model, params=params, settings=settings, redo=redo, limit=args.limit)
     if args.dry_run:

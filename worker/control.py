@@ -19,6 +19,6 @@ def echocam_model(panel) -> dict:
         return {"model": None, "queues": queues}
     return {
         "model": state.model.identity,
-        "class_names": len(state.model.class_names),
+        "class_names": list(state.model.class_names),
         "queues": queues,
     }

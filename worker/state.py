@@ -54,11 +54,16 @@ def init_process() -> None:
     log.info("echocam: process ready on %s with %d threads", ex.device, n)
 
 
-@cache
-def explainer(params: Params) -> Explainer:
+def loaded_model() -> LoadedModel:
     if model is None:
         raise RuntimeError("worker model not loaded (worker_init did not run)")
-    return Explainer.from_settings(model, params, settings, pool=pool())
+    return model
+
+
+@cache
+def explainer(params: Params) -> Explainer:
+    """This process's explainer for ``params`` (raises InvalidParams if the model can't)."""
+    return Explainer.from_settings(loaded_model(), params, settings, pool=pool())
 
 
 @cache

@@ -16,8 +16,9 @@ from redis.exceptions import RedisError
 
 from echocam import faults, progress, protocol
 from echocam.chunking import chunked
+from echocam.errors import InvalidParams
 from echocam.runner import Outcome, record_failures, run_chunks
-from echocam.settings import Params
+from echocam.settings import Params, fingerprint
 from echocam.storage import ObjectInfo
 from worker import state
 from worker.app import app, settings
@@ -75,20 +76,28 @@ def process(self, items: list[list], message: dict) -> dict:
     run, redo = protocol.decode_run(message)
     r = state.redis()
     dst = state.store(run["output"])
-    explainer = state.explainer(Params.from_dict(run["params"]))
+    params = Params.from_dict(run["params"])
+    model = state.loaded_model()
+    fp = fingerprint(params, model.sha256)
     task_id = self.request.id
 
     def fail_all(code: str, message: str) -> list[Outcome]:
         return record_failures(
-            infos, dst=dst, explainer=explainer, run_id=run["run_id"], code=code, message=message
+            infos,
+            dst=dst,
+            model=model.identity,
+            fingerprint=fp,
+            run_id=run["run_id"],
+            code=code,
+            message=message,
         )
 
     deliveries = r.incr(f"echocam:deliveries:{task_id}:{self.request.retries}")
     r.expire(f"echocam:deliveries:{task_id}:{self.request.retries}", progress.TTL_S)
-    if explainer.fingerprint != run["fingerprint"]:
+    if fp != run["fingerprint"]:
         outcomes = fail_all(
             "model_mismatch",
-            f"worker model {explainer.model.sha256[:12]} does not match the run's "
+            f"worker model {model.sha256[:12]} does not match the run's "
             f"{run['model']['sha256'][:12]}",
         )
     elif deliveries > settings.max_deliveries:
@@ -99,6 +108,7 @@ def process(self, items: list[list], message: dict) -> dict:
         )
     else:
         try:
+            explainer = state.explainer(params)
             faults.before_task([it.key for it in infos])
             # Two chunks: the second is read and decoded while the first is on the device, the
             # first encoded and written while the second is; each still fills device batches.
@@ -111,6 +121,8 @@ def process(self, items: list[list], message: dict) -> dict:
                 redo=redo,
                 pool=state.pool(),
             )
+        except InvalidParams as e:  # the run asks what this model cannot answer
+            outcomes = fail_all(e.code, e.message)
         except SoftTimeLimitExceeded:
             outcomes = fail_all(
                 "timeout", f"task exceeded its soft time limit of {settings.task_soft_time_limit} s"
