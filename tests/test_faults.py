@@ -21,20 +21,20 @@ from collections import Counter
 
 import pytest
 import soundfile as sf
-from conftest import RECORDINGS, needs_shared, wav_bytes
+from conftest import recordings, wav_bytes
 
 from devtools.faultproxy import FaultProxy, Rule
 from devtools.services import RedisServer, SeaweedS3, wait_for
 from devtools.stack import ROOT, Worker, echocam
 
-pytestmark = [pytest.mark.slow, needs_shared]
+pytestmark = pytest.mark.slow
 BUCKET = "faults"
 QUEUE = "echocam-faults"
 
 
 def clips(n: int, seconds: float = 3.0) -> list[bytes]:
     """``n`` distinct real-audio clips cut from the shared 22 kHz soundscapes."""
-    files = sorted(RECORDINGS.glob("S4A*.wav"))
+    files = [p for p in recordings() if p.name.startswith("S4A")]  # samples/ has two
     out = []
     for i in range(n):
         y, sr = sf.read(files[i % len(files)], dtype="float32")
