@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Collection
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -14,7 +15,7 @@ from echocam.chunking import chunked
 from echocam.model import LoadedModel, load_model
 from echocam.pipeline import Explainer
 from echocam.runner import run_chunks
-from echocam.settings import Params, Settings
+from echocam.settings import Params, Settings, params_for_model
 from echocam.storage import client_factory, open_store
 
 
@@ -45,10 +46,16 @@ def run_local(
     settings: Settings,
     force: bool = False,
     progress: bool = True,
+    explicit: Collection[str] | None = None,
 ) -> dict[str, Any]:
-    """Explain every audio object under ``source`` into ``dest``; returns the run's summary."""
+    """Explain every audio object under ``source`` into ``dest``; returns the run's summary.
+
+    A trained checkpoint's model-input parameters replace those of ``params`` not named in
+    ``explicit`` (None: all are; see ``echocam.settings.params_for_model``).
+    """
     set_threads(settings.threads)
     model = load(settings)
+    params = params_for_model(params, model.params, explicit=explicit)
     src = open_store(source, client_factory=client_factory(settings))
     dst = open_store(dest, client_factory=client_factory(settings))
     run = runs.describe(

@@ -15,6 +15,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 from redis.exceptions import RedisError
 
 from echocam.chunking import chunked
+from echocam.errors import ParamsMismatch
 from echocam.runner import Outcome, record_failures, run_chunks
 from echocam.settings import Params
 from echocam.storage import ObjectInfo
@@ -73,7 +74,10 @@ def process(self, items: list[list], run: dict) -> dict:
     infos = [ObjectInfo(k, size, etag) for k, size, etag in items]
     r = state.redis()
     dst = state.store(run["output"])
-    explainer = state.explainer(Params.from_dict(run["params"]))
+    try:
+        explainer, mismatch = state.explainer(Params.from_dict(run["params"])), ""
+    except ParamsMismatch as e:  # records are still written, by the model's own front end
+        explainer, mismatch = state.explainer(Params.from_dict(state.model.params)), e.message
     task_id = self.request.id
 
     def fail_all(code: str, message: str) -> list[Outcome]:
@@ -83,7 +87,11 @@ def process(self, items: list[list], run: dict) -> dict:
 
     deliveries = r.incr(f"echocam:deliveries:{task_id}:{self.request.retries}")
     r.expire(f"echocam:deliveries:{task_id}:{self.request.retries}", progress.TTL_S)
-    if explainer.fingerprint != run["fingerprint"]:
+    if mismatch:
+        outcomes = fail_all(
+            "model_mismatch", f"worker model {explainer.model.sha256[:12]}: {mismatch}"
+        )
+    elif explainer.fingerprint != run["fingerprint"]:
         outcomes = fail_all(
             "model_mismatch",
             f"worker model {explainer.model.sha256[:12]} does not match the run's "
