@@ -2,10 +2,11 @@
 
 Three call types with different time-frequency shapes stand for three species:
 
-- ``whistle``: a tonal whistle, one frequency held for 0.5-0.9 s with a slow vibrato;
-- ``upsweep``: a fast exponential up-sweep over 1-1.6 octaves in 0.2-0.4 s;
-- ``trill``: a pulse train, 6-9 short (20 ms) pips each sweeping down 1.5-2.5 kHz, at 9-14
-  pulses per second.
+- ``whistle``: a tonal whistle, one frequency held for 0.7-1.3 s with a slow vibrato (a long thin
+  horizontal line);
+- ``upsweep``: a fast exponential up-sweep over 1-1.6 octaves in 0.2-0.4 s (a diagonal);
+- ``trill``: a pulse train, 6-9 short (25 ms) pips each sweeping down 3-4.5 kHz, at 8-12
+  pulses per second (a tall block of ticks).
 
 Their frequency ranges overlap (all between 1.5 and 9 kHz), so a model must learn the shapes,
 not a frequency band.  Each call is added to a stretch of a real field recording (the
@@ -41,6 +42,8 @@ SPECIES: dict[str, str] = {
     "Synthetica trillans": "trill",
 }
 CALL_TYPES = tuple(SPECIES.values())
+#: the class of clips without any call (background only)
+NOISE_CLASS = "Background"
 
 
 @dataclass(frozen=True)
@@ -122,7 +125,7 @@ def call_waveform(
     """
     sr = sample_rate
     if kind == "whistle":
-        dur, f0 = rng.uniform(0.5, 0.9), rng.uniform(2000.0, 6000.0)
+        dur, f0 = rng.uniform(0.7, 1.3), rng.uniform(2000.0, 6000.0)
         depth, rate = rng.uniform(40.0, 120.0), rng.uniform(3.0, 6.0)
         t = np.arange(int(dur * sr)) / sr
         phase = 2 * np.pi * f0 * t - depth / rate * np.cos(2 * np.pi * rate * t)
@@ -137,14 +140,14 @@ def call_waveform(
         y = np.sin(phase) * _envelope(t.size, ramp=int(0.01 * sr))
         return y, f_lo, f_hi
     if kind == "trill":
-        # a train of short down-sweeping pips: a block of near-vertical ticks
+        # a train of short pips each sweeping far down: a tall block of near-vertical ticks
         f_hi, rate, pulses = (
-            rng.uniform(4500.0, 9000.0),
-            rng.uniform(9.0, 14.0),
+            rng.uniform(5500.0, 9500.0),
+            rng.uniform(8.0, 12.0),
             rng.integers(6, 10),
         )
-        f_lo = f_hi - rng.uniform(1500.0, 2500.0)
-        pip, period = int(0.02 * sr), int(sr / rate)
+        f_lo = f_hi - rng.uniform(3000.0, 4500.0)
+        pip, period = int(0.025 * sr), int(sr / rate)
         tp = np.arange(pip) / sr
         f = f_hi + (f_lo - f_hi) * tp / tp[-1]  # linear down-sweep within each pip
         shape = np.sin(2 * np.pi * np.cumsum(f) / sr) * np.hanning(pip)
@@ -180,7 +183,9 @@ def make_clip(
         bg = np.tile(bg, -(-n // bg.size))
     off = int(rng.integers(0, bg.size - n + 1))
     noise = bg[off : off + n].astype(np.float64)
-    kind = SPECIES[species]
+    kind = SPECIES.get(species, "")
+    if n_calls and not kind:
+        raise ValueError(f"unknown species {species!r}; known: {list(SPECIES)}")
     signal = np.zeros(n)
     calls: list[Call] = []
     for k in range(n_calls):
@@ -188,7 +193,7 @@ def make_clip(
         lo_s, hi_s = (0.1, duration_s - 0.1)
         if k == 0 and first_span_s is not None:
             lo_s, hi_s = first_span_s
-        for _attempt in range(50):
+        for _attempt in range(2000):
             start = rng.uniform(lo_s, hi_s - y.size / sr)
             end = start + y.size / sr
             if all(end + 0.1 < c.start_s or start > c.end_s + 0.1 for c in calls):
@@ -199,9 +204,11 @@ def make_clip(
         signal[i : i + y.size] += y
         calls.append(Call(kind, i / sr, (i + y.size) / sr, float(low), float(high)))
     active = signal != 0
-    rms_call = np.sqrt(np.mean(signal[active] ** 2))
-    rms_bg = np.sqrt(np.mean(noise**2)) or 1e-4
-    mix = noise + signal * (rms_bg / rms_call) * 10 ** (snr_db / 20)
+    mix = noise.copy()
+    if calls:
+        rms_call = np.sqrt(np.mean(signal[active] ** 2))
+        rms_bg = np.sqrt(np.mean(noise**2)) or 1e-4
+        mix += signal * (rms_bg / rms_call) * 10 ** (snr_db / 20)
     mix *= 0.9 / np.abs(mix).max()
     calls.sort(key=lambda c: c.start_s)
     return Clip(species, mix.astype(np.float32), calls, background.name, float(snr_db))
@@ -219,19 +226,24 @@ def write_species(
     snr_db: tuple[float, float] = (0.0, 12.0),
     species: Sequence[str] = tuple(SPECIES),
     prefix: str = "clip",
+    noise_class: str | None = NOISE_CLASS,
 ) -> list[Clip]:
     """Write ``root/<species>/<prefix>-<i>.wav`` and ``root/calls.csv`` (one row per call).
 
-    Backgrounds are used in turn, SNRs drawn uniformly from ``snr_db``.  For a clip longer than
+    ``noise_class`` (None: none) is a folder of as many clips with no call at all: a model
+    must then find each species' own call, not tell a species by the absence of the others'
+    (a class learned by exclusion has no evidence to point at).  Backgrounds are used in turn,
+    SNRs drawn uniformly from ``snr_db``.  For a clip longer than
     ``window_s`` the first call lies in the stretch every ``window_s`` crop holds, so any crop
     of a training window contains at least one whole call.
     """
     root = Path(root)
     rng = np.random.default_rng(seed)
     clips: list[Clip] = []
+    classes = [*species, *([noise_class] if noise_class else [])]
     for i in range(per_class):
-        for s in species:
-            bg = backgrounds[(i * len(species) + list(species).index(s)) % len(backgrounds)]
+        for k, s in enumerate(classes):
+            bg = backgrounds[(i * len(classes) + k) % len(backgrounds)]
             span = None
             if duration_s > window_s:
                 span = (duration_s - window_s + 0.05, window_s - 0.05)
@@ -241,7 +253,7 @@ def write_species(
                 rng=rng,
                 duration_s=duration_s,
                 snr_db=float(rng.uniform(*snr_db)),
-                n_calls=n_calls,
+                n_calls=n_calls if s in SPECIES else 0,
                 first_span_s=span,
             )
             clip.name = f"{s}/{prefix}-{i:04d}.wav"
@@ -257,9 +269,9 @@ def write_calls_csv(path: str | Path, clips: Sequence[Clip]) -> None:
     """One row per call: key, species, kind, start_s, end_s, low_hz, high_hz, background, snr."""
     with Path(path).open("w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["key", "species", *asdict(clips[0].calls[0]).keys(), "background", "snr_db"])
+        w.writerow(["key", "species", *Call.__dataclass_fields__, "background", "snr_db"])
         for clip in clips:
-            for c in clip.calls:
+            for c in clip.calls:  # a noise clip has none
                 w.writerow(
                     [
                         clip.name,
