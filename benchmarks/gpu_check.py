@@ -10,7 +10,10 @@
 5. local mode in 1 / 4 / 8 processes sharing the device (as worker processes would);
 6. speed-ups, at one batch in bf16: ``cudnn.benchmark`` and batch norm folded into the
    convolutions (not in the pipeline), ``torch.compile`` of the hooked model (``--compile``) and
-   of a hook-free forward with folded batch norm (last: compiling is the likeliest to fail).
+   of a hook-free forward with folded batch norm;
+7. training (``bench_train.measure``): ``echocam train``'s loader, front end and step at batch
+   256 in bf16 on synthetic species clips, next to the bare step (target >= 5,000 windows/s on
+   an H100, training / bare >= 0.8).
 
 Writes ``$OUT/gpu_check.json`` (``--out``, default $OUT or ./benchmarks/results).  Each part
 records its own error and the rest still run; the exit status is 1 if any part failed, 2 if
@@ -398,6 +401,27 @@ def _brief(row: dict) -> str:
     return ", ".join(f"{k} {row[k]:.3g}" for k in keys if isinstance(row.get(k), float | int))
 
 
+def training(device: torch.device, *, quick: bool) -> dict:
+    """``echocam train``'s data path and step (bf16, channels-last, batch 256) next to the bare
+    step, on synthetic species clips: target >= 5,000 training windows/s on an H100 with the
+    loader keeping up (training / bare >= 0.8, little time waiting for it)."""
+    import tempfile
+
+    import bench_train
+
+    with tempfile.TemporaryDirectory(prefix="echocam-gpu-train-") as tmp:
+        source = bench_train.write_clips(Path(tmp), clips=12 if quick else 192)
+        return bench_train.measure(
+            source,
+            device=str(device),
+            batch=4 if quick else 256,
+            batches=2 if quick else 20,
+            repeats=1 if quick else 3,
+            io_threads=4 if quick else max(4, os.cpu_count() or 4),
+            prefetch=4,
+        )
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cuda", help="cuda | cuda:N | cpu (cpu: a dry run)")
@@ -441,6 +465,7 @@ def main(argv: list[str] | None = None) -> int:
         ("local_run", lambda: local_run(device, out, timeout=240)),
         ("processes", lambda: processes(device, counts, windows)),
         ("candidates", lambda: candidates(device, batches[len(batches) // 2], iters)),
+        ("training", lambda: training(device, quick=quick)),
     ]
     if args.parts:
         parts = [part for part in parts if part[0] == "device" or part[0] in args.parts]

@@ -37,6 +37,12 @@ BENCHMARKS: dict[str, tuple[str, list[str], list[str]]] = {
     ),
     "png": ("bench_png.py", [], ["--recordings", "1", "--repeats", "1"]),
     "producer_memory": ("bench_producer_memory.py", [], ["--sizes", "1000", "10000"]),
+    "train": ("bench_train.py", [], ["--batches", "2", "--repeats", "1", "--clips", "12"]),
+    "pointing": (
+        "bench_pointing.py",
+        [],
+        ["--train-per-class", "4", "--epochs", "1", "--heldout", "2"],
+    ),
     "gpu_check_cpu": (
         "gpu_check.py",
         ["--device", "cpu", "--quick"],
@@ -119,6 +125,22 @@ def headline(name: str, r: dict) -> list[list]:
             else:
                 row(metric, ratio, "~1 (flat)", "flat" if ratio < 1.5 else "grows")
             row(f"{path}: RSS growth MiB, large", g["rss_growth_mib_large"])
+    elif name == "train":
+        row("training windows/s (loader + front end + step)", r["train_windows_per_s"])
+        row("bare forward+backward+AdamW windows/s", r["bare_windows_per_s"])
+        ratio = r["train_over_bare"]
+        row("training / bare", ratio, ">= 0.8", C.verdict(ratio, 0.8))
+        row("time waiting for the loader", r["data_wait_fraction"])
+        row("peak RSS MiB", r["peak_rss_mib"])
+    elif name == "pointing":
+        row(
+            "held-out macro-F1",
+            r["heldout_macro_f1"],
+            ">= 0.9",
+            C.verdict(r["heldout_macro_f1"], 0.9),
+        )
+        pg = r["pointing_game"]
+        row("pointing game (CAM peak in the call's box)", pg, ">= 0.8", C.verdict(pg, 0.8))
     elif name == "gpu_check_cpu":
         n = len(r["errors"])
         row("dry run (--device cpu --quick) errors", n, "0", "meets" if n == 0 else "misses")

@@ -13,7 +13,7 @@ from PIL import Image
 
 from echocam.errors import from_code
 from echocam.pipeline import Explainer, Source
-from echocam.settings import Params, Settings
+from echocam.settings import Params, Settings, params_for_model
 
 
 @dataclass
@@ -28,10 +28,12 @@ class Explanation:
 
 
 @cache
-def _explainer(settings: Settings, params: Params) -> Explainer:
+def _explainer(settings: Settings, params: Params, explicit: frozenset[str]) -> Explainer:
     from echocam.local import load
 
-    return Explainer.from_settings(load(settings), params, settings)
+    model = load(settings)
+    params = params_for_model(params, model.params, explicit=explicit)
+    return Explainer.from_settings(model, params, settings)
 
 
 def explain_bytes(
@@ -45,9 +47,11 @@ def explain_bytes(
     """Explain audio ``data``; ``params`` are :class:`~echocam.settings.Params` fields.
 
     Raises an :class:`~echocam.errors.EchoCamError` (with ``.code``) for bad input.  The model
-    is loaded once per (weights, device, params) and reused.
+    is loaded once per (weights, device, params) and reused.  A trained checkpoint's analysis
+    parameters are used unless ``params`` names others (then ``ParamsMismatch``).
     """
-    explainer = _explainer(Settings(weights=weights, device=device), Params(**params))
+    settings = Settings(weights=weights, device=device)
+    explainer = _explainer(settings, Params(**params), frozenset(params))
     (result,) = explainer.explain([Source(name, data, len(data))])
     record = result.record
     if record["status"] != "ok":

@@ -57,6 +57,12 @@ class WeightsUnavailable(EchoCamError):
     code = "weights_unavailable"
 
 
+class ParamsMismatch(EchoCamError):
+    """A run asks for analysis parameters other than those its model was trained with."""
+
+    code = "params_mismatch"
+
+
 #: Every code a record may carry, with its meaning (README lists the same words).
 ERROR_CODES: dict[str, str] = {
     "empty": "the object has zero bytes",

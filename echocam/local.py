@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -17,7 +17,7 @@ from echocam.pipeline import Explainer
 from echocam.plan import Decision
 from echocam.protocol import RESUME, Redo
 from echocam.runner import run_chunks
-from echocam.settings import Params, Settings
+from echocam.settings import Params, Settings, params_for_model
 from echocam.storage import ObjectInfo, Store, client_factory, open_store
 
 
@@ -49,16 +49,20 @@ def run_local(
     redo: Redo = RESUME,
     limit: int | None = None,
     progress: bool = True,
+    explicit: Collection[str] | None = None,
 ) -> dict[str, Any]:
     """Explain the audio objects under ``source`` into ``dest``; returns the run's summary.
 
     ``source`` and ``dest`` are paths, ``s3://`` URIs or stores.  The listing is streamed:
     work starts with the first chunk, and the progress bar's total grows while the listing goes
     on.  ``redo`` says what to redo although done (``--force``, ``--retry-failed``); with
-    ``limit``, at most that many recordings that need work.
+    ``limit``, at most that many recordings that need work.  A trained checkpoint's model-input
+    parameters replace those of ``params`` not named in ``explicit`` (None: all are; see
+    ``echocam.settings.params_for_model``).
     """
     set_threads(settings.threads)
     model = load(settings)
+    params = params_for_model(params, model.params, explicit=explicit)
     params.class_ids(model.class_names)  # the model can answer them, or stop before run.json
     src, dst = _stores(source, dest, settings)
     run = runs.describe(
@@ -116,12 +120,15 @@ def dry_run(
     settings: Settings,
     redo: Redo = RESUME,
     limit: int | None = None,
+    explicit: Collection[str] | None = None,
 ) -> Iterator[Decision]:
     """What :func:`run_local` would explain and skip (and why), writing nothing anywhere.
 
     The model is loaded (its sha256 enters the fingerprint that says what is done).
     """
     model = load(settings)
+    params = params_for_model(params, model.params, explicit=explicit)
+    params.class_ids(model.class_names)
     src, dst = _stores(source, dest, settings)
     run = runs.describe(
         model=model.identity, params=params, input_uri=src.uri, output_uri=dst.uri, mode="dry-run"

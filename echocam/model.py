@@ -51,6 +51,9 @@ class LoadedModel:
     sha256: str
     weights: str  # "imagenet", "random", a path or an s3:// URI
     weights_kind: str  # "imagenet" | "random" | "checkpoint"
+    # The analysis parameters (``Params.to_dict()``) a trained checkpoint carries: inference
+    # must use its model-input fields (``echocam.settings.params_for_model``).  None: any.
+    params: dict | None = None
 
     @property
     def identity(self) -> dict[str, object]:
@@ -84,8 +87,11 @@ def load_model(weights: str, *, seed: int = 0, read_bytes=None) -> LoadedModel:
     ``weights`` is ``imagenet`` (torchvision IMAGENET1K_V1, from the torch hub cache or the
     network), ``random`` (seeded by ``seed``; marked as such in every output), a checkpoint
     path, or an ``s3://bucket/key`` URI read with ``read_bytes(uri) -> bytes``.  A checkpoint
-    holds ``{"state_dict", "class_names"}``; the fc layer is sized from the state dict.
+    holds ``{"state_dict", "class_names"}`` and, when ``echocam train`` wrote it, ``"params"``
+    (the analysis parameters it was trained with; see ``LoadedModel.params``) and more; the fc
+    layer is sized from the state dict.
     """
+    trained = None
     if weights == "imagenet":
         state, names, kind = _imagenet_state_dict(), _imagenet_classes(), "imagenet"
     elif weights == "random":
@@ -94,7 +100,7 @@ def load_model(weights: str, *, seed: int = 0, read_bytes=None) -> LoadedModel:
             state = resnet18(weights=None).state_dict()
         names, kind = [f"class_{i}" for i in range(1000)], "random"
     else:
-        state, names = _checkpoint(weights, read_bytes)
+        state, names, trained = _checkpoint(weights, read_bytes)
         kind = "checkpoint"
     num_classes = state["fc.weight"].shape[0]
     if len(names) != num_classes:
@@ -107,7 +113,7 @@ def load_model(weights: str, *, seed: int = 0, read_bytes=None) -> LoadedModel:
     except RuntimeError as e:
         raise WeightsUnavailable(f"{weights}: not a ResNet-18 state dict: {e}") from None
     net.requires_grad_(False)
-    return LoadedModel(net, list(names), state_dict_sha256(state), weights, kind)
+    return LoadedModel(net, list(names), state_dict_sha256(state), weights, kind, trained)
 
 
 def _imagenet_classes() -> list[str]:
@@ -137,7 +143,7 @@ def _imagenet_state_dict() -> dict[str, torch.Tensor]:
         ) from None
 
 
-def _checkpoint(weights: str, read_bytes) -> tuple[dict[str, torch.Tensor], list[str]]:
+def _checkpoint(weights: str, read_bytes) -> tuple[dict[str, torch.Tensor], list[str], dict | None]:
     try:
         if weights.startswith("s3://"):
             if read_bytes is None:
@@ -151,12 +157,13 @@ def _checkpoint(weights: str, read_bytes) -> tuple[dict[str, torch.Tensor], list
         raise
     except Exception as e:
         raise WeightsUnavailable(f"cannot load weights {weights!r}: {e}") from None
+    trained = None
     if isinstance(blob, dict) and "state_dict" in blob:
-        state, names = blob["state_dict"], blob.get("class_names")
+        state, names, trained = blob["state_dict"], blob.get("class_names"), blob.get("params")
     else:
         state, names = blob, None
     if not isinstance(state, dict) or "fc.weight" not in state:
         raise WeightsUnavailable(f"{weights}: expected a ResNet-18 state dict with fc.weight")
     if names is None:
         names = [f"class_{i}" for i in range(state["fc.weight"].shape[0])]
-    return state, list(names)
+    return state, list(names), trained

@@ -23,7 +23,7 @@ from echocam.frontend import FrontEnd, Planned, plan
 from echocam.model import LoadedModel
 from echocam.outputs import Result
 from echocam.records import Record
-from echocam.settings import Params, Settings, fingerprint
+from echocam.settings import Params, Settings, check_model_params, fingerprint
 
 
 @dataclass
@@ -82,6 +82,7 @@ class Explainer:
         compile_model: bool = False,
         pool: Executor | None = None,
     ):
+        check_model_params(params, model.params)  # a species model only at its own front end
         self.model, self.params = model, params
         self.device = resolve_device(device)
         self.cuda = self.device.type == "cuda"

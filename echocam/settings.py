@@ -11,11 +11,11 @@ import dataclasses
 import hashlib
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, fields
 from typing import Any, Self, get_type_hints
 
-from echocam.errors import InvalidParams
+from echocam.errors import InvalidParams, ParamsMismatch
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3")
 
@@ -119,6 +119,57 @@ class Params:
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None, **overrides: Any) -> Self:
         return _from_env(cls, environ, overrides)
+
+
+#: The ``Params`` fields that shape a window's model input: a species model is valid only at the
+#: values it was trained with (its checkpoint's ``params``).  The others (window hop, top-k,
+#: rendering, caps) only change which windows are explained and how the outputs look.
+MODEL_INPUT_FIELDS = (
+    "sample_rate",
+    "n_fft",
+    "hop_length",
+    "n_mels",
+    "fmin",
+    "fmax",
+    "top_db",
+    "window_seconds",
+)
+
+
+def params_for_model(
+    params: Params, trained: dict[str, Any] | None, *, explicit: Collection[str] | None = None
+) -> Params:
+    """``params`` with a model's training values of :data:`MODEL_INPUT_FIELDS` filled in.
+
+    ``trained`` is the ``params`` dict of a checkpoint (None: the model carries none, and
+    ``params`` is returned as is).  ``explicit`` names the fields the user asked for (flags,
+    environment); None means every field.  An explicit field whose value differs from the
+    trained one raises :class:`~echocam.errors.ParamsMismatch`; the others take the trained
+    value.
+    """
+    if not trained:
+        return params
+    wanted = {name: trained[name] for name in MODEL_INPUT_FIELDS if name in trained}
+    asked = set(MODEL_INPUT_FIELDS if explicit is None else explicit)
+    differ = {n: v for n, v in wanted.items() if n in asked and getattr(params, n) != v}
+    if differ:
+        raise ParamsMismatch(_mismatch_message(params, differ))
+    return dataclasses.replace(params, **wanted)
+
+
+def check_model_params(params: Params, trained: dict[str, Any] | None) -> None:
+    """Raise :class:`~echocam.errors.ParamsMismatch` if ``params`` differ from the training ones."""
+    params_for_model(params, trained, explicit=None)
+
+
+def _mismatch_message(params: Params, differ: dict[str, Any]) -> str:
+    pairs = ", ".join(f"{n} {getattr(params, n)!r} (trained: {v!r})" for n, v in differ.items())
+    flags = " ".join(f"--{n.replace('_', '-')} {v}" for n, v in differ.items())
+    return (
+        f"the model was trained with other analysis parameters: {pairs}. Its inputs would not "
+        f"be what it learned from; run without these settings (or with {flags}), or train a "
+        "model at the parameters you want"
+    )
 
 
 @dataclass(frozen=True)

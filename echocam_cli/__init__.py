@@ -55,6 +55,17 @@ def _settings(args: argparse.Namespace) -> Settings:
     return Settings.from_env(**_pick(args, Settings))
 
 
+def _explicit(args: argparse.Namespace) -> set[str]:
+    """Params fields the user set (flag or environment): a checkpoint's values fill the rest."""
+    import os
+
+    return {
+        name
+        for name in PARAM_FIELDS
+        if getattr(args, name, None) is not None or os.environ.get(env_name(name))
+    }
+
+
 def _redo(args: argparse.Namespace):
     from echocam.protocol import Redo
 
@@ -85,7 +96,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     from echocam import local
 
     common = dict(
-        params=_params(args), settings=_settings(args), redo=_redo(args), limit=args.limit
+        params=_params(args),
+        settings=_settings(args),
+        redo=_redo(args),
+        limit=args.limit,
+        explicit=_explicit(args),  # a checkpoint's analysis parameters fill the others
     )
     if args.dry_run:
         _print_dry_run(local.dry_run(args.source, args.out, **common))
@@ -146,6 +161,7 @@ def _producer_context(args: argparse.Namespace):
 def cmd_produce(args: argparse.Namespace) -> int:
     _env_from(args, Settings)
     from echocam import manifest, progress
+    from echocam.settings import params_for_model
     from producer import enqueue, status, workers
     from worker.app import app
 
@@ -155,7 +171,8 @@ def cmd_produce(args: argparse.Namespace) -> int:
         model = {"arch": "resnet18", "sha256": args.model_sha256, "weights": settings.weights}
     else:
         model = workers.model_identity(app, queue=settings.queue, timeout=args.describe_timeout)
-        names = model.pop("class_names", None)
+        names, trained = model.pop("class_names", None), model.pop("params", None)
+        params = params_for_model(params, trained, explicit=_explicit(args))
         if isinstance(names, list):
             params.class_ids(names)  # stop here, not in every task, if the model can't answer
     src, dst = store(args.source), store(args.out)
@@ -215,12 +232,150 @@ def cmd_view(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    import logging
+
+    from echocam.train.augment import Augment
+    from echocam.train.loop import TrainConfig, TrainInterrupted, train
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    config = TrainConfig(
+        source=args.source,
+        out=args.out,
+        labels=args.labels,
+        val=args.val,
+        val_labels=args.val_labels,
+        background=args.background,
+        init=args.init,
+        epochs=args.epochs,
+        batch_size=args.batch_size or 0,
+        lr=args.lr,
+        weight_decay=args.weight_decay,
+        warmup_epochs=args.warmup_epochs,
+        label_smoothing=args.label_smoothing,
+        val_fraction=args.val_fraction,
+        patience=args.patience,
+        epoch_windows=args.epoch_windows,
+        seed=args.seed or 0,
+        prefetch=args.prefetch,
+        augment=Augment() if args.augment else Augment.off(),
+    )
+    try:
+        result = train(
+            config,
+            params=_params(args),
+            settings=_settings(args),
+            resume=args.resume,
+            progress=not args.quiet,
+        )
+    except TrainInterrupted as e:
+        print(f"echocam train: interrupted: {e}", file=sys.stderr)
+        return 130
+    val = result["val"] or {}
+    print(
+        f"best epoch {result['best_epoch']} of {result['epochs_completed']}: validation "
+        f"macro-F1 {val.get('macro_f1', float('nan')):.3f}, accuracy "
+        f"{val.get('accuracy', float('nan')):.3f}; checkpoint {args.out} (metrics.json and "
+        f"confusion.png beside it); skipped {result['skipped'] or 'none'}"
+    )
+    return 0
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from echocam.storage import client_factory
     from echocam.view.report import write
 
     print(f"report: {write(args.dest, client_factory=client_factory(_settings(args)))}")
     return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from echocam.train.evaluate import evaluate
+
+    result = evaluate(
+        args.source,
+        out=args.out,
+        params=_params(args),
+        settings=_settings(args),
+        labels=args.labels,
+        explicit=_explicit(args),
+    )
+    print(
+        f"{result['examples']} examples ({result['windows']} windows): accuracy "
+        f"{result['accuracy']:.3f}, macro-F1 {result['macro_f1']:.3f}; skipped "
+        f"{result['skipped'] or 'none'}; metrics.json, confusion.json, confusion.png and "
+        f"predictions.csv under {args.out}"
+    )
+    return 0
+
+
+def _add_train(sub) -> None:
+    from echocam.settings import MODEL_INPUT_FIELDS
+
+    analysis = [*MODEL_INPUT_FIELDS, "hop_seconds", "max_duration_s", "max_bytes"]
+    storage = ["s3_endpoint_url", "s3_region", "s3_max_attempts", "page_size", "extensions"]
+    tr = sub.add_parser(
+        "train",
+        help="train a species model (ResNet-18) on folders of clips, one folder per class",
+        description="Fine-tune a ResNet-18 on the model inputs echocam computes (the same front "
+        "end as inference) from SOURCE: a directory or s3://bucket/prefix with one sub-folder "
+        "per class, or the keys of --labels. Writes the checkpoint after every epoch (the best "
+        "so far by validation macro-F1) with metrics.json and confusion.png beside it.",
+    )
+    tr.add_argument("source", metavar="SOURCE", help="directory or s3://bucket/prefix")
+    tr.add_argument("--out", required=True, metavar="CHECKPOINT", help="path or s3://bucket/key")
+    tr.add_argument("--labels", metavar="CSV", help="key,label[,start_s,end_s] rows (path/s3://)")
+    tr.add_argument("--val", metavar="SOURCE", help="validation source instead of a split")
+    tr.add_argument("--val-labels", metavar="CSV", help="labels CSV of --val")
+    tr.add_argument("--background", metavar="SOURCE", help="unlabelled recordings to mix in")
+    tr.add_argument(
+        "--init", default="imagenet", help="imagenet | random | PATH | s3://... [default imagenet]"
+    )
+    tr.add_argument("--epochs", type=int, default=30, help="most epochs [default 30]")
+    tr.add_argument("--batch-size", type=int, default=0, help="0: 256 on CUDA, 32 on CPU")
+    tr.add_argument("--lr", type=float, default=1e-3, help="AdamW peak learning rate [1e-3]")
+    tr.add_argument("--weight-decay", type=float, default=0.01, help="AdamW weight decay [0.01]")
+    tr.add_argument("--warmup-epochs", type=float, default=1.0, help="linear warm-up [1]")
+    tr.add_argument("--label-smoothing", type=float, default=0.1, help="[default 0.1]")
+    tr.add_argument(
+        "--val-fraction", type=float, default=0.2, help="recordings per class to validate [0.2]"
+    )
+    tr.add_argument("--patience", type=int, default=5, help="epochs without gain before stop [5]")
+    tr.add_argument(
+        "--epoch-windows", type=int, default=0, help="windows per epoch (0: one per example)"
+    )
+    tr.add_argument("--seed", type=int, default=0, help="seed: a CPU run is reproducible [0]")
+    tr.add_argument("--prefetch", type=int, default=4, help="batches decoded ahead [4]")
+    tr.add_argument(
+        "--augment",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="shift, background mix, gain, time/frequency masks [default on]",
+    )
+    tr.add_argument("--resume", action="store_true", help="continue an interrupted run")
+    tr.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_fields(tr, Params, analysis, "analysis parameters (stored in the checkpoint)")
+    _add_fields(tr, Settings, ["device", "threads", "io_threads", *storage], "runtime settings")
+    tr.set_defaults(func=cmd_train)
+
+    ev = sub.add_parser(
+        "evaluate",
+        help="accuracy, per-class precision/recall/F1 and confusion of a checkpoint on SOURCE",
+        description="Predict every recording under SOURCE (one sub-folder per class, or the "
+        "keys of --labels) with --weights, on inference windows; write metrics.json, "
+        "confusion.json, confusion.png and predictions.csv under --out.",
+    )
+    ev.add_argument("source", metavar="SOURCE", help="directory or s3://bucket/prefix")
+    ev.add_argument("--out", required=True, metavar="DIR", help="directory or s3://bucket/prefix")
+    ev.add_argument("--labels", metavar="CSV", help="key,label[,start_s,end_s] rows (path/s3://)")
+    _add_fields(ev, Params, analysis, "analysis parameters (default: the checkpoint's)")
+    _add_fields(
+        ev,
+        Settings,
+        ["weights", "device", "batch_size", "threads", "io_threads", *storage],
+        "runtime settings",
+    )
+    ev.set_defaults(func=cmd_evaluate)
 
 
 def _print_summary(summary: dict[str, Any]) -> None:
@@ -475,6 +630,7 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("dest", metavar="DEST", help="directory or s3://bucket/prefix of a run")
     _add_fields(rep, Settings, ["s3_endpoint_url", "s3_region"], "storage")
     rep.set_defaults(func=cmd_report)
+    _add_train(sub)
     return parser
 
 

@@ -16,15 +16,20 @@ def _models(replies: list[dict] | None, queue: str) -> dict[str, dict]:
     for reply in replies or []:
         for host, answer in reply.items():
             if isinstance(answer, dict) and queue in answer.get("queues", ()) and answer["model"]:
-                models[host] = {**answer["model"], "class_names": answer.get("class_names")}
+                models[host] = {
+                    **answer["model"],
+                    "class_names": answer.get("class_names"),
+                    "params": answer.get("params"),
+                }
     return models
 
 
 def model_identity(app: Celery, *, queue: str, timeout: float, every: float = 1.0) -> dict:
     """The model identity every worker consuming ``queue`` reports; they must agree.
 
-    Its ``class_names`` (the list, from workers that report it) let the producer check the run's
-    parameters before it enqueues anything; they are not part of the identity.
+    Its ``class_names`` (the list, from workers that report it) and ``params`` (the analysis
+    parameters a trained checkpoint carries, or None) let the producer check and complete the
+    run's parameters before it enqueues anything; they are not part of the identity.
 
     A broadcast reaches only the workers running when it is sent, so ask again every
     ``every`` seconds (each round collects the replies for that long) until a worker on

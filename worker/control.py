@@ -20,5 +20,6 @@ def echocam_model(panel) -> dict:
     return {
         "model": state.model.identity,
         "class_names": list(state.model.class_names),
+        "params": state.model.params,  # a trained checkpoint's analysis parameters, or None
         "queues": queues,
     }

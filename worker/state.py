@@ -42,7 +42,7 @@ def load_model_in_parent(concurrency: int) -> None:
 def init_process() -> None:
     """After the fork: threads, device, and a warm-up so the first task is not slow."""
     n = set_threads(settings.threads, processes=processes)
-    ex = explainer(Params())
+    ex = explainer(Params.from_dict(model.params or {}))  # a species model's own front end
     # One second of noise at 22 kHz: warms decoding, resampling (librosa's numba code), the
     # device kernels and the PNG encoder before the first real task.
     noise = np.random.default_rng(0).standard_normal(22000).astype(np.float32) * 0.1

@@ -16,7 +16,7 @@ from redis.exceptions import RedisError
 
 from echocam import faults, progress, protocol
 from echocam.chunking import chunked
-from echocam.errors import InvalidParams
+from echocam.errors import InvalidParams, ParamsMismatch
 from echocam.runner import Outcome, record_failures, run_chunks
 from echocam.settings import Params, fingerprint
 from echocam.storage import ObjectInfo
@@ -123,6 +123,8 @@ def process(self, items: list[list], message: dict) -> dict:
             )
         except InvalidParams as e:  # the run asks what this model cannot answer
             outcomes = fail_all(e.code, e.message)
+        except ParamsMismatch as e:  # the run's model input is not the one the model learnt
+            outcomes = fail_all("model_mismatch", f"worker model {model.sha256[:12]}: {e.message}")
         except SoftTimeLimitExceeded:
             outcomes = fail_all(
                 "timeout", f"task exceeded its soft time limit of {settings.task_soft_time_limit} s"

@@ -1,0 +1,205 @@
+"""Training throughput: does the data path keep up with the device?
+
+Synthetic species clips (``devtools.synthetic``, over the real recordings) are written to a
+scratch folder; then, interleaved, ``--repeats`` times:
+
+- **training path**: ``echocam.train``'s ``Loader`` (fetch, decode, crop, background mix, gain on
+  ``--io-threads`` threads, ``--prefetch`` batches ahead) → ``model_inputs`` (front end with time
+  and frequency masks) → ``train_step`` (forward, loss, backward, AdamW), ``--batches`` batches;
+- **bare step**: ``train_step`` alone on one batch of real model inputs made beforehand, as many
+  times.
+
+Both at the same batch, threads and device (bf16 autocast and channels-last on CUDA).  The
+headline is training windows/s ÷ bare windows/s (target ≥ 0.8), with the fraction of the time
+the loop waited for the loader, and the process's peak RSS.
+
+    python benchmarks/bench_train.py                    # CPU, batch 16, 2 threads
+    python benchmarks/bench_train.py --device cuda --batch 256 --batches 40 --clips 600
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import _common as C
+import numpy as np
+import torch
+
+
+def write_clips(root: Path, *, clips: int, seed: int = 0) -> Path:
+    """``clips`` synthetic 6-s clips (a third per species) under ``root``/train."""
+    from devtools import synthetic
+
+    paths = [p for p in sorted(C.RECORDINGS.glob("*")) if p.suffix in C.AUDIO_SUFFIXES]
+    bgs = synthetic.backgrounds(paths or sorted(C.SAMPLES.glob("*.wav")))
+    per = max(1, clips // len(synthetic.SPECIES))
+    synthetic.write_species(
+        root / "train", per_class=per, backgrounds=bgs, seed=seed, duration_s=6.0, n_calls=2
+    )
+    return root / "train"
+
+
+def measure(
+    source: Path,
+    *,
+    device: str,
+    batch: int,
+    batches: int,
+    repeats: int,
+    io_threads: int,
+    prefetch: int,
+) -> dict:
+    """Training path and bare step, interleaved; rates are medians over ``repeats``."""
+    from torchvision.models import resnet18
+
+    from echocam.frontend import FrontEnd
+    from echocam.settings import Params
+    from echocam.storage import LocalStore
+    from echocam.train.augment import Augment
+    from echocam.train.data import list_folders
+    from echocam.train.dataset import Loader, balanced_order, model_inputs
+    from echocam.train.loop import train_step
+
+    dev = torch.device(device)
+    cuda = dev.type == "cuda"
+    params, augment = Params(), Augment()
+    store = LocalStore(source)
+    labelled = list_folders(store, extensions=C.AUDIO_SUFFIXES)
+    labels = [e.label for e in labelled.examples]
+    fe = FrontEnd(params, dev)
+    fps = params.sample_rate / params.hop_length
+    torch.manual_seed(0)
+    net = resnet18(weights=None, num_classes=len(labelled.class_names)).to(dev)
+    if cuda:
+        net = net.to(memory_format=torch.channels_last)
+    net.train()
+    opt = torch.optim.AdamW(net.parameters(), lr=1e-4, fused=cuda or None)
+    gen = torch.Generator().manual_seed(0)
+
+    def sync() -> None:
+        if cuda:
+            torch.cuda.synchronize(dev)
+
+    with ThreadPoolExecutor(io_threads) as pool:
+        loader = Loader(
+            store,
+            labelled.examples,
+            params=params,
+            augment=augment,
+            pool=pool,
+            batch_size=batch,
+            prefetch=prefetch,
+            seed=0,
+        )
+        first = next(
+            loader.epoch(balanced_order(labels, n=batch, n_classes=3, seed=0, epoch=0), epoch=0)
+        )
+        x0 = model_inputs(fe, [w.samples for w in first])
+        y0 = torch.tensor([w.label for w in first], device=dev)
+        train_step(net, opt, None, x0, y0, label_smoothing=0.1)  # warm-up
+        sync()
+
+        def path(epoch: int) -> tuple[float, float, int]:
+            order = balanced_order(labels, n=batch * batches, n_classes=3, seed=0, epoch=epoch)
+            wait, n = 0.0, 0
+            t0 = time.perf_counter()
+            it = loader.epoch(order, epoch=epoch)
+            while True:
+                tw = time.perf_counter()
+                got = next(it, None)
+                wait += time.perf_counter() - tw
+                if got is None:
+                    break
+                x = model_inputs(
+                    fe, [w.samples for w in got], augment=augment, generator=gen, frames_per_s=fps
+                )
+                y = torch.tensor([w.label for w in got], device=dev)
+                train_step(net, opt, None, x, y, label_smoothing=0.1)
+                n += len(got)
+            sync()
+            return time.perf_counter() - t0, wait, n
+
+        def bare() -> tuple[float, int]:
+            t0 = time.perf_counter()
+            for _ in range(batches):
+                train_step(net, opt, None, x0, y0, label_smoothing=0.1)
+            sync()
+            return time.perf_counter() - t0, batches * x0.shape[0]
+
+        path_rates, bare_rates, waits = [], [], []
+        for r in range(repeats):
+            s, w, n = path(r + 1)
+            path_rates.append(n / s)
+            waits.append(w / s)
+            s, n = bare()
+            bare_rates.append(n / s)
+            print(
+                f"  repeat {r + 1}: training path {path_rates[-1]:.1f} windows/s (waiting "
+                f"{100 * waits[-1]:.0f} %), bare step {bare_rates[-1]:.1f} windows/s",
+                flush=True,
+            )
+    train_rate, bare_rate = float(np.median(path_rates)), float(np.median(bare_rates))
+    return {
+        "device": str(dev),
+        "batch": batch,
+        "batches": batches,
+        "io_threads": io_threads,
+        "prefetch": prefetch,
+        "train_windows_per_s": train_rate,
+        "bare_windows_per_s": bare_rate,
+        "train_over_bare": train_rate / bare_rate,
+        "data_wait_fraction": float(np.median(waits)),
+        "repeats": {"train": path_rates, "bare": bare_rates, "wait": waits},
+        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "clips": len(labelled.examples),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--batches", type=int, default=6, help="batches per repeat")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=2, help="torch threads")
+    ap.add_argument("--io-threads", type=int, default=4, help="decoding threads")
+    ap.add_argument("--prefetch", type=int, default=4, help="batches decoded ahead")
+    ap.add_argument("--clips", type=int, default=48, help="synthetic clips to train on")
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    m = C.machine(args.threads)
+    print(C.machine_line(m), flush=True)
+    with tempfile.TemporaryDirectory(prefix="echocam-bench-train-") as tmp:
+        source = write_clips(Path(tmp), clips=args.clips)
+        r = measure(
+            source,
+            device=args.device,
+            batch=args.batch,
+            batches=args.batches,
+            repeats=args.repeats,
+            io_threads=args.io_threads,
+            prefetch=args.prefetch,
+        )
+    r["machine"] = m
+    rows = [
+        ["training path (loader + front end + step)", f"{r['train_windows_per_s']:.1f}"],
+        ["bare step (forward + backward + AdamW)", f"{r['bare_windows_per_s']:.1f}"],
+        ["training / bare (target >= 0.8)", f"{r['train_over_bare']:.2f}"],
+        ["time waiting for the loader", f"{100 * r['data_wait_fraction']:.1f} %"],
+        ["peak RSS", f"{r['peak_rss_mib']:.0f} MiB"],
+    ]
+    print(C.table(rows, ["what", f"windows/s, batch {args.batch}, {args.device}"]))
+    if args.json:
+        C.write_json(args.json, r)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

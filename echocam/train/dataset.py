@@ -1,0 +1,216 @@
+"""Training windows streamed from a store: class-balanced epochs, decoded on a thread pool.
+
+Nothing is held decoded beyond the batches in flight: each window fetches its recording,
+decodes it (``echocam.frontend.plan``: the inference decoder), cuts and augments one window and
+drops the rest.  Up to ``prefetch`` batches are prepared on the pool while the device trains on
+the current one.  Every window's randomness comes from its own generator seeded by (seed, epoch,
+position), so a run is reproducible whatever the threads do.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+import torch
+
+from echocam.errors import EchoCamError
+from echocam.frontend import FrontEnd, plan
+from echocam.settings import Params
+from echocam.storage import Store
+from echocam.train.augment import Augment, apply_gain, crop_start, mask_db, mix_background
+from echocam.train.data import Example
+
+
+@dataclass
+class Window:
+    """One training window: ``samples`` (length,) float32 at the analysis rate, its label."""
+
+    samples: np.ndarray
+    label: int
+    example: int  # index into the loader's examples
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """An example whose recording could not be used: the error code and message."""
+
+    key: str
+    code: str
+    message: str
+
+
+def load_samples(store: Store, key: str, *, params: Params) -> np.ndarray:
+    """The decoded samples (n,) float32 of ``key``, exactly as inference decodes them."""
+    data, _ = store.get(key, max_bytes=params.max_bytes)
+    return plan(data, params=params).audio.samples
+
+
+def balanced_order(
+    labels: Sequence[int], *, n: int, n_classes: int, seed: int, epoch: int
+) -> np.ndarray:
+    """``n`` example indices for one epoch, classes drawn equally often.
+
+    Each class contributes ``ceil(n / classes)`` draws from its examples in a seeded shuffle,
+    cycled (a small class repeats, a large one is sampled); the draws are then shuffled and cut
+    to ``n``.  Classes without examples are left out.
+    """
+    rng = np.random.default_rng([seed, epoch, 0xBA1])
+    labels = np.asarray(labels)
+    present = [c for c in range(n_classes) if (labels == c).any()]
+    per = -(-n // max(1, len(present)))
+    draws = []
+    for c in present:
+        members = np.flatnonzero(labels == c)
+        reps = -(-per // members.size)
+        cycled = np.concatenate([rng.permutation(members) for _ in range(reps)])
+        draws.append(cycled[:per])
+    order = np.concatenate(draws) if draws else np.zeros(0, np.int64)
+    return rng.permutation(order)[:n]
+
+
+class Backgrounds:
+    """Unlabelled recordings to mix in: keys listed once, a few decoded ones kept (LRU)."""
+
+    def __init__(
+        self, store: Store, *, params: Params, extensions: tuple[str, ...], cache: int = 32
+    ):
+        self.store, self.params = store, params
+        self.keys = [info.key for info in store.list(suffixes=extensions)]
+        if not self.keys:
+            raise ValueError(f"no audio under the background source {store.uri}")
+        self._load = lru_cache(maxsize=cache)(self._decode)
+
+    def _decode(self, key: str) -> np.ndarray | None:
+        try:
+            return load_samples(self.store, key, params=self.params)
+        except EchoCamError:
+            return None  # a bad background is not worth failing a window for
+
+    def sample(self, rng: np.random.Generator) -> np.ndarray | None:
+        return self._load(self.keys[int(rng.integers(len(self.keys)))])
+
+
+class Loader:
+    """Batches of augmented training windows, prepared on ``pool`` ahead of their use."""
+
+    def __init__(
+        self,
+        store: Store,
+        examples: Sequence[Example],
+        *,
+        params: Params,
+        augment: Augment,
+        pool: Executor,
+        batch_size: int,
+        prefetch: int = 4,
+        seed: int = 0,
+        backgrounds: Backgrounds | None = None,
+    ):
+        self.store, self.examples, self.params = store, list(examples), params
+        self.augment, self.pool = augment, pool
+        self.batch_size, self.prefetch, self.seed = batch_size, prefetch, seed
+        self.backgrounds = backgrounds
+        self.skipped: dict[str, Skipped] = {}  # key → why; never fetched again
+
+    def window(self, index: int, *, rng: np.random.Generator | None) -> Window:
+        """The window of example ``index``: random (``rng``) or centred (None, no augmentation)."""
+        ex, p, aug = self.examples[index], self.params, self.augment
+        samples = load_samples(self.store, ex.key, params=p)
+        n = samples.shape[0]
+        length = min(p.window_samples, n)
+        span = None
+        if ex.span is not None:
+            span = (int(ex.start_s * p.sample_rate), min(n, int(np.ceil(ex.end_s * p.sample_rate))))
+        start = crop_start(n, length=length, rng=rng if aug.shift else None, span=span)
+        x = samples[start : start + length].copy()
+        if rng is not None:
+            if self.backgrounds is not None and rng.random() < aug.background_p:
+                bg = self.backgrounds.sample(rng)
+                if bg is not None:
+                    x = mix_background(x, bg, snr_db=float(rng.uniform(*aug.snr_db)), rng=rng)
+            if aug.gain_db != (0.0, 0.0):
+                x = apply_gain(x, float(rng.uniform(*aug.gain_db)))
+        return Window(x, ex.label, index)
+
+    def _try(self, position: int, index: int, epoch: int) -> Window | Skipped:
+        rng = np.random.default_rng([self.seed, epoch, position])
+        try:
+            return self.window(index, rng=rng)
+        except EchoCamError as e:
+            return Skipped(self.examples[index].key, e.code, e.message)
+        except FileNotFoundError as e:
+            return Skipped(self.examples[index].key, "download_failed", f"not found: {e}")
+
+    def epoch(self, order: Sequence[int], *, epoch: int) -> Iterator[list[Window]]:
+        """Batches of the windows of examples ``order`` (indices), in that order.
+
+        Examples whose recording fails to load are skipped (and remembered in ``skipped``), so
+        a batch may be short by them.
+        """
+        pending = deque()
+        todo = iter(enumerate(order))
+
+        def submit() -> None:
+            for pos, index in todo:
+                if self.examples[index].key not in self.skipped:
+                    pending.append(self.pool.submit(self._try, pos, int(index), epoch))
+                    return
+
+        try:
+            for _ in range(self.prefetch * self.batch_size):
+                submit()
+            batch: list[Window] = []
+            while pending:
+                got = pending.popleft().result()
+                submit()
+                if isinstance(got, Skipped):
+                    self.skipped.setdefault(got.key, got)
+                    continue
+                batch.append(got)
+                if len(batch) == self.batch_size:
+                    yield batch
+                    batch = []
+            if batch:
+                yield batch
+        finally:
+            for f in pending:
+                f.cancel()
+
+
+def model_inputs(
+    frontend: FrontEnd,
+    waves: Sequence[np.ndarray],
+    *,
+    augment: Augment | None = None,
+    generator: torch.Generator | None = None,
+    frames_per_s: float = 0.0,
+) -> torch.Tensor:
+    """The network input (b, 3, 224, 224) of waveforms through ``frontend``, optionally masked.
+
+    Waveforms of one length go through the front end together (a recording shorter than a
+    window is a window of its own length, as at inference); masks (``augment`` and
+    ``generator`` given) are applied to the dB before the colour map.
+    """
+    device = frontend.device
+    pin = device.type == "cuda"
+    images: list[torch.Tensor | None] = [None] * len(waves)
+    by_length: dict[int, list[int]] = {}
+    for i, w in enumerate(waves):
+        by_length.setdefault(w.shape[0], []).append(i)
+    for length, rows in by_length.items():
+        host = torch.empty((len(rows), length), dtype=torch.float32, pin_memory=pin)
+        view = host.numpy()
+        for j, i in enumerate(rows):
+            view[j] = waves[i]
+        db = frontend.db(host.to(device, non_blocking=True))
+        if augment is not None and generator is not None:
+            db = mask_db(db, augment=augment, frames_per_s=frames_per_s, generator=generator)
+        _, img8 = frontend.images(db)
+        for j, i in enumerate(rows):
+            images[i] = img8[j]
+    return frontend.model_input(torch.stack(images))

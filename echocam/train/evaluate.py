@@ -1,0 +1,143 @@
+"""``echocam evaluate``: a checkpoint against a labelled source, on inference windows.
+
+Writes under ``out``: ``metrics.json`` (accuracy, macro-F1, per-class precision / recall / F1,
+the confusion matrix, skipped objects by error code), ``confusion.json``, ``confusion.png`` and
+``predictions.csv`` (one row per recording, or per annotated span).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Collection
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+
+from echocam.frontend import FrontEnd
+from echocam.local import load, set_threads
+from echocam.pipeline import resolve_device
+from echocam.settings import Params, Settings, params_for_model
+from echocam.storage import client_factory, open_store
+from echocam.train import metrics
+from echocam.train.data import list_folders, read_labels
+from echocam.train.loop import _read_text
+from echocam.train.predict import predict
+
+
+def evaluate(
+    source: str,
+    *,
+    out: str,
+    params: Params,
+    settings: Settings,
+    labels: str | None = None,
+    explicit: Collection[str] | None = None,
+) -> dict[str, Any]:
+    """Predict every example under ``source`` with ``settings.weights``; write and return metrics.
+
+    The model's trained analysis parameters are used (``params`` fields in ``explicit`` must
+    agree with them).  Folder (or label) names must be classes of the model.
+    """
+    set_threads(settings.threads)
+    model = load(settings)
+    params = params_for_model(params, model.params, explicit=explicit)
+    make = client_factory(settings)
+    src = open_store(source, client_factory=make)
+    names = model.class_names
+    if labels:
+        labelled = read_labels(_read_text(labels, make), source=src.uri, class_names=names)
+    else:
+        labelled = list_folders(
+            src, extensions=settings.extensions, page_size=settings.page_size, class_names=names
+        )
+    device = resolve_device(settings.device)
+    net = model.net.to(device).eval()
+    batch_size = settings.batch_size or (256 if device.type == "cuda" else 32)
+    with ThreadPoolExecutor(settings.io_threads) as pool:
+        pred = predict(
+            lambda x: net(x)[0],
+            FrontEnd(params, device),
+            src,
+            labelled.examples,
+            params=params,
+            n_classes=len(names),
+            pool=pool,
+            batch_size=batch_size,
+        )
+    ok = pred.n_windows > 0
+    y = np.array([e.label for e in labelled.examples], np.int64)
+    top = np.where(ok, np.nan_to_num(pred.probs, nan=-1.0).argmax(1), -1)
+    matrix = metrics.confusion(y[ok], top[ok], n_classes=len(names))
+    scores = metrics.scores(matrix, names)
+    skipped: dict[str, int] = {}
+    for s in pred.skipped.values():
+        skipped[s.code] = skipped.get(s.code, 0) + 1
+    result = {
+        **scores,
+        "source": src.uri,
+        "labels": labels,
+        "model": model.identity,
+        "params": params.to_dict(),
+        "examples": len(labelled.examples),
+        "windows": int(pred.n_windows.sum()),
+        "skipped": skipped,
+    }
+    dst = open_store(out, client_factory=make)
+    dst.put("metrics.json", (json.dumps(result, indent=1) + "\n").encode())
+    conf = {
+        "class_names": names,
+        "rows": "true",
+        "columns": "predicted",
+        "matrix": scores["confusion"],
+    }
+    dst.put("confusion.json", (json.dumps(conf, indent=1) + "\n").encode())
+    title = f"{src.uri}: macro-F1 {scores['macro_f1']:.3f}, accuracy {scores['accuracy']:.3f}"
+    dst.put("confusion.png", metrics.confusion_png(matrix, names, title=title))
+    dst.put("predictions.csv", _predictions_csv(labelled.examples, pred, names).encode())
+    return result
+
+
+def _predictions_csv(examples, pred, names) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(
+        [
+            "key",
+            "start_s",
+            "end_s",
+            "true",
+            "predicted",
+            "probability",
+            "true_probability",
+            "correct",
+            "n_windows",
+            "error_code",
+        ]
+    )
+    for i, ex in enumerate(examples):
+        start = "" if ex.start_s is None else ex.start_s
+        end = "" if ex.end_s is None else ex.end_s
+        if pred.n_windows[i] == 0:
+            code = pred.skipped[ex.key].code if ex.key in pred.skipped else ""
+            w.writerow([ex.key, start, end, names[ex.label], "", "", "", "", 0, code])
+            continue
+        p = pred.probs[i]
+        k = int(p.argmax())
+        w.writerow(
+            [
+                ex.key,
+                start,
+                end,
+                names[ex.label],
+                names[k],
+                f"{p[k]:.6f}",
+                f"{p[ex.label]:.6f}",
+                int(k == ex.label),
+                int(pred.n_windows[i]),
+                "",
+            ]
+        )
+    return buf.getvalue()

@@ -1,0 +1,617 @@
+"""The training loop: a ResNet-18 fine-tuned on echocam's front end, checkpointed every epoch.
+
+AdamW with a linear warm-up and a cosine decay (per step), label smoothing, class-balanced
+epochs, augmentation (:mod:`.augment`), bf16 autocast and channels-last on CUDA.  After each
+epoch the validation macro-F1 decides the best epoch; the checkpoint at ``out`` is always the
+best so far, with ``metrics.json`` and ``confusion.png`` beside it, and ``<stem>.resume.pt``
+holds what ``resume=True`` needs (written last, each file atomically).  SIGINT/SIGTERM stop at
+the next batch; the files of the last complete epoch stay.
+"""
+
+from __future__ import annotations
+
+import collections
+import copy
+import dataclasses
+import io
+import json
+import math
+import signal
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision.models import resnet18
+from tqdm import tqdm
+
+from echocam.frontend import FrontEnd
+from echocam.local import load, set_threads
+from echocam.pipeline import resolve_device
+from echocam.records import version
+from echocam.settings import Params, Settings
+from echocam.storage import Store, client_factory, open_store
+from echocam.train import metrics
+from echocam.train.augment import Augment
+from echocam.train.data import Labelled, list_folders, read_labels, split_by_recording
+from echocam.train.dataset import Backgrounds, Loader, balanced_order, model_inputs
+from echocam.train.predict import predict
+
+METRICS_NAME, CONFUSION_NAME = "metrics.json", "confusion.png"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """What to train on and how (the analysis ``Params`` and runtime ``Settings`` apart)."""
+
+    source: str  # directory or s3:// prefix, one folder per class (or keys of --labels)
+    out: str  # checkpoint path or s3://bucket/key
+    labels: str | None = None  # CSV key,label[,start_s,end_s] (path or s3:// URI)
+    val: str | None = None  # a validation source instead of a split
+    val_labels: str | None = None  # its labels CSV
+    background: str | None = None  # unlabelled recordings to mix in
+    init: str = "imagenet"  # imagenet | random | checkpoint path or s3:// URI
+    epochs: int = 30
+    batch_size: int = 0  # 0: 256 on CUDA, 32 on the CPU
+    lr: float = 1e-3  # AdamW peak learning rate
+    weight_decay: float = 0.01
+    warmup_epochs: float = 1.0
+    min_lr_fraction: float = 0.01  # the cosine decays to lr * this
+    label_smoothing: float = 0.1
+    val_fraction: float = 0.2  # of each class's recordings, when no --val
+    patience: int = 5  # epochs without a better validation macro-F1 before stopping
+    epoch_windows: int = 0  # training windows per epoch (0: one per training example)
+    precise_bn_windows: int = 256  # last training windows that re-estimate batch-norm stats
+    seed: int = 0
+    prefetch: int = 4  # batches decoded ahead of the device
+    augment: Augment = field(default_factory=Augment)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["augment"] = self.augment.to_dict()
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        return cls(**{**d, "augment": Augment.from_dict(d["augment"])})
+
+
+class TrainInterrupted(Exception):
+    """Training stopped by SIGINT/SIGTERM; the last complete epoch's files are in place."""
+
+    code = "interrupted"
+
+
+def _split_uri(uri: str) -> tuple[str, str]:
+    """(parent directory or s3 prefix, file name) of a checkpoint location."""
+    parent, _, name = uri.rstrip("/").rpartition("/")
+    if not name:
+        raise ValueError(f"not a file location: {uri!r}")
+    return parent or ".", name
+
+
+def resume_name(out: str) -> str:
+    """The resume state's name beside the checkpoint ``out``: ``<stem>.resume.pt``."""
+    name = _split_uri(out)[1]
+    return (name[:-3] if name.endswith(".pt") else name) + ".resume.pt"
+
+
+def _read_text(uri: str, make_client) -> str:
+    parent, name = _split_uri(uri)
+    data, _ = open_store(parent, client_factory=make_client).get(name)
+    return data.decode("utf-8-sig")
+
+
+def _blob(obj: Any) -> bytes:
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return buf.getvalue()
+
+
+def build_net(
+    init: str, class_names: list[str], *, settings: Settings, seed: int
+) -> tuple[nn.Module, str]:
+    """torchvision ResNet-18 for ``class_names`` from ``init``; (net, what it started from).
+
+    ``imagenet`` and checkpoints are read by :func:`echocam.model.load_model` (the same clear
+    error offline); the fc layer is new (seeded) unless a checkpoint has these very classes.
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        net = resnet18(weights=None, num_classes=len(class_names))
+    if init == "random":
+        return net, "random"
+    loaded = load(dataclasses.replace(settings, weights=init))
+    state = loaded.net.net.state_dict()
+    if loaded.class_names != list(class_names):
+        state = {k: v for k, v in state.items() if not k.startswith("fc.")}
+    missing, unexpected = net.load_state_dict(state, strict=False)
+    if unexpected or any(not k.startswith("fc.") for k in missing):
+        raise ValueError(f"{init}: not a ResNet-18 state dict ({missing}, {unexpected})")
+    return net, f"{loaded.weights_kind}:{loaded.sha256[:12]}"
+
+
+def _schedule(*, total_steps: int, warmup_steps: int, floor: float) -> Callable[[int], float]:
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        t = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
+
+    return factor
+
+
+class _StopFlag:
+    """SIGINT/SIGTERM set a flag the loop checks between batches; a second SIGINT stops now."""
+
+    def __init__(self, log: Callable[[str], None]):
+        self.requested, self.log, self.saved = False, log, {}
+
+    def _handle(self, signum, _frame) -> None:
+        if self.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.requested = True
+        self.log(f"{signal.Signals(signum).name}: stopping; the last complete epoch's files stay")
+
+    def __enter__(self) -> _StopFlag:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self.saved[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self.saved.items():
+            signal.signal(sig, handler)
+
+
+def load_data(
+    config: TrainConfig, *, settings: Settings
+) -> tuple[Store, Labelled, Store, Labelled]:
+    """(train store, train examples, validation store, validation examples)."""
+    make = client_factory(settings)
+    src = open_store(config.source, client_factory=make)
+    if config.labels:
+        labelled = read_labels(_read_text(config.labels, make), source=src.uri)
+    else:
+        labelled = list_folders(src, extensions=settings.extensions, page_size=settings.page_size)
+    if len(labelled.class_names) < 2:
+        raise ValueError(
+            f"{config.source}: need at least two classes, found {labelled.class_names}"
+        )
+    if config.val:
+        val_src = open_store(config.val, client_factory=make)
+        names = labelled.class_names
+        if config.val_labels:
+            text = _read_text(config.val_labels, make)
+            val = read_labels(text, source=val_src.uri, class_names=names)
+        else:
+            val = list_folders(
+                val_src,
+                extensions=settings.extensions,
+                page_size=settings.page_size,
+                class_names=names,
+            )
+        return src, labelled, val_src, val
+    train, val = split_by_recording(labelled, val_fraction=config.val_fraction, seed=config.seed)
+    return src, train, src, val
+
+
+def train(
+    config: TrainConfig,
+    *,
+    params: Params,
+    settings: Settings,
+    resume: bool = False,
+    progress: bool = True,
+    log: Callable[[str], None] = tqdm.write,
+) -> dict[str, Any]:
+    """Train, checkpoint every epoch, return the metrics (also in ``metrics.json``)."""
+    threads = set_threads(settings.threads)
+    device = resolve_device(settings.device)
+    cuda = device.type == "cuda"
+    batch_size = config.batch_size or (256 if cuda else 32)
+    src, train_set, val_src, val_set = load_data(config, settings=settings)
+    names = train_set.class_names
+    out_store = open_store(_split_uri(config.out)[0], client_factory=client_factory(settings))
+    out_name, state_name = _split_uri(config.out)[1], resume_name(config.out)
+
+    net, started_from = build_net(config.init, names, settings=settings, seed=config.seed)
+    if cuda:
+        net = net.to(device, memory_format=torch.channels_last)
+    opt = torch.optim.AdamW(
+        net.parameters(), lr=config.lr, weight_decay=config.weight_decay, fused=cuda or None
+    )
+    epoch_windows = config.epoch_windows or len(train_set.examples)
+    steps_per_epoch = max(1, math.ceil(epoch_windows / batch_size))
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt,
+        _schedule(
+            total_steps=config.epochs * steps_per_epoch,
+            warmup_steps=max(1, round(config.warmup_epochs * steps_per_epoch)),
+            floor=config.min_lr_fraction,
+        ),
+    )
+    data = {"train": train_set.summary(), "val": val_set.summary()}
+    state: dict[str, Any] = {
+        "epoch": 0,
+        "history": [],
+        "best": None,
+        "skipped": {},
+        "windows_drawn": dict.fromkeys(names, 0),
+    }
+    if resume:
+        state = _resume(
+            out_store, state_name, config=config, data=data, net=net, opt=opt, sched=sched
+        )
+        log(f"resuming after epoch {state['epoch']} (best so far: epoch {state['best']['epoch']})")
+
+    fe = FrontEnd(params, device)
+    frames_per_s = params.sample_rate / params.hop_length
+    labels = [e.label for e in train_set.examples]
+    backgrounds_src = None
+    with ThreadPoolExecutor(settings.io_threads, thread_name_prefix="echocam-train") as pool:
+        if config.background:
+            backgrounds_src = Backgrounds(
+                open_store(config.background, client_factory=client_factory(settings)),
+                params=params,
+                extensions=settings.extensions,
+            )
+        loader = Loader(
+            src,
+            train_set.examples,
+            params=params,
+            augment=config.augment,
+            pool=pool,
+            batch_size=batch_size,
+            prefetch=config.prefetch,
+            seed=config.seed,
+            backgrounds=backgrounds_src,
+        )
+        loader.skipped.update(state.pop("skipped_objects", {}))
+        with _StopFlag(log) as stop:
+            for epoch in range(state["epoch"] + 1, config.epochs + 1):
+                row = _epoch(
+                    net,
+                    opt,
+                    sched,
+                    loader,
+                    fe,
+                    order=balanced_order(
+                        labels, n=epoch_windows, n_classes=len(names), seed=config.seed, epoch=epoch
+                    ),
+                    epoch=epoch,
+                    config=config,
+                    frames_per_s=frames_per_s,
+                    stop=stop,
+                    progress=progress,
+                    drawn=state["windows_drawn"],
+                    names=names,
+                )
+                if row is None:
+                    raise TrainInterrupted(
+                        f"stopped during epoch {epoch}; {config.out} holds epoch "
+                        f"{state['epoch']}'s result (continue with --resume)"
+                    )
+                val = _validate(
+                    net, fe, val_src, val_set, params=params, pool=pool, batch_size=batch_size
+                )
+                row.update(val["row"])
+                state["history"].append(row)
+                state["epoch"] = epoch
+                best = state["best"]
+                rank = (row.get("val_macro_f1", 0.0), -row.get("val_loss", row["loss"]))
+                improved = best is None or rank > tuple(best["rank"])
+                if improved:
+                    state["best"] = {
+                        "epoch": epoch,
+                        "rank": list(rank),
+                        "state_dict": {
+                            k: v.detach().cpu().clone() for k, v in net.state_dict().items()
+                        },
+                        "val": val["scores"],
+                    }
+                skipped = {**loader.skipped, **val["skipped"]}
+                result = _write(
+                    out_store,
+                    out_name=out_name,
+                    state_name=state_name,
+                    state=state,
+                    net=net,
+                    opt=opt,
+                    sched=sched,
+                    config=config,
+                    params=params,
+                    names=names,
+                    data=data,
+                    skipped=skipped,
+                    started_from=started_from,
+                    device=device,
+                    threads=threads,
+                    batch_size=batch_size,
+                )
+                log(_line(row, epochs=config.epochs, best=improved))
+                since_best = epoch - state["best"]["epoch"]
+                if val["scores"] is not None and since_best >= config.patience:
+                    log(f"early stop: no better validation macro-F1 for {since_best} epochs")
+                    break
+                if stop.requested:
+                    raise TrainInterrupted(f"stopped after epoch {epoch}; continue with --resume")
+    return result
+
+
+def train_step(
+    net: nn.Module,
+    opt: torch.optim.Optimizer,
+    sched: torch.optim.lr_scheduler.LRScheduler | None,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    label_smoothing: float,
+) -> float:
+    """One optimiser step on inputs ``x`` (b, 3, 224, 224) and labels ``y`` (b,); the loss.
+
+    bf16 autocast for the forward on CUDA; the loss in float32.
+    """
+    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=x.device.type == "cuda"):
+        logits = net(x)
+    loss = F.cross_entropy(logits.float(), y, label_smoothing=label_smoothing)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    if sched is not None:
+        sched.step()
+    return float(loss.detach())
+
+
+@torch.no_grad()
+def precise_bn(net: nn.Module, batches: list[torch.Tensor]) -> None:
+    """Re-estimate every batch norm's running mean and variance on ``batches`` of inputs.
+
+    The running averages (momentum 0.1) lag behind weights that change fast, which a short run
+    never outgrows; evaluation then sees statistics of older weights.  This replaces them with
+    the equal-weight average over ``batches`` with the current weights ("precise BN", Wu and
+    Johnson 2021), as pycls and Detectron2 do before evaluating.
+    """
+    bns = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not batches or not bns:
+        return
+    momenta = [m.momentum for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average
+    net.train()
+    for x in batches:
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=x.device.type == "cuda"):
+            net(x)
+    for m, momentum in zip(bns, momenta, strict=True):
+        m.momentum = momentum
+
+
+def _epoch(
+    net,
+    opt,
+    sched,
+    loader: Loader,
+    fe: FrontEnd,
+    *,
+    order,
+    epoch,
+    config,
+    frames_per_s,
+    stop,
+    progress,
+    drawn,
+    names,
+) -> dict[str, Any] | None:
+    """One pass over ``order``; None when a stop was requested mid-epoch."""
+    net.train()
+    gen = torch.Generator().manual_seed(
+        int(np.random.SeedSequence([config.seed, epoch]).generate_state(1)[0])
+    )
+    n_batches = math.ceil(len(order) / loader.batch_size)
+    loss_sum, windows, wait = 0.0, 0, 0.0
+    recent: collections.deque[torch.Tensor] = collections.deque()
+    t0 = time.perf_counter()
+    batches = loader.epoch(order, epoch=epoch)
+    with tqdm(
+        total=n_batches,
+        desc=f"epoch {epoch}/{config.epochs}",
+        unit="batch",
+        disable=not progress,
+        leave=False,
+    ) as bar:
+        while True:
+            tw = time.perf_counter()
+            batch = next(batches, None)
+            wait += time.perf_counter() - tw
+            if batch is None:
+                break
+            x = model_inputs(
+                fe,
+                [w.samples for w in batch],
+                augment=config.augment,
+                generator=gen,
+                frames_per_s=frames_per_s,
+            )
+            y = torch.tensor([w.label for w in batch], device=fe.device)
+            loss = train_step(net, opt, sched, x, y, label_smoothing=config.label_smoothing)
+            loss_sum += loss * len(batch)
+            recent.append(x)
+            while sum(r.shape[0] for r in recent) - recent[0].shape[0] >= config.precise_bn_windows:
+                recent.popleft()
+            windows += len(batch)
+            for w in batch:
+                drawn[names[w.label]] += 1
+            elapsed = time.perf_counter() - t0
+            bar.set_postfix(loss=f"{loss_sum / windows:.3f}", win_s=f"{windows / elapsed:.1f}")
+            bar.update(1)
+            if stop.requested:
+                batches.close()
+                return None
+    elapsed = time.perf_counter() - t0
+    tb = time.perf_counter()
+    if config.precise_bn_windows > 0:
+        precise_bn(net, list(recent))
+    return {
+        "precise_bn_s": time.perf_counter() - tb,
+        "epoch": epoch,
+        "loss": loss_sum / max(1, windows),
+        "windows": windows,
+        "seconds": elapsed,
+        "windows_per_s": windows / elapsed if elapsed else 0.0,
+        "data_wait_fraction": wait / elapsed if elapsed else 0.0,
+        "lr": opt.param_groups[0]["lr"],
+    }
+
+
+def _validate(net, fe, store, val_set: Labelled, *, params, pool, batch_size) -> dict[str, Any]:
+    if not val_set.examples:
+        return {"row": {}, "scores": None, "skipped": {}}
+    net.eval()
+    t0 = time.perf_counter()
+    pred = predict(
+        net,
+        fe,
+        store,
+        val_set.examples,
+        params=params,
+        n_classes=len(val_set.class_names),
+        pool=pool,
+        batch_size=batch_size,
+    )
+    ok = pred.n_windows > 0
+    y = np.array([e.label for e in val_set.examples])[ok]
+    probs = pred.probs[ok]
+    m = metrics.confusion(y, probs.argmax(1), n_classes=len(val_set.class_names))
+    s = metrics.scores(m, val_set.class_names)
+    loss = float(-np.log(np.clip(probs[np.arange(y.size), y], 1e-7, 1)).mean()) if y.size else 0.0
+    row = {
+        "val_macro_f1": s["macro_f1"],
+        "val_accuracy": s["accuracy"],
+        "val_loss": loss,
+        "val_seconds": time.perf_counter() - t0,
+    }
+    return {"row": row, "scores": s, "skipped": pred.skipped}
+
+
+def _line(row: dict[str, Any], *, epochs: int, best: bool) -> str:
+    text = (
+        f"epoch {row['epoch']}/{epochs}: loss {row['loss']:.3f}, {row['windows_per_s']:.1f} "
+        f"windows/s (data wait {100 * row['data_wait_fraction']:.0f} %), lr {row['lr']:.2e}"
+    )
+    if "val_macro_f1" in row:
+        text += f", val macro-F1 {row['val_macro_f1']:.3f} (accuracy {row['val_accuracy']:.3f})"
+    return text + (" *best" if best else "") + f", {row['seconds']:.0f} s"
+
+
+def _skipped_counts(skipped: dict) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for s in skipped.values():
+        counts[s.code] = counts.get(s.code, 0) + 1
+    return counts
+
+
+def _write(
+    out_store: Store,
+    *,
+    out_name,
+    state_name,
+    state,
+    net,
+    opt,
+    sched,
+    config,
+    params,
+    names,
+    data,
+    skipped,
+    started_from,
+    device,
+    threads,
+    batch_size,
+) -> dict[str, Any]:
+    """Checkpoint (best epoch), metrics.json, confusion.png, then the resume state."""
+    best = state["best"]
+    summary = {
+        "best_epoch": best["epoch"],
+        "epochs_completed": state["epoch"],
+        "val": best["val"],
+        "history": state["history"],
+        "skipped": _skipped_counts(skipped),
+        "skipped_keys": {k: [s.code, s.message] for k, s in sorted(skipped.items())[:1000]},
+    }
+    data_out = {**copy.deepcopy(data), "windows_drawn": dict(state["windows_drawn"])}
+    train_config = {
+        **config.to_dict(),
+        "started_from": started_from,
+        "device": str(device),
+        "threads": threads,
+        "batch_size_used": batch_size,
+        "echocam_version": version(),
+        "torch": str(torch.__version__),
+    }
+    blob = {
+        "state_dict": best["state_dict"],
+        "class_names": list(names),
+        "params": params.to_dict(),
+        "metrics": summary,
+        "train_config": train_config,
+        "data": data_out,
+    }
+    out_store.put(out_name, _blob(blob))
+    out_store.put(
+        METRICS_NAME,
+        (
+            json.dumps({**summary, "data": data_out, "train_config": train_config}, indent=1) + "\n"
+        ).encode(),
+    )
+    if best["val"] is not None:
+        conf = np.array(best["val"]["confusion"])
+        title = f"validation, epoch {best['epoch']}: macro-F1 {best['val']['macro_f1']:.3f}"
+        out_store.put(CONFUSION_NAME, metrics.confusion_png(conf, names, title=title))
+    resume = {
+        "epoch": state["epoch"],
+        "history": state["history"],
+        "best": best,
+        "windows_drawn": state["windows_drawn"],
+        "skipped_objects": {k: [s.code, s.message] for k, s in skipped.items()},
+        "net": {k: v.detach().cpu() for k, v in net.state_dict().items()},
+        "optimizer": opt.state_dict(),
+        "scheduler": sched.state_dict(),
+        "train_config": config.to_dict(),
+        "params": params.to_dict(),
+        "keys_sha256": [data["train"]["keys_sha256"], data["val"]["keys_sha256"]],
+    }
+    out_store.put(state_name, _blob(resume))
+    return summary
+
+
+def _resume(out_store: Store, state_name: str, *, config, data, net, opt, sched) -> dict[str, Any]:
+    from echocam.train.dataset import Skipped
+
+    try:
+        raw, _ = out_store.get(state_name)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"--resume: no {state_name} beside the checkpoint") from None
+    saved = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
+    keys = [data["train"]["keys_sha256"], data["val"]["keys_sha256"]]
+    if saved["keys_sha256"] != keys:
+        raise ValueError(
+            "--resume: the training or validation data differ from the interrupted run's"
+        )
+    net.load_state_dict(saved["net"])
+    opt.load_state_dict(saved["optimizer"])
+    sched.load_state_dict(saved["scheduler"])
+    return {
+        "epoch": saved["epoch"],
+        "history": saved["history"],
+        "best": saved["best"],
+        "windows_drawn": saved["windows_drawn"],
+        "skipped_objects": {k: Skipped(k, c, m) for k, (c, m) in saved["skipped_objects"].items()},
+    }

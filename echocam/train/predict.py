@@ -1,0 +1,118 @@
+"""Class probabilities of labelled examples from their inference windows (no augmentation).
+
+Used for validation during training and by ``echocam evaluate``.  A whole recording's windows
+are those inference plans (``echocam.frontend.plan``); its probabilities are the mean over its
+windows, as a record's ``mean_probs``.  An annotated span is the window centred on it (the
+windows inside it when it is longer than a window).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Executor
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from echocam import windows
+from echocam.errors import EchoCamError
+from echocam.frontend import FrontEnd
+from echocam.settings import Params
+from echocam.storage import Store
+from echocam.train.augment import crop_start
+from echocam.train.data import Example
+from echocam.train.dataset import Skipped, load_samples, model_inputs
+
+
+def eval_starts(
+    n: int, *, params: Params, span: tuple[float, float] | None
+) -> tuple[np.ndarray, int]:
+    """(starts (w,) samples, length) of the windows that judge an example of ``n`` samples."""
+    length = min(params.window_samples, n)
+    if span is None:
+        return windows.window_starts(n, window=length, hop=params.hop_samples), length
+    sr = params.sample_rate
+    a, b = int(span[0] * sr), min(n, int(np.ceil(span[1] * sr)))
+    if b - a <= length:
+        return np.array([crop_start(n, length=length, rng=None, span=(a, b))]), length
+    inside = windows.window_starts(b - a, window=length, hop=params.hop_samples)
+    return a + inside, length
+
+
+@dataclass
+class Predictions:
+    """Per example: mean class probabilities (E, C) (NaN rows: skipped) and window counts."""
+
+    probs: np.ndarray
+    n_windows: np.ndarray
+    skipped: dict[str, Skipped]
+
+
+def _windows(
+    store: Store, examples: Sequence[Example], *, params: Params, pool: Executor
+) -> Iterator[tuple[int, list[np.ndarray] | Skipped]]:
+    """(example index, its windows' samples or why not), loading 8 examples ahead on ``pool``."""
+
+    def load(i: int) -> list[np.ndarray] | Skipped:
+        ex = examples[i]
+        try:
+            samples = load_samples(store, ex.key, params=params)
+        except EchoCamError as e:
+            return Skipped(ex.key, e.code, e.message)
+        except FileNotFoundError as e:
+            return Skipped(ex.key, "download_failed", f"not found: {e}")
+        starts, length = eval_starts(samples.shape[0], params=params, span=ex.span)
+        return [samples[s : s + length] for s in starts]
+
+    ahead = 8
+    futures = [pool.submit(load, i) for i in range(min(ahead, len(examples)))]
+    for i in range(len(examples)):
+        if i + ahead < len(examples):
+            futures.append(pool.submit(load, i + ahead))
+        yield i, futures[i].result()
+        futures[i] = None  # drop the decoded samples
+
+
+@torch.inference_mode()
+def predict(
+    logits_of: Callable[[torch.Tensor], torch.Tensor],
+    frontend: FrontEnd,
+    store: Store,
+    examples: Sequence[Example],
+    *,
+    params: Params,
+    n_classes: int,
+    pool: Executor,
+    batch_size: int,
+) -> Predictions:
+    """Mean softmax probabilities of every example's windows; ``logits_of`` maps inputs → logits."""
+    probs = np.full((len(examples), n_classes), np.nan, np.float32)
+    sums = np.zeros((len(examples), n_classes), np.float64)
+    counts = np.zeros(len(examples), np.int64)
+    skipped: dict[str, Skipped] = {}
+    queue: list[tuple[int, np.ndarray]] = []
+    cuda = frontend.device.type == "cuda"
+
+    def flush() -> None:
+        x = model_inputs(frontend, [w for _, w in queue])
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
+            p = logits_of(x).float().softmax(-1).cpu().numpy()
+        for (i, _), row in zip(queue, p, strict=True):
+            sums[i] += row
+            counts[i] += 1
+        queue.clear()
+
+    for i, got in _windows(store, examples, params=params, pool=pool):
+        if isinstance(got, Skipped):
+            skipped.setdefault(got.key, got)
+            continue
+        for w in got:
+            queue.append((i, w))
+            if len(queue) == batch_size:
+                flush()
+    if queue:
+        flush()
+    seen = counts > 0
+    probs[seen] = (sums[seen] / counts[seen, None]).astype(np.float32)
+    return Predictions(probs, counts, skipped)

@@ -1,0 +1,485 @@
+"""`echocam train` and `echocam evaluate` on synthetic species mixed into the real recordings.
+
+One checkpoint is trained per session (from random weights, interrupted by SIGTERM after its
+first epoch and resumed) and shared: held-out macro-F1, the pointing game, `echocam run` and a
+real worker all use it.  Held-out clips are new clips over recordings the training never heard.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import RECORDINGS, needs_shared, recordings
+
+from devtools import synthetic
+from devtools.stack import ROOT, echocam
+
+pytestmark = [needs_shared]
+
+SPECIES = list(synthetic.SPECIES)
+CLASSES = sorted([*SPECIES, synthetic.NOISE_CLASS])  # and a class of clips without calls
+TRAIN_PER_CLASS, HELDOUT_PER_CLASS = 24, 10
+EPOCHS = 12
+TRAIN_ARGS = (
+    f"--init random --epochs {EPOCHS} --batch-size 16 --lr 1e-3 --seed 0 --threads 2 "
+    f"--patience {EPOCHS} --quiet"
+).split()
+
+
+def _split_backgrounds():
+    """(training backgrounds, held-out backgrounds): different real recordings."""
+    paths = recordings()
+    held = {f"S4A03895_20190522_{t}.wav" for t in ("070000", "073000", "080000")}
+    return [p for p in paths if p.name not in held], [p for p in paths if p.name in held]
+
+
+@pytest.fixture(scope="session")
+def data(tmp_path_factory):
+    """Training folders (6-s clips, three calls each, plus one broken file), unlabelled
+    background recordings to mix in, and held-out clips over other recordings."""
+    root = tmp_path_factory.mktemp("species")
+    train_paths, held_paths = _split_backgrounds()
+    (root / "bg").mkdir()
+    for p in train_paths:
+        (root / "bg" / p.name).write_bytes(p.read_bytes())
+    train_bg, held_bg = synthetic.backgrounds(train_paths), synthetic.backgrounds(held_paths)
+    synthetic.write_species(
+        root / "train",
+        per_class=TRAIN_PER_CLASS,
+        backgrounds=train_bg,
+        seed=1,
+        duration_s=6.0,
+        n_calls=3,
+        snr_db=(-6.0, 6.0),
+    )
+    (root / "train" / SPECIES[0] / "broken.wav").write_bytes(b"RIFF\x00\x00\x00\x00WAVEjunk")
+    held = synthetic.write_species(
+        root / "heldout",
+        per_class=HELDOUT_PER_CLASS,
+        backgrounds=held_bg,
+        seed=2,
+        duration_s=5.0,
+        n_calls=2,
+        snr_db=(-6.0, 6.0),
+        prefix="held",
+    )
+    return {
+        "train": root / "train",
+        "bg": root / "bg",
+        "heldout": root / "heldout",
+        "held_clips": held,
+    }
+
+
+def _wait_for(path: Path, text: str, proc: subprocess.Popen, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while text not in path.read_text(errors="replace"):
+        assert proc.poll() is None, path.read_text(errors="replace")
+        assert time.monotonic() < deadline, path.read_text(errors="replace")
+        time.sleep(0.5)
+
+
+@pytest.fixture(scope="session")
+def trained(data, tmp_path_factory):
+    """`echocam train` from random weights, SIGTERMed after epoch 1, then `--resume`d."""
+    out = tmp_path_factory.mktemp("model")
+    ckpt = out / "species.pt"
+    log = out / "train.log"
+    cmd = [
+        sys.executable,
+        "-m",
+        "echocam_cli",
+        "train",
+        str(data["train"]),
+        "--out",
+        str(ckpt),
+        "--background",
+        str(data["bg"]),
+        *TRAIN_ARGS,
+    ]
+    t0 = time.monotonic()
+    cpu0 = os.times()
+    with log.open("w") as f:
+        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=ROOT)
+        try:
+            _wait_for(log, f"epoch 1/{EPOCHS}:", proc, timeout=900)
+            proc.send_signal(signal.SIGTERM)
+            interrupted_rc = proc.wait(300)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    interrupted = json.loads((out / "metrics.json").read_text())
+    with log.open("a") as f:
+        resumed = subprocess.run(
+            [*cmd, "--resume"], stdout=f, stderr=subprocess.STDOUT, cwd=ROOT, timeout=1800
+        )
+    cpu1 = os.times()
+    assert resumed.returncode == 0, log.read_text()
+    cpu = (cpu1.children_user - cpu0.children_user) + (cpu1.children_system - cpu0.children_system)
+    print(f"\ntraining: {time.monotonic() - t0:.0f} s wall, {cpu:.0f} CPU-s", file=sys.stderr)
+    return {
+        "ckpt": ckpt,
+        "dir": out,
+        "log": log.read_text(),
+        "interrupted_rc": interrupted_rc,
+        "interrupted": interrupted,
+    }
+
+
+# -- the front end is the inference front end -----------------------------------------------
+
+
+def test_training_window_input_equals_inference_input(tmp_path, species_checkpoint):
+    """A training window (no augmentation) gives the inference model input, bit for bit."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from echocam.api import explain_bytes
+    from echocam.frontend import FrontEnd, plan
+    from echocam.image import normalise
+    from echocam.settings import Params
+    from echocam.storage import LocalStore
+    from echocam.train.augment import Augment
+    from echocam.train.data import Example
+    from echocam.train.dataset import Loader, model_inputs
+    from echocam.train.predict import eval_starts
+
+    name = "spinetail_44k.wav"  # 44.1 kHz: resampled, 4 windows (the last aligned to the end)
+    data = (RECORDINGS / name).read_bytes()
+    params = Params()
+    planned = plan(data, params=params)
+    j = 2
+    start_s = planned.starts[j] / params.sample_rate
+    ex = Example(name, 0, start_s, start_s + params.window_seconds)
+    with ThreadPoolExecutor(2) as pool:
+        loader = Loader(
+            LocalStore(RECORDINGS),
+            [ex],
+            params=params,
+            augment=Augment.off(),
+            pool=pool,
+            batch_size=1,
+        )
+        (batch,) = loader.epoch([0], epoch=1)
+    fe = FrontEnd(params)
+    x_train = model_inputs(fe, [batch[0].samples])
+    assert torch.equal(x_train, fe(torch.from_numpy(planned.window(j))[None]))
+    # ... and what `echocam run --save-inputs` saved for that window
+    ex_run = explain_bytes(
+        data, name=name, weights=str(species_checkpoint), device="cpu", save_inputs=True
+    )
+    saved = torch.from_numpy(np.array(ex_run.inputs[j])).permute(2, 0, 1)[None]
+    assert torch.equal(x_train, normalise(saved))
+    # validation / evaluate windows of a whole recording are the inference windows
+    starts, length = eval_starts(planned.audio.samples.shape[0], params=params, span=None)
+    assert np.array_equal(starts, planned.starts) and length == planned.length
+    # with augmentation the same window differs (the check above can fail)
+    with ThreadPoolExecutor(2) as pool:
+        aug = Loader(
+            LocalStore(RECORDINGS),
+            [ex],
+            params=params,
+            augment=Augment(background_p=0.0),
+            pool=pool,
+            batch_size=1,
+        )
+        (batch_aug,) = aug.epoch([0], epoch=1)
+    gen = torch.Generator().manual_seed(0)
+    x_aug = model_inputs(
+        fe,
+        [batch_aug[0].samples],
+        augment=Augment(mask_p=1.0),
+        generator=gen,
+        frames_per_s=params.sample_rate / params.hop_length,
+    )
+    assert not torch.equal(x_aug, x_train)
+
+
+# -- data: split, sampling, labels ----------------------------------------------------------
+
+
+def test_split_keeps_recordings_whole_and_stratifies():
+    from echocam.train.data import Example, Labelled, split_by_recording
+
+    ex = [Example(f"a/{i}.wav", 0, s, s + 1) for i in range(10) for s in (0.0, 5.0)]
+    ex += [Example(f"b/{i}.wav", 1) for i in range(5)]
+    train, val = split_by_recording(Labelled("x", ["a", "b"], ex), val_fraction=0.2, seed=3)
+    assert not {e.key for e in train.examples} & {e.key for e in val.examples}
+    assert len(train.examples) + len(val.examples) == len(ex)
+    val_by_class = [len({e.key for e in val.examples if e.label == c}) for c in (0, 1)]
+    assert val_by_class == [2, 1]
+    again = split_by_recording(Labelled("x", ["a", "b"], ex), val_fraction=0.2, seed=3)[1]
+    assert again.examples == val.examples
+
+
+def test_epochs_are_class_balanced():
+    from echocam.train.dataset import balanced_order
+
+    labels = [0] * 50 + [1] * 5 + [2] * 15
+    order = balanced_order(labels, n=300, n_classes=3, seed=0, epoch=1)
+    counts = np.bincount(np.asarray(labels)[order], minlength=3)
+    assert counts.tolist() == [100, 100, 100]
+    assert set(order[np.asarray(labels)[order] == 1]) == set(range(50, 55))  # all repeated
+
+
+def test_labels_csv_windows_hold_the_annotated_span():
+    from echocam.settings import Params
+    from echocam.train.augment import crop_start
+    from echocam.train.data import read_labels
+    from echocam.train.predict import eval_starts
+
+    text = "key,label,start_s,end_s\nlong.wav,owl,12.0,13.5\nlong.wav,frog,40,52\nclip.wav,owl,,\n"
+    lab = read_labels(text, source="s")
+    assert lab.class_names == ["frog", "owl"] and [e.label for e in lab.examples] == [1, 1, 0]
+    p = Params()
+    n, sr, L = 60 * p.sample_rate, p.sample_rate, p.window_samples
+    owl = lab.examples[1] if lab.examples[1].start_s == 12.0 else lab.examples[0]
+    rng = np.random.default_rng(0)
+    span = (int(12.0 * sr), int(13.5 * sr))
+    for _ in range(50):
+        s = crop_start(n, length=L, rng=rng, span=span)
+        assert s <= span[0] and s + L >= span[1]
+    (s,), _ = eval_starts(n, params=p, span=owl.span)
+    assert s <= span[0] and s + L >= span[1]
+    frog = next(e for e in lab.examples if e.label == 0)
+    starts, _ = eval_starts(n, params=p, span=frog.span)
+    assert starts[0] == 40 * sr and starts[-1] + L == 52 * sr  # the span is longer: tiled
+    with pytest.raises(ValueError, match="start_s and end_s"):
+        read_labels("key,label,start_s,end_s\na.wav,owl,3,\n", source="s")
+
+
+# -- initialisation -------------------------------------------------------------------------
+
+
+def test_init_imagenet_uses_the_cache_and_fails_clearly_offline(tmp_path, monkeypatch):
+    from torchvision.models import resnet18
+
+    from echocam.errors import WeightsUnavailable
+    from echocam.model import imagenet_cache_path
+    from echocam.settings import Settings
+    from echocam.train.loop import build_net
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty"))
+    with pytest.raises(WeightsUnavailable, match="Download .* on a machine that is online"):
+        build_net("imagenet", ["a", "b"], settings=Settings(), seed=0)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "cache"))
+    torch.manual_seed(5)
+    fake = resnet18(weights=None).state_dict()
+    imagenet_cache_path().parent.mkdir(parents=True)
+    torch.save(fake, imagenet_cache_path())
+    net, started = build_net("imagenet", ["a", "b"], settings=Settings(), seed=0)
+    assert started.startswith("imagenet:") and net.fc.out_features == 2
+    assert torch.equal(net.state_dict()["layer4.1.conv2.weight"], fake["layer4.1.conv2.weight"])
+
+
+def test_seeded_cpu_training_is_reproducible(data, tmp_path):
+    """Same seed, same data: the same weights (threads on; windows seeded by position)."""
+    from echocam.model import state_dict_sha256
+    from echocam.settings import Params, Settings
+    from echocam.train.loop import TrainConfig, train
+
+    def run(name: str) -> str:
+        cfg = TrainConfig(
+            source=str(data["heldout"]),
+            out=str(tmp_path / name / "m.pt"),
+            init="random",
+            epochs=1,
+            batch_size=6,
+            epoch_windows=6,
+            val_fraction=0.0,
+            seed=7,
+        )
+        train(
+            cfg,
+            params=Params(),
+            settings=Settings(threads=2, io_threads=4),
+            progress=False,
+            log=lambda _: None,
+        )
+        blob = torch.load(tmp_path / name / "m.pt", weights_only=True)
+        return state_dict_sha256(blob["state_dict"])
+
+    assert run("a") == run("b")
+
+
+# -- the trained checkpoint -----------------------------------------------------------------
+
+
+def test_checkpoint_format_interrupt_and_resume(trained, data):
+    from echocam.model import load_model
+    from echocam.settings import Params
+
+    assert trained["interrupted_rc"] == 130, trained["log"]
+    done = trained["interrupted"]["epochs_completed"]  # SIGTERM came during epoch 2
+    assert 1 <= done < EPOCHS and f"resuming after epoch {done}" in trained["log"]
+    blob = torch.load(trained["ckpt"], weights_only=True)
+    assert set(blob) == {"state_dict", "class_names", "params", "metrics", "train_config", "data"}
+    assert blob["class_names"] == CLASSES
+    assert blob["params"] == Params().to_dict()
+    m = blob["metrics"]
+    assert [h["epoch"] for h in m["history"]] == list(range(1, m["epochs_completed"] + 1))
+    assert m["skipped"] == {"undecodable": 1}  # the broken file: counted, not a crash
+    assert blob["train_config"]["init"] == "random" and blob["train_config"]["seed"] == 0
+    d = blob["data"]
+    assert d["train"]["recordings"] + d["val"]["recordings"] == 4 * TRAIN_PER_CLASS + 1
+    assert len(d["train"]["keys_sha256"]) == 64 and sum(d["windows_drawn"].values()) > 0
+    assert all(v["recordings"] >= 4 for v in d["val"]["classes"].values())
+    on_disk = json.loads((trained["dir"] / "metrics.json").read_text())
+    assert on_disk["best_epoch"] == m["best_epoch"] and on_disk["val"]["macro_f1"] >= 0.9
+    png = (trained["dir"] / "confusion.png").read_bytes()
+    assert png.startswith(b"\x89PNG")
+    model = load_model(str(trained["ckpt"]))  # the --weights loader
+    assert model.class_names == CLASSES and model.params == Params().to_dict()
+
+
+def test_heldout_macro_f1_with_echocam_evaluate(trained, data, tmp_path):
+    proc = echocam(
+        dict(os.environ),
+        "evaluate",
+        str(data["heldout"]),
+        "--weights",
+        str(trained["ckpt"]),
+        "--out",
+        str(tmp_path / "eval"),
+        "--threads",
+        "2",
+    )
+    assert proc.returncode == 0, proc.stderr
+    m = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    print(
+        f"\nheld-out: macro-F1 {m['macro_f1']:.3f}, accuracy {m['accuracy']:.3f}", file=sys.stderr
+    )
+    assert m["examples"] == 4 * HELDOUT_PER_CLASS and m["macro_f1"] >= 0.9, m
+    assert set(m["per_class"]) == set(CLASSES)
+    conf = json.loads((tmp_path / "eval" / "confusion.json").read_text())
+    assert np.array(conf["matrix"]).sum() == 4 * HELDOUT_PER_CLASS
+    rows = list(csv.DictReader(io.StringIO((tmp_path / "eval" / "predictions.csv").read_text())))
+    assert len(rows) == 4 * HELDOUT_PER_CLASS
+    assert all(r["true"] == r["key"].split("/")[0] for r in rows)
+    assert (tmp_path / "eval" / "confusion.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_pointing_game_on_heldout_clips(trained, data):
+    """The true class's CAM peaks inside a call's box (± half a CAM cell) in >= 80 % of clips."""
+    from echocam.model import load_model
+    from echocam.settings import Params
+    from echocam.train.pointing import play
+
+    model = load_model(str(trained["ckpt"]))
+    clips = [c for c in data["held_clips"] if c.calls]  # the species' clips
+    hits = play(
+        model,
+        [c.samples for c in clips],
+        [[k.box for k in c.calls] for c in clips],
+        [model.class_names.index(c.species) for c in clips],
+        params=Params(),
+    )
+    rate = float(np.mean(hits))
+    print(f"\npointing game: {rate:.1%} of {len(hits)} held-out clips", file=sys.stderr)
+    assert rate >= 0.8
+
+
+def test_echocam_run_names_the_species_and_refuses_other_params(trained, data, tmp_path):
+    env = dict(os.environ)
+    proc = echocam(
+        env,
+        "run",
+        str(data["heldout"]),
+        "--out",
+        str(tmp_path / "cams"),
+        "--weights",
+        str(trained["ckpt"]),
+        "--threads",
+        "2",
+        "--batch-size",
+        "16",
+    )
+    assert proc.returncode == 0, proc.stderr
+    rows = [
+        json.loads(line) for line in (tmp_path / "cams" / "manifest.jsonl").read_text().splitlines()
+    ]
+    assert len(rows) == 4 * HELDOUT_PER_CLASS
+    right = [r["top_class_name"] == r["source_key"].split("/")[0] for r in rows]
+    assert np.mean(right) >= 0.9
+    # asking for another front end than the model's stops, with the reason
+    bad = echocam(
+        env,
+        "run",
+        str(data["heldout"]),
+        "--out",
+        str(tmp_path / "bad"),
+        "--weights",
+        str(trained["ckpt"]),
+        "--n-mels",
+        "128",
+    )
+    assert bad.returncode == 2 and "params_mismatch" in bad.stderr and "n_mels 128" in bad.stderr
+    assert not (tmp_path / "bad" / "manifest.jsonl").exists()
+
+
+@pytest.fixture(scope="module")
+def species_stack(trained, data, tmp_path_factory):
+    """Redis + SeaweedFS + one worker holding the trained checkpoint, read from the bucket."""
+    from devtools.services import RedisServer, SeaweedS3
+    from devtools.stack import Worker
+
+    with RedisServer() as redis_srv, SeaweedS3() as s3:
+        s3.create_bucket("species")
+        client = s3.client()
+        for clip in data["held_clips"][:9]:
+            body = (data["heldout"] / clip.name).read_bytes()
+            client.put_object(Bucket="species", Key=f"in/{clip.name}", Body=body)
+        client.upload_file(str(trained["ckpt"]), "species", "models/species.pt")
+        env = {
+            **os.environ,
+            **s3.env(),
+            "ECHOCAM_BROKER_URL": redis_srv.url,
+            "ECHOCAM_QUEUE": "echocam-train-test",
+            "ECHOCAM_WEIGHTS": "s3://species/models/species.pt",
+            "ECHOCAM_THREADS": "2",
+            "ECHOCAM_BATCH_SIZE": "16",
+        }
+        worker = Worker(env, name="species", log_dir=tmp_path_factory.mktemp("worker")).start()
+        try:
+            worker.wait_ready()
+            yield {"env": env, "s3": client, "worker": worker}
+        finally:
+            worker.stop()
+
+
+@pytest.mark.slow
+def test_real_worker_names_the_species(species_stack):
+    """The checkpoint in a real worker: produce adopts its parameters and refuses others."""
+    env, client, worker = species_stack["env"], species_stack["s3"], species_stack["worker"]
+    bad = echocam(
+        env, "produce", "s3://species/in", "--out", "s3://species/bad", "--window-seconds", "3"
+    )
+    assert bad.returncode == 2 and "window_seconds 3.0 (trained: 5.0)" in bad.stderr, bad.stderr
+    proc = echocam(
+        env,
+        "produce",
+        "s3://species/in",
+        "--out",
+        "s3://species/cams",
+        "--wait",
+        "--timeout",
+        "600",
+        "--task-size",
+        "3",
+    )
+    assert proc.returncode == 0, proc.stderr + worker.log_tail()
+    body = client.get_object(Bucket="species", Key="cams/manifest.jsonl")["Body"].read()
+    rows = [json.loads(line) for line in body.decode().splitlines()]
+    assert len(rows) == 9 and all(r["status"] == "ok" for r in rows)
+    right = [r["top_class_name"] == r["source_key"].split("/")[0] for r in rows]
+    assert np.mean(right) >= 8 / 9
