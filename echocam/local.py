@@ -130,21 +130,16 @@ def dry_run(
     params = params_for_model(params, model.params, explicit=explicit)
     params.class_ids(model.class_names)
     src, dst = _stores(source, dest, settings)
-    run = runs.describe(
-        model=model.identity, params=params, input_uri=src.uri, output_uri=dst.uri, mode="dry-run"
+    yield from plan.dry_run(
+        src,
+        dst,
+        model=model.identity,
+        params=params,
+        settings=settings,
+        redo=redo,
+        limit=limit,
+        chunk=settings.task_size,
     )
-    with ThreadPoolExecutor(settings.io_threads) as pool:
-        yield from plan.for_run(
-            src,
-            dst,
-            run,
-            settings=settings,
-            redo=redo,
-            pool=pool,
-            chunk=settings.task_size,
-            limit=limit,
-            report_extension=True,
-        )
 
 
 def _stores(source: str | Store, dest: str | Store, settings: Settings) -> tuple[Store, Store]:

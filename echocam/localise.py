@@ -39,6 +39,18 @@ class Axes:
             freqs_hz=band_centres(n_mels=n_mels, fmin=fmin, fmax=fmax)[::-1].copy(),
         )
 
+    @classmethod
+    def for_params(cls, params, *, frames: int) -> Axes:
+        """The axes of a window of ``frames`` at ``params`` (an ``echocam.settings.Params``)."""
+        return cls.of(
+            frames=frames,
+            sample_rate=params.sample_rate,
+            hop_length=params.hop_length,
+            n_mels=params.n_mels,
+            fmin=params.fmin,
+            fmax=params.fmax,
+        )
+
 
 @cache
 def band_centres(*, n_mels: int, fmin: float, fmax: float) -> np.ndarray:

@@ -159,14 +159,7 @@ def _evidence(
     time, at the spectrogram's size (n_mels, ``frames``), as the overlay draws them.
     """
     p = params
-    axes = Axes.of(
-        frames=frames,
-        sample_rate=p.sample_rate,
-        hop_length=p.hop_length,
-        n_mels=p.n_mels,
-        fmin=p.fmin,
-        fmax=p.fmax,
-    )
+    axes = Axes.for_params(p, frames=frames)
     out = {name: np.empty(cams.shape[:2]) for name in detections.EVIDENCE}
     for j, start in enumerate(starts_s):
         maps = display_maps(torch.from_numpy(cams[j : j + 1]), size=(p.n_mels, frames))[0]

@@ -12,11 +12,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from echocam import protocol
+from echocam import protocol, runs
 from echocam.chunking import chunked
 from echocam.protocol import RESUME, Redo
 from echocam.records import record_key
-from echocam.settings import Settings
+from echocam.settings import Params, Settings
 from echocam.storage import ObjectInfo, Store, read_json, suffix_matches
 
 
@@ -104,3 +104,35 @@ def for_run(
         limit=limit,
         report_extension=report_extension,
     )
+
+
+def dry_run(
+    src: Store,
+    dst: Store,
+    *,
+    model: dict[str, Any],
+    params: Params,
+    settings: Settings,
+    redo: Redo = RESUME,
+    limit: int | None = None,
+    chunk: int = 64,
+) -> Iterator[Decision]:
+    """What a run of ``model`` with ``params`` would do and skip (and why), writing nothing.
+
+    Every listed object is reported, other extensions included (``--dry-run``).
+    """
+    run = runs.describe(
+        model=model, params=params, input_uri=src.uri, output_uri=dst.uri, mode="dry-run"
+    )
+    with ThreadPoolExecutor(settings.io_threads) as pool:
+        yield from for_run(
+            src,
+            dst,
+            run,
+            settings=settings,
+            redo=redo,
+            pool=pool,
+            chunk=chunk,
+            limit=limit,
+            report_extension=True,
+        )

@@ -122,18 +122,13 @@ def dry_run(
     limit: int | None = None,
 ) -> Iterator[Decision]:
     """What :func:`produce` would enqueue and skip (and why), writing nothing anywhere."""
-    run = runs.describe(
-        model=model, params=params, input_uri=src.uri, output_uri=dst.uri, mode="dry-run"
+    return plan.dry_run(
+        src,
+        dst,
+        model=model,
+        params=params,
+        settings=settings,
+        redo=redo,
+        limit=limit,
+        chunk=_chunk(settings),
     )
-    with ThreadPoolExecutor(settings.io_threads) as pool:
-        yield from plan.for_run(
-            src,
-            dst,
-            run,
-            settings=settings,
-            redo=redo,
-            pool=pool,
-            chunk=_chunk(settings),
-            limit=limit,
-            report_extension=True,
-        )

@@ -122,14 +122,7 @@ def play(
             for i, w in enumerate(waves):
                 frames = 1 + w.shape[0] // params.hop_length
                 maps = display_maps(cams[i : i + 1], size=(params.n_mels, frames))
-                axes = Axes.of(
-                    frames=frames,
-                    sample_rate=params.sample_rate,
-                    hop_length=params.hop_length,
-                    n_mels=params.n_mels,
-                    fmin=params.fmin,
-                    fmax=params.fmax,
-                )
+                axes = Axes.for_params(params, frames=frames)
                 ev = evidence(maps[0, 0].cpu().numpy(), axes=axes)
                 shift = Shift.of(params, frames=frames) if align else None
                 hits.append(any(hit(ev, box, tolerance=tol, shift=shift) for box in boxes[b0 + i]))
