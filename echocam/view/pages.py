@@ -70,6 +70,23 @@ def _num(value: float | None) -> str:
     return "" if value is None else f"{value:g}"
 
 
+def _class_and_probability(label: str, classes: list[dict], filters) -> str:
+    """The class menu (with counts) and the probability range of a filter form."""
+    options = _options(
+        [(c["name"], f"{c['name']} ({c['n']})") for c in classes],
+        filters.klass,
+        any_label="any class",
+    )
+    return f"""  <label>{label}
+    <select name="class">{options}</select></label>
+  <label>probability from
+    <input type="number" name="pmin" min="0" max="1" step="0.01" value="{_num(filters.pmin)}">
+  </label>
+  <label>to
+    <input type="number" name="pmax" min="0" max="1" step="0.01" value="{_num(filters.pmax)}">
+  </label>"""
+
+
 def _pager(total: int, offset: int, limit: int, query: dict[str, str], path: str) -> str:
     first, last = (offset + 1, min(total, offset + limit)) if total else (0, 0)
     parts = [f'<span class="muted">{first}–{last} of {total}</span>']
@@ -89,20 +106,7 @@ def gallery(data: RunData, query: dict[str, str]) -> bytes:
     counts = data.counts()
     form = f"""
 <form class="filters" method="get" action="/">
-  <label>class (recording's top)
-    <select name="class">{
-        _options(
-            [(c["name"], f"{c['name']} ({c['n']})") for c in data.classes()],
-            filters.klass,
-            any_label="any class",
-        )
-    }</select></label>
-  <label>probability from
-    <input type="number" name="pmin" min="0" max="1" step="0.01" value="{_num(filters.pmin)}">
-  </label>
-  <label>to
-    <input type="number" name="pmax" min="0" max="1" step="0.01" value="{_num(filters.pmax)}">
-  </label>
+{_class_and_probability("class (recording's top)", data.classes(), filters)}
   <label>status
     <select name="status">{
         _options(
@@ -182,20 +186,7 @@ def detections(data: RunData, query: dict[str, str]) -> bytes:
     total, rows = data.detections(filters, sort=sort, offset=offset, limit=50)
     form = f"""
 <form class="filters" method="get" action="/detections">
-  <label>class
-    <select name="class">{
-        _options(
-            [(c["name"], f"{c['name']} ({c['n']})") for c in data.detection_classes()],
-            filters.klass,
-            any_label="any class",
-        )
-    }</select></label>
-  <label>probability from
-    <input type="number" name="pmin" min="0" max="1" step="0.01" value="{_num(filters.pmin)}">
-  </label>
-  <label>to
-    <input type="number" name="pmax" min="0" max="1" step="0.01" value="{_num(filters.pmax)}">
-  </label>
+{_class_and_probability("class", data.detection_classes(), filters)}
   <label>key contains <input type="search" name="q" value="{e(filters.q)}"></label>
   <label>sort <select name="sort">{
         "".join(
