@@ -255,6 +255,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         label_smoothing=args.label_smoothing,
         val_fraction=args.val_fraction,
         patience=args.patience,
+        target_f1=args.target_f1,
+        target_epochs=args.target_epochs,
         epoch_windows=args.epoch_windows,
         seed=args.seed or 0,
         prefetch=args.prefetch,
@@ -341,6 +343,14 @@ def _add_train(sub) -> None:
         "--val-fraction", type=float, default=0.2, help="recordings per class to validate [0.2]"
     )
     tr.add_argument("--patience", type=int, default=5, help="epochs without gain before stop [5]")
+    tr.add_argument(
+        "--target-f1",
+        type=float,
+        default=0.0,
+        metavar="F",
+        help="stop once validation macro-F1 >= F for --target-epochs epochs [0: off]",
+    )
+    tr.add_argument("--target-epochs", type=int, default=2, help="see --target-f1 [2]")
     tr.add_argument(
         "--epoch-windows", type=int, default=0, help="windows per epoch (0: one per example)"
     )

@@ -80,3 +80,7 @@ def species_model(species_checkpoint):
     from echocam.model import load_model
 
     return load_model(str(species_checkpoint))
+
+
+# the species fixtures (one training per session), for every test file
+from trained_species import species_data, trained_species  # noqa: E402, F401

@@ -10,10 +10,10 @@ the next batch; the files of the last complete epoch stay.
 
 from __future__ import annotations
 
-import collections
 import copy
 import dataclasses
 import io
+import itertools
 import json
 import math
 import signal
@@ -66,8 +66,10 @@ class TrainConfig:
     label_smoothing: float = 0.1
     val_fraction: float = 0.2  # of each class's recordings, when no --val
     patience: int = 5  # epochs without a better validation macro-F1 before stopping
+    target_f1: float = 0.0  # stop once validation macro-F1 >= this for target_epochs (0: off)
+    target_epochs: int = 2
     epoch_windows: int = 0  # training windows per epoch (0: one per training example)
-    precise_bn_windows: int = 256  # last training windows that re-estimate batch-norm stats
+    bn_windows: int = 32  # batch-norm statistics: the average over the last training windows
     seed: int = 0
     prefetch: int = 4  # batches decoded ahead of the device
     augment: Augment = field(default_factory=Augment)
@@ -340,6 +342,12 @@ def train(
                 if val["scores"] is not None and since_best >= config.patience:
                     log(f"early stop: no better validation macro-F1 for {since_best} epochs")
                     break
+                if _reached(state["history"], config):
+                    log(
+                        f"early stop: validation macro-F1 >= {config.target_f1} for "
+                        f"{config.target_epochs} epochs"
+                    )
+                    break
                 if stop.requested:
                     raise TrainInterrupted(f"stopped after epoch {epoch}; continue with --resume")
     return result
@@ -353,10 +361,11 @@ def train_step(
     y: torch.Tensor,
     *,
     label_smoothing: float,
-) -> float:
+) -> torch.Tensor:
     """One optimiser step on inputs ``x`` (b, 3, 224, 224) and labels ``y`` (b,); the loss.
 
-    bf16 autocast for the forward on CUDA; the loss in float32.
+    bf16 autocast for the forward on CUDA; the loss in float32, a detached 0-d tensor on the
+    device (reading it waits for the step).
     """
     with torch.autocast("cuda", dtype=torch.bfloat16, enabled=x.device.type == "cuda"):
         logits = net(x)
@@ -366,31 +375,43 @@ def train_step(
     opt.step()
     if sched is not None:
         sched.step()
-    return float(loss.detach())
+    return loss.detach()
 
 
-@torch.no_grad()
-def precise_bn(net: nn.Module, batches: list[torch.Tensor]) -> None:
-    """Re-estimate every batch norm's running mean and variance on ``batches`` of inputs.
+def _reached(history: list[dict[str, Any]], config: TrainConfig) -> bool:
+    """Whether the last ``target_epochs`` epochs all validated at macro-F1 >= ``target_f1``."""
+    last = history[-config.target_epochs :] if config.target_epochs > 0 else []
+    return (
+        config.target_f1 > 0
+        and len(last) == config.target_epochs
+        and all(h.get("val_macro_f1", -1.0) >= config.target_f1 for h in last)
+    )
 
-    The running averages (momentum 0.1) lag behind weights that change fast, which a short run
-    never outgrows; evaluation then sees statistics of older weights.  This replaces them with
-    the equal-weight average over ``batches`` with the current weights ("precise BN", Wu and
-    Johnson 2021), as pycls and Detectron2 do before evaluating.
+
+class BatchNormAverage:
+    """Batch-norm running statistics as the equal-weight average over an epoch's last batches.
+
+    The default running averages (momentum 0.1) lag behind weights that change fast, which a
+    short run never outgrows: validation then sees statistics of older weights (it predicted
+    one class until this).  Re-estimating them on extra forward passes with the final weights
+    ("precise BN", Wu and Johnson 2021) cost a third of the training time on a CPU; here the
+    last training batches' own statistics are averaged instead (cumulative average, momentum
+    None, from :meth:`start`), which costs nothing and is as current as those few steps.
     """
-    bns = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    if not batches or not bns:
-        return
-    momenta = [m.momentum for m in bns]
-    for m in bns:
-        m.reset_running_stats()
-        m.momentum = None  # cumulative average
-    net.train()
-    for x in batches:
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=x.device.type == "cuda"):
-            net(x)
-    for m, momentum in zip(bns, momenta, strict=True):
-        m.momentum = momentum
+
+    def __init__(self, net: nn.Module):
+        self.bns = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        self.momenta = [m.momentum for m in self.bns]
+
+    def start(self) -> None:
+        """From the next training forward on, average the batch statistics with equal weight."""
+        for m in self.bns:
+            m.reset_running_stats()
+            m.momentum = None
+
+    def restore(self) -> None:
+        for m, momentum in zip(self.bns, self.momenta, strict=True):
+            m.momentum = momentum
 
 
 def _epoch(
@@ -415,18 +436,23 @@ def _epoch(
         int(np.random.SeedSequence([config.seed, epoch]).generate_state(1)[0])
     )
     n_batches = math.ceil(len(order) / loader.batch_size)
+    bn_from = n_batches - math.ceil(config.bn_windows / loader.batch_size)
+    bn = BatchNormAverage(net)
     loss_sum, windows, wait = 0.0, 0, 0.0
-    recent: collections.deque[torch.Tensor] = collections.deque()
+    pending: tuple[torch.Tensor, int] | None = None  # the last step's loss, read a step later
     t0 = time.perf_counter()
     batches = loader.epoch(order, epoch=epoch)
-    with tqdm(
+    bar = tqdm(
         total=n_batches,
         desc=f"epoch {epoch}/{config.epochs}",
         unit="batch",
         disable=not progress,
         leave=False,
-    ) as bar:
-        while True:
+    )
+    try:
+        for b in itertools.count():
+            if config.bn_windows > 0 and b == max(0, bn_from):
+                bn.start()
             tw = time.perf_counter()
             batch = next(batches, None)
             wait += time.perf_counter() - tw
@@ -441,25 +467,30 @@ def _epoch(
             )
             y = torch.tensor([w.label for w in batch], device=fe.device)
             loss = train_step(net, opt, sched, x, y, label_smoothing=config.label_smoothing)
-            loss_sum += loss * len(batch)
-            recent.append(x)
-            while sum(r.shape[0] for r in recent) - recent[0].shape[0] >= config.precise_bn_windows:
-                recent.popleft()
+            # reading a loss waits for its step: read the previous one, so a GPU always has
+            # this step queued while the host prepares the next batch
+            if pending is not None:
+                loss_sum += float(pending[0]) * pending[1]
+            pending = (loss, len(batch))
             windows += len(batch)
             for w in batch:
                 drawn[names[w.label]] += 1
             elapsed = time.perf_counter() - t0
-            bar.set_postfix(loss=f"{loss_sum / windows:.3f}", win_s=f"{windows / elapsed:.1f}")
+            bar.set_postfix(
+                loss=f"{loss_sum / max(1, windows - len(batch)):.3f}",
+                win_s=f"{windows / elapsed:.1f}",
+            )
             bar.update(1)
             if stop.requested:
                 batches.close()
                 return None
+        if pending is not None:
+            loss_sum += float(pending[0]) * pending[1]
+    finally:
+        bar.close()
+        bn.restore()
     elapsed = time.perf_counter() - t0
-    tb = time.perf_counter()
-    if config.precise_bn_windows > 0:
-        precise_bn(net, list(recent))
     return {
-        "precise_bn_s": time.perf_counter() - tb,
         "epoch": epoch,
         "loss": loss_sum / max(1, windows),
         "windows": windows,
