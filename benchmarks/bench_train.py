@@ -7,7 +7,9 @@ scratch folder; then, interleaved, ``--repeats`` times:
   ``--io-threads`` threads, ``--prefetch`` batches ahead) → ``model_inputs`` (front end with time
   and frequency masks) → ``train_step`` (forward, loss, backward, AdamW), ``--batches`` batches;
 - **bare step**: ``train_step`` alone on one batch of real model inputs made beforehand, as many
-  times.
+  times;
+- **data path alone**: the training path without the step: how many windows/s the loader and
+  the front end could feed (above the bare step: decoding keeps up with the device).
 
 Both at the same batch, threads and device (bf16 autocast and channels-last on CUDA).  The
 headline is training windows/s ÷ bare windows/s (target ≥ 0.8), with the fraction of the time
@@ -33,12 +35,13 @@ import torch
 
 
 def write_clips(root: Path, *, clips: int, seed: int = 0) -> Path:
-    """``clips`` synthetic 6-s clips (a third per species) under ``root``/train."""
+    """About ``clips`` synthetic 6-s clips (a quarter per class: three species and clips without
+    calls) under ``root``/train."""
     from devtools import synthetic
 
     paths = [p for p in sorted(C.RECORDINGS.glob("*")) if p.suffix in C.AUDIO_SUFFIXES]
     bgs = synthetic.backgrounds(paths or sorted(C.SAMPLES.glob("*.wav")))
-    per = max(1, clips // len(synthetic.SPECIES))
+    per = max(1, clips // (len(synthetic.SPECIES) + 1))
     synthetic.write_species(
         root / "train", per_class=per, backgrounds=bgs, seed=seed, duration_s=6.0, n_calls=2
     )
@@ -72,6 +75,7 @@ def measure(
     store = LocalStore(source)
     labelled = list_folders(store, extensions=C.AUDIO_SUFFIXES)
     labels = [e.label for e in labelled.examples]
+    n_classes = len(labelled.class_names)
     fe = FrontEnd(params, dev)
     fps = params.sample_rate / params.hop_length
     torch.manual_seed(0)
@@ -97,16 +101,16 @@ def measure(
             prefetch=prefetch,
             seed=0,
         )
-        first = next(
-            loader.epoch(balanced_order(labels, n=batch, n_classes=3, seed=0, epoch=0), epoch=0)
-        )
+        order0 = balanced_order(labels, n=batch, n_classes=n_classes, seed=0, epoch=0)
+        first = next(loader.epoch(order0, epoch=0))
         x0 = model_inputs(fe, [w.samples for w in first])
         y0 = torch.tensor([w.label for w in first], device=dev)
         train_step(net, opt, None, x0, y0, label_smoothing=0.1)  # warm-up
         sync()
 
-        def path(epoch: int) -> tuple[float, float, int]:
-            order = balanced_order(labels, n=batch * batches, n_classes=3, seed=0, epoch=epoch)
+        def path(epoch: int, *, step: bool = True) -> tuple[float, float, int]:
+            total = batch * batches
+            order = balanced_order(labels, n=total, n_classes=n_classes, seed=0, epoch=epoch)
             wait, n = 0.0, 0
             t0 = time.perf_counter()
             it = loader.epoch(order, epoch=epoch)
@@ -120,7 +124,8 @@ def measure(
                     fe, [w.samples for w in got], augment=augment, generator=gen, frames_per_s=fps
                 )
                 y = torch.tensor([w.label for w in got], device=dev)
-                train_step(net, opt, None, x, y, label_smoothing=0.1)
+                if step:
+                    train_step(net, opt, None, x, y, label_smoothing=0.1)
                 n += len(got)
             sync()
             return time.perf_counter() - t0, wait, n
@@ -132,19 +137,23 @@ def measure(
             sync()
             return time.perf_counter() - t0, batches * x0.shape[0]
 
-        path_rates, bare_rates, waits = [], [], []
+        path_rates, bare_rates, data_rates, waits = [], [], [], []
         for r in range(repeats):
             s, w, n = path(r + 1)
             path_rates.append(n / s)
             waits.append(w / s)
             s, n = bare()
             bare_rates.append(n / s)
+            s, _, n = path(100 + r, step=False)
+            data_rates.append(n / s)
             print(
                 f"  repeat {r + 1}: training path {path_rates[-1]:.1f} windows/s (waiting "
-                f"{100 * waits[-1]:.0f} %), bare step {bare_rates[-1]:.1f} windows/s",
+                f"{100 * waits[-1]:.0f} %), bare step {bare_rates[-1]:.1f} windows/s, data "
+                f"path alone {data_rates[-1]:.1f} windows/s",
                 flush=True,
             )
     train_rate, bare_rate = float(np.median(path_rates)), float(np.median(bare_rates))
+    data_rate = float(np.median(data_rates))
     return {
         "device": str(dev),
         "batch": batch,
@@ -154,8 +163,10 @@ def measure(
         "train_windows_per_s": train_rate,
         "bare_windows_per_s": bare_rate,
         "train_over_bare": train_rate / bare_rate,
+        "data_windows_per_s": data_rate,
+        "data_over_bare": data_rate / bare_rate,
         "data_wait_fraction": float(np.median(waits)),
-        "repeats": {"train": path_rates, "bare": bare_rates, "wait": waits},
+        "repeats": {"train": path_rates, "bare": bare_rates, "data": data_rates, "wait": waits},
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "clips": len(labelled.examples),
     }
@@ -192,6 +203,7 @@ def main(argv: list[str] | None = None) -> int:
         ["training path (loader + front end + step)", f"{r['train_windows_per_s']:.1f}"],
         ["bare step (forward + backward + AdamW)", f"{r['bare_windows_per_s']:.1f}"],
         ["training / bare (target >= 0.8)", f"{r['train_over_bare']:.2f}"],
+        ["data path alone (loader + front end, no step)", f"{r['data_windows_per_s']:.1f}"],
         ["time waiting for the loader", f"{100 * r['data_wait_fraction']:.1f} %"],
         ["peak RSS", f"{r['peak_rss_mib']:.0f} MiB"],
     ]

@@ -38,10 +38,11 @@ BENCHMARKS: dict[str, tuple[str, list[str], list[str]]] = {
     "png": ("bench_png.py", [], ["--recordings", "1", "--repeats", "1"]),
     "producer_memory": ("bench_producer_memory.py", [], ["--sizes", "1000", "10000"]),
     "train": ("bench_train.py", [], ["--batches", "2", "--repeats", "1", "--clips", "12"]),
+    "train_memory": ("bench_train_memory.py", [], ["--sizes", "100", "400"]),
     "pointing": (
         "bench_pointing.py",
         [],
-        ["--train-per-class", "4", "--epochs", "1", "--heldout", "2"],
+        ["--train-per-class", "4", "--epochs", "1", "--epoch-windows", "16", "--heldout", "2"],
     ),
     "gpu_check_cpu": (
         "gpu_check.py",
@@ -131,7 +132,16 @@ def headline(name: str, r: dict) -> list[list]:
         ratio = r["train_over_bare"]
         row("training / bare", ratio, ">= 0.8", C.verdict(ratio, 0.8))
         row("time waiting for the loader", r["data_wait_fraction"])
+        row("data path alone windows/s (loader + front end)", r["data_windows_per_s"])
         row("peak RSS MiB", r["peak_rss_mib"])
+    elif name == "train_memory":
+        for path, g in r["growth"].items():
+            metric = f"{path}: peak RSS above baseline, {g['clips_ratio']:.0f}x clips"
+            ratio = g["peak_ratio"]
+            if path == "decoded":
+                row(metric, ratio, "(O(clips) control)")
+            else:
+                row(metric, ratio, "~1 (flat)", "flat" if ratio < 1.5 else "grows")
     elif name == "pointing":
         row(
             "held-out macro-F1",
