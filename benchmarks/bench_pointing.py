@@ -8,8 +8,8 @@ clips over recordings the training never heard:
 - the pointing game (``echocam.train.pointing``): the peak of the true class's CAM, through
   ``echocam.localise``, inside the call's box ± half a CAM cell (target ≥ 80 %), per species;
 - a figure (``--figure``, default ``results/pointing_game.png``): clips with their CAM overlay,
-  the call's box (white), the box widened by the tolerance (grey), the display map's peak (grey
-  cross) and that peak moved to its cell's receptive-field centre (cyan cross: what counts).
+  the call's box (white), the box widened by the tolerance (grey) and the display map's peak
+  (cyan cross: what counts).
 
     python benchmarks/bench_pointing.py                       # trains first (a few minutes)
     python benchmarks/bench_pointing.py --checkpoint species.pt --heldout 20
@@ -47,7 +47,7 @@ def figure(model, clips, hits, *, params, path: Path, per_row: int = 3, n: int =
     from echocam.frontend import FrontEnd
     from echocam.localise import band_centres
     from echocam.train.dataset import model_inputs
-    from echocam.train.pointing import CELL_CENTRE_SHIFT, Tolerance
+    from echocam.train.pointing import Tolerance
 
     fe = FrontEnd(params)
     plasma = colormaps.table("plasma", fe.device)
@@ -88,10 +88,6 @@ def figure(model, clips, hits, *, params, path: Path, per_row: int = 3, n: int =
                     outline=(160, 160, 160),
                 )
                 d.rectangle([x0, row_of_mel(hi), x1, row_of_mel(lo)], outline="white", width=2)
-            d.line([c - 5, r, c + 5, r], fill="grey", width=2)  # the display map's peak
-            d.line([c, r - 5, c, r + 5], fill="grey", width=2)
-            c -= CELL_CENTRE_SHIFT * m.shape[1]  # ... at its cell's receptive-field centre
-            r -= CELL_CENTRE_SHIFT * m.shape[0]
             d.line([c - 8, r, c + 8, r], fill="cyan", width=3)
             d.line([c, r - 8, c, r + 8], fill="cyan", width=3)
             d.text(
@@ -202,14 +198,6 @@ def main(argv: list[str] | None = None) -> int:
             [model.class_names.index(c.species) for c in clips],
             params=params,
         )
-        raw = play(
-            model,
-            [c.samples for c in clips],
-            [[k.box for k in c.calls] for c in clips],
-            [model.class_names.index(c.species) for c in clips],
-            params=params,
-            align=False,
-        )
         figure(model, clips, hits, params=params, path=Path(args.figure))
     per_species = {
         s: float(np.mean([h for c, h in zip(clips, hits, strict=True) if c.species == s]))
@@ -221,7 +209,6 @@ def main(argv: list[str] | None = None) -> int:
         heldout_accuracy=ev["accuracy"],
         heldout_macro_f1=ev["macro_f1"],
         pointing_game=float(np.mean(hits)),
-        pointing_game_display_peak=float(np.mean(raw)),
         pointing_by_species=per_species,
         figure=args.figure,
     )
@@ -229,7 +216,6 @@ def main(argv: list[str] | None = None) -> int:
         ["held-out macro-F1", f"{ev['macro_f1']:.3f}"],
         ["held-out accuracy", f"{ev['accuracy']:.3f}"],
         ["pointing game (target >= 0.8)", f"{result['pointing_game']:.3f}"],
-        ["  display-map peak, not re-centred", f"{result['pointing_game_display_peak']:.3f}"],
         *[[f"  {s}", f"{v:.3f}"] for s, v in per_species.items()],
     ]
     print(C.table(rows, ["what", f"{len(clips)} held-out clips"]))

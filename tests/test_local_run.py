@@ -12,9 +12,9 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
-import torch.nn.functional as F
 from conftest import SPECIES, available, chirp, recording, wav_bytes
 from PIL import Image
+from scipy.ndimage import map_coordinates
 
 from echocam.colormaps import lut
 
@@ -228,7 +228,8 @@ def minmax(x: torch.Tensor) -> torch.Tensor:
 
 def test_overlay_is_the_documented_blend_of_spectrogram_and_plasma_cam(run_dir):
     """overlay.png, recomputed from spectrogram.png and cam.npz's raw CAMs: display map (ReLU,
-    min-max, bilinear to the spectrogram's size, min-max), plasma, blended at alpha; the windows
+    min-max, bilinear to the spectrogram's size with layer4 cell j centred on model-image pixel
+    32j, min-max; here by scipy's map_coordinates), plasma, blended at alpha; the windows
     stitched along time, one band per explained class.  ±1 level for rounding; a map value within
     float error of a colour-table boundary may take the neighbouring entry (on a handful of
     pixels: the batched and the single-window upsampling differ in the last bits)."""
@@ -249,9 +250,13 @@ def test_overlay_is_the_documented_blend_of_spectrogram_and_plasma_cam(run_dir):
         expected = np.zeros((3, *ov.shape), np.float32)
         columns = np.rint(starts * rec["sample_rate"] / hop).astype(int)
         for j, c in enumerate(columns):  # later windows overwrite shared columns, as stitched
-            maps = minmax(torch.from_numpy(cams[j : j + 1]).relu())
-            maps = F.interpolate(maps, size=(n_mels, frames), mode="bilinear", align_corners=False)
-            maps = minmax(maps)[0].numpy()  # (k, n_mels, frames) in [0, 1]
+            maps = minmax(torch.from_numpy(cams[j]).relu()).numpy()  # (k, 7, 7)
+            h, w = maps.shape[-2:]
+            rows = (np.arange(n_mels) + 0.5) * h / n_mels - 1 / 64  # cell coordinates
+            cols = (np.arange(frames) + 0.5) * w / frames - 1 / 64
+            grid = np.meshgrid(rows, cols, indexing="ij")
+            maps = np.stack([map_coordinates(m, grid, order=1, mode="nearest") for m in maps])
+            maps = minmax(torch.from_numpy(maps)).numpy()  # (k, n_mels, frames) in [0, 1]
             index = np.clip(np.floor(maps * 256), 0, 255).astype(int)
             base = spec[:, c : c + frames].astype(np.float32)
             for n, step in enumerate((-1, 0, 1)):

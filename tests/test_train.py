@@ -389,25 +389,34 @@ def test_pointing_game_on_heldout_clips(trained, data):
     assert rate >= 0.8
 
 
-def test_echocam_run_names_the_species_and_refuses_other_params(trained, data, tmp_path):
-    env = dict(os.environ)
+@pytest.fixture(scope="module")
+def heldout_run(trained, data, tmp_path_factory):
+    """`echocam run` with the checkpoint over the held-out clips, every species explained."""
+    out = tmp_path_factory.mktemp("heldout-run") / "cams"
     proc = echocam(
-        env,
+        dict(os.environ),
         "run",
         str(data["heldout"]),
         "--out",
-        str(tmp_path / "cams"),
+        str(out),
         "--weights",
         str(trained["ckpt"]),
+        "--classes",
+        ",".join(SPECIES),
         "--threads",
         "2",
         "--batch-size",
         "16",
     )
     assert proc.returncode == 0, proc.stderr
-    rows = [
-        json.loads(line) for line in (tmp_path / "cams" / "manifest.jsonl").read_text().splitlines()
-    ]
+    return out
+
+
+def test_echocam_run_names_the_species_and_refuses_other_params(
+    heldout_run, trained, data, tmp_path
+):
+    env = dict(os.environ)
+    rows = [json.loads(line) for line in (heldout_run / "manifest.jsonl").read_text().splitlines()]
     assert len(rows) == 4 * HELDOUT_PER_CLASS
     right = [r["top_class_name"] == r["source_key"].split("/")[0] for r in rows]
     assert np.mean(right) >= 0.9
@@ -425,6 +434,44 @@ def test_echocam_run_names_the_species_and_refuses_other_params(trained, data, t
     )
     assert bad.returncode == 2 and "params_mismatch" in bad.stderr and "n_mels 128" in bad.stderr
     assert not (tmp_path / "bad" / "manifest.jsonl").exists()
+
+
+def _iou(a, b, *, scale=lambda f: f) -> float:
+    """IoU of two (start_s, end_s, low_hz, high_hz) boxes, frequency through ``scale``."""
+    t = max(0.0, min(a[1], b[1]) - max(a[0], b[0]))
+    f = max(0.0, min(scale(a[3]), scale(b[3])) - max(scale(a[2]), scale(b[2])))
+    area = lambda x: (x[1] - x[0]) * (scale(x[3]) - scale(x[2]))  # noqa: E731
+    return t * f / (area(a) + area(b) - t * f)
+
+
+def test_evidence_boxes_find_the_calls_of_heldout_clips(heldout_run, data):
+    """Issue 11's localisation floor, from the detections table `echocam run` wrote: for the true
+    species of each held-out clip, the peak lies inside a call's true box (no tolerance) and the
+    evidence box overlaps the best-matching call's box with median IoU >= 0.3 (time × Hz)."""
+    import librosa
+    import pandas as pd
+
+    det = pd.read_parquet(heldout_run / "detections.parquet")
+    clips = {c.name: c for c in data["held_clips"] if c.calls}  # name: species/clip.wav
+    det = det[det["source_key"].isin(clips.keys())]
+    det = det[det["class_name"] == det["source_key"].str.split("/").str[0]]
+    assert len(det) == len(clips)  # one 5-s window per clip, the true species explained
+    peak_in, iou_hz, iou_mel = [], [], []
+    for row in det.itertuples():
+        calls = [c.box for c in clips[row.source_key].calls]
+        box = (row.box_begin_s, row.box_end_s, row.box_low_hz, row.box_high_hz)
+        peak_in.append(
+            any(c[0] <= row.peak_time_s <= c[1] and c[2] <= row.peak_freq_hz <= c[3] for c in calls)
+        )
+        iou_hz.append(max(_iou(box, c) for c in calls))
+        iou_mel.append(max(_iou(box, c, scale=librosa.hz_to_mel) for c in calls))
+    print(
+        f"\nevidence over {len(det)} held-out clips: peak in a call's box {np.mean(peak_in):.0%}, "
+        f"median IoU {np.median(iou_hz):.2f} (time × Hz), {np.median(iou_mel):.2f} (time × mel)",
+        file=sys.stderr,
+    )
+    assert np.mean(peak_in) >= 0.7
+    assert np.median(iou_hz) >= 0.3
 
 
 @pytest.fixture(scope="module")
