@@ -319,7 +319,7 @@ def test_no_credentials_in_any_output_log_or_cli_output(stack):
     names = {k.rsplit("/", 1)[-1] for k in keys if k.startswith("runs/one/")}
     assert names >= {
         "spectrogram.png",
-        "overlay.png",
+        "overlay.jpg",
         "cam.npz",
         "record.json",
         "run.json",

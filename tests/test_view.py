@@ -546,6 +546,7 @@ def test_a_million_recordings_page_fast(tmp_path):
         "top_class_name": pa.array(np.where(ok, cls, None).tolist()),
         "top_probability": pa.array(np.where(ok, prob, np.nan)),
         "overlay_key": pa.array([None] * n, pa.string()),
+        "spectrogram_key": pa.array([None] * n, pa.string()),
         "record_key": pa.array([None] * n, pa.string()),
         "finished_at": pa.array(["2026-01-01T00:00:00"] * n),
     }
@@ -644,7 +645,7 @@ def test_viewer_never_imports_torch(run_dir):
         f"key = {SAMPLES[0].name!r}\n"
         "q = lambda **kw: urllib.parse.urlencode(kw)\n"
         "for t in ['/', '/failed', '/detections', '/rec?' + q(key=key),\n"
-        "          '/tile?' + q(key=key + '/overlay.png', z=0, i=0),\n"
+        "          '/tile?' + q(key=key + '/overlay.jpg', z=0, i=0),\n"
         "          '/crop?' + q(key=key, t=0.0, class_id=0) , '/audio?' + q(key=key)]:\n"
         "    assert urllib.request.urlopen(base + t).status == 200, t\n"
         "report.build(srv.data)\n"
