@@ -6,7 +6,8 @@ of file it writes: the spectrogram PNG, the overlay, ``cam.npz``, the Raven/Auda
 (detections) and ``record.json``.  Ratios are to the recordings' own bytes; KB per 5-s window and
 the encode stage's CPU milliseconds per window (the record's ``timings_s.encode``, one thread)
 come with them.  The ``issue 13 baseline`` row re-encodes the defaults' arrays the way outputs
-were written before (RGB PNGs, float32 dB and the model's 1,000 class names in every NPZ).
+were written before (RGB PNGs, float32 dB and the model's 1,000 class names in every NPZ),
+and a last table stores the dB spectrogram alone three ways (bytes, CPU, largest error).
 
     python benchmarks/bench_outputs.py [--json PATH]
 """
@@ -16,6 +17,8 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import time
+import zlib
 from collections import Counter
 
 import _common as C
@@ -49,6 +52,29 @@ def kind(name: str) -> str:
     return name.split(".", 1)[0]  # spectrogram, overlay, cam
 
 
+def db_encodings(db: np.ndarray) -> dict[str, tuple[int, float, float]]:
+    """(bytes, CPU seconds, largest error in dB) of ways to store the dB (w, m, t) float32."""
+    f16 = db.astype(np.float16)
+    q = np.rint(-db / 0.08).astype(np.uint16)  # 0.08-dB steps: within 0.04 dB
+    shuffled = np.frombuffer(q.tobytes(), np.uint8).reshape(-1, 2).T.copy()  # high, low bytes
+    out = {}
+    for name, make, err in (
+        ("float16, np.savez", lambda: _npz(np.savez, f16), f16),
+        ("float16, np.savez_compressed", lambda: _npz(np.savez_compressed, f16), f16),
+        ("uint16 0.08 dB, byte shuffle, zlib 6", lambda: zlib.compress(shuffled, 6), -0.08 * q),
+    ):
+        t0 = time.process_time()
+        size = len(make())
+        out[name] = (size, time.process_time() - t0, float(np.abs(err - db).max()))
+    return out
+
+
+def _npz(save, array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    save(buf, spectrogram_db=array)
+    return buf.getvalue()
+
+
 def baseline_files(ex: Explainer, source: Source) -> dict[str, int]:
     """Bytes per kind of ``source`` encoded as before issue 13, from the same arrays."""
     computed = ex.compute(ex.decode([source]))
@@ -70,7 +96,9 @@ def baseline_files(ex: Explainer, source: Source) -> dict[str, int]:
         params=np.array(json.dumps(p.to_dict(), sort_keys=True)),
         class_names=np.array(ex.model.class_names),
     )
+    stored = db_encodings(np.stack(rec.windows["spectrogram_db"]))
     return {
+        **{f"db: {name}": v for name, v in stored.items()},
         "spectrogram": len(render.encode_png(spec, compress_level=p.png_compress_level)),
         "overlay": len(render.encode_png(ov, compress_level=p.png_compress_level)),
         "cam": buf.tell(),
@@ -100,8 +128,14 @@ def run(args: argparse.Namespace) -> dict:
         configs[label] = _summary(sizes, input_bytes, windows, encode_s)
     ex = Explainer(model, Params(), device="cpu", batch_size=32)
     base: Counter[str] = Counter()
+    db_ways: dict[str, list[float]] = {}
     for source in sources:
-        base.update(baseline_files(ex, source))
+        files = baseline_files(ex, source)
+        for name in [n for n in files if n.startswith("db: ")]:
+            size, seconds, err = files.pop(name)
+            way = db_ways.setdefault(name[4:], [0, 0.0, 0.0])
+            way[0], way[1], way[2] = way[0] + size, way[1] + seconds, max(way[2], err)
+        base.update(files)
     defaults = configs[next(iter(CONFIGS))]["kb_per_window"]
     base.update(  # the record and detections files are those of the defaults
         {k: round(defaults[k] * 1000 * windows) for k in ("detections", "record")}
@@ -117,12 +151,25 @@ def run(args: argparse.Namespace) -> dict:
     print(f"{len(paths)} recordings, {input_bytes / 1e6:.2f} MB, {windows} windows of 5 s; "
           "bytes ÷ input bytes per kind")  # fmt: skip
     print(C.table(rows, ["configuration", *KINDS, "all", "KB/window", "encode ms/window"]))
+    dbs = {
+        name: {
+            "kb_per_window": round(size / windows / 1000, 1),
+            "ratio": round(size / input_bytes, 3),
+            "cpu_ms_per_window": round(1000 * seconds / windows, 2),
+            "max_error_db": round(err, 4),
+        }
+        for name, (size, seconds, err) in db_ways.items()
+    }
+    print("\nthe dB spectrogram alone, stored three ways:")
+    header = ["encoding", "KB/window", "÷ input", "CPU ms/window", "max error dB"]
+    print(C.table([[n, *d.values()] for n, d in dbs.items()], header))
     return {
         "machine": C.machine(),
         "recordings": [p.name for p in paths],
         "input_bytes": input_bytes,
         "windows": windows,
         "configs": configs,
+        "db_encodings": dbs,
         "defaults": next(iter(CONFIGS)),
         "baseline": BASELINE,
     }

@@ -84,11 +84,11 @@ def palette_index(rgb: np.ndarray, *, palette: np.ndarray) -> np.ndarray:
 
 @cache
 def _inverse(palette: bytes) -> tuple[tuple[int, int, int], np.ndarray]:
-    """Weights (1, b, c) of the smallest weighted sum r + b·g + c·b that tells the palette's
+    """Weights (1, b, c) of the smallest weighted sum R + b·G + c·B that tells the palette's
     colours apart, and the uint8 table from that sum to the colour's index.
 
     A table of a few thousand entries, where the packed 24-bit colour would need 16 MB: the
-    lookup costs ~1 ms per 5-s window (260 x 552 pixels; 2-core Xeon).
+    lookup costs ~1 ms per 5-s window (260 x 552 pixels; 2-core AMD EPYC).
     """
     colours = np.frombuffer(palette, np.uint8).reshape(-1, 3).astype(np.int64)
     for b, c in sorted(itertools.product(range(1, 64), repeat=2), key=lambda bc: max(bc)):
