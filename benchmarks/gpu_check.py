@@ -386,7 +386,7 @@ def local_run(device: torch.device, out: Path, timeout: float) -> dict:
             row["summary"] = json.loads(text[text.index("{") : text.index("\n}") + 2])
         except ValueError:
             row["stdout_tail"] = text[-2000:]
-        row["overlays"] = len(list(dest.glob("**/overlay.png")))
+        row["overlays"] = len(list(dest.glob("**/overlay.*")))
     print(f"  echocam run samples: {_brief(row)}", flush=True)
     return row
 

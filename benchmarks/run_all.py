@@ -36,6 +36,7 @@ BENCHMARKS: dict[str, tuple[str, list[str], list[str]]] = {
         ["--recordings", "8", "--configs", "1x1", "2x1"],
     ),
     "png": ("bench_png.py", [], ["--recordings", "1", "--repeats", "1"]),
+    "outputs": ("bench_outputs.py", [], []),
     "producer_memory": ("bench_producer_memory.py", [], ["--sizes", "1000", "10000"]),
     "train": ("bench_train.py", [], ["--batches", "2", "--repeats", "1", "--clips", "12"]),
     "pointing": (
@@ -116,6 +117,15 @@ def headline(name: str, r: dict) -> list[list]:
         row(f"{best} (zlib-ng: {r['pillow_zlib_ng']}) time / {r['default']}", ratio, "> 1.5",
             C.verdict(ratio, 1.5))  # fmt: skip
         row(f"{best} bytes / {r['default']}", r["pillow_bytes_ratio"])
+    elif name == "outputs":
+        defaults = r["configs"][r["defaults"]]
+        ratio = defaults["ratio"]
+        row("defaults: output bytes / input bytes", ratio, "<= 1.0", at_most(ratio, 1.0))
+        for kind, value in defaults["ratio_by_kind"].items():
+            row(f"defaults: {kind} bytes / input bytes", value)
+        for label, c in r["configs"].items():
+            if label != r["defaults"]:
+                row(f"{label}: output / input bytes", c["ratio"])
     elif name == "producer_memory":
         for path, g in r["growth"].items():
             metric = f"{path}: traced peak, {g['keys_ratio']:.0f}x keys"

@@ -21,9 +21,9 @@ class Explanation:
     """One recording explained: its record, its images and the arrays of ``cam.npz``."""
 
     record: dict[str, Any]
-    spectrogram: Image.Image
-    overlay: Image.Image
-    arrays: dict[str, np.ndarray]  # spectrogram_db, window_starts_s, class_ids, cams, ...
+    spectrogram: Image.Image | None  # None (and so on) when ``outputs`` leaves it out
+    overlay: Image.Image | None
+    arrays: dict[str, np.ndarray]  # window_starts_s, class_ids, cams, ... (spectrogram_db: db)
     inputs: list[Image.Image]  # 224x224 model inputs, with save_inputs=True
 
 
@@ -56,14 +56,21 @@ def explain_bytes(
     record = result.record
     if record["status"] != "ok":
         raise from_code(record["error_code"], record["error_message"])
-    with np.load(io.BytesIO(result.files[record["outputs"]["cam"]])) as npz:
-        arrays = {k: npz[k] for k in npz.files}
+    written = record["outputs"]
+    arrays = {}
+    if "cam" in written:
+        with np.load(io.BytesIO(result.files[written["cam"]])) as npz:
+            arrays = {k: npz[k] for k in npz.files}
+
+    def image(name: str) -> Image.Image | None:
+        return Image.open(io.BytesIO(result.files[written[name]])) if name in written else None
+
     return Explanation(
         record=record,
-        spectrogram=Image.open(io.BytesIO(result.files[record["outputs"]["spectrogram"]])),
-        overlay=Image.open(io.BytesIO(result.files[record["outputs"]["overlay"]])),
+        spectrogram=image("spectrogram"),
+        overlay=image("overlay"),
         arrays=arrays,
-        inputs=[Image.open(io.BytesIO(result.files[k])) for k in record["outputs"]["inputs"]],
+        inputs=[Image.open(io.BytesIO(result.files[k])) for k in written.get("inputs", [])],
     )
 
 

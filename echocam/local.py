@@ -66,7 +66,12 @@ def run_local(
     params.class_ids(model.class_names)  # the model can answer them, or stop before run.json
     src, dst = _stores(source, dest, settings)
     run = runs.describe(
-        model=model.identity, params=params, input_uri=src.uri, output_uri=dst.uri, mode="local"
+        model=model.identity,
+        params=params,
+        input_uri=src.uri,
+        output_uri=dst.uri,
+        mode="local",
+        class_names=model.class_names,
     )
     runs.save(dst, run)
     with (

@@ -40,13 +40,15 @@ class WindowRecord(TypedDict):
     explained: list[Prediction]  # the classes whose CAMs were computed, with logits
 
 
-class Outputs(TypedDict):
+class Outputs(TypedDict, total=False):
+    """The keys of the files written (``Params.outputs``): a kind not written is absent."""
+
     spectrogram: str
-    overlay: str
+    overlay: str  # overlay.jpg, overlay.webp or overlay.png (Params.overlay_format)
     cam: str
     selections: str  # Raven Pro selection table
     labels: str  # Audacity label track
-    inputs: list[str]
+    inputs: list[str]  # with save_inputs
 
 
 class Record(TypedDict):

@@ -14,10 +14,20 @@ RUN_NAME = "run.json"
 
 
 def describe(
-    *, model: dict[str, Any], params: Params, input_uri: str, output_uri: str, mode: str
+    *,
+    model: dict[str, Any],
+    params: Params,
+    input_uri: str,
+    output_uri: str,
+    mode: str,
+    class_names: list[str] | None = None,
 ) -> dict[str, Any]:
-    """A new run: ``model`` is the model identity (``LoadedModel.identity``)."""
-    return {
+    """A new run: ``model`` is the model identity (``LoadedModel.identity``).
+
+    ``class_names``, the model's classes in id order, are kept once per run here (records and
+    ``cam.npz`` name only the classes they mention); None when unknown (``--model-sha256``).
+    """
+    run = {
         "run_id": uuid.uuid4().hex,
         "fingerprint": fingerprint(params, model["sha256"]),
         "model": model,
@@ -28,6 +38,9 @@ def describe(
         "created_at": now_iso(),
         "echocam_version": version(),
     }
+    if class_names is not None:
+        run["class_names"] = list(class_names)
+    return run
 
 
 def save(store: Store, run: dict[str, Any]) -> None:

@@ -167,6 +167,7 @@ def cmd_produce(args: argparse.Namespace) -> int:
 
     settings, store = _producer_context(args)
     params, redo = _params(args), _redo(args)
+    names = None
     if args.model_sha256:
         model = {"arch": "resnet18", "sha256": args.model_sha256, "weights": settings.weights}
     else:
@@ -180,7 +181,8 @@ def cmd_produce(args: argparse.Namespace) -> int:
     if args.dry_run:
         _print_dry_run(enqueue.dry_run(src, dst, **common))
         return 0
-    result = enqueue.produce(src, dst, app=app, show=True, **common)
+    class_names = names if isinstance(names, list) else None
+    result = enqueue.produce(src, dst, app=app, show=True, class_names=class_names, **common)
     why = "not failed, or already done" if redo.failed else "already done"
     print(
         f"run {result.run['run_id']}: enqueued {result.recordings} recordings in {result.tasks} "
@@ -382,10 +384,8 @@ def _print_summary(summary: dict[str, Any]) -> None:
     keys = ("recordings", "by_status", "by_error_code", "windows", "wall_s", "windows_per_s")
     print(json.dumps({k: summary.get(k) for k in keys}, indent=1))
     out = summary["output"]
-    print(
-        f"outputs: {out}/<source key>/"
-        "{spectrogram.png,overlay.png,cam.npz,selections.txt,labels.txt,record.json}"
-    )
+    kinds = (summary.get("params") or {}).get("outputs") or []
+    print(f"outputs: {out}/<source key>/record.json, with its outputs' keys ({', '.join(kinds)})")
     print(f"tables: {out}/{{manifest,detections}}.{{jsonl|csv,parquet}}, {out}/summary.json")
 
 

@@ -45,6 +45,7 @@ def produce(
     redo: Redo = RESUME,
     limit: int | None = None,
     show: bool = False,
+    class_names: list[str] | None = None,
 ) -> Enqueued:
     """Describe the run (run.json), enqueue tasks of ``settings.task_size`` recordings.
 
@@ -52,7 +53,12 @@ def produce(
     bar on stderr (listed, enqueued, skipped) while listing and enqueuing.
     """
     run = runs.describe(
-        model=model, params=params, input_uri=src.uri, output_uri=dst.uri, mode="distributed"
+        model=model,
+        params=params,
+        input_uri=src.uri,
+        output_uri=dst.uri,
+        mode="distributed",
+        class_names=class_names,
     )
     runs.save(dst, run)
     message = protocol.run_message(run, redo)

@@ -82,6 +82,10 @@ def run_dir(tmp_path_factory, checkpoint):
         "--top-k",
         "3",
         "--save-inputs",
+        "--outputs",  # everything, the overlay lossless: recomputed exactly below
+        "spectrogram,overlay,cam,db,detections",
+        "--overlay-format",
+        "png",
         "--batch-size",
         "8",
         "--threads",
@@ -130,16 +134,18 @@ def test_good_recordings_have_complete_outputs_of_the_right_sizes(run_dir):
         ov = Image.open(out / rec["outputs"]["overlay"])
         frames = 1 + round(rec["window_seconds"] * 22050) // 200
         last_start = round(rec["windows"][-1]["start_s"] * 22050 / 200)
-        assert spec.size == (last_start + frames, 260) and spec.mode == "RGB"
+        assert spec.size == (last_start + frames, 260) and spec.mode == "P"  # magma palette
         assert ov.size == (last_start + frames, 3 * 260)  # one band per explained class
         assert w == int(np.ceil(rec["duration_s"] / 5 - 1e-9))
         with np.load(out / rec["outputs"]["cam"]) as npz:
             assert npz["cams"].shape == (w, 3, 7, 7) and npz["cams"].dtype == np.float32
             assert npz["spectrogram_db"].shape == (w, 260, frames)
+            assert npz["spectrogram_db"].dtype == np.float16
             assert npz["class_ids"].shape == (w, 3)
             assert json.loads(str(npz["params"]))["top_k"] == 3
             assert str(npz["model_sha256"]) == rec["model"]["sha256"]
         assert len(rec["outputs"]["inputs"]) == w
+        assert rec["outputs"]["overlay"].endswith("/overlay.png")
         for win in rec["windows"]:
             probs = [p["probability"] for p in win["predictions"]]
             assert probs == sorted(probs, reverse=True)
@@ -211,14 +217,17 @@ def test_top_predictions_are_the_mean_of_the_window_probabilities(run_dir):
 def test_class_names_come_from_the_models_class_ids(run_dir):
     _, out, _ = run_dir
     for rec in ok_records(out):
-        with np.load(out / rec["outputs"]["cam"]) as npz:
-            assert npz["class_names"].tolist() == CLASS_NAMES
+        with np.load(out / rec["outputs"]["cam"]) as npz:  # the explained classes' names
+            ids, names = npz["class_ids"], npz["class_names"]
+            assert names.shape == ids.shape
+            assert names.tolist() == [[CLASS_NAMES[i] for i in row] for row in ids.tolist()]
         predictions = [p for win in rec["windows"] for p in win["predictions"] + win["explained"]]
         for p in predictions + rec["top_predictions"]:
             assert p["class_name"] == CLASS_NAMES[p["class_id"]], p
     for row in manifest(out):
         if row["status"] == "ok":
             assert row["top_class_name"] == CLASS_NAMES[row["top_class_id"]]
+    assert json.loads((out / "run.json").read_text())["class_names"] == CLASS_NAMES  # once
 
 
 def minmax(x: torch.Tensor) -> torch.Tensor:
@@ -290,6 +299,9 @@ def test_help_is_complete():
         "--batch-size",
         "--threads",
         "--save-inputs",
+        "--outputs",
+        "--overlay-format",
+        "--overlay-quality",
         "--n-mels",
         "--hop-seconds",
     ):
@@ -306,6 +318,7 @@ def test_api_returns_arrays_and_images(species_checkpoint):
         recording("spinetail_44k.wav"), weights=str(species_checkpoint), device="cpu", top_k=1
     )
     assert ex.record["status"] == "ok" and ex.overlay.size == ex.spectrogram.size
+    assert ex.overlay.format == "JPEG" and "spectrogram_db" not in ex.arrays  # the defaults
     assert ex.arrays["cams"].shape[:2] == (ex.record["n_windows"], 1)
     with pytest.raises(EchoCamError) as exc:
         from echocam import explain_bytes

@@ -70,12 +70,14 @@ def test_front_end_from_the_file_matches_librosa(name, species_checkpoint):
     from echocam import explain_file
 
     path = recording(name)
-    ex = explain_file(path, weights=str(species_checkpoint), device="cpu")
+    outputs = ("cam", "db")  # the dB as stored: float16, read back
+    ex = explain_file(path, weights=str(species_checkpoint), device="cpu", outputs=outputs)
     y, _ = librosa.load(path, sr=P.sample_rate, res_type="soxr_hq", mono=True)
     window = 5 * P.sample_rate
     starts = window_starts(len(y), window=window, hop=window)
     np.testing.assert_array_equal(ex.arrays["window_starts_s"], starts / P.sample_rate)
     got = ex.arrays["spectrogram_db"]
+    assert got.dtype == np.float16
     assert got.shape == (len(starts), P.n_mels, 1 + window // P.hop_length)
     for start, db in zip(starts, got, strict=True):
         assert np.abs(db - reference(y[start : start + window])).max() <= 0.05

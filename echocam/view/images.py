@@ -1,4 +1,4 @@
-"""Tiles, thumbnails and crops of a run's PNGs, and colour bars, cut on the server.
+"""Tiles, thumbnails and crops of a run's images (PNG, JPEG, WebP) and colour bars, on the server.
 
 A 30-minute recording's overlay is ~99,000 pixels wide: the browser gets tiles of
 :data:`TILE` pixels at zoom levels that halve the resolution each step (level z shows
@@ -19,6 +19,7 @@ from importlib import resources
 TILE = 1024  # tile width in output pixels
 THUMB = (320, 160)
 MAX_PIXELS = 400_000_000  # decoded RGB stays under 1.2 GB; echocam's largest is ~130 M
+FORMATS = ("PNG", "JPEG", "WEBP")  # what Pillow calls the formats echocam writes
 
 
 class LRU:
@@ -48,20 +49,13 @@ class LRU:
                 self.used -= self.size(old)
 
 
-def png_size(data: bytes) -> tuple[int, int]:
-    """(width, height) from a PNG's IHDR, without decoding it."""
-    if data[:8] != b"\x89PNG\r\n\x1a\n" or data[12:16] != b"IHDR":
-        raise ValueError("not a PNG")
-    return struct.unpack(">II", data[16:24])
-
-
 def zoom_levels(width: int) -> int:
     """The coarsest zoom level: the one whose single tile spans the whole ``width``."""
     return max(0, math.ceil(math.log2(max(width, 1) / TILE)))
 
 
 class Images:
-    """Cuts the PNGs that ``read(key) -> bytes`` returns."""
+    """Cuts the images that ``read(key) -> bytes`` returns (tiles, thumbnails, crops: PNG)."""
 
     def __init__(self, read, *, decoded: int = 2, cache_bytes: int = 128 << 20):
         self.read = read
@@ -79,12 +73,14 @@ class Images:
         with self._decode_lock:  # tiles of one image arrive together: decode it once
             im = self.decoded.get(key)
             if im is None:
-                data = self.read(key)
-                w, h = png_size(data)
+                Image.MAX_IMAGE_PIXELS = max(Image.MAX_IMAGE_PIXELS or 0, MAX_PIXELS)
+                im = Image.open(io.BytesIO(self.read(key)))  # reads the header only
+                if im.format not in FORMATS:
+                    raise ValueError(f"{key}: {im.format} is not an image echocam writes")
+                w, h = im.size
                 if w * h > MAX_PIXELS:
                     raise ValueError(f"{key}: {w}x{h} is above {MAX_PIXELS} pixels")
-                Image.MAX_IMAGE_PIXELS = max(Image.MAX_IMAGE_PIXELS or 0, MAX_PIXELS)
-                im = Image.open(io.BytesIO(data)).convert("RGB")
+                im = im.convert("RGB")
                 self.decoded.put(key, im)
         return im
 

@@ -40,16 +40,19 @@ def e(value: Any) -> str:
 def detection_crop(
     images: Images, record: dict, params: dict, begin_s: float, class_id: int
 ) -> bytes | None:
-    """The overlay band of one detection's window with its evidence box drawn (PNG)."""
+    """The overlay band of one detection's window with its evidence box drawn (PNG); the
+    spectrogram's window where the run wrote no overlay (``--outputs``)."""
     outputs = record.get("outputs") or {}
-    if record.get("status") != "ok" or not outputs.get("overlay"):
+    picture = outputs.get("overlay") or outputs.get("spectrogram")
+    if record.get("status") != "ok" or not picture:
         return None
     for w in record.get("windows") or []:
         if abs(w["start_s"] - begin_s) > 1e-6:
             continue
-        for band, c in enumerate(w.get("explained", [])):
+        for c_index, c in enumerate(w.get("explained", [])):
             if c["class_id"] != class_id:
                 continue
+            band = c_index if picture == outputs.get("overlay") else 0
             times = TimeAxis(int(params["sample_rate"]), int(params["hop_length"]))
             mel = MelAxis.of(params)
             n = int(params["n_mels"])
@@ -65,7 +68,7 @@ def detection_crop(
                     band * n + mel.row(c["box_low_hz"]) + 1,
                 )
             return images.crop(
-                outputs["overlay"], x0=x0, x1=x0 + frames, y0=band * n, y1=(band + 1) * n, box=box
+                picture, x0=x0, x1=x0 + frames, y0=band * n, y1=(band + 1) * n, box=box
             )
     return None
 

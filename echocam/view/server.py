@@ -35,12 +35,14 @@ from typing import Any
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
 
 from echocam.view import pages
-from echocam.view.data import AUDIO_TYPES, BadKey, RunData, audio_type, safe_key
+from echocam.view.data import AUDIO_TYPES, IMAGE_SUFFIXES, BadKey, RunData, audio_type, safe_key
 from echocam.view.images import Images, colour_bar
 
 STATIC = {"view.css": "text/css; charset=utf-8", "view.js": "text/javascript; charset=utf-8"}
 CONTENT_TYPES = {
     ".png": "image/png",
+    ".jpg": "image/jpeg",
+    ".webp": "image/webp",
     ".json": "application/json",
     ".txt": "text/plain; charset=utf-8",
     ".csv": "text/csv; charset=utf-8",
@@ -223,11 +225,11 @@ class Handler(BaseHTTPRequestHandler):
         elif path.startswith("/file/"):
             self._file(unquote(path[len("/file/") :]))
         elif path == "/tile":
-            key = safe_key(query["key"], suffixes=(".png",))
+            key = safe_key(query["key"], suffixes=IMAGE_SUFFIXES)
             body = self.server.images.tile(key, int(query["z"]), int(query["i"]))
             self.send(200, body, "image/png", Cache_Control="private, max-age=3600")
         elif path == "/thumb":
-            key = safe_key(query["key"], suffixes=(".png",))
+            key = safe_key(query["key"], suffixes=IMAGE_SUFFIXES)
             cols = int(query.get("cols", "3308"))
             body = self.server.images.thumbnail(key, columns=cols)
             self.send(200, body, "image/png", Cache_Control="private, max-age=3600")
@@ -252,7 +254,7 @@ class Handler(BaseHTTPRequestHandler):
         ext = "." + key.rsplit(".", 1)[-1].lower()
         ctype = CONTENT_TYPES.get(ext, "application/octet-stream")
         name = key.rsplit("/", 1)[-1].replace('"', "")
-        disposition = "inline" if ext in (".png", ".json", ".txt") else "attachment"
+        disposition = "inline" if ext in (*IMAGE_SUFFIXES, ".json", ".txt") else "attachment"
         self.send(200, body, ctype, Content_Disposition=f'{disposition}; filename="{_ascii(name)}"')
 
     def _crop(self, query: dict[str, str]) -> None:
