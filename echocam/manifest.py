@@ -236,7 +236,7 @@ def _kept_from_index(store: Store, con, tmp: str, *, pool, page_size: int) -> li
     )
     # What the shards cannot answer: unsure sources, current records no shard holds, and
     # sources with rows but no index folder (keys too long for a marker).  Read those records.
-    todo = con.execute(
+    todo = con.sql(
         """SELECT source_key FROM idx WHERE digest IS NULL
            UNION SELECT i.source_key FROM idx i ANTI JOIN kept k USING (source_key)
              WHERE i.digest IS NOT NULL
@@ -286,7 +286,7 @@ def _write_tables(store: Store, con, tmp: str, run: dict[str, Any]) -> dict[str,
     min_probability = (run.get("params") or {}).get("min_probability", 0.0)
     n_detections = 0
     files = [Path(tmp, name) for name in OUTPUT_NAMES]
-    batches = con.execute("SELECT * FROM kept ORDER BY source_key").to_arrow_reader(_ROW_GROUP)
+    batches = con.sql("SELECT * FROM kept ORDER BY source_key").to_arrow_reader(_ROW_GROUP)
     with (
         _Table(files[0], files[1], SCHEMA, text="jsonl") as manifest,
         _Table(files[2], files[3], detections.SCHEMA, text="csv") as found,

@@ -144,8 +144,7 @@ def complete(
 ) -> list[Outcome]:
     """Encode a computed chunk and write outputs, then records; one outcome per item.
 
-    Then the chunk's manifest shard (the records written, and those found done, whose markers
-    are put again: a crash, or outputs older than the index, may have left them without).
+    Then the chunk's manifest shard: the records written, and those found done.
     """
     outcomes = dict(prepared.outcomes)
     shard = list(prepared.current)
@@ -157,9 +156,15 @@ def complete(
             outcomes[out.key] = out
             if stored is not None:
                 shard.append(stored)
-    list(pool.map(lambda st: index.repair(dst, st), prepared.current))
-    manifest.write_shard(dst, shard)
+    _index_chunk(dst, prepared.current, shard, pool=pool)
     return [outcomes[it.key] for it in prepared.items]
+
+
+def _index_chunk(dst: Store, current: list[Stored], shard: list[Stored], *, pool) -> None:
+    """Put again the markers of the records found done (a crash, or outputs older than the
+    index, may have left them without), then the chunk's manifest shard."""
+    list(pool.map(lambda st: index.repair(dst, st), current))
+    manifest.write_shard(dst, shard)
 
 
 def run_chunks(
@@ -245,7 +250,7 @@ def record_failures(
         outcomes[it.key], stored = _write(dst, res, run_id=run_id, old=old)
         if stored is not None:
             shard.append(stored)
-    manifest.write_shard(dst, shard)
+    _index_chunk(dst, current, shard, pool=_SERIAL)
     return [outcomes[it.key] for it in items]
 
 
