@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlparse
 
+from echocam.chunking import read_ahead
 from echocam.errors import TooLarge
 from echocam.keys import join
 from echocam.settings import Settings
@@ -241,7 +242,9 @@ class S3Store:
             PaginationConfig={"PageSize": page_size},
         )
         cut = len(self.prefix) + 1 if self.prefix else 0
-        for page in pages:
+        # The next page is requested while this one is used (and two listings read together,
+        # sources and the done index, overlap their requests).
+        for page in read_ahead(pages, batch=1, depth=2):
             for obj in page.get("Contents", ()):
                 key = obj["Key"][cut:]
                 if suffix_matches(key, suffixes):

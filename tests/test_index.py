@@ -218,7 +218,7 @@ def test_no_folder_is_work_but_retry_failed_reads_it(proxied):
 
 def test_compaction_reads_shards_not_records_and_keeps_each_source_once(proxied):
     store, proxy = proxied
-    src, dst = sub_store(store, "in"), sub_store(store, "out")
+    dst = sub_store(store, "out")
     keys = [f"r/{i:03d}.wav" for i in range(40)]
     items = put_sources(store, keys)
     dst.put(index.COMPLETE, b"{}")
