@@ -287,3 +287,21 @@ def test_a_worker_replaces_a_record_in_the_order_the_readers_rely_on(proxied):
     ]
     repaired = [q for q in _since(proxy, before) if q.method == "PUT" and done.key in q.path]
     assert [q.path.endswith(".undecodable") and index.INDEX in q.path for q in repaired] == [True]
+
+
+def test_outputs_older_than_the_index_are_compacted_from_records_once(proxied):
+    """No sentinel (records written before the index, markers gone): the first compaction reads
+    every record and puts their markers and the sentinel; the next reads none."""
+    store, proxy = proxied
+    dst = sub_store(store, "out")
+    keys = [f"old/{i:02d}.wav" for i in range(12)]
+    fail_records(dst, put_sources(store, keys))
+    dst.delete([o.key for o in dst.list(under=index.INDEX)])  # as written before the index
+    dst.delete([o.key for o in dst.list(under=manifest.SHARDS)])
+    for full_pass in (True, False):
+        before = len(proxy.log)
+        manifest.compact(dst, threads=4)
+        assert len(record_gets(_since(proxy, before))) == (len(keys) if full_pass else 0)
+        assert sorted(r["source_key"] for r in manifest_rows(dst)) == keys
+    assert dst.get(index.COMPLETE)[0]
+    assert len(list(index.groups(dst))) == len(keys)
