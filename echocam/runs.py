@@ -6,9 +6,10 @@ import json
 import uuid
 from typing import Any
 
+from echocam.index import COMPLETE
 from echocam.records import now_iso, version
 from echocam.settings import Params, fingerprint
-from echocam.storage import Store
+from echocam.storage import Store, read_json
 
 RUN_NAME = "run.json"
 
@@ -44,4 +45,8 @@ def describe(
 
 
 def save(store: Store, run: dict[str, Any]) -> None:
+    """Write ``run.json``; into a prefix no run has written, also the done index's sentinel
+    (``echocam.index.COMPLETE``: records there all get markers)."""
+    if read_json(store, RUN_NAME) is None:
+        store.put(COMPLETE, b'{"version": 1}\n')
     store.put(RUN_NAME, (json.dumps(run, indent=1, sort_keys=True) + "\n").encode())

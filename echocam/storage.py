@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlparse
 
+from echocam.chunking import read_ahead
 from echocam.errors import TooLarge
 from echocam.keys import join
 from echocam.settings import Settings
@@ -32,9 +33,10 @@ class Store(Protocol):
     uri: str
 
     def list(
-        self, *, suffixes: tuple[str, ...] = (), page_size: int = 1000
+        self, *, suffixes: tuple[str, ...] = (), page_size: int = 1000, under: str = ""
     ) -> Iterator[ObjectInfo]:
-        """Objects under the root whose key ends with one of ``suffixes`` (any, if empty)."""
+        """Objects under the root (or its folder ``under``, ending in ``/``) whose key ends with
+        one of ``suffixes`` (any, if empty); keys stay relative to the root."""
         ...
 
     def get(self, key: str, *, max_bytes: int | None = None) -> tuple[bytes, ObjectInfo]: ...
@@ -56,6 +58,10 @@ class Store(Protocol):
 
         ``0 <= start < stop`` and ``start`` below the object's size, else ValueError.
         """
+        ...
+
+    def delete(self, keys: list[str]) -> None:
+        """Remove these objects (missing ones are no error); S3: 1000 keys per request."""
         ...
 
 
@@ -84,12 +90,13 @@ class LocalStore:
         return path
 
     def list(
-        self, *, suffixes: tuple[str, ...] = (), page_size: int = 1000
+        self, *, suffixes: tuple[str, ...] = (), page_size: int = 1000, under: str = ""
     ) -> Iterator[ObjectInfo]:
         if self.only is not None:
-            paths = [self.root / self.only]
+            paths = [self.root / self.only] if not under else []
         else:
-            paths = (p for p in sorted(self.root.rglob("*")) if p.is_file())
+            top = self._path(under) if under else self.root
+            paths = (p for p in sorted(top.rglob("*")) if p.is_file())
         for p in paths:
             key = p.relative_to(self.root).as_posix()
             if suffix_matches(key, suffixes):
@@ -144,6 +151,10 @@ class LocalStore:
             _check_range(start, stop, size)
             f.seek(start)
             return f.read(min(stop, size) - start)
+
+    def delete(self, keys: list[str]) -> None:
+        for key in keys:
+            self._path(key).unlink(missing_ok=True)
 
 
 def _umask() -> int:
@@ -223,15 +234,17 @@ class S3Store:
         return join(self.prefix, key)
 
     def list(
-        self, *, suffixes: tuple[str, ...] = (), page_size: int = 1000
+        self, *, suffixes: tuple[str, ...] = (), page_size: int = 1000, under: str = ""
     ) -> Iterator[ObjectInfo]:
         pages = self.client.get_paginator("list_objects_v2").paginate(
             Bucket=self.bucket,
-            Prefix=f"{self.prefix}/" if self.prefix else "",
+            Prefix=(f"{self.prefix}/" if self.prefix else "") + under,
             PaginationConfig={"PageSize": page_size},
         )
         cut = len(self.prefix) + 1 if self.prefix else 0
-        for page in pages:
+        # The next page is requested while this one is used (and two listings read together,
+        # sources and the done index, overlap their requests).
+        for page in read_ahead(pages, batch=1, depth=2):
             for obj in page.get("Contents", ()):
                 key = obj["Key"][cut:]
                 if suffix_matches(key, suffixes):
@@ -299,6 +312,19 @@ class S3Store:
                 raise ValueError(f"range {start}-{stop} is past the end of {key!r}") from None
             raise
         return resp["Body"].read()
+
+    def delete(self, keys: list[str]) -> None:
+        if len(keys) == 1:  # one request either way; DeleteObject is the one every server has
+            self.client.delete_object(Bucket=self.bucket, Key=self._key(keys[0]))
+            return
+        for i in range(0, len(keys), 1000):
+            some = [{"Key": self._key(k)} for k in keys[i : i + 1000]]
+            resp = self.client.delete_objects(
+                Bucket=self.bucket, Delete={"Objects": some, "Quiet": True}
+            )
+            if resp.get("Errors"):
+                e = resp["Errors"][0]
+                raise OSError(f"cannot delete {e.get('Key')}: {e.get('Code')} {e.get('Message')}")
 
 
 def _check_range(start: int, stop: int, size: int | None) -> None:

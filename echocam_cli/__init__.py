@@ -114,7 +114,7 @@ def cmd_manifest(args: argparse.Namespace) -> int:
     from echocam.storage import client_factory, open_store
 
     store = open_store(args.out, client_factory=client_factory(_settings(args)))
-    _print_summary(manifest.compact(store))
+    _print_summary(manifest.compact(store, full=args.full))
     return 0
 
 
@@ -600,6 +600,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="compact the records under DEST into manifest.jsonl/.parquet and summary.json",
     )
     man.add_argument("out", metavar="DEST", help="directory or s3://bucket/prefix of a run")
+    man.add_argument(
+        "--full",
+        action="store_true",
+        help="read every record instead of the done index and shards, and put their markers "
+        "again (automatic for outputs written before the index)",
+    )
     _add_fields(man, Settings, ["s3_endpoint_url", "s3_region"], "storage")
     man.set_defaults(func=cmd_manifest)
 

@@ -105,6 +105,9 @@ class RecordingStore:
         self.inner.put_file(key, path)
         self._note("end", key, False, True)
 
+    def delete(self, keys):
+        self.inner.delete(keys)
+
 
 def explain_into(src, dst, model, *, run_id: str, force: bool = False, **params):
     items = list(src.list(suffixes=(".wav",)))
