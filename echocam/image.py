@@ -22,15 +22,20 @@ def minmax(x: torch.Tensor, *, dims: tuple[int, ...] = (-2, -1), eps: float = 0.
     return torch.where(hi > 0, x / hi.clamp_min(torch.finfo(x.dtype).tiny), torch.zeros_like(x))
 
 
-def spectrogram_rgb(db: torch.Tensor, *, lut: torch.Tensor) -> torch.Tensor:
-    """dB (b, n_mels, t) → uint8 RGB (b, n_mels, t, 3), as ``librosa.display.specshow`` draws it.
-
-    Channels last, as the lookup gives them and PNG rows want them: no transposes.
+def spectrogram_levels(db: torch.Tensor) -> torch.Tensor:
+    """dB (b, n_mels, t) → colour-map rows (b, n_mels, t) int32 in [0, 255], as
+    ``librosa.display.specshow`` draws it.
 
     Each window is scaled from its own min to max (specshow's default colour limits) and low
     frequencies are at the bottom (row 0 is the highest mel band).
     """
-    return colormaps.apply(minmax(db).flip(-2), lut)
+    return colormaps.levels(minmax(db).flip(-2))
+
+
+def spectrogram_rgb(db: torch.Tensor, *, lut: torch.Tensor) -> torch.Tensor:
+    """dB (b, n_mels, t) → uint8 RGB (b, n_mels, t, 3): :func:`spectrogram_levels` through
+    ``lut``.  Channels last, as the lookup gives them and PNG rows want them: no transposes."""
+    return colormaps.lookup(spectrogram_levels(db), lut)
 
 
 def model_image(
