@@ -23,7 +23,7 @@ def overlay(levels: torch.Tensor, maps: torch.Tensor, *, table: torch.Tensor) ->
     colour map and the maps' at the overlay's alpha: ``(1 - alpha) * spectrogram + alpha *
     lut(map)``, rounded, what ``imshow`` draws at ``alpha``.
     """
-    rows = colormaps.levels(maps).add_(levels.unsqueeze(1) * 256)
+    rows = colormaps.levels(maps).add_(levels.unsqueeze(1), alpha=256)
     return colormaps.lookup(rows, table)
 
 

@@ -6,7 +6,7 @@ import torch
 from PIL import Image
 
 from echocam import colormaps, render
-from echocam.image import model_image, spectrogram_levels, spectrogram_rgb
+from echocam.image import minmax, model_image, spectrogram_levels, spectrogram_rgb
 from echocam.settings import Params
 
 
@@ -114,9 +114,13 @@ def test_the_blend_table_is_the_per_pixel_blend_exactly():
 
 
 def test_spectrogram_rgb_is_the_colour_of_its_levels():
-    db = torch.randn(2, 260, 40).cumsum(-1)
+    db = torch.randn(3, 260, 40).cumsum(-1)
+    db[2] = -80.0  # a constant window: all the first colour
     levels = spectrogram_levels(db)
     assert levels.dtype == torch.int32 and int(levels.min()) == 0 and int(levels.max()) == 255
+    # the definition, min-max then matplotlib's indexing, flipped: to the bit
+    assert torch.equal(levels, colormaps.levels(minmax(db).flip(-2)))
+    assert int(levels[2].max()) == 0
     rgb = spectrogram_rgb(db, lut=colormaps.table("magma"))
     np.testing.assert_array_equal(rgb.numpy(), colormaps.lut("magma")[levels.numpy()])
 
