@@ -89,7 +89,8 @@ def evidence(
     bands).  ``offset_s`` is the window's start in the recording.  A constant map (no evidence
     anywhere) peaks at its first cell and boxes the whole window, as the threshold selects all.
     """
-    peak, mask = peaks_and_masks(torch.from_numpy(display_map)[None], threshold=threshold)
+    maps = torch.from_numpy(np.ascontiguousarray(display_map))[None]
+    peak, mask = peaks_and_masks(maps, threshold=threshold)
     return region_evidence(mask[0].numpy(), int(peak[0]), axes=axes, offset_s=offset_s)
 
 

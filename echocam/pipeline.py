@@ -98,9 +98,10 @@ class Explainer:
             # second batch size recompiles once, with the batch dimension dynamic.
             self.net = torch.compile(self.net)
         self.frontend = FrontEnd(params, self.device)
-        # the overlay's colours: plasma at alpha over the spectrogram's magma, one table
-        plasma = colormaps.table("plasma", self.device)
-        self.blend = colormaps.blend(self.frontend.magma, plasma, alpha=params.alpha)
+        # the overlay's colours, plasma at alpha over magma: one table, made on the CPU so that
+        # every device draws the same bytes
+        magma, plasma = colormaps.table("magma"), colormaps.table("plasma")
+        self.blend = colormaps.blend(magma, plasma, alpha=params.alpha).to(self.device)
         ids = params.class_ids(model.class_names)
         self.class_ids = None if ids is None else torch.tensor(ids, dtype=torch.int64)
         self.fingerprint = fingerprint(params, model.sha256)
