@@ -1,6 +1,6 @@
 """Run every benchmark, print one table of the headline ratios, write results/latest.json.
 
-    python benchmarks/run_all.py                 # everything, about 6-8 minutes on 2 cores
+    python benchmarks/run_all.py                 # everything, about 8-10 minutes on 2 cores
     python benchmarks/run_all.py --quick         # toy sizes, about 2 minutes: checks the scripts
     python benchmarks/run_all.py --only cam local
 
