@@ -50,7 +50,7 @@ def figure(model, clips, hits, *, params, path: Path, per_row: int = 3, n: int =
     from echocam.train.pointing import Tolerance
 
     fe = FrontEnd(params)
-    plasma = colormaps.table("plasma", fe.device)
+    blend = colormaps.blend(fe.magma, colormaps.table("plasma", fe.device), alpha=0.5)
     centres_mel = librosa.hz_to_mel(
         band_centres(n_mels=params.n_mels, fmin=params.fmin, fmax=params.fmax)
     )
@@ -65,13 +65,13 @@ def figure(model, clips, hits, *, params, path: Path, per_row: int = 3, n: int =
         for clip, ok in list(zip(clips, hits, strict=True))[:n]:
             wave = torch.from_numpy(clip.samples[: params.window_samples])[None]
             db = fe.db(wave)
-            rgb, _ = fe.images(db)
+            levels, _, _ = fe.colours(db)
             _, feats = model.net(model_inputs(fe, [wave[0].numpy()]))
             cid = torch.tensor([[model.class_names.index(clip.species)]])
             maps = display_maps(
                 class_activation_maps(feats, model.net.fc_weight, cid), size=db.shape[-2:]
             )
-            img = Image.fromarray(render.overlay(rgb, maps, lut=plasma, alpha=0.5)[0, 0].numpy())
+            img = Image.fromarray(render.overlay(levels, maps, table=blend)[0, 0].numpy())
             d = ImageDraw.Draw(img)
             m = maps[0, 0].numpy()
             r, c = np.unravel_index(int(m.argmax()), m.shape)

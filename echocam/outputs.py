@@ -13,13 +13,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import torch
 
 from echocam import colormaps, detections, records, render
 from echocam.audio import Audio
-from echocam.cam import display_maps
 from echocam.keys import output_key
-from echocam.localise import Axes, evidence
+from echocam.localise import Axes, region_evidence
 from echocam.records import Record
 from echocam.settings import Params
 
@@ -46,7 +44,9 @@ class ComputedRecording:
     ``windows[name]`` holds output ``name`` of every window in time order: ``spectrogram_db``
     (n_mels, t) float32, ``spectrogram_rgb`` (n_mels, t, 3) uint8, ``overlay`` (k, n_mels, t, 3)
     uint8, ``cams`` (k, h, w) float32, ``class_ids``/``logits``/``probabilities`` (k,),
-    ``top_ids``/``top_probs`` (top_k,) and, with ``save_inputs``, ``inputs`` (3, 224, 224) uint8.
+    ``top_ids``/``top_probs`` (top_k,), the evidence's device half (``peak`` (k,) int64 and
+    ``evidence_mask`` (k, n_mels, t) bool: :func:`echocam.localise.peaks_and_masks` of the
+    overlay's display maps) and, with ``save_inputs``, ``inputs`` (3, 224, 224) uint8.
     """
 
     audio: Audio
@@ -94,7 +94,7 @@ def encode(
         image_sizes["overlay"] = [int(ov.shape[0]), int(ov.shape[1])]
     starts_s = recording.starts / p.sample_rate
     h = {name: np.stack(recording.windows[name]) for name in PER_WINDOW}
-    ev = _evidence(h["cams"], starts_s, params=p, frames=h["spectrogram_db"].shape[-1])
+    ev = _evidence(recording, starts_s, params=p)
     if "cam" in want:
         written["cam"] = output_key(key, CAM)
         files[written["cam"]] = _npz(
@@ -187,20 +187,19 @@ def _npz(
 
 
 def _evidence(
-    cams: np.ndarray, starts_s: np.ndarray, *, params: Params, frames: int
+    recording: ComputedRecording, starts_s: np.ndarray, *, params: Params
 ) -> dict[str, np.ndarray]:
     """Peak and box of every window's display maps: name → (windows, k) float64.
 
-    The display maps are made again here from the raw CAMs (w, k, h, w'), one window at a
-    time, at the spectrogram's size (n_mels, ``frames``), as the overlay draws them.
+    From the peaks and thresholded maps the device stage kept (the maps the overlay drew):
+    only the connected region around each peak is found here.
     """
-    p = params
-    axes = Axes.for_params(p, frames=frames)
-    out = {name: np.empty(cams.shape[:2]) for name in detections.EVIDENCE}
+    peaks, masks = recording.windows["peak"], recording.windows["evidence_mask"]
+    axes = Axes.for_params(params, frames=masks[0].shape[-1])
+    out = {name: np.empty((len(peaks), peaks[0].shape[0])) for name in detections.EVIDENCE}
     for j, start in enumerate(starts_s):
-        maps = display_maps(torch.from_numpy(cams[j : j + 1]), size=(p.n_mels, frames))[0]
-        for c, m in enumerate(maps.numpy()):
-            e = evidence(m, axes=axes, offset_s=float(start), threshold=p.box_threshold)
+        for c, (peak, mask) in enumerate(zip(peaks[j], masks[j], strict=True)):
+            e = region_evidence(mask, int(peak), axes=axes, offset_s=float(start))
             for name in detections.EVIDENCE:
                 out[name][j, c] = getattr(e, name)
     return out

@@ -20,6 +20,7 @@ from echocam import colormaps, outputs, records, render
 from echocam.cam import display_maps, explain
 from echocam.errors import EchoCamError
 from echocam.frontend import FrontEnd, Planned, plan
+from echocam.localise import peaks_and_masks
 from echocam.model import LoadedModel
 from echocam.outputs import Result
 from echocam.records import Record
@@ -97,7 +98,10 @@ class Explainer:
             # second batch size recompiles once, with the batch dimension dynamic.
             self.net = torch.compile(self.net)
         self.frontend = FrontEnd(params, self.device)
-        self.plasma = colormaps.table("plasma", self.device)
+        # the overlay's colours, plasma at alpha over magma: one table, made on the CPU so that
+        # every device draws the same bytes
+        magma, plasma = colormaps.table("magma"), colormaps.table("plasma")
+        self.blend = colormaps.blend(magma, plasma, alpha=params.alpha).to(self.device)
         ids = params.class_ids(model.class_names)
         self.class_ids = None if ids is None else torch.tensor(ids, dtype=torch.int64)
         self.fingerprint = fingerprint(params, model.sha256)
@@ -232,13 +236,15 @@ class Explainer:
         for i, (r, j) in enumerate(batch):
             rows[i] = recordings[r].planned.window(j)
         db = self.frontend.db(waves.to(self.device, non_blocking=True))
-        rgb, img8 = self.frontend.images(db)
+        levels, rgb, img8 = self.frontend.colours(db)
         x = self.frontend.model_input(img8)
         # bf16 only for the forward: logits and CAMs are computed in float32
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.cuda):
             cb = explain(self.net, x, top_k=p.top_k, class_ids=self.class_ids)
         maps = display_maps(cb.cams, size=(db.shape[-2], db.shape[-1]))
-        ov = render.overlay(rgb, maps, lut=self.plasma, alpha=p.alpha)
+        ov = render.overlay(levels, maps, table=self.blend)
+        # the evidence's batched half here, on the maps the overlay drew; its boxes on the host
+        peak, mask = peaks_and_masks(maps, threshold=p.box_threshold)
         top = cb.probs.topk(p.top_k, dim=-1)
         owner = torch.tensor([r for r, _ in batch], device=self.device)
         prob_sum.index_add_(0, owner, cb.probs)
@@ -252,6 +258,8 @@ class Explainer:
             "top_ids": top.indices,
             "top_probs": top.values,
             "cams": cb.cams,
+            "peak": peak,
+            "evidence_mask": mask,
         }
         if p.save_inputs:
             out["inputs"] = img8

@@ -18,16 +18,16 @@ from echocam import colormaps
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
-def overlay(
-    spectrogram_rgb: torch.Tensor, maps: torch.Tensor, *, lut: torch.Tensor, alpha: float
-) -> torch.Tensor:
-    """Blend colormapped ``maps`` (b, k, h, w) in [0, 1] over uint8 (b, h, w, 3) → (b, k, h, w, 3).
+def overlay(levels: torch.Tensor, maps: torch.Tensor, *, table: torch.Tensor) -> torch.Tensor:
+    """Colour-mapped ``maps`` (b, k, h, w) in [0, 1] over a spectrogram → uint8 (b, k, h, w, 3).
 
-    ``out = (1 - alpha) * spectrogram + alpha * lut(map)``, what ``imshow`` draws at ``alpha``.
+    ``levels`` (b, h, w) int32 are the spectrogram's colour-map rows
+    (:func:`echocam.image.spectrogram_levels`) and ``table`` is :func:`colormaps.blend` of its
+    colour map and the maps' at the overlay's alpha: ``(1 - alpha) * spectrogram + alpha *
+    lut(map)``, rounded, what ``imshow`` draws at ``alpha``.
     """
-    heat = colormaps.apply(maps, lut).float()  # (b, k, h, w, 3)
-    base = spectrogram_rgb.unsqueeze(1).float()
-    return torch.lerp(base, heat, alpha).round_().to(torch.uint8)
+    rows = colormaps.levels(maps).add_(levels.unsqueeze(1), alpha=256)
+    return colormaps.lookup(rows, table)
 
 
 def stitch(windows: Sequence[np.ndarray], start_columns: np.ndarray) -> np.ndarray:

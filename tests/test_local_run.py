@@ -278,6 +278,34 @@ def test_overlay_is_the_documented_blend_of_spectrogram_and_plasma_cam(run_dir):
         assert diff.max(axis=-1).min(axis=0).max() <= 1, rec["source_key"]
 
 
+def test_evidence_is_that_of_the_display_maps_of_the_saved_cams(run_dir):
+    """Every window x class's peak and box in the record is ``localise.evidence`` of the display
+    map of cam.npz's raw CAM, made again here one window at a time, although the run took them
+    from the maps its device stage drew the overlay with (batched, thresholded there)."""
+    from echocam.cam import display_maps
+    from echocam.detections import EVIDENCE
+    from echocam.localise import Axes, evidence
+    from echocam.settings import Params
+
+    _, out, _ = run_dir
+    checked = 0
+    for rec in ok_records(out):
+        with np.load(out / rec["outputs"]["cam"]) as npz:
+            cams, starts = npz["cams"], npz["window_starts_s"]
+            frames = npz["spectrogram_db"].shape[-1]
+            p = Params.from_dict(json.loads(str(npz["params"])))
+        axes = Axes.for_params(p, frames=frames)
+        for j, window in enumerate(rec["windows"]):
+            maps = display_maps(torch.from_numpy(cams[j : j + 1]), size=(p.n_mels, frames))
+            for c, explained in enumerate(window["explained"]):
+                e = evidence(maps[0, c].numpy(), axes=axes, offset_s=float(starts[j]),
+                             threshold=p.box_threshold)  # fmt: skip
+                for name in EVIDENCE:
+                    assert explained[name] == pytest.approx(getattr(e, name), abs=1e-6), name
+                checked += 1
+    assert checked >= 3 * len(GOOD)
+
+
 def test_second_run_skips_everything_done(run_dir):
     _, out, args = run_dir
     before = {p: p.read_bytes() for p in out.rglob("record.json")}

@@ -12,9 +12,12 @@ from echocam.windows import frame, window_starts
 P = Params()
 
 
-@pytest.fixture(scope="module")
-def mel():
-    return MelSpectrogramDB.from_params(P)
+@pytest.fixture(scope="module", params=["cpu kernel", "torch.stft kernel"])
+def mel(request):
+    """Both kernels, on the CPU: the CPU's own and the one GPUs run (``torch.stft``)."""
+    m = MelSpectrogramDB.from_params(P)
+    m.host_kernel = request.param == "cpu kernel"
+    return m
 
 
 def reference(y: np.ndarray) -> np.ndarray:
@@ -81,3 +84,19 @@ def test_front_end_from_the_file_matches_librosa(name, species_checkpoint):
     assert got.shape == (len(starts), P.n_mels, 1 + window // P.hop_length)
     for start, db in zip(starts, got, strict=True):
         assert np.abs(db - reference(y[start : start + window])).max() <= 0.05
+
+
+def test_the_two_kernels_agree_on_a_batch_of_real_windows():
+    """The CPU kernel (slices of frames, banded mel product) and ``torch.stft`` with the dense
+    product give the same dB to float rounding, short windows and a partial last slice too."""
+    y = decode(recordings()[0].read_bytes(), **P.decode_options()).samples
+    for length in (5 * P.sample_rate, P.n_fft + 1, 3 * 128 * P.hop_length + 7):
+        waves = torch.from_numpy(
+            np.ascontiguousarray(frame(y, np.array([0, len(y) - length]), length))
+        )
+        m = MelSpectrogramDB.from_params(P)
+        host = m(waves)
+        m.host_kernel = False
+        dense = m(waves)
+        assert host.shape == dense.shape == (2, P.n_mels, 1 + length // P.hop_length)
+        assert (host - dense).abs().max() <= 0.01  # dB; librosa parity allows 0.05
