@@ -7,7 +7,7 @@ clips over recordings the training never heard:
 - held-out accuracy and macro-F1 (``echocam.train.evaluate``);
 - the pointing game (``echocam.train.pointing``): the peak of the true class's CAM, through
   ``echocam.localise``, inside the call's box ± half a CAM cell (target ≥ 80 %), per species;
-- a figure (``--figure``, default ``results/pointing_game.png``): clips with their CAM overlay,
+- a figure (``--figure``, default ``results/pointing_game.jpg``): clips with their CAM overlay,
   the call's box (white), the box widened by the tolerance (grey) and the display map's peak
   (cyan cross: what counts).
 
@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--epochs", type=int, default=12)
     ap.add_argument("--heldout", type=int, default=20, help="held-out clips per species")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--figure", default=str(C.RESULTS / "pointing_game.png"))
+    ap.add_argument("--figure", default=str(C.RESULTS / "pointing_game.jpg"))
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
