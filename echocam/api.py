@@ -12,6 +12,7 @@ import numpy as np
 from PIL import Image
 
 from echocam.errors import from_code
+from echocam.outputs import Result, read
 from echocam.pipeline import Explainer, Source
 from echocam.settings import Params, Settings, params_for_model
 
@@ -56,15 +57,32 @@ def explain_bytes(
     record = result.record
     if record["status"] != "ok":
         raise from_code(record["error_code"], record["error_message"])
-    with np.load(io.BytesIO(result.files[record["outputs"]["cam"]])) as npz:
-        arrays = {k: npz[k] for k in npz.files}
-    return Explanation(
-        record=record,
-        spectrogram=Image.open(io.BytesIO(result.files[record["outputs"]["spectrogram"]])),
-        overlay=Image.open(io.BytesIO(result.files[record["outputs"]["overlay"]])),
-        arrays=arrays,
-        inputs=[Image.open(io.BytesIO(result.files[k])) for k in record["outputs"]["inputs"]],
-    )
+    outputs = record["outputs"]
+    try:
+        with np.load(io.BytesIO(read(result.files[outputs["cam"]]))) as npz:
+            arrays = {k: npz[k] for k in npz.files}
+        return Explanation(
+            record=record,
+            spectrogram=_image(result, outputs.get("spectrogram_tiles", [outputs["spectrogram"]])),
+            overlay=_image(result, outputs.get("overlay_tiles", [outputs["overlay"]])),
+            arrays=arrays,
+            inputs=[_image(result, [k]) for k in outputs["inputs"]],
+        )
+    finally:
+        result.close()
+
+
+def _image(result: Result, keys: list[str]) -> Image.Image:
+    """The image whose tiles (or one image) are ``keys``, whole: a notebook holds it."""
+    tiles = [Image.open(io.BytesIO(read(result.files[k]))) for k in keys]
+    if len(tiles) == 1:
+        return tiles[0]
+    whole = Image.new(tiles[0].mode, (sum(t.width for t in tiles), tiles[0].height))
+    x = 0
+    for t in tiles:
+        whole.paste(t, (x, 0))
+        x += t.width
+    return whole
 
 
 def explain_file(path: str | Path, **kwargs: Any) -> Explanation:

@@ -1,15 +1,21 @@
 """A computed recording's files (spectrogram and overlay PNGs, ``cam.npz``) and its ok record.
 
 The last stage of the pipeline, on the CPU: windows are stitched along time into one image per
-recording, encoded, and described by the record.  Pure: arrays in, bytes and a record out.
+recording (or, when wider than :data:`TILE_COLUMNS`, tiles of that width), encoded, and
+described by the record.  A long recording arrives a segment of windows at a time
+(:class:`Encoder`), and nothing of it is held whole but its small per-window arrays: images
+are handed out a tile at a time, the dB spectrogram streams into ``cam.npz``, and files above
+:data:`SPOOL_BYTES` wait on disk, not in memory, until they are written.
 """
 
 from __future__ import annotations
 
-import io
 import json
+import tempfile
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import BinaryIO
 
 import numpy as np
 import torch
@@ -19,135 +25,250 @@ from echocam.audio import Audio
 from echocam.cam import display_maps
 from echocam.keys import output_key
 from echocam.localise import Axes, evidence
+from echocam.npz import NpzWriter
 from echocam.records import Record
 from echocam.settings import Params
 
 SPECTROGRAM, OVERLAY, CAM = "spectrogram.png", "overlay.png", "cam.npz"
 SELECTIONS, LABELS = "selections.txt", "labels.txt"
 
-# Per-window arrays that go into cam.npz and the record, stacked per recording.
-PER_WINDOW = ("spectrogram_db", "class_ids", "logits", "probabilities", "top_ids", "top_probs",
-              "cams")  # fmt: skip
+# The widest image written whole: ~149 s at the defaults (hop 200 at 22050 Hz), a size every
+# viewer opens.  A wider recording's images are tiles of this width (the last narrower):
+# spectrogram/tile_00000.png, overlay/tile_00000.png, ... (a 30-minute recording: 7 each).
+TILE_COLUMNS = 16384
+SPOOL_BYTES = 4 << 20  # an output file larger than this waits in a temporary file
+
+# Small per-window arrays that go into cam.npz and the record, gathered per recording.
+PER_WINDOW = ("class_ids", "logits", "probabilities", "top_ids", "top_probs", "cams")
+
+Blob = bytes | BinaryIO  # an output file's bytes, or a temporary file holding them
 
 
 @dataclass
 class Result:
-    """A recording's record and its output files (relative key → bytes), to be written first."""
+    """A recording's record and its output files (relative key → bytes), to be written first.
+
+    Large files are temporary files (see :data:`SPOOL_BYTES`): read them with :func:`read`,
+    and :meth:`close` the result once written.
+    """
 
     record: Record
-    files: dict[str, bytes] = field(default_factory=dict)
+    files: dict[str, Blob] = field(default_factory=dict)
+
+    def close(self) -> None:
+        for blob in self.files.values():
+            if not isinstance(blob, bytes):
+                blob.close()
+
+
+def read(blob: Blob) -> bytes:
+    """The bytes of an output file."""
+    if isinstance(blob, bytes):
+        return blob
+    blob.seek(0)
+    return blob.read()
+
+
+def spool(data: bytes) -> Blob:
+    """``data`` itself, or a temporary file holding it when larger than :data:`SPOOL_BYTES`."""
+    if len(data) <= SPOOL_BYTES:
+        return data
+    f = tempfile.TemporaryFile()  # noqa: SIM115 (closed by Result.close, or when collected)
+    f.write(data)
+    return f
 
 
 @dataclass
-class ComputedRecording:
-    """A recording after the device stage: per-window arrays and its mean class probabilities.
+class Windows:
+    """Consecutive windows of one recording after the device stage, from window ``first`` on.
 
-    ``windows[name]`` holds output ``name`` of every window in time order: ``spectrogram_db``
+    ``arrays[name]`` holds output ``name`` of each window in time order: ``spectrogram_db``
     (n_mels, t) float32, ``spectrogram_rgb`` (n_mels, t, 3) uint8, ``overlay`` (k, n_mels, t, 3)
     uint8, ``cams`` (k, h, w) float32, ``class_ids``/``logits``/``probabilities`` (k,),
     ``top_ids``/``top_probs`` (top_k,) and, with ``save_inputs``, ``inputs`` (3, 224, 224) uint8.
     """
 
-    audio: Audio
-    starts: np.ndarray  # (w,) window start samples
-    length: int  # window length, samples
-    windows: dict[str, list[np.ndarray]]
-    mean_probs: np.ndarray  # (classes,) mean over the windows
-    decode_s: float
-    compute_s: float
+    first: int
+    arrays: dict[str, list[np.ndarray]]
+
+    def __len__(self) -> int:
+        return len(self.arrays["cams"])
 
 
-def encode(
-    recording: ComputedRecording,
-    base: Record,
-    *,
-    params: Params,
-    class_names: Sequence[str],
-    model_sha256: str,
-) -> Result:
-    """The recording's files and its ok record (``base`` completed)."""
-    p, names = params, class_names
-    key = base["source_key"]
-    level = p.png_compress_level
-    columns = np.rint(recording.starts / p.hop_length).astype(np.int64)
-    spec = render.stitch(recording.windows["spectrogram_rgb"], columns)  # (m, t, 3)
-    ov = render.stitch(recording.windows["overlay"], columns)  # (k, m, t, 3): a band per class
-    ov = ov.reshape(-1, *ov.shape[2:])  # (k*m, t, 3)
-    keys = {name: output_key(key, name) for name in (SPECTROGRAM, OVERLAY, CAM, SELECTIONS, LABELS)}
-    files = {
-        keys[SPECTROGRAM]: render.encode_png(spec, compress_level=level),
-        keys[OVERLAY]: render.encode_png(ov, compress_level=level),
-    }
-    starts_s = recording.starts / p.sample_rate
-    h = {name: np.stack(recording.windows[name]) for name in PER_WINDOW}
-    ev = _evidence(h["cams"], starts_s, params=p, frames=h["spectrogram_db"].shape[-1])
-    npz = io.BytesIO()
-    np.savez(
-        npz,
-        spectrogram_db=h["spectrogram_db"],
-        window_starts_s=starts_s,
-        class_ids=h["class_ids"],
-        logits=h["logits"],
-        probabilities=h["probabilities"],
-        cams=h["cams"],
-        **ev,
-        params=np.array(json.dumps(p.to_dict(), sort_keys=True)),
-        model_sha256=np.array(model_sha256),
-        class_names=np.array(names),
-    )
-    files[keys[CAM]] = npz.getvalue()
-    inputs = []
-    for j, img in enumerate(recording.windows["inputs"] if p.save_inputs else ()):
-        inputs.append(output_key(key, f"inputs/window_{j:05d}.png"))
-        files[inputs[-1]] = render.encode_png(img.transpose(1, 2, 0), compress_level=level)
+class Encoder:
+    """One recording's files and ok record, from its windows a :class:`Windows` part at a time.
 
-    windows = [
-        {
-            "start_s": round(float(start), 6),
-            "predictions": [
-                records.prediction(i, q, names)
-                for i, q in zip(h["top_ids"][j], h["top_probs"][j], strict=True)
-            ],
-            "explained": [
-                {
-                    **records.prediction(i, q, names, logit),
-                    **{name: round(float(ev[name][j, c]), 6) for name in detections.EVIDENCE},
-                }
-                for c, (i, q, logit) in enumerate(
-                    zip(h["class_ids"][j], h["probabilities"][j], h["logits"][j], strict=True)
+    Parts must arrive in time order and cover every window once; the outputs are the same
+    whatever the parts (tested byte for byte).  ``seconds`` is the time spent encoding.
+    """
+
+    def __init__(
+        self,
+        *,
+        audio: Audio,
+        starts: np.ndarray,
+        length: int,
+        base: Record,
+        params: Params,
+        class_names: Sequence[str],
+        model_sha256: str,
+    ):
+        self.audio, self.starts, self.length, self.base = audio, starts, length, base
+        self.params, self.names, self.model_sha256 = params, class_names, model_sha256
+        self.columns = np.rint(starts / params.hop_length).astype(np.int64)
+        self.starts_s = starts / params.sample_rate
+        self.files: dict[str, Blob] = {}
+        self.inputs: list[str] = []
+        self.seen = 0  # windows added
+        self.seconds = 0.0
+
+    def add(self, part: Windows) -> None:
+        """Encode the windows of ``part`` (the next ones in time)."""
+        t0 = time.perf_counter()
+        if part.first != self.seen:
+            raise ValueError(f"windows from {part.first} arrived after {self.seen} of them")
+        if not self.seen:
+            self._begin(part)
+        p, key, a = self.params, self.base["source_key"], part.arrays
+        for i in range(len(part)):
+            j = part.first + i
+            col = int(self.columns[j])
+            for t, tile in self.spectrogram.add(a["spectrogram_rgb"][i], col):
+                self._image(SPECTROGRAM, t, tile)
+            for t, tile in self.overlay.add(a["overlay"][i], col):
+                self._image(OVERLAY, t, tile)
+            self.npz.write(a["spectrogram_db"][i])
+            for name in PER_WINDOW:
+                self.small[name][j] = a[name][i]
+            if p.save_inputs:
+                self.inputs.append(output_key(key, f"inputs/window_{j:05d}.png"))
+                img = a["inputs"][i].transpose(1, 2, 0)
+                self.files[self.inputs[-1]] = render.encode_png(
+                    img, compress_level=p.png_compress_level
                 )
-            ],
+        j0, j1 = part.first, part.first + len(part)
+        ev = _evidence(
+            self.small["cams"][j0:j1], self.starts_s[j0:j1], params=p, frames=self.frames
+        )
+        for name, values in ev.items():
+            self.evidence[name][j0:j1] = values
+        self.seen = j1
+        self.seconds += time.perf_counter() - t0
+
+    def _begin(self, part: Windows) -> None:
+        n = len(self.starts)
+        db = part.arrays["spectrogram_db"][0]
+        self.frames = db.shape[-1]
+        width = int(self.columns[-1]) + self.frames
+        self.tiled = width > TILE_COLUMNS
+        tile = TILE_COLUMNS if self.tiled else width
+        self.width = width
+        ov = part.arrays["overlay"][0]  # (k, n_mels, t, 3): a band per explained class
+        self.rows = {"spectrogram": db.shape[0], "overlay": ov.shape[0] * ov.shape[1]}
+        self.spectrogram = render.Tiles(width=width, tile=tile)
+        self.overlay = render.Tiles(width=width, tile=tile)
+        self.tiles: dict[str, list[str]] = {SPECTROGRAM: [], OVERLAY: []}
+        self.small = {
+            name: np.empty((n, *part.arrays[name][0].shape), part.arrays[name][0].dtype)
+            for name in PER_WINDOW
         }
-        for j, start in enumerate(starts_s)
-    ]
-    top = np.argsort(-recording.mean_probs, kind="stable")[: p.top_k]
-    record = records.succeeded(
-        base,
-        audio=recording.audio,
-        sample_rate=p.sample_rate,
-        window_seconds=recording.length / p.sample_rate,
-        windows=windows,
-        top_predictions=[records.prediction(i, recording.mean_probs[i], names) for i in top],
-        outputs={
-            "spectrogram": keys[SPECTROGRAM],
-            "overlay": keys[OVERLAY],
+        k = self.small["cams"].shape[1]
+        self.evidence = {name: np.empty((n, k)) for name in detections.EVIDENCE}
+        self.npz_file = tempfile.SpooledTemporaryFile(max_size=SPOOL_BYTES)  # noqa: SIM115
+        self.npz = NpzWriter(self.npz_file)
+        self.npz.begin("spectrogram_db", shape=(n, *db.shape), dtype=db.dtype)
+
+    def _image(self, name: str, t: int, tile: np.ndarray) -> None:
+        """Encode tile ``t`` of image ``name`` (the whole image when not tiled)."""
+        key = self.base["source_key"]
+        stem = name.removesuffix(".png")
+        out = output_key(key, f"{stem}/tile_{t:05d}.png" if self.tiled else name)
+        self.tiles[name].append(out)
+        rgb = tile.reshape(-1, *tile.shape[-2:])  # overlay (k, m, t, 3): a band per class
+        self.files[out] = spool(
+            render.encode_png(rgb, compress_level=self.params.png_compress_level)
+        )
+
+    def close(self, *, mean_probs: np.ndarray) -> Result:
+        """The files and the ok record, once every window was added; ``mean_probs`` (classes,)
+        is the recording's mean class probability over its windows."""
+        t0 = time.perf_counter()
+        n = len(self.starts)
+        if self.seen != n:
+            raise ValueError(f"{self.seen} of {n} windows were added")
+        for t, tile in self.spectrogram.close():
+            self._image(SPECTROGRAM, t, tile)
+        for t, tile in self.overlay.close():
+            self._image(OVERLAY, t, tile)
+        p, names, key, h = self.params, self.names, self.base["source_key"], self.small
+        keys = {name: output_key(key, name) for name in (CAM, SELECTIONS, LABELS)}
+        self.npz.end()
+        for name, array in (
+            ("window_starts_s", self.starts_s),
+            ("class_ids", h["class_ids"]),
+            ("logits", h["logits"]),
+            ("probabilities", h["probabilities"]),
+            ("cams", h["cams"]),
+            *self.evidence.items(),
+            ("params", np.array(json.dumps(p.to_dict(), sort_keys=True))),
+            ("model_sha256", np.array(self.model_sha256)),
+            ("class_names", np.array(names)),
+        ):
+            self.npz.add(name, array)
+        self.npz.close()
+        self.files[keys[CAM]] = self.npz_file
+        ev = self.evidence
+        windows = [
+            {
+                "start_s": round(float(start), 6),
+                "predictions": [
+                    records.prediction(i, q, names)
+                    for i, q in zip(h["top_ids"][j], h["top_probs"][j], strict=True)
+                ],
+                "explained": [
+                    {
+                        **records.prediction(i, q, names, logit),
+                        **{name: round(float(ev[name][j, c]), 6) for name in detections.EVIDENCE},
+                    }
+                    for c, (i, q, logit) in enumerate(
+                        zip(h["class_ids"][j], h["probabilities"][j], h["logits"][j], strict=True)
+                    )
+                ],
+            }
+            for j, start in enumerate(self.starts_s)
+        ]
+        top = np.argsort(-mean_probs, kind="stable")[: p.top_k]
+        outputs = {
+            "spectrogram": self.tiles[SPECTROGRAM][0],
+            "overlay": self.tiles[OVERLAY][0],
             "cam": keys[CAM],
             "selections": keys[SELECTIONS],
             "labels": keys[LABELS],
-            "inputs": inputs,
-        },
-        image_sizes={
-            "spectrogram": [int(spec.shape[0]), int(spec.shape[1])],
-            "overlay": [int(ov.shape[0]), int(ov.shape[1])],
-        },
-    )
-    found = detections.selections(
-        detections.rows(record, min_probability=p.min_probability),
-        gap_s=p.hop_length / p.sample_rate,
-    )
-    files[keys[SELECTIONS]] = detections.raven_table(found).encode()
-    files[keys[LABELS]] = detections.audacity_labels(found).encode()
-    return Result(record, files)
+            "inputs": self.inputs,
+        }
+        if self.tiled:  # "spectrogram" and "overlay" name the first tiles
+            outputs["spectrogram_tiles"] = self.tiles[SPECTROGRAM]
+            outputs["overlay_tiles"] = self.tiles[OVERLAY]
+        record = records.succeeded(
+            self.base,
+            audio=self.audio,
+            sample_rate=p.sample_rate,
+            window_seconds=self.length / p.sample_rate,
+            windows=windows,
+            top_predictions=[records.prediction(i, mean_probs[i], names) for i in top],
+            outputs=outputs,
+            image_sizes={name: [rows, self.width] for name, rows in self.rows.items()},
+        )
+        if self.tiled:
+            record["tile_columns"] = TILE_COLUMNS
+        found = detections.selections(
+            detections.rows(record, min_probability=p.min_probability),
+            gap_s=p.hop_length / p.sample_rate,
+        )
+        self.files[keys[SELECTIONS]] = detections.raven_table(found).encode()
+        self.files[keys[LABELS]] = detections.audacity_labels(found).encode()
+        self.seconds += time.perf_counter() - t0
+        return Result(record, self.files)
 
 
 def _evidence(
