@@ -42,7 +42,8 @@ def test_resampled_signal_matches_librosa_load_from_the_file(name):
     librosa reads the file itself (soundfile from the path, its own mono mix, soxr_hq), so a wrong
     resampler, rate or mix shows.  Both read through libsndfile (MP3 too, with mpg123): the WAVs
     agree exactly; the MP3 within 1.2e-7, because mpg123's float output rounds differently after
-    the boundary of each block read (decode streams the file in blocks, librosa reads it whole).  1e-5 leaves room for float rounding yet lies 20x below what a neighbouring
+    the boundary of each block read (decode streams the file in blocks, librosa reads it
+    whole).  1e-5 leaves room for float rounding yet lies 20x below what a neighbouring
     resampler changes (soxr_vhq instead of soxr_hq: 2.4e-4 at most on the quietest of these files;
     soxr_mq 4.8e-4, polyphase 6.1e-4).
     """

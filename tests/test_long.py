@@ -166,3 +166,73 @@ def test_large_outputs_wait_in_temporary_files_and_the_store_writes_them(
         assert (tmp_path / key).read_bytes() == read(blob)
     result.close()
     assert all(blob.closed for k, blob in result.files.items() if k in spooled)
+
+
+def test_the_viewer_serves_a_tiled_recording_as_it_serves_one_image(
+    species_checkpoint, long_wav, tmp_path
+):
+    """A 152-s recording's images are two tiles; /tile (by record and image), /crop and the
+    gallery's thumbnail cut them as they would cut the whole image."""
+    import re
+    import urllib.parse
+    import urllib.request
+
+    from echocam.local import run_local
+    from echocam.settings import Settings
+    from echocam.view.images import TILE, Images, Tiled, image_ref, zoom_levels
+    from echocam.view.report import detection_crop
+    from echocam.view.server import make_server, start_in_thread
+
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "long.wav").write_bytes(long_wav)
+    out = tmp_path / "out"
+    settings = Settings(weights=str(species_checkpoint), threads=2)
+    run_local(str(tmp_path / "in"), str(out), params=Params(), settings=settings, progress=False)
+    record = json.loads((out / "long.wav" / "record.json").read_text())
+    ref = image_ref(record, "overlay")
+    assert isinstance(ref, Tiled) and len(ref.keys) == 2 and ref.columns == outputs.TILE_COLUMNS
+    whole = np.concatenate(
+        [np.asarray(Image.open(out / k).convert("RGB")) for k in ref.keys], axis=1
+    )
+    assert whole.shape[:2] == (ref.height, ref.width)
+    single = io.BytesIO()
+    Image.fromarray(whole).save(single, "PNG")
+    one = Images(lambda key: single.getvalue())  # the same picture as one PNG
+    srv = make_server(str(out), port=0, quiet=True)
+    start_in_thread(srv)
+    base = f"http://127.0.0.1:{srv.server_address[1]}"
+
+    def get(target: str) -> bytes:
+        with urllib.request.urlopen(base + target, timeout=60) as resp:
+            return resp.read()
+
+    def pixels(png: bytes) -> np.ndarray:
+        return np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
+
+    try:
+        page = get("/rec?" + urllib.parse.urlencode({"key": "long.wav"})).decode()
+        view = json.loads(re.search(r'id="rec-data">(.*?)</script>', page).group(1))
+        queries = [im["query"] for im in view["images"]]
+        assert queries == [{"rec": "long.wav", "image": n} for n in ("spectrogram", "overlay")]
+        for z in range(zoom_levels(ref.width) + 1):
+            for i in range(-(-ref.width // (TILE << z))):
+                q = urllib.parse.urlencode({**queries[1], "z": z, "i": i})
+                np.testing.assert_array_equal(
+                    pixels(get(f"/tile?{q}")), pixels(one.tile("x.png", z, i))
+                )
+        # a window across the tile boundary: its detection crop spans both tiles
+        w = next(w for w in record["windows"] if w["start_s"] * 110.25 > 16000)
+        t, cid = w["start_s"], w["explained"][0]["class_id"]
+        crop = get("/crop?" + urllib.parse.urlencode({"key": "long.wav", "t": t, "class_id": cid}))
+        as_one = {**record, "outputs": {"overlay": "x.png"}}  # the same record, one PNG
+        params = json.loads((out / "run.json").read_text())["params"]
+        np.testing.assert_array_equal(
+            pixels(crop), pixels(detection_crop(one, as_one, params, t, cid))
+        )
+        thumb = get("/thumb?" + urllib.parse.urlencode({"key": record["outputs"]["overlay"]}))
+        np.testing.assert_array_equal(pixels(thumb), pixels(one.thumbnail("x.png", columns=3308)))
+        bad = urllib.parse.urlencode({"rec": "long.wav", "image": "cam", "z": 0, "i": 0})
+        with pytest.raises(urllib.error.HTTPError):
+            get(f"/tile?{bad}")
+    finally:
+        srv.shutdown()

@@ -15,7 +15,7 @@ from urllib.parse import quote, urlencode
 
 from echocam.view.axes import MelAxis, TimeAxis
 from echocam.view.data import DETECTION_SORTS, SORTS, Filters, RunData, audio_type, dumps
-from echocam.view.images import TILE, zoom_levels
+from echocam.view.images import TILE, Tiled, image_ref, zoom_levels
 
 PAGE_SIZE = 48
 GUTTER = 86  # px: the frequency axis column
@@ -313,13 +313,13 @@ def recording(data: RunData, source_key: str) -> bytes | None:
         "bands": bands,
         "tile": TILE,
         "images": [
-            {"key": outputs["spectrogram"], "top": 0, "height": spec_h, "zmax": zoom_levels(width)},
             {
-                "key": outputs["overlay"],
-                "top": spec_h,
-                "height": over_h,
+                "query": _tile_query(record, name),
+                "top": top,
+                "height": height,
                 "zmax": zoom_levels(width),
-            },
+            }
+            for name, top, height in (("spectrogram", 0, spec_h), ("overlay", spec_h, over_h))
         ],  # fmt: skip
         "windows": windows,
     }
@@ -375,6 +375,13 @@ def recording(data: RunData, source_key: str) -> bytes | None:
         + f'<script type="application/json" id="rec-data">{dumps(view)}</script>'
     )
     return page(data, title=source_key, body=body, here="")
+
+
+def _tile_query(record: dict, name: str) -> dict[str, str]:
+    """What ``/tile`` needs besides z and i: the PNG's key, or (tiled) the record and image."""
+    if isinstance(image_ref(record, name), Tiled):
+        return {"rec": record["source_key"], "image": name}
+    return {"key": record["outputs"][name]}
 
 
 def _band_names(record: dict, bands: int) -> list[str]:

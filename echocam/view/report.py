@@ -15,7 +15,7 @@ from typing import Any
 from echocam.manifest import DETECTIONS_PARQUET, MANIFEST_PARQUET
 from echocam.view.axes import MelAxis, TimeAxis
 from echocam.view.data import RunData
-from echocam.view.images import Images
+from echocam.view.images import Images, image_ref
 
 REPORT_NAME = "report.html"
 
@@ -41,8 +41,8 @@ def detection_crop(
     images: Images, record: dict, params: dict, begin_s: float, class_id: int
 ) -> bytes | None:
     """The overlay band of one detection's window with its evidence box drawn (PNG)."""
-    outputs = record.get("outputs") or {}
-    if record.get("status") != "ok" or not outputs.get("overlay"):
+    overlay = image_ref(record, "overlay")
+    if record.get("status") != "ok" or overlay is None:
         return None
     for w in record.get("windows") or []:
         if abs(w["start_s"] - begin_s) > 1e-6:
@@ -65,7 +65,7 @@ def detection_crop(
                     band * n + mel.row(c["box_low_hz"]) + 1,
                 )
             return images.crop(
-                outputs["overlay"], x0=x0, x1=x0 + frames, y0=band * n, y1=(band + 1) * n, box=box
+                overlay, x0=x0, x1=x0 + frames, y0=band * n, y1=(band + 1) * n, box=box
             )
     return None
 
