@@ -95,13 +95,16 @@ def staged_pass(ex: Explainer, sources: list[Source]) -> dict[str, float]:
             t0 = clock("overlay", t0)
             peaks_and_masks(maps, threshold=p.box_threshold)
             clock("evidence_device", t0)
-    computed = ex.compute(decoded)  # the real arrays for the finish stage (not timed here)
-    for rec in computed.recordings:
-        t0 = time.perf_counter()
-        outputs._evidence(rec, rec.starts / p.sample_rate, params=p)
-        clock("evidence_boxes", t0)
+    segments = list(ex.compute(decoded))  # the real arrays for the finish stage (not timed)
+    for computed in segments:
+        for r, part in computed.parts.items():
+            starts = planned[r].starts[part.first : part.first + len(part)] / p.sample_rate
+            t0 = time.perf_counter()
+            outputs._evidence(part.arrays["peak"], part.arrays["evidence_mask"], starts, params=p)
+            clock("evidence_boxes", t0)
     t0 = time.perf_counter()
-    ex.finish(computed)
+    for computed in segments:
+        ex.finish(computed)
     clock("encode", t0)
     t["encode"] -= t["evidence_boxes"]  # finish runs them too: count them once
     t["windows"] = sum(len(b) for b in batches)

@@ -15,6 +15,8 @@ import numpy as np
 import torch
 from scipy import ndimage
 
+from echocam import melscale
+
 
 @dataclass(frozen=True)
 class Axes:
@@ -60,9 +62,7 @@ def band_centres(*, n_mels: int, fmin: float, fmax: float) -> np.ndarray:
     The Slaney filterbank's band i is a triangle from edge i to edge i + 2 of ``n_mels + 2``
     mel-spaced edges; its centre is edge i + 1.
     """
-    import librosa  # deferred: only this table comes from librosa
-
-    centres = librosa.mel_frequencies(n_mels=n_mels + 2, fmin=fmin, fmax=fmax)[1:-1]
+    centres = melscale.mel_frequencies(n_mels + 2, fmin=fmin, fmax=fmax)[1:-1]
     centres.setflags(write=False)
     return centres
 

@@ -49,6 +49,10 @@ class Outputs(TypedDict, total=False):
     selections: str  # Raven Pro selection table
     labels: str  # Audacity label track
     inputs: list[str]  # with save_inputs
+    # A recording wider than outputs.TILE_COLUMNS: its images' tiles in time order (then
+    # "spectrogram" and "overlay" name the first ones)
+    spectrogram_tiles: NotRequired[list[str]]
+    overlay_tiles: NotRequired[list[str]]
 
 
 class Record(TypedDict):
@@ -78,6 +82,7 @@ class Record(TypedDict):
     windows: NotRequired[list[WindowRecord]]
     top_predictions: NotRequired[list[Prediction]]  # mean window probability, best first
     image_sizes: NotRequired[dict[str, list[int]]]  # name → [height, width]
+    tile_columns: NotRequired[int]  # the width of each tile (the last narrower), when tiled
     timings_s: NotRequired[dict[str, float]]  # decode, compute, encode
 
 

@@ -43,6 +43,55 @@ def stitch(windows: Sequence[np.ndarray], start_columns: np.ndarray) -> np.ndarr
     return out
 
 
+class Tiles:
+    """Windows laid along time as :func:`stitch` lays them, cut into tiles of ``tile`` columns.
+
+    Windows (each (..., h, t, 3)) are added in time order; a tile is handed back as soon as no
+    later window can reach it (one starting at or after its end has arrived), so a long
+    recording's image is never held whole: at most the tiles the current window spans.  The
+    last tile may be narrower; columns no window covers stay black.
+    """
+
+    def __init__(self, *, width: int, tile: int):
+        self.width, self.tile = width, tile
+        self.open: dict[int, np.ndarray] = {}
+        self.done = 0  # tiles handed back
+        self.like: np.ndarray | None = None  # a window: the tiles' leading shape and dtype
+
+    def add(self, window: np.ndarray, start: int) -> list[tuple[int, np.ndarray]]:
+        """Lay ``window`` at column ``start``; the (index, tile) pairs it completes, in order."""
+        self.like = window
+        finished = self._until(start)
+        end = start + window.shape[-2]
+        for t in range(start // self.tile, (end - 1) // self.tile + 1):
+            t0 = t * self.tile
+            a, b = max(start, t0), min(end, t0 + self.tile)
+            self._tile(t)[..., a - t0 : b - t0, :] = window[..., a - start : b - start, :]
+        return finished
+
+    def close(self) -> list[tuple[int, np.ndarray]]:
+        """The tiles not handed back yet, in order."""
+        return self._until(self.width)
+
+    def _until(self, column: int) -> list[tuple[int, np.ndarray]]:
+        out = []
+        n = -(-self.width // self.tile)
+        while self.done < n and min((self.done + 1) * self.tile, self.width) <= column:
+            out.append((self.done, self.open.pop(self.done, None)))
+            if out[-1][1] is None:  # no window reached it (a hop longer than the window)
+                out[-1] = (self.done, self._tile(self.done))
+                del self.open[self.done]
+            self.done += 1
+        return out
+
+    def _tile(self, t: int) -> np.ndarray:
+        if t not in self.open:
+            cols = min(self.tile, self.width - t * self.tile)
+            like = self.like
+            self.open[t] = np.zeros(like.shape[:-2] + (cols, like.shape[-1]), like.dtype)
+        return self.open[t]
+
+
 def encode_png(rgb: np.ndarray, *, compress_level: int) -> bytes:
     """uint8 (h, w, 3) → an 8-bit RGB PNG, deflated by ISA-L at ``compress_level``.
 

@@ -2,7 +2,8 @@
 
 Words: an *item* is one source object, a *chunk* the items that go through the stages together
 (local mode: ``--task-size`` items; a worker task: half of its items), a *batch* the windows of
-one forward pass (``pipeline``).  ``echocam run`` (local mode) and the Celery task both call
+one forward pass and a *segment* the batches that go through compute and finish together
+(``pipeline``).  ``echocam run`` (local mode) and the Celery task both call
 :func:`run_chunks`, so both write the same outputs and records.  Outputs are written first and
 the record last: a record's presence means the recording's outputs are complete.  Around the
 record, its marker in the done index (``echocam.index``); after each chunk, its manifest shard.
@@ -141,18 +142,27 @@ def complete(
     explainer: Explainer,
     run_id: str,
     pool: ThreadPoolExecutor,
-) -> list[Outcome]:
-    """Encode a computed chunk and write outputs, then records; one outcome per item.
-
-    Then the chunk's manifest shard: the records written, and those found done.
+) -> list[Outcome] | None:
+    """Encode a computed segment; after the chunk's last, write outputs, then records, and
+    return one outcome per item (None before).  Then the chunk's manifest shard: the records
+    written, and those found done.
     """
     outcomes = dict(prepared.outcomes)
     shard = list(prepared.current)
     if computed is not None:
-        for out, stored in pool.map(
-            lambda res: _write(dst, res, run_id=run_id, old=prepared.old[res.record["source_key"]]),
-            explainer.finish(computed),
-        ):
+        results = explainer.finish(computed)
+        if not computed.last:
+            return None
+
+        def write(result: Result) -> tuple[Outcome, Stored | None]:
+            try:
+                return _write(
+                    dst, result, run_id=run_id, old=prepared.old[result.record["source_key"]]
+                )
+            finally:
+                result.close()
+
+        for out, stored in pool.map(write, results):
             outcomes[out.key] = out
             if stored is not None:
                 shard.append(stored)
@@ -182,7 +192,9 @@ def run_chunks(
 
     Done items are skipped; bad input becomes a failed record.  Three chunks are in flight:
     while the device computes chunk N (in this thread), chunk N+1 is read and decoded and
-    chunk N-1 encoded and written, each by its own thread using ``pool``.  Errors writing to
+    chunk N-1 encoded and written, each by its own thread using ``pool``.  Within a chunk the
+    device and the encoding take turns a segment at a time: segment S+1 computes while S is
+    encoded, so a long recording's windows are never all in memory.  Errors writing to
     ``dst`` raise (the caller retries, and the recordings finished before are then skipped).
     """
     common = dict(src=src, dst=dst, explainer=explainer, run_id=run_id, redo=redo, pool=pool)
@@ -192,8 +204,10 @@ def run_chunks(
     outcomes: list[Outcome] = []
     finishing: Future[list[Outcome]] | None = None
 
-    def collect(future: Future[list[Outcome]]) -> None:
+    def collect(future: Future[list[Outcome] | None]) -> None:
         done = future.result()
+        if done is None:  # a segment before its chunk's last
+            return
         outcomes.extend(done)
         if on_chunk:
             on_chunk(done)
@@ -202,12 +216,19 @@ def run_chunks(
         ahead = prefetch.submit(prepare, next(chunks, []), **common)
         while (prepared := ahead.result()).items:
             ahead = prefetch.submit(prepare, next(chunks, []), **common)
-            computed = explainer.compute(prepared.decoded) if prepared.decoded else None
-            if finishing is not None:
-                collect(finishing)  # bounded: one chunk finishing while the next computes
-            finishing = finisher.submit(
-                complete, prepared, computed, dst=dst, explainer=explainer, run_id=run_id, pool=pool
-            )
+            segments = explainer.compute(prepared.decoded) if prepared.decoded else [None]
+            for computed in segments:
+                if finishing is not None:
+                    collect(finishing)  # bounded: one segment finishing while the next computes
+                finishing = finisher.submit(
+                    complete,
+                    prepared,
+                    computed,
+                    dst=dst,
+                    explainer=explainer,
+                    run_id=run_id,
+                    pool=pool,
+                )
         if finishing is not None:
             collect(finishing)
     finally:

@@ -10,11 +10,11 @@ non-zero weights of 266,500).  ``benchmarks/bench_host.py`` times both.
 
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 import torch
 from torch import nn
+
+from echocam import melscale
 
 #: frames per slice of the CPU kernel: 128 x 2048 float32 frames and their spectrum (~2 MB) stay
 #: in cache; slices of 92 and 138 ran alike, of 32 and 64 ~15 % slower, whole windows 4x slower.
@@ -27,8 +27,9 @@ class MelSpectrogramDB(nn.Module):
     """``power_to_db(melspectrogram(y), ref=max, top_db)`` per row of a batch of waveforms.
 
     Same STFT as ``librosa.stft`` (periodic Hann window, ``center=True``, zero padding), the
-    same Slaney mel filterbank (taken from ``librosa.filters.mel``), and ``ref`` is each
-    window's own maximum.  Input (b, n) float32 samples; output (b, n_mels, 1 + n // hop_length).
+    same Slaney mel filterbank (``librosa.filters.mel``'s, from :mod:`echocam.melscale`), and
+    ``ref`` is each window's own maximum.  Input (b, n) float32 samples; output
+    (b, n_mels, 1 + n // hop_length).
     """
 
     def __init__(
@@ -44,15 +45,9 @@ class MelSpectrogramDB(nn.Module):
         amin: float = 1e-10,
     ):
         super().__init__()
-        import librosa  # deferred: only the filterbank comes from librosa
-
-        with warnings.catch_warnings():
-            # The default fmax (13 kHz) lies above Nyquist at 22050 Hz: librosa warns that the
-            # top bands are empty.  They stay, for parity; they sit at the top_db floor.
-            warnings.filterwarnings("ignore", message="Empty filters detected")
-            mel = librosa.filters.mel(
-                sr=sample_rate, n_fft=n_fft, n_mels=n_mels, fmin=fmin, fmax=fmax
-            )
+        # The default fmax (13 kHz) lies above Nyquist at 22050 Hz: the top bands are empty.
+        # They stay, for parity with librosa; they sit at the top_db floor.
+        mel = melscale.filterbank(sr=sample_rate, n_fft=n_fft, n_mels=n_mels, fmin=fmin, fmax=fmax)
         self.register_buffer("mel_basis", torch.from_numpy(mel), persistent=False)
         self.register_buffer("window", torch.hann_window(n_fft, periodic=True), persistent=False)
         self.n_fft, self.hop_length, self.top_db, self.amin = n_fft, hop_length, top_db, amin

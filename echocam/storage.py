@@ -13,7 +13,7 @@ import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, BinaryIO, Protocol
 from urllib.parse import urlparse
 
 from echocam.chunking import read_ahead
@@ -41,8 +41,9 @@ class Store(Protocol):
 
     def get(self, key: str, *, max_bytes: int | None = None) -> tuple[bytes, ObjectInfo]: ...
 
-    def put(self, key: str, data: bytes, *, if_absent: bool = False) -> bool:
-        """Write ``data``; with ``if_absent`` only if no object is there (False when one was)."""
+    def put(self, key: str, data: bytes | BinaryIO, *, if_absent: bool = False) -> bool:
+        """Write ``data`` (bytes, or a binary file read from its start); with ``if_absent`` only
+        if no object is there (False when one was)."""
         ...
 
     def put_file(self, key: str, path: str | os.PathLike) -> None:
@@ -111,14 +112,18 @@ class LocalStore:
         data = path.read_bytes()
         return data, ObjectInfo(key, size, md5_etag(data))
 
-    def put(self, key: str, data: bytes, *, if_absent: bool = False) -> bool:
+    def put(self, key: str, data: bytes | BinaryIO, *, if_absent: bool = False) -> bool:
         path = self._path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
         try:
             os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; outputs follow the umask
             with os.fdopen(fd, "wb") as f:
-                f.write(data)
+                if isinstance(data, bytes | bytearray | memoryview):
+                    f.write(data)
+                else:
+                    data.seek(0)
+                    shutil.copyfileobj(data, f, 1 << 20)
             if if_absent:
                 try:
                     os.link(tmp, path)  # atomic create-if-absent
@@ -266,10 +271,12 @@ class S3Store:
         data = resp["Body"].read()
         return data, ObjectInfo(key, size, resp.get("ETag"))
 
-    def put(self, key: str, data: bytes, *, if_absent: bool = False) -> bool:
+    def put(self, key: str, data: bytes | BinaryIO, *, if_absent: bool = False) -> bool:
         from botocore.exceptions import ClientError
 
         kw = {"IfNoneMatch": "*"} if if_absent else {}
+        if not isinstance(data, bytes | bytearray | memoryview):
+            data.seek(0)  # one PUT streamed from the file (single part: the ETag stays its md5)
         try:
             self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data, **kw)
         except ClientError as e:

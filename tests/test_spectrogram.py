@@ -1,3 +1,8 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import librosa
 import numpy as np
 import pytest
@@ -100,3 +105,57 @@ def test_the_two_kernels_agree_on_a_batch_of_real_windows():
         dense = m(waves)
         assert host.shape == dense.shape == (2, P.n_mels, 1 + length // P.hop_length)
         assert (host - dense).abs().max() <= 0.01  # dB; librosa parity allows 0.05
+
+
+@pytest.mark.parametrize(
+    "sr, n_fft, n_mels, fmin, fmax",
+    [
+        (22050, 2048, 260, 0.0, 13000.0),  # the defaults: fmax above Nyquist, empty top bands
+        (22050, 2048, 128, 0.0, 11025.0),
+        (16000, 512, 40, 50.0, 7000.0),
+        (44100, 4096, 96, 1500.0, 20000.0),  # log part only
+        (22050, 1024, 64, 0.0, 800.0),  # linear part only
+    ],
+)
+def test_melscale_is_librosas_filterbank_and_band_edges_bit_for_bit(sr, n_fft, n_mels, fmin, fmax):
+    import warnings
+
+    from echocam import melscale
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Empty filters detected")
+        ref = librosa.filters.mel(sr=sr, n_fft=n_fft, n_mels=n_mels, fmin=fmin, fmax=fmax)
+    ours = melscale.filterbank(sr=sr, n_fft=n_fft, n_mels=n_mels, fmin=fmin, fmax=fmax)
+    assert ours.dtype == ref.dtype == np.float32 and ours.any()
+    np.testing.assert_array_equal(ours, ref)
+    np.testing.assert_array_equal(
+        melscale.mel_frequencies(n_mels + 2, fmin=fmin, fmax=fmax),
+        librosa.mel_frequencies(n_mels=n_mels + 2, fmin=fmin, fmax=fmax),
+    )
+
+
+def test_explaining_never_imports_librosa(tmp_path):
+    """librosa brings numba and scipy.signal (~100 MB per process) for two tables we compute."""
+
+    code = (
+        "import sys, numpy as np\n"
+        "from echocam.model import load_model\n"
+        "from echocam.pipeline import Explainer, Source\n"
+        "from echocam.settings import Params\n"
+        "import io, soundfile as sf\n"
+        "buf = io.BytesIO(); sf.write(buf, np.random.default_rng(0).standard_normal(44100) * 0.1,"
+        " 44100, format='WAV')\n"
+        "ex = Explainer(load_model('random'), Params(), device='cpu')\n"
+        "(r,) = ex.explain([Source('a.wav', buf.getvalue())])\n"
+        "assert r.record['status'] == 'ok', r.record\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('librosa', 'numba')))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])},
+    )
+    assert out.stdout.strip() == "[]", out.stdout

@@ -381,7 +381,7 @@ def test_pages_escape_and_quote_odd_keys(run_dir, server):
     record = json.loads(body.decode().split('id="rec-data">')[1].split("</script>")[0])
     for image in record["images"]:
         status, headers, png = get(
-            server, "/tile?" + urllib.parse.urlencode({"key": image["key"], "z": 0, "i": 0})
+            server, "/tile?" + urllib.parse.urlencode({**image["query"], "z": 0, "i": 0})
         )
         assert status == 200 and headers["content-type"] == "image/png"
     status, _, data = get(server, "/audio?" + urllib.parse.urlencode({"key": UNICODE_KEY}))

@@ -15,7 +15,7 @@ from urllib.parse import quote, urlencode
 
 from echocam.view.axes import MelAxis, TimeAxis
 from echocam.view.data import DETECTION_SORTS, SORTS, Filters, RunData, audio_type, dumps
-from echocam.view.images import TILE, zoom_levels
+from echocam.view.images import TILE, Tiled, image_ref, zoom_levels
 
 PAGE_SIZE = 48
 GUTTER = 86  # px: the frequency axis column
@@ -298,7 +298,14 @@ def recording(data: RunData, source_key: str) -> bytes | None:
         if outputs.get(name) and name in sizes:
             height, width = sizes[name]
             top = sum(im["height"] for im in images)
-            images.append({"key": outputs[name], "top": top, "height": height})
+            images.append(
+                {
+                    "key": outputs[name],
+                    "query": _tile_query(record, name),
+                    "top": top,
+                    "height": height,
+                }
+            )
     for im in images:
         im["zmax"] = zoom_levels(width)
     has_overlay = bool(images) and images[-1]["key"] == outputs.get("overlay")
@@ -392,6 +399,13 @@ def recording(data: RunData, source_key: str) -> bytes | None:
         + script
     )
     return page(data, title=source_key, body=body, here="")
+
+
+def _tile_query(record: dict, name: str) -> dict[str, str]:
+    """What ``/tile`` needs besides z and i: the PNG's key, or (tiled) the record and image."""
+    if isinstance(image_ref(record, name), Tiled):
+        return {"rec": record["source_key"], "image": name}
+    return {"key": record["outputs"][name]}
 
 
 def _band_names(record: dict, bands: int) -> list[str]:

@@ -15,7 +15,7 @@ from typing import Any
 from echocam.manifest import DETECTIONS_PARQUET, MANIFEST_PARQUET
 from echocam.view.axes import MelAxis, TimeAxis
 from echocam.view.data import RunData
-from echocam.view.images import Images
+from echocam.view.images import Images, image_ref
 
 REPORT_NAME = "report.html"
 
@@ -42,9 +42,9 @@ def detection_crop(
 ) -> bytes | None:
     """The overlay band of one detection's window with its evidence box drawn (PNG); the
     spectrogram's window where the run wrote no overlay (``--outputs``)."""
-    outputs = record.get("outputs") or {}
-    picture = outputs.get("overlay") or outputs.get("spectrogram")
-    if record.get("status") != "ok" or not picture:
+    overlay = image_ref(record, "overlay")
+    picture = overlay or image_ref(record, "spectrogram")
+    if record.get("status") != "ok" or picture is None:
         return None
     for w in record.get("windows") or []:
         if abs(w["start_s"] - begin_s) > 1e-6:
@@ -52,7 +52,7 @@ def detection_crop(
         for c_index, c in enumerate(w.get("explained", [])):
             if c["class_id"] != class_id:
                 continue
-            band = c_index if picture == outputs.get("overlay") else 0
+            band = c_index if overlay is not None else 0
             times = TimeAxis(int(params["sample_rate"]), int(params["hop_length"]))
             mel = MelAxis.of(params)
             n = int(params["n_mels"])

@@ -47,7 +47,7 @@
       const first = Math.floor(x0 / span);
       const last = Math.floor((x0 + W() * cpp) / span);
       for (let i = first; i <= last && i * span < D.width; i++) {
-        const src = "/tile?" + new URLSearchParams({ key: im.key, z: z, i: i });
+        const src = "/tile?" + new URLSearchParams({ ...im.query, z: z, i: i });
         const cols = Math.min(span, D.width - i * span);
         want.set(src, { left: sx(i * span), width: cols / cpp, top: im.top, height: im.height });
       }
