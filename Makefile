@@ -36,7 +36,7 @@ test: lint browser
 demo-local: $(STAMP)
 	rm -rf demo-out/local
 	$(BIN)/echocam run samples --out demo-out/local
-	@echo "open demo-out/local/*/overlay.png; manifest: demo-out/local/manifest.jsonl"
+	@echo "open demo-out/local/*/overlay.jpg; manifest: demo-out/local/manifest.jsonl"
 
 # The distributed path: Redis + SeaweedFS + a worker + the producer, all started and stopped here.
 demo: $(STAMP)

@@ -28,6 +28,7 @@ import torch
 from echocam import audio, render, windows
 from echocam.cam import class_activation_maps, display_maps
 from echocam.image import model_image, normalise, spectrogram_rgb
+from echocam.localise import peaks_and_masks
 from echocam.model import load_model
 from echocam.pipeline import Explainer, Source
 from echocam.settings import Params, Settings
@@ -35,12 +36,12 @@ from echocam.settings import Params, Settings
 STAGES = [
     ("decode", "decode + resample (soundfile, soxr_hq)"),
     ("spectrogram", "window framing + MelSpectrogramDB"),
-    ("image", "spectrogram_rgb + model_image + normalise"),
+    ("image", "FrontEnd.colours (levels, RGB, model image) + model_input"),
     ("forward", "HookedResNet18 forward (layer4 hook)"),
     ("cam", "softmax + top-k + CAM einsum"),
-    ("overlay", "display_maps + render.overlay"),
+    ("overlay", "display_maps + render.overlay + peaks_and_masks"),
     ("host_copy", "host arrays (views on CPU, pinned copies on CUDA)"),
-    ("encode", "stitch + 2 PNG (ISA-L) + NPZ per recording"),
+    ("encode", "stitch + 2 PNG (ISA-L) + NPZ per recording (bench_host.py: with the rest)"),
 ]
 
 
@@ -64,8 +65,8 @@ def staged_pass(ex: Explainer, sources: list[Source], p: Params) -> dict[str, fl
             waves = np.stack([decoded[r].samples[s : s + n] for r, s, n in batch])
             db = ex.frontend.db(torch.from_numpy(waves).to(ex.device))
             t1 = time.perf_counter()
-            rgb = spectrogram_rgb(db, lut=ex.frontend.magma)
-            img = normalise(model_image(rgb))
+            levels, rgb, img8 = ex.frontend.colours(db)
+            img = ex.frontend.model_input(img8)
             t2 = time.perf_counter()
             logits, features = ex.net(img)
             t3 = time.perf_counter()
@@ -75,7 +76,8 @@ def staged_pass(ex: Explainer, sources: list[Source], p: Params) -> dict[str, fl
             top = probs.topk(p.top_k, dim=-1)
             t4 = time.perf_counter()
             maps = display_maps(cams, size=(db.shape[-2], db.shape[-1]))
-            ov = render.overlay(rgb, maps, lut=ex.plasma, alpha=p.alpha)
+            ov = render.overlay(levels, maps, table=ex.blend)
+            peaks_and_masks(maps, threshold=p.box_threshold)
             t5 = time.perf_counter()
             out = {
                 "spectrogram_db": db,

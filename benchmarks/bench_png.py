@@ -28,14 +28,16 @@ from echocam.settings import Params
 
 def images(n: int) -> list[np.ndarray]:
     """Spectrogram and overlay images (h, w, 3) uint8 of ``n`` real recordings."""
-    ex = Explainer(load_model("random"), Params(), device="cpu")
+    ex = Explainer(load_model("random"), Params(), device="cpu", segment_batches=1 << 30)
     paths = C.recordings()[:n]
-    computed = ex.compute(ex.decode([Source(p.name, p.read_bytes()) for p in paths]))
+    decoded = ex.decode([Source(p.name, p.read_bytes()) for p in paths])
+    (computed,) = ex.compute(decoded)  # one segment: every window
     out = []
-    for rec in computed.recordings:
-        cols = np.rint(rec.starts / ex.params.hop_length).astype(np.int64)
-        out.append(render.stitch(rec.windows["spectrogram_rgb"], cols))
-        ov = render.stitch(rec.windows["overlay"], cols)
+    for r, part in computed.parts.items():
+        cols = np.rint(decoded.recordings[r].planned.starts / ex.params.hop_length)
+        cols = cols.astype(np.int64)
+        out.append(render.stitch(part.arrays["spectrogram_rgb"], cols))
+        ov = render.stitch(part.arrays["overlay"], cols)
         out.append(ov.reshape(-1, *ov.shape[2:]))
     return out
 

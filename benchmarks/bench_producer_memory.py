@@ -17,6 +17,7 @@ the listing (``list(src.list())``) shows what O(keys) memory looks like on the s
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
@@ -71,9 +72,13 @@ class ListingStub:
 
 
 class NothingDoneStore:
-    """A destination with no records yet: every read is "not found" at once; writes vanish."""
+    """A destination with no records yet: every read is "not found" at once, its done index is
+    empty; writes vanish."""
 
     uri = "s3://stub-out/cams"
+
+    def list(self, *, suffixes=(), page_size: int = 1000, under: str = ""):
+        return iter(())
 
     def get(self, key: str, *, max_bytes: int | None = None):
         raise FileNotFoundError(key)
@@ -95,6 +100,17 @@ class DiscardingApp:
     def send_task(self, name, args=None, kwargs=None, queue=None, **options):
         self.bytes += len(json.dumps([name, args, kwargs, queue]))
         self.tasks += 1
+
+    @contextlib.contextmanager
+    def producer_or_acquire(self):
+        yield self
+
+    @contextlib.contextmanager
+    def batch(self, max_size: int):
+        yield self
+
+    def flush(self) -> None:
+        pass
 
 
 def child(path: str, n: int, broker_url: str, task_size: int) -> dict:

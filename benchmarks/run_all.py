@@ -1,6 +1,6 @@
 """Run every benchmark, print one table of the headline ratios, write results/latest.json.
 
-    python benchmarks/run_all.py                 # everything, about 6-8 minutes on 2 cores
+    python benchmarks/run_all.py                 # everything, about 8-10 minutes on 2 cores
     python benchmarks/run_all.py --quick         # toy sizes, about 2 minutes: checks the scripts
     python benchmarks/run_all.py --only cam local
 
@@ -28,6 +28,7 @@ COLUMNS = ["benchmark", "metric", "value", "target", "verdict"]
 #: name -> (script, default args, --quick args)
 BENCHMARKS: dict[str, tuple[str, list[str], list[str]]] = {
     "local": ("bench_local.py", [], ["--windows", "32", "--repeats", "1"]),
+    "host": ("bench_host.py", [], ["--windows", "32", "--repeats", "1"]),
     "notebook": ("bench_notebook.py", [], ["--clips", "8", "--repeats", "1"]),
     "cam": ("bench_cam.py", [], ["--batch", "8", "--repeats", "1"]),
     "distributed": (
@@ -36,6 +37,7 @@ BENCHMARKS: dict[str, tuple[str, list[str], list[str]]] = {
         ["--recordings", "8", "--configs", "1x1", "2x1"],
     ),
     "png": ("bench_png.py", [], ["--recordings", "1", "--repeats", "1"]),
+    "outputs": ("bench_outputs.py", [], []),
     "producer_memory": ("bench_producer_memory.py", [], ["--sizes", "1000", "10000"]),
     "train": ("bench_train.py", [], ["--batches", "2", "--repeats", "1", "--clips", "12"]),
     "train_memory": ("bench_train_memory.py", [], ["--sizes", "100", "400"]),
@@ -92,6 +94,14 @@ def headline(name: str, r: dict) -> list[list]:
             row(f"t={t} end-to-end / bare", ratio, ">= 0.8", C.verdict(ratio, 0.8))
             pct = d["cam_pct_of_forward"]
             row(f"t={t} CAM % of forward", pct, "<= 2", at_most(pct, 2.0))
+    elif name == "host":
+        for metric, key in (
+            ("host CPU / forward, stages (t=1)", "host_over_forward"),
+            ("host CPU / forward, Explainer.explain (t=1)", "explain_host_over_forward"),
+        ):
+            row(metric, r[key], "<= 0.4", at_most(r[key], 0.4))
+        row("host CPU ms/window (t=1)", 1000 * r["host_s_per_window"])
+        row("forward ms/window (t=1)", 1000 * r["forward_s_per_window"])
     elif name == "notebook":
         row("notebook clips/s", r["notebook_clips_per_s"])
         row("echocam clips/s", r["echocam_clips_per_s"])
@@ -117,6 +127,15 @@ def headline(name: str, r: dict) -> list[list]:
         row(f"{best} (zlib-ng: {r['pillow_zlib_ng']}) time / {r['default']}", ratio, "> 1.5",
             C.verdict(ratio, 1.5))  # fmt: skip
         row(f"{best} bytes / {r['default']}", r["pillow_bytes_ratio"])
+    elif name == "outputs":
+        defaults = r["configs"][r["defaults"]]
+        ratio = defaults["ratio"]
+        row("defaults: output bytes / input bytes", ratio, "<= 1.0", at_most(ratio, 1.0))
+        for kind, value in defaults["ratio_by_kind"].items():
+            row(f"defaults: {kind} bytes / input bytes", value)
+        for label, c in r["configs"].items():
+            if label != r["defaults"]:
+                row(f"{label}: output / input bytes", c["ratio"])
     elif name == "producer_memory":
         for path, g in r["growth"].items():
             metric = f"{path}: traced peak, {g['keys_ratio']:.0f}x keys"
@@ -154,6 +173,9 @@ def headline(name: str, r: dict) -> list[list]:
     elif name == "gpu_check_cpu":
         n = len(r["errors"])
         row("dry run (--device cpu --quick) errors", n, "0", "meets" if n == 0 else "misses")
+        ratio = (r.get("headline") or {}).get("end_to_end_over_device_stage")
+        if ratio is not None:
+            row("dry run: end to end / device stage (CPU: not the GPU target)", ratio)
     return rows
 
 

@@ -12,6 +12,7 @@ import numpy as np
 from PIL import Image
 
 from echocam.errors import from_code
+from echocam.outputs import Result, read
 from echocam.pipeline import Explainer, Source
 from echocam.settings import Params, Settings, params_for_model
 
@@ -21,9 +22,9 @@ class Explanation:
     """One recording explained: its record, its images and the arrays of ``cam.npz``."""
 
     record: dict[str, Any]
-    spectrogram: Image.Image
-    overlay: Image.Image
-    arrays: dict[str, np.ndarray]  # spectrogram_db, window_starts_s, class_ids, cams, ...
+    spectrogram: Image.Image | None  # None (and so on) when ``outputs`` leaves it out
+    overlay: Image.Image | None
+    arrays: dict[str, np.ndarray]  # window_starts_s, class_ids, cams, ... (spectrogram_db: db)
     inputs: list[Image.Image]  # 224x224 model inputs, with save_inputs=True
 
 
@@ -56,15 +57,42 @@ def explain_bytes(
     record = result.record
     if record["status"] != "ok":
         raise from_code(record["error_code"], record["error_message"])
-    with np.load(io.BytesIO(result.files[record["outputs"]["cam"]])) as npz:
-        arrays = {k: npz[k] for k in npz.files}
-    return Explanation(
-        record=record,
-        spectrogram=Image.open(io.BytesIO(result.files[record["outputs"]["spectrogram"]])),
-        overlay=Image.open(io.BytesIO(result.files[record["outputs"]["overlay"]])),
-        arrays=arrays,
-        inputs=[Image.open(io.BytesIO(result.files[k])) for k in record["outputs"]["inputs"]],
-    )
+    written = record["outputs"]
+    try:
+        arrays = {}
+        if "cam" in written:
+            with np.load(io.BytesIO(read(result.files[written["cam"]]))) as npz:
+                arrays = {k: npz[k] for k in npz.files}
+
+        def image(name: str) -> Image.Image | None:
+            if name not in written:
+                return None
+            return _image(result, written.get(f"{name}_tiles", [written[name]]))
+
+        return Explanation(
+            record=record,
+            spectrogram=image("spectrogram"),
+            overlay=image("overlay"),
+            arrays=arrays,
+            inputs=[_image(result, [k]) for k in written.get("inputs", [])],
+        )
+    finally:
+        result.close()
+
+
+def _image(result: Result, keys: list[str]) -> Image.Image:
+    """The image whose tiles (or one image) are ``keys``, whole: a notebook holds it."""
+    tiles = [Image.open(io.BytesIO(read(result.files[k]))) for k in keys]
+    if len(tiles) == 1:
+        return tiles[0]
+    whole = Image.new(tiles[0].mode, (sum(t.width for t in tiles), tiles[0].height))
+    if tiles[0].mode == "P":
+        whole.putpalette(tiles[0].getpalette())
+    x = 0
+    for t in tiles:
+        whole.paste(t, (x, 0))
+        x += t.width
+    return whole
 
 
 def explain_file(path: str | Path, **kwargs: Any) -> Explanation:

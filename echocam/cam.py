@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from echocam.image import minmax
 from echocam.model import HookedResNet18
@@ -54,12 +53,39 @@ def explain(
     return CamBatch(logits, probs, ids, class_activation_maps(features, net.fc_weight, ids))
 
 
+#: torchvision's ResNet-18 halves the grid five times (conv1, maxpool, layer2-4 each stride 2,
+#: padding k // 2), so layer4 cell j is centred on model-image pixel 32 j.
+STRIDE = 32
+
+
 def display_maps(cams: torch.Tensor, *, size: tuple[int, int]) -> torch.Tensor:
     """Maps for display in [0, 1]: (b, k, h, w) raw CAMs → (b, k, *size).
 
-    ReLU (only positive evidence, as Grad-CAM), per-map min-max (as CAM's authors show it),
-    bilinear upsampling, min-max again: pytorch-grad-cam's ``scale_cam_image`` on the same maps.
+    ReLU (only positive evidence, as Grad-CAM) and per-map min-max (as CAM's authors show it),
+    then bilinear resampling that puts each cell's value where its receptive field is centred
+    (see :data:`STRIDE`), clamped at the borders.  ``size`` spans the same extent as the model's
+    224 × 224 image.  pytorch-grad-cam and ``F.interpolate(align_corners=False)`` put cell j at
+    the middle of its 32-px block instead, half a cell right of and below its evidence.
     """
+    h, w = cams.shape[-2:]
     maps = minmax(cams.float().relu(), eps=1e-7)
-    maps = F.interpolate(maps, size=size, mode="bilinear", align_corners=False)
-    return minmax(maps, eps=1e-7)
+    rows = _resampling(size[0], h, device=maps.device)
+    cols = _resampling(size[1], w, device=maps.device)
+    return minmax(torch.einsum("Hh,bkhw,Ww->bkHW", rows, maps, cols), eps=1e-7)
+
+
+def _resampling(n_out: int, n_in: int, *, device: torch.device) -> torch.Tensor:
+    """(n_out, n_in) linear-interpolation weights from cell values to output pixels.
+
+    Output pixel y's centre lies at model-image coordinate (y + 0.5) · STRIDE · n_in / n_out;
+    cell j's receptive field is centred on pixel STRIDE · j, whose centre is STRIDE · j + 0.5.
+    """
+    u = (torch.arange(n_out, dtype=torch.float64) + 0.5) * n_in / n_out - 0.5 / STRIDE
+    u = u.clamp(0, n_in - 1)
+    lo = u.floor().long().clamp(max=max(n_in - 2, 0))
+    frac = (u - lo).float()
+    weights = torch.zeros(n_out, n_in)
+    weights[torch.arange(n_out), lo] = 1 - frac
+    if n_in > 1:
+        weights[torch.arange(n_out), lo + 1] += frac
+    return weights.to(device)

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from echocam import audio, colormaps, windows
-from echocam.image import model_image, normalise, spectrogram_rgb
+from echocam.image import model_image, normalise, spectrogram_levels
 from echocam.settings import Params
 from echocam.spectrogram import MelSpectrogramDB
 
@@ -62,8 +62,14 @@ class FrontEnd:
 
     def images(self, db: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(RGB (b, n_mels, t, 3), model image (b, 3, 224, 224)), both uint8, of dB (b, m, t)."""
-        rgb = spectrogram_rgb(db, lut=self.magma)
-        return rgb, model_image(rgb)
+        return self.colours(db)[1:]
+
+    def colours(self, db: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(magma rows (b, n_mels, t) int32, RGB, model image) of dB (b, m, t): the rows are
+        what an overlay blends over (:func:`echocam.render.overlay`)."""
+        levels = spectrogram_levels(db)
+        rgb = colormaps.lookup(levels, self.magma)
+        return levels, rgb, model_image(rgb)
 
     def model_input(self, image: torch.Tensor) -> torch.Tensor:
         """The normalised network input of a uint8 model image; channels-last on CUDA."""

@@ -22,15 +22,32 @@ def minmax(x: torch.Tensor, *, dims: tuple[int, ...] = (-2, -1), eps: float = 0.
     return torch.where(hi > 0, x / hi.clamp_min(torch.finfo(x.dtype).tiny), torch.zeros_like(x))
 
 
-def spectrogram_rgb(db: torch.Tensor, *, lut: torch.Tensor) -> torch.Tensor:
-    """dB (b, n_mels, t) → uint8 RGB (b, n_mels, t, 3), as ``librosa.display.specshow`` draws it.
-
-    Channels last, as the lookup gives them and PNG rows want them: no transposes.
+def spectrogram_levels(db: torch.Tensor) -> torch.Tensor:
+    """dB (b, n_mels, t) → colour-map rows (b, n_mels, t) int32 in [0, 255], as
+    ``librosa.display.specshow`` draws it.
 
     Each window is scaled from its own min to max (specshow's default colour limits) and low
-    frequencies are at the bottom (row 0 is the highest mel band).
+    frequencies are at the bottom (row 0 is the highest mel band).  The numbers of
+    ``colormaps.levels(minmax(db).flip(-2))``, in fewer passes: ``(x / hi) * 256`` is
+    ``x / (hi / 256)`` exactly (a power of two), and ``max(db - lo)`` is ``max(db) - lo``.
     """
-    return colormaps.apply(minmax(db).flip(-2), lut)
+    lo, hi = torch.aminmax(db.flatten(-2), dim=-1)
+    lo = lo[..., None, None]
+    step = (hi - lo[..., 0, 0]).div_(256)
+    step = torch.where(step > 0, step, torch.inf)[..., None, None]  # constant: all row 0
+    out = torch.empty(db.shape, dtype=torch.int32, device=db.device)
+    # On the CPU a window at a time, its temporaries in cache; a GPU takes the batch at once.
+    n = 1 if db.device.type == "cpu" else max(1, db.shape[0])
+    for i in range(0, db.shape[0], n):
+        scaled = torch.sub(db[i : i + n].flip(-2), lo[i : i + n]).div_(step[i : i + n])
+        out[i : i + n] = scaled  # truncation toward zero: floor, as scaled >= 0
+    return out.clamp_(0, 255)
+
+
+def spectrogram_rgb(db: torch.Tensor, *, lut: torch.Tensor) -> torch.Tensor:
+    """dB (b, n_mels, t) → uint8 RGB (b, n_mels, t, 3): :func:`spectrogram_levels` through
+    ``lut``.  Channels last, as the lookup gives them and PNG rows want them: no transposes."""
+    return colormaps.lookup(spectrogram_levels(db), lut)
 
 
 def model_image(

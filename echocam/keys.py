@@ -42,7 +42,7 @@ def output_dir(source_key: str) -> str:
 
 
 def output_key(source_key: str, name: str) -> str:
-    """Relative key of output ``name`` (e.g. ``overlay.png``) for ``source_key``."""
+    """Relative key of output ``name`` (e.g. ``cam.npz``) for ``source_key``."""
     return f"{output_dir(source_key)}/{name}"
 
 

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from echocam import manifest, plan, runs
+from echocam import heap, manifest, plan, runs
 from echocam.chunking import chunked
 from echocam.model import LoadedModel, load_model
 from echocam.pipeline import Explainer
@@ -61,12 +61,18 @@ def run_local(
     ``echocam.settings.params_for_model``).
     """
     set_threads(settings.threads)
+    heap.return_large_blocks()
     model = load(settings)
     params = params_for_model(params, model.params, explicit=explicit)
     params.class_ids(model.class_names)  # the model can answer them, or stop before run.json
     src, dst = _stores(source, dest, settings)
     run = runs.describe(
-        model=model.identity, params=params, input_uri=src.uri, output_uri=dst.uri, mode="local"
+        model=model.identity,
+        params=params,
+        input_uri=src.uri,
+        output_uri=dst.uri,
+        mode="local",
+        class_names=model.class_names,
     )
     runs.save(dst, run)
     with (

@@ -12,7 +12,10 @@ from dataclasses import dataclass
 from functools import cache
 
 import numpy as np
+import torch
 from scipy import ndimage
+
+from echocam import melscale
 
 
 @dataclass(frozen=True)
@@ -59,9 +62,7 @@ def band_centres(*, n_mels: int, fmin: float, fmax: float) -> np.ndarray:
     The Slaney filterbank's band i is a triangle from edge i to edge i + 2 of ``n_mels + 2``
     mel-spaced edges; its centre is edge i + 1.
     """
-    import librosa  # deferred: only this table comes from librosa
-
-    centres = librosa.mel_frequencies(n_mels=n_mels + 2, fmin=fmin, fmax=fmax)[1:-1]
+    centres = melscale.mel_frequencies(n_mels + 2, fmin=fmin, fmax=fmax)[1:-1]
     centres.setflags(write=False)
     return centres
 
@@ -88,14 +89,41 @@ def evidence(
     bands).  ``offset_s`` is the window's start in the recording.  A constant map (no evidence
     anywhere) peaks at its first cell and boxes the whole window, as the threshold selects all.
     """
-    row, col = np.unravel_index(int(np.argmax(display_map)), display_map.shape)
-    labels, _ = ndimage.label(display_map >= min(threshold, display_map[row, col]))
-    rows, cols = ndimage.find_objects(labels)[labels[row, col] - 1]  # the region's bounds
+    maps = torch.from_numpy(np.ascontiguousarray(display_map))[None]
+    peak, mask = peaks_and_masks(maps, threshold=threshold)
+    return region_evidence(mask[0].numpy(), int(peak[0]), axes=axes, offset_s=offset_s)
+
+
+def peaks_and_masks(maps: torch.Tensor, *, threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Display maps (..., n_mels, frames) on any device → (peak (...) int64, the flat index of each
+    map's first maximum; mask (..., n_mels, frames) bool, where the map is ``>= threshold``, or
+    at its peak where the peak is below).  The batched half of :func:`evidence`, on the device
+    that made the maps; :func:`region_evidence` finishes it on the host."""
+    top, peak = maps.flatten(-2).max(dim=-1)  # first maximum, as np.argmax
+    level = top.clamp_max(threshold)[..., None, None]
+    return peak, maps >= level
+
+
+def region_evidence(mask: np.ndarray, peak: int, *, axes: Axes, offset_s: float) -> Evidence:
+    """The evidence of one map from its ``mask`` (n_mels, frames) bool and the flat index of its
+    ``peak`` (see :func:`peaks_and_masks`): the box of the mask's connected region there."""
+    row, col = np.unravel_index(peak, mask.shape)
+    # Label only the rows and columns the mask touches: often a small part of the map.
+    r0, r1 = _span(mask.any(axis=1))
+    c0, c1 = _span(mask.any(axis=0))
+    labels, _ = ndimage.label(mask[r0:r1, c0:c1])
+    rows, cols = ndimage.find_objects(labels)[labels[row - r0, col - c0] - 1]
     return Evidence(
         peak_time_s=float(offset_s + axes.times_s[col]),
         peak_freq_hz=float(axes.freqs_hz[row]),
-        box_begin_s=float(offset_s + axes.times_s[cols.start]),
-        box_end_s=float(offset_s + axes.times_s[cols.stop - 1]),
-        box_low_hz=float(axes.freqs_hz[rows.stop - 1]),
-        box_high_hz=float(axes.freqs_hz[rows.start]),
+        box_begin_s=float(offset_s + axes.times_s[c0 + cols.start]),
+        box_end_s=float(offset_s + axes.times_s[c0 + cols.stop - 1]),
+        box_low_hz=float(axes.freqs_hz[r0 + rows.stop - 1]),
+        box_high_hz=float(axes.freqs_hz[r0 + rows.start]),
     )
+
+
+def _span(any_: np.ndarray) -> tuple[int, int]:
+    """[first, last + 1) of the True entries of a 1-d bool array (which has one: the peak)."""
+    hits = np.flatnonzero(any_)
+    return int(hits[0]), int(hits[-1]) + 1

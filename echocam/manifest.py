@@ -1,16 +1,28 @@
 """Compact per-recording records into the run's tables (manifest, detections) and summary.json.
 
-Streams: records are read concurrently in bounded chunks and written row by row, so a million
-recordings need memory for one chunk, not for the whole manifest.  No torch here.
+Workers (and local mode) write, after each chunk of work, a *shard*: the manifest rows of the
+records the chunk wrote or found done, with each record's digest and its detections, as one
+small Parquet file under ``_manifest/shards/``.  Compaction lists the done index
+(``echocam.index``: which record is current for each source) and the shards, keeps for each
+source the row of its current record (a join in DuckDB, on disk past its memory limit), reads
+only the records the index is unsure of or that no shard holds, and writes the tables.  So a
+run of N recordings costs about N/1000 listing requests and one GET per chunk, not one per
+recording.  It then uploads the rows it kept as one shard and deletes the shards it read, so
+the next compaction reads one object plus what is new.  Output prefixes written before the
+index (no ``_manifest/index.json``) are compacted the old way, every record read, once: that
+pass puts their markers and the sentinel.  Rows stream in batches throughout.  No torch here.
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import json
 import tempfile
 import time
+import uuid
 from collections import Counter
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
@@ -19,10 +31,10 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from echocam import detections
+from echocam import detections, index
 from echocam.chunking import chunked
-from echocam.records import RECORD_NAME, now_iso
-from echocam.runs import RUN_NAME
+from echocam.index import Stored
+from echocam.records import RECORD_NAME, now_iso, record_key
 from echocam.storage import Store, read_json
 
 MANIFEST_JSONL, MANIFEST_PARQUET, SUMMARY = "manifest.jsonl", "manifest.parquet", "summary.json"
@@ -59,6 +71,15 @@ SCHEMA = pa.schema(
 )
 
 
+SHARDS = "_manifest/shards/"
+#: A shard's rows: a manifest row, the digest of its record, and the record's detections (all
+#: of them: ``--min-probability`` applies when the tables are written).
+SHARD_SCHEMA = SCHEMA.append(pa.field("record_digest", pa.string())).append(
+    pa.field("detections", pa.list_(pa.struct(list(detections.SCHEMA))))
+)
+_ROW_GROUP = 10_000
+
+
 def row(record: dict[str, Any]) -> dict[str, Any]:
     """One manifest row (flat, typed as ``SCHEMA``) from one record."""
     top = record.get("top_predictions") or []
@@ -89,20 +110,173 @@ def row(record: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def shard_row(stored: Stored) -> dict[str, Any]:
+    """One shard row (``SHARD_SCHEMA``) from a record as stored."""
+    return {
+        **row(stored.record),
+        "record_digest": stored.digest,
+        "detections": list(detections.rows(stored.record)),
+    }
+
+
+def write_shard(store: Store, stored: Iterable[Stored]) -> str | None:
+    """Put one shard of these records' rows; its key (None when there are none)."""
+    rows = [shard_row(st) for st in stored]
+    if not rows:
+        return None
+    buf = io.BytesIO()
+    pq.write_table(pa.Table.from_pylist(rows, schema=SHARD_SCHEMA), buf, compression="zstd")
+    key = _shard_key()
+    store.put(key, buf.getvalue())
+    return key
+
+
+def _shard_key() -> str:
+    return f"{SHARDS}{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{uuid.uuid4().hex}.parquet"
+
+
 def iter_records(store: Store, *, threads: int = 16, chunk_size: int = 2000, page_size: int = 1000):
     """Every record under the store's root, read ``threads`` at a time, in listing order."""
     keys = (o.key for o in store.list(suffixes=("/" + RECORD_NAME,), page_size=page_size))
     with ThreadPoolExecutor(threads) as pool:
         for some_keys in chunked(keys, chunk_size):
-            for record in pool.map(lambda k: read_json(store, k), some_keys):
-                if record is not None:
-                    yield record
+            for stored in pool.map(lambda k: index.read(store, k), some_keys):
+                if stored is not None:
+                    yield stored
 
 
-def compact(store: Store, *, threads: int = 16, page_size: int = 1000) -> dict[str, Any]:
-    """Write the manifest files and summary.json under ``store``; returns the summary."""
+def compact(
+    store: Store, *, threads: int = 16, page_size: int = 1000, full: bool = False
+) -> dict[str, Any]:
+    """Write the manifest files and summary.json under ``store``; returns the summary.
+
+    ``full``: read every record (as for outputs written before the index), and put their
+    markers again.
+    """
+    from echocam.runs import RUN_NAME
+
     t0 = time.perf_counter()
     run = read_json(store, RUN_NAME) or {}
+    full = full or read_json(store, index.COMPLETE) is None
+    with tempfile.TemporaryDirectory() as tmp, ThreadPoolExecutor(threads) as pool:
+        con = _duckdb(tmp)
+        if full:
+            consumed = _kept_from_records(store, con, tmp, pool=pool, page_size=page_size)
+        else:
+            consumed = _kept_from_index(store, con, tmp, pool=pool, page_size=page_size)
+        summary = _write_tables(store, con, tmp, run)
+        con.close()
+        _consolidate(store, Path(tmp, "kept.parquet"), consumed)
+        if full:
+            store.put(index.COMPLETE, b'{"version": 1}\n')
+    summary["compaction_s"] = round(time.perf_counter() - t0, 3)
+    store.put(SUMMARY, (json.dumps(summary, indent=1) + "\n").encode())
+    return summary
+
+
+def _duckdb(tmp: str):
+    import duckdb
+
+    con = duckdb.connect(str(Path(tmp, "compact.duckdb")))
+    # Bounded memory for any number of rows: past this, joins and sorts spill to disk.
+    con.execute(f"SET memory_limit='512MB'; SET temp_directory='{Path(tmp, 'spill')}'")
+    con.execute("SET preserve_insertion_order=false")
+    return con
+
+
+def _parquet_writer(path: Path, rows: Iterator[dict[str, Any]]) -> int:
+    """Write ``rows`` (``SHARD_SCHEMA``) to ``path`` a row group at a time; how many."""
+    n = 0
+    with pq.ParquetWriter(path, SHARD_SCHEMA) as w:
+        for some in chunked(rows, _ROW_GROUP):
+            w.write_table(pa.Table.from_pylist(some, schema=SHARD_SCHEMA))
+            n += len(some)
+    return n
+
+
+def _load(con, table: str, path: Path) -> None:
+    con.execute(f"CREATE OR REPLACE TABLE {table} AS SELECT * FROM read_parquet('{path}')")
+
+
+def _kept_from_index(store: Store, con, tmp: str, *, pool, page_size: int) -> list[str]:
+    """The current record's row of every source into table ``kept``; the shards read."""
+    # Which record is current, per source (digest NULL: unsure, read the record).
+    idx = Path(tmp, "index.parquet")
+    schema = pa.schema([("source_key", pa.string()), ("digest", pa.string())])
+    with pq.ParquetWriter(idx, schema) as w:
+        for some in chunked(index.groups(store, page_size=page_size), _ROW_GROUP):
+            current = [(g.source, g.current.digest if g.current else None) for g in some]
+            w.write_table(pa.Table.from_pylist(
+                [{"source_key": k, "digest": d} for k, d in current], schema=schema
+            ))  # fmt: skip
+    _load(con, "idx", idx)
+    # Every shard, fetched to disk (one GET each).
+    shard_dir = Path(tmp, "shards")
+    shard_dir.mkdir()
+    keys = [o.key for o in store.list(under=SHARDS, page_size=page_size)]
+    keys = [k for k in keys if k.endswith(".parquet")]
+
+    def fetch(i_key: tuple[int, str]) -> None:
+        i, key = i_key
+        try:
+            data, _ = store.get(key)
+        except FileNotFoundError:
+            return  # another compaction consolidated it: its rows are in that one's shard
+        Path(shard_dir, f"{i:08d}.parquet").write_bytes(data)
+
+    for some in chunked(enumerate(keys), 256):
+        list(pool.map(fetch, some))
+    _parquet_writer(Path(shard_dir, "empty.parquet"), iter(()))  # the schema, if no shard
+    con.execute(f"CREATE TABLE shard AS SELECT * FROM read_parquet('{shard_dir}/*.parquet')")
+    con.execute(
+        """CREATE TABLE kept AS
+           SELECT s.* FROM shard s JOIN idx i
+             ON s.source_key = i.source_key AND s.record_digest = i.digest
+           QUALIFY row_number() OVER (PARTITION BY s.source_key) = 1"""
+    )
+    # What the shards cannot answer: unsure sources, current records no shard holds, and
+    # sources with rows but no index folder (keys too long for a marker).  Read those records.
+    todo = con.sql(
+        """SELECT source_key FROM idx WHERE digest IS NULL
+           UNION SELECT i.source_key FROM idx i ANTI JOIN kept k USING (source_key)
+             WHERE i.digest IS NOT NULL
+           UNION SELECT DISTINCT s.source_key FROM shard s ANTI JOIN idx i USING (source_key)"""
+    ).to_arrow_reader(_ROW_GROUP)
+
+    def read_rows() -> Iterator[dict[str, Any]]:
+        for batch in todo:
+            sources = batch.column(0).to_pylist()
+            for st in pool.map(lambda k: index.read(store, record_key(k)), sources):
+                if st is not None:
+                    yield shard_row(st)
+
+    extra = Path(tmp, "extra.parquet")
+    if _parquet_writer(extra, read_rows()):
+        con.execute(f"INSERT INTO kept SELECT * FROM read_parquet('{extra}')")
+    con.execute("DROP TABLE shard")
+    return keys
+
+
+def _kept_from_records(store: Store, con, tmp: str, *, pool, page_size: int) -> list[str]:
+    """Every record's row into table ``kept``, read one by one; their markers put again.
+
+    Returns the shards there were (the rows kept hold every current record: they go).
+    """
+    kept = Path(tmp, "records.parquet")
+
+    def rows() -> Iterator[dict[str, Any]]:
+        for some in chunked(iter_records(store, page_size=page_size), 256):
+            list(pool.map(lambda st: index.repair(store, st), some))
+            yield from (shard_row(st) for st in some)
+
+    _parquet_writer(kept, rows())
+    _load(con, "kept", kept)
+    return [o.key for o in store.list(under=SHARDS, page_size=page_size)]
+
+
+def _write_tables(store: Store, con, tmp: str, run: dict[str, Any]) -> dict[str, Any]:
+    """The manifest and detections tables from table ``kept`` (sorted by source key), and the
+    kept rows as ``kept.parquet`` for :func:`_consolidate`; returns the summary."""
     statuses: Counter[str] = Counter()
     codes: Counter[str] = Counter()
     windows = 0
@@ -111,14 +285,19 @@ def compact(store: Store, *, threads: int = 16, page_size: int = 1000) -> dict[s
     last_finished = ""
     min_probability = (run.get("params") or {}).get("min_probability", 0.0)
     n_detections = 0
-    with tempfile.TemporaryDirectory() as tmp:
-        files = [Path(tmp, name) for name in OUTPUT_NAMES]
-        with (
-            _Table(files[0], files[1], SCHEMA, text="jsonl") as manifest,
-            _Table(files[2], files[3], detections.SCHEMA, text="csv") as found,
-        ):
-            for record in iter_records(store, threads=threads, page_size=page_size):
-                r = row(record)  # one per source: record keys are an injective map of source keys
+    files = [Path(tmp, name) for name in OUTPUT_NAMES]
+    batches = con.sql("SELECT * FROM kept ORDER BY source_key").to_arrow_reader(_ROW_GROUP)
+    with (
+        _Table(files[0], files[1], SCHEMA, text="jsonl") as manifest,
+        _Table(files[2], files[3], detections.SCHEMA, text="csv") as found,
+        pq.ParquetWriter(Path(tmp, "kept.parquet"), SHARD_SCHEMA) as kept,
+    ):
+        for batch in batches:
+            rows = batch.to_pylist()
+            kept.write_table(pa.Table.from_pylist(rows, schema=SHARD_SCHEMA))
+            for r in rows:
+                dets = r.pop("detections") or []
+                r.pop("record_digest")
                 statuses[r["status"]] += 1
                 if r["error_code"]:
                     codes[r["error_code"]] += 1
@@ -128,38 +307,44 @@ def compact(store: Store, *, threads: int = 16, page_size: int = 1000) -> dict[s
                     stale += 1
                 last_finished = max(last_finished, r["finished_at"] or "")
                 manifest.add(r)
-                for d in detections.rows(record, min_probability=min_probability):
-                    found.add(d)
-                    n_detections += 1
-        total = sum(statuses.values())
-        wall = _wall_seconds(run.get("created_at"), last_finished)
-        summary = {
-            "recordings": total,
-            "by_status": dict(statuses),
-            "by_error_code": dict(codes),
-            "stale_fingerprint": stale,
-            "windows": windows,
-            "detections": n_detections,
-            "min_probability": min_probability,
-            "audio_seconds": round(audio_s, 3),
-            "run_id": run.get("run_id"),
-            "fingerprint": run.get("fingerprint"),
-            "model": run.get("model"),
-            "params": run.get("params"),
-            "input": run.get("input"),
-            "output": store.uri,
-            "started_at": run.get("created_at"),
-            "finished_at": last_finished or None,
-            "wall_s": wall,
-            "recordings_per_s": round(total / wall, 3) if wall else None,
-            "windows_per_s": round(windows / wall, 3) if wall else None,
-            "compacted_at": now_iso(),
-            "compaction_s": round(time.perf_counter() - t0, 3),
-        }
-        for path in files:
-            store.put_file(path.name, path)
-    store.put(SUMMARY, (json.dumps(summary, indent=1) + "\n").encode())
-    return summary
+                for d in dets:
+                    if d["probability"] >= min_probability:
+                        found.add(d)
+                        n_detections += 1
+    total = sum(statuses.values())
+    wall = _wall_seconds(run.get("created_at"), last_finished)
+    for path in files:
+        store.put_file(path.name, path)
+    return {
+        "recordings": total,
+        "by_status": dict(statuses),
+        "by_error_code": dict(codes),
+        "stale_fingerprint": stale,
+        "windows": windows,
+        "detections": n_detections,
+        "min_probability": min_probability,
+        "audio_seconds": round(audio_s, 3),
+        "run_id": run.get("run_id"),
+        "fingerprint": run.get("fingerprint"),
+        "model": run.get("model"),
+        "params": run.get("params"),
+        "input": run.get("input"),
+        "output": store.uri,
+        "started_at": run.get("created_at"),
+        "finished_at": last_finished or None,
+        "wall_s": wall,
+        "recordings_per_s": round(total / wall, 3) if wall else None,
+        "windows_per_s": round(windows / wall, 3) if wall else None,
+        "compacted_at": now_iso(),
+    }
+
+
+def _consolidate(store: Store, kept: Path, consumed: list[str]) -> None:
+    """Upload the kept rows as one shard, then delete the shards they came from."""
+    if pq.ParquetFile(kept).metadata.num_rows:
+        # first: the rows are never only in shards being deleted
+        store.put_file(_shard_key(), kept)
+    store.delete(consumed)
 
 
 class _Table:

@@ -1,17 +1,22 @@
 """The core: recordings in, outputs and records out.  Local mode and workers both call it.
 
 Three stages, each with its own type: ``decode`` (CPU: sources → :class:`Decoded`), ``compute``
-(device: → :class:`Computed`, every window in batches) and ``finish`` (CPU: → results, through
-:mod:`echocam.outputs`).  ``echocam.runner`` runs them overlapped on successive chunks.
+(device: → :class:`Computed` segments, every window in batches) and ``finish`` (CPU: each
+segment into the recordings' :class:`~echocam.outputs.Encoder`; results once the chunk is
+done).  A *segment* is ``segment_batches`` forward batches: a long recording flows through
+compute and finish a segment at a time, never all its windows' arrays at once, and the same
+batches whatever the segment size, so the same outputs.  ``echocam.runner`` runs the stages
+overlapped on successive chunks and segments.
 """
 
 from __future__ import annotations
 
 import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import Executor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import partial
 
 import numpy as np
 import torch
@@ -20,6 +25,7 @@ from echocam import colormaps, outputs, records, render
 from echocam.cam import display_maps, explain
 from echocam.errors import EchoCamError
 from echocam.frontend import FrontEnd, Planned, plan
+from echocam.localise import peaks_and_masks
 from echocam.model import LoadedModel
 from echocam.outputs import Result
 from echocam.records import Record
@@ -48,19 +54,27 @@ class DecodedRecording:
 
 @dataclass
 class Decoded:
-    """A chunk of sources after the first stage: every record begun, the readable ones decoded."""
+    """A chunk of sources after the first stage: every record begun, the readable ones decoded.
+
+    ``encoders`` and ``results`` fill as ``finish`` takes the chunk's segments.
+    """
 
     bases: list[Record]  # the outcome-independent record fields, one per source
     failures: dict[int, Result]  # source index → its failed result
     recordings: list[DecodedRecording]
+    encoders: dict[int, outputs.Encoder] = field(default_factory=dict)  # by recording position
+    results: dict[int, Result] = field(default_factory=dict)  # source index → its result
 
 
 @dataclass
 class Computed:
-    """A chunk after the device stage: each decoded recording with its windows' arrays."""
+    """A segment of a chunk after the device stage: some windows of some of its recordings."""
 
     decoded: Decoded
-    recordings: list[outputs.ComputedRecording]  # parallel to ``decoded.recordings``
+    parts: dict[int, outputs.Windows]  # recording position (in decoded.recordings) → windows
+    ended: dict[int, tuple[np.ndarray, float]]  # recordings whose last window is here →
+    # (mean class probabilities over all their windows, their compute seconds)
+    last: bool  # the chunk's last segment
 
 
 def resolve_device(device: str) -> torch.device:
@@ -81,12 +95,14 @@ class Explainer:
         batch_size: int = 0,
         compile_model: bool = False,
         pool: Executor | None = None,
+        segment_batches: int = 1,
     ):
         check_model_params(params, model.params)  # a species model only at its own front end
         self.model, self.params = model, params
         self.device = resolve_device(device)
         self.cuda = self.device.type == "cuda"
         self.batch_size = batch_size or (256 if self.cuda else 32)
+        self.segment_batches = segment_batches
         # Decoding (libsndfile, soxr) and PNG encoding (ISA-L) release the GIL: threads overlap.
         self.map = pool.map if pool is not None else map
         self.net = model.net.to(self.device)
@@ -97,7 +113,10 @@ class Explainer:
             # second batch size recompiles once, with the batch dimension dynamic.
             self.net = torch.compile(self.net)
         self.frontend = FrontEnd(params, self.device)
-        self.plasma = colormaps.table("plasma", self.device)
+        # the overlay's colours, plasma at alpha over magma: one table, made on the CPU so that
+        # every device draws the same bytes
+        magma, plasma = colormaps.table("magma"), colormaps.table("plasma")
+        self.blend = colormaps.blend(magma, plasma, alpha=params.alpha).to(self.device)
         ids = params.class_ids(model.class_names)
         self.class_ids = None if ids is None else torch.tensor(ids, dtype=torch.int64)
         self.fingerprint = fingerprint(params, model.sha256)
@@ -130,7 +149,11 @@ class Explainer:
 
     def explain(self, sources: Sequence[Source]) -> list[Result]:
         """Explain every source; a bad one yields a failed record, never an exception."""
-        return self.finish(self.compute(self.decode(sources)))
+        decoded = self.decode(sources)
+        results: list[Result] = []
+        for computed in self.compute(decoded):
+            results = self.finish(computed)
+        return results
 
     def decode(self, sources: Sequence[Source]) -> Decoded:
         """CPU stage 1, on the pool's threads: decode, resample and plan the windows."""
@@ -145,58 +168,69 @@ class Explainer:
         return decoded
 
     @torch.inference_mode()
-    def compute(self, decoded: Decoded) -> Computed:
-        """Device stage: every window of the chunk in batches; host arrays once per batch."""
+    def compute(self, decoded: Decoded) -> Iterator[Computed]:
+        """Device stage: the chunk's windows in batches, yielded a segment at a time.
+
+        Host arrays are copied once per batch; a segment's windows are views of them.  The
+        batches are the same whatever ``segment_batches``: windows of one length batch together
+        (every window but a short recording's own), in recording and time order.
+        """
         recordings = decoded.recordings
         if not recordings:
-            return Computed(decoded, [])
-        # (recording, window) → (its batch's host arrays, its row there): views, never copies
-        rows: list[dict[int, tuple[dict[str, np.ndarray], int]]] = [{} for _ in recordings]
-        compute_s = [0.0] * len(recordings)
+            yield Computed(decoded, {}, {}, last=True)
+            return
         prob_sum = torch.zeros(len(recordings), len(self.model.class_names), device=self.device)
-        # Windows of one length batch together (every window but a short recording's own).
         groups: dict[int, list[tuple[int, int]]] = defaultdict(list)
         for r, recording in enumerate(recordings):
             planned = recording.planned
             groups[planned.length].extend((r, j) for j in range(len(planned.starts)))
-        for length, pairs in groups.items():
-            for b0 in range(0, len(pairs), self.batch_size):
-                batch = pairs[b0 : b0 + self.batch_size]
+        batches = [
+            (length, pairs[b0 : b0 + self.batch_size])
+            for length, pairs in groups.items()
+            for b0 in range(0, len(pairs), self.batch_size)
+        ]
+        left = [len(recording.planned.starts) for recording in recordings]
+        compute_s = [0.0] * len(recordings)
+        step = max(1, self.segment_batches)
+        for s0 in range(0, len(batches), step):
+            # (recording, window) → (its batch's host arrays, its row there): views, not copies
+            rows: dict[int, dict[int, tuple[dict[str, np.ndarray], int]]] = defaultdict(dict)
+            for length, batch in batches[s0 : s0 + step]:
                 t0 = time.perf_counter()
                 host = self._batch(recordings, batch, length, prob_sum)
                 share = (time.perf_counter() - t0) / len(batch)
                 for i, (r, j) in enumerate(batch):
                     rows[r][j] = (host, i)
                     compute_s[r] += share
-        prob_sum = prob_sum.cpu().numpy()
-        computed = []
-        for r, recording in enumerate(recordings):
-            planned = recording.planned
-            in_order = [rows[r][j] for j in range(len(planned.starts))]
-            computed.append(
-                outputs.ComputedRecording(
-                    audio=planned.audio,
-                    starts=planned.starts,
-                    length=planned.length,
-                    windows={name: [h[name][i] for h, i in in_order] for name in in_order[0][0]},
-                    mean_probs=prob_sum[r] / len(planned.starts),
-                    decode_s=recording.decode_s,
-                    compute_s=compute_s[r],
-                )
+            parts = {}
+            for r, got in rows.items():  # a recording's windows here are consecutive
+                in_order = [got[j] for j in sorted(got)]
+                arrays = {name: [h[name][i] for h, i in in_order] for name in in_order[0][0]}
+                parts[r] = outputs.Windows(first=min(got), arrays=arrays)
+                left[r] -= len(got)
+            ended = [r for r in parts if not left[r]]
+            sums = prob_sum[ended].cpu().numpy() if ended else []
+            yield Computed(
+                decoded,
+                parts,
+                {
+                    r: (total / len(recordings[r].planned.starts), compute_s[r])
+                    for r, total in zip(ended, sums, strict=True)
+                },
+                last=s0 + step >= len(batches),
             )
-        return Computed(decoded, computed)
 
     def finish(self, computed: Computed) -> list[Result]:
-        """CPU stage 2, on the pool's threads: stitch, encode PNG and NPZ, build the records."""
+        """CPU stage 2, on the pool's threads: encode a segment's windows into its recordings'
+        files; the chunk's results, in source order, after its last segment (else [])."""
         decoded = computed.decoded
-        results = dict(decoded.failures)
-        finished = self.map(
-            lambda done, planned: self._encode(done, decoded.bases[planned.index]),
-            computed.recordings,
-            decoded.recordings,
-        )
-        for planned, result in zip(decoded.recordings, finished, strict=True):
-            results[planned.index] = result
+        done = list(self.map(partial(self._encode, computed), computed.parts))
+        for r, result in zip(computed.parts, done, strict=True):
+            if result is not None:
+                decoded.results[decoded.recordings[r].index] = result
+        if not computed.last:
+            return []
+        results = {**decoded.failures, **decoded.results}
         return [results[i] for i in sorted(results)]
 
     # -- stages -----------------------------------------------------------------------------
@@ -232,13 +266,15 @@ class Explainer:
         for i, (r, j) in enumerate(batch):
             rows[i] = recordings[r].planned.window(j)
         db = self.frontend.db(waves.to(self.device, non_blocking=True))
-        rgb, img8 = self.frontend.images(db)
+        levels, rgb, img8 = self.frontend.colours(db)
         x = self.frontend.model_input(img8)
         # bf16 only for the forward: logits and CAMs are computed in float32
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.cuda):
             cb = explain(self.net, x, top_k=p.top_k, class_ids=self.class_ids)
         maps = display_maps(cb.cams, size=(db.shape[-2], db.shape[-1]))
-        ov = render.overlay(rgb, maps, lut=self.plasma, alpha=p.alpha)
+        ov = render.overlay(levels, maps, table=self.blend)
+        # the evidence's batched half here, on the maps the overlay drew; its boxes on the host
+        peak, mask = peaks_and_masks(maps, threshold=p.box_threshold)
         top = cb.probs.topk(p.top_k, dim=-1)
         owner = torch.tensor([r for r, _ in batch], device=self.device)
         prob_sum.index_add_(0, owner, cb.probs)
@@ -252,6 +288,8 @@ class Explainer:
             "top_ids": top.indices,
             "top_probs": top.values,
             "cams": cb.cams,
+            "peak": peak,
+            "evidence_mask": mask,
         }
         if p.save_inputs:
             out["inputs"] = img8
@@ -274,18 +312,32 @@ class Explainer:
         torch.cuda.current_stream(self.device).synchronize()
         return {name: t.numpy() for name, t in host.items()}
 
-    def _encode(self, recording: outputs.ComputedRecording, base: Record) -> Result:
-        t0 = time.perf_counter()
-        result = outputs.encode(
-            recording,
-            base,
-            params=self.params,
-            class_names=self.model.class_names,
-            model_sha256=self.model.sha256,
-        )
+    def _encode(self, computed: Computed, r: int) -> Result | None:
+        """Add recording ``r``'s part of ``computed`` to its encoder; its result if that part
+        was its last."""
+        decoded = computed.decoded
+        recording = decoded.recordings[r]
+        encoder = decoded.encoders.get(r)
+        if encoder is None:
+            planned = recording.planned
+            encoder = decoded.encoders[r] = outputs.Encoder(
+                audio=planned.audio,
+                starts=planned.starts,
+                length=planned.length,
+                base=decoded.bases[recording.index],
+                params=self.params,
+                class_names=self.model.class_names,
+                model_sha256=self.model.sha256,
+            )
+        encoder.add(computed.parts[r])
+        if r not in computed.ended:
+            return None
+        mean_probs, compute_s = computed.ended[r]
+        result = encoder.close(mean_probs=mean_probs)
+        del decoded.encoders[r]
         result.record["timings_s"] = {
             "decode": round(recording.decode_s, 4),
-            "compute": round(recording.compute_s, 4),
-            "encode": round(time.perf_counter() - t0, 4),
+            "compute": round(compute_s, 4),
+            "encode": round(encoder.seconds, 4),
         }
         return result

@@ -1,8 +1,12 @@
-"""Which recordings a run does: list the source, read each record, apply the one rule.
+"""Which recordings a run does: list the source and the done index, apply the one rule.
 
 ``echocam produce`` enqueues what :func:`plan` says needs work, ``echocam run`` explains it, and
-both print it with ``--dry-run``.  Streamed page by page: constant memory for any bucket, and the
-first decisions come before the listing ends.  No torch here.
+both print it with ``--dry-run``.  The source listing is merged with the listing of the output's
+done index (``echocam.index``), which says for each source what its current record answers (ETag,
+fingerprint, status or error code) without reading it; a record is read only where the index is
+unsure of it, or where a missing record would skip the recording (``--retry-failed``).  Streamed
+page by page: constant memory for any bucket, and the first decisions come before the listings
+end.  No torch here.
 """
 
 from __future__ import annotations
@@ -12,12 +16,31 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from echocam import protocol, runs
+from echocam import index, protocol, runs
 from echocam.chunking import chunked
 from echocam.protocol import RESUME, Redo
 from echocam.records import record_key
 from echocam.settings import Params, Settings
 from echocam.storage import ObjectInfo, Store, read_json, suffix_matches
+
+
+def _records(
+    items: list[ObjectInfo], lookup: index.Lookup, *, dst: Store, redo: Redo, pool
+) -> dict[str, dict[str, Any] | None]:
+    """What the skip rule needs of each item's current record (None: it has none)."""
+    known: dict[str, dict[str, Any] | None] = {}
+    unsure = []
+    for it in items:
+        group = lookup.find(it.key)
+        if group is not None and group.current is not None:
+            known[it.key] = group.current.as_record(it)
+        elif group is None and not redo.failed:
+            known[it.key] = None  # no record, or one unseen: the worker reads it before any work
+        else:
+            unsure.append(it)
+    found = pool.map(lambda it: read_json(dst, record_key(it.key)), unsure)
+    known.update(zip((it.key for it in unsure), found, strict=True))
+    return known
 
 
 @dataclass(frozen=True)
@@ -48,7 +71,7 @@ def plan(
 ) -> Iterator[Decision]:
     """A :class:`Decision` for each audio object under ``src``, in listing order.
 
-    Records are read ``chunk`` at a time on ``pool``.  With ``limit``, stops after that many
+    Decided ``chunk`` at a time (records read on ``pool``).  With ``limit``, stops after that many
     recordings that need work.  With ``report_extension``, objects whose extension is not in
     ``extensions`` are listed too, as skipped (``--dry-run``; a local listing then reads them).
     """
@@ -56,12 +79,13 @@ def plan(
         return
     suffixes = () if report_extension else extensions
     listing = src.list(suffixes=suffixes, page_size=page_size)
+    lookup = None
     todo = 0
     for items in chunked(listing, max(1, chunk)):
         audio = [it for it in items if suffix_matches(it.key, extensions)]
         if protocol.needs_records(redo):
-            found = pool.map(lambda it: read_json(dst, record_key(it.key)), audio)
-            existing = dict(zip((it.key for it in audio), found, strict=True))
+            lookup = lookup or index.Lookup(index.groups(dst, page_size=page_size))
+            existing = _records(audio, lookup, dst=dst, redo=redo, pool=pool)
         else:
             existing = {}
         for it in items:

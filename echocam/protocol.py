@@ -137,8 +137,9 @@ def decode_items(raw: Iterable[list[Any]]) -> list[ObjectInfo]:
 
 
 def run_message(run: dict[str, Any], redo: Redo) -> dict[str, Any]:
-    """The run as a task carries it: ``run.json``'s fields plus ``redo``."""
-    return {**run, "redo": redo.to_dict()}
+    """The run as a task carries it: ``run.json``'s fields (but the class names, which the
+    workers' model has) plus ``redo``."""
+    return {**{k: v for k, v in run.items() if k != "class_names"}, "redo": redo.to_dict()}
 
 
 def decode_run(message: dict[str, Any]) -> tuple[dict[str, Any], Redo]:

@@ -40,13 +40,19 @@ class WindowRecord(TypedDict):
     explained: list[Prediction]  # the classes whose CAMs were computed, with logits
 
 
-class Outputs(TypedDict):
+class Outputs(TypedDict, total=False):
+    """The keys of the files written (``Params.outputs``): a kind not written is absent."""
+
     spectrogram: str
-    overlay: str
+    overlay: str  # overlay.jpg, overlay.webp or overlay.png (Params.overlay_format)
     cam: str
     selections: str  # Raven Pro selection table
     labels: str  # Audacity label track
-    inputs: list[str]
+    inputs: list[str]  # with save_inputs
+    # A recording wider than outputs.TILE_COLUMNS: its images' tiles in time order (then
+    # "spectrogram" and "overlay" name the first ones)
+    spectrogram_tiles: NotRequired[list[str]]
+    overlay_tiles: NotRequired[list[str]]
 
 
 class Record(TypedDict):
@@ -76,6 +82,7 @@ class Record(TypedDict):
     windows: NotRequired[list[WindowRecord]]
     top_predictions: NotRequired[list[Prediction]]  # mean window probability, best first
     image_sizes: NotRequired[dict[str, list[int]]]  # name → [height, width]
+    tile_columns: NotRequired[int]  # the width of each tile (the last narrower), when tiled
     timings_s: NotRequired[dict[str, float]]  # decode, compute, encode
 
 

@@ -2,9 +2,11 @@
 
 Words: an *item* is one source object, a *chunk* the items that go through the stages together
 (local mode: ``--task-size`` items; a worker task: half of its items), a *batch* the windows of
-one forward pass (``pipeline``).  ``echocam run`` (local mode) and the Celery task both call
+one forward pass and a *segment* the batches that go through compute and finish together
+(``pipeline``).  ``echocam run`` (local mode) and the Celery task both call
 :func:`run_chunks`, so both write the same outputs and records.  Outputs are written first and
-the record last: a record's presence means the recording's outputs are complete.
+the record last: a record's presence means the recording's outputs are complete.  Around the
+record, its marker in the done index (``echocam.index``); after each chunk, its manifest shard.
 """
 
 from __future__ import annotations
@@ -13,13 +15,14 @@ from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
-from echocam import records
+from echocam import index, manifest, records
 from echocam.errors import DownloadFailed, EchoCamError
+from echocam.index import Stored
 from echocam.outputs import Result
 from echocam.pipeline import Computed, Decoded, Explainer, Source
 from echocam.protocol import RESUME, Redo, is_done
 from echocam.records import Record
-from echocam.storage import ObjectInfo, Store, read_json
+from echocam.storage import ObjectInfo, Store
 
 
 @dataclass
@@ -65,25 +68,39 @@ def _pending(
     run_id: str,
     redo: Redo,
     pool: ThreadPoolExecutor,
-) -> tuple[dict[str, Outcome], list[tuple[ObjectInfo, dict | None]]]:
-    """Outcomes of the items already done, and the (item, old record) pairs still to do."""
-    existing = list(pool.map(lambda it: read_json(dst, records.record_key(it.key)), items))
-    done, todo = {}, []
-    for it, record in zip(items, existing, strict=True):
+) -> tuple[dict[str, Outcome], list[Stored], list[tuple[ObjectInfo, Stored | None]]]:
+    """Outcomes of the items already done (and their records), and the (item, old record)
+    pairs still to do."""
+    existing = list(pool.map(lambda it: index.read(dst, records.record_key(it.key)), items))
+    done, current, todo = {}, [], []
+    for it, stored in zip(items, existing, strict=True):
+        record = stored.record if stored else None
         if is_done(record, it, fingerprint=fingerprint, run_id=run_id, redo=redo):
             done[it.key] = Outcome.of(record, written=False)
+            current.append(stored)
         else:
-            todo.append((it, record))
-    return done, todo
+            todo.append((it, stored))
+    return done, current, todo
 
 
-def _write(dst: Store, result: Result, *, run_id: str, replace: bool) -> Outcome:
-    """Outputs first, record last; a new record only if absent (a twin delivery may have won)."""
-    for key, data in result.files.items():
-        dst.put(key, data)
+def _write(
+    dst: Store, result: Result, *, run_id: str, old: Stored | None
+) -> tuple[Outcome, Stored | None]:
+    """Outputs first, record last; a new record only if absent (a twin delivery may have won).
+
+    The done index is kept around it (``echocam.index``): an intent before, the replaced
+    record's marker deleted, the new marker after the record, then the intent deleted.
+    Returns the outcome and, if this call wrote it, the record as stored.
+    """
     record = records.stamped(result.record, run_id=run_id)
-    written = dst.put(record["record_key"], records.dumps(record), if_absent=not replace)
-    return Outcome.of(record, written=written)
+    data = records.dumps(record)
+    stored = Stored(record, index.digest(data))
+    intent = index.begin(dst, record["source_key"], old=old, new_key=stored.marker_key)
+    for key, body in result.files.items():
+        dst.put(key, body)
+    written = dst.put(record["record_key"], data, if_absent=old is None)
+    index.end(dst, intent, new_key=stored.marker_key if written else None)
+    return Outcome.of(record, written=written), stored if written else None
 
 
 @dataclass
@@ -92,8 +109,9 @@ class Prepared:
 
     items: Sequence[ObjectInfo]
     outcomes: dict[str, Outcome]
+    current: list[Stored]  # the records of the done items
     decoded: Decoded | None  # the sources still to explain (None: nothing to do)
-    replace: dict[str, bool]  # key → a record existed (overwrite instead of create)
+    old: dict[str, Stored | None]  # key → its record now (overwritten; None: created)
 
 
 def prepare(
@@ -107,13 +125,13 @@ def prepare(
     pool: ThreadPoolExecutor,
 ) -> Prepared:
     """Check which items are done, read the others' bytes and decode them, on ``pool``."""
-    outcomes, todo = _pending(
+    outcomes, current, todo = _pending(
         items, dst=dst, fingerprint=explainer.fingerprint, run_id=run_id, redo=redo, pool=pool
     )
     max_bytes = explainer.params.max_bytes
     sources = list(pool.map(lambda t: fetch(src, t[0], max_bytes=max_bytes), todo))
     decoded = explainer.decode(sources) if sources else None
-    return Prepared(items, outcomes, decoded, {it.key: record is not None for it, record in todo})
+    return Prepared(items, outcomes, current, decoded, {it.key: old for it, old in todo})
 
 
 def complete(
@@ -124,18 +142,39 @@ def complete(
     explainer: Explainer,
     run_id: str,
     pool: ThreadPoolExecutor,
-) -> list[Outcome]:
-    """Encode a computed chunk and write outputs, then records; one outcome per item."""
+) -> list[Outcome] | None:
+    """Encode a computed segment; after the chunk's last, write outputs, then records, and
+    return one outcome per item (None before).  Then the chunk's manifest shard: the records
+    written, and those found done.
+    """
     outcomes = dict(prepared.outcomes)
+    shard = list(prepared.current)
     if computed is not None:
-        for out in pool.map(
-            lambda res: _write(
-                dst, res, run_id=run_id, replace=prepared.replace[res.record["source_key"]]
-            ),
-            explainer.finish(computed),
-        ):
+        results = explainer.finish(computed)
+        if not computed.last:
+            return None
+
+        def write(result: Result) -> tuple[Outcome, Stored | None]:
+            try:
+                return _write(
+                    dst, result, run_id=run_id, old=prepared.old[result.record["source_key"]]
+                )
+            finally:
+                result.close()
+
+        for out, stored in pool.map(write, results):
             outcomes[out.key] = out
+            if stored is not None:
+                shard.append(stored)
+    _index_chunk(dst, prepared.current, shard, pool=pool)
     return [outcomes[it.key] for it in prepared.items]
+
+
+def _index_chunk(dst: Store, current: list[Stored], shard: list[Stored], *, pool) -> None:
+    """Put again the markers of the records found done (a crash, or outputs older than the
+    index, may have left them without), then the chunk's manifest shard."""
+    list(pool.map(lambda st: index.repair(dst, st), current))
+    manifest.write_shard(dst, shard)
 
 
 def run_chunks(
@@ -153,7 +192,9 @@ def run_chunks(
 
     Done items are skipped; bad input becomes a failed record.  Three chunks are in flight:
     while the device computes chunk N (in this thread), chunk N+1 is read and decoded and
-    chunk N-1 encoded and written, each by its own thread using ``pool``.  Errors writing to
+    chunk N-1 encoded and written, each by its own thread using ``pool``.  Within a chunk the
+    device and the encoding take turns a segment at a time: segment S+1 computes while S is
+    encoded, so a long recording's windows are never all in memory.  Errors writing to
     ``dst`` raise (the caller retries, and the recordings finished before are then skipped).
     """
     common = dict(src=src, dst=dst, explainer=explainer, run_id=run_id, redo=redo, pool=pool)
@@ -163,8 +204,10 @@ def run_chunks(
     outcomes: list[Outcome] = []
     finishing: Future[list[Outcome]] | None = None
 
-    def collect(future: Future[list[Outcome]]) -> None:
+    def collect(future: Future[list[Outcome] | None]) -> None:
         done = future.result()
+        if done is None:  # a segment before its chunk's last
+            return
         outcomes.extend(done)
         if on_chunk:
             on_chunk(done)
@@ -173,12 +216,19 @@ def run_chunks(
         ahead = prefetch.submit(prepare, next(chunks, []), **common)
         while (prepared := ahead.result()).items:
             ahead = prefetch.submit(prepare, next(chunks, []), **common)
-            computed = explainer.compute(prepared.decoded) if prepared.decoded else None
-            if finishing is not None:
-                collect(finishing)  # bounded: one chunk finishing while the next computes
-            finishing = finisher.submit(
-                complete, prepared, computed, dst=dst, explainer=explainer, run_id=run_id, pool=pool
-            )
+            segments = explainer.compute(prepared.decoded) if prepared.decoded else [None]
+            for computed in segments:
+                if finishing is not None:
+                    collect(finishing)  # bounded: one segment finishing while the next computes
+                finishing = finisher.submit(
+                    complete,
+                    prepared,
+                    computed,
+                    dst=dst,
+                    explainer=explainer,
+                    run_id=run_id,
+                    pool=pool,
+                )
         if finishing is not None:
             collect(finishing)
     finally:
@@ -204,7 +254,7 @@ def record_failures(
     ``model`` is the identity of the model the records name, ``fingerprint`` the run's as this
     worker computes it: no explainer is needed (it may be what could not be built).
     """
-    outcomes, todo = _pending(
+    outcomes, current, todo = _pending(
         items,
         dst=dst,
         fingerprint=fingerprint,
@@ -212,12 +262,16 @@ def record_failures(
         redo=RESUME,  # a current record stays, even under --force: a timeout never replaces it
         pool=_SERIAL,
     )
+    shard = list(current)
     for it, old in todo:
         base = records.new(
             source_key=it.key, size=it.size, etag=it.etag, model=model, fingerprint=fingerprint
         )
         res = Result(records.failed(base, code=code, message=message))
-        outcomes[it.key] = _write(dst, res, run_id=run_id, replace=old is not None)
+        outcomes[it.key], stored = _write(dst, res, run_id=run_id, old=old)
+        if stored is not None:
+            shard.append(stored)
+    _index_chunk(dst, current, shard, pool=_SERIAL)
     return [outcomes[it.key] for it in items]
 
 

@@ -6,18 +6,29 @@ import json
 import uuid
 from typing import Any
 
+from echocam.index import COMPLETE
 from echocam.records import now_iso, version
 from echocam.settings import Params, fingerprint
-from echocam.storage import Store
+from echocam.storage import Store, read_json
 
 RUN_NAME = "run.json"
 
 
 def describe(
-    *, model: dict[str, Any], params: Params, input_uri: str, output_uri: str, mode: str
+    *,
+    model: dict[str, Any],
+    params: Params,
+    input_uri: str,
+    output_uri: str,
+    mode: str,
+    class_names: list[str] | None = None,
 ) -> dict[str, Any]:
-    """A new run: ``model`` is the model identity (``LoadedModel.identity``)."""
-    return {
+    """A new run: ``model`` is the model identity (``LoadedModel.identity``).
+
+    ``class_names``, the model's classes in id order, are kept once per run here (records and
+    ``cam.npz`` name only the classes they mention); None when unknown (``--model-sha256``).
+    """
+    run = {
         "run_id": uuid.uuid4().hex,
         "fingerprint": fingerprint(params, model["sha256"]),
         "model": model,
@@ -28,7 +39,14 @@ def describe(
         "created_at": now_iso(),
         "echocam_version": version(),
     }
+    if class_names is not None:
+        run["class_names"] = list(class_names)
+    return run
 
 
 def save(store: Store, run: dict[str, Any]) -> None:
+    """Write ``run.json``; into a prefix no run has written, also the done index's sentinel
+    (``echocam.index.COMPLETE``: records there all get markers)."""
+    if read_json(store, RUN_NAME) is None:
+        store.put(COMPLETE, b'{"version": 1}\n')
     store.put(RUN_NAME, (json.dumps(run, indent=1, sort_keys=True) + "\n").encode())

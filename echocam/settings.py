@@ -18,6 +18,11 @@ from typing import Any, Self, get_type_hints
 from echocam.errors import InvalidParams, ParamsMismatch
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3")
+#: What ``--outputs`` can name per recording: the two images, ``cam.npz``, the dB spectrogram in
+#: it, and the Raven/Audacity files.  The record is always written.
+OUTPUT_KINDS = ("spectrogram", "overlay", "cam", "db", "detections")
+DEFAULT_OUTPUTS = ("spectrogram", "overlay", "cam", "detections")
+OVERLAY_FORMATS = ("jpeg", "webp", "png")
 
 
 def _f(default: Any, help: str) -> Any:
@@ -47,6 +52,13 @@ class Params:
         0.0, "detections below this stay out of selections, labels and detection tables"
     )
     png_compress_level: int = _f(1, "PNG deflate level (ISA-L), 0 (fastest) to 3 (smallest)")
+    outputs: tuple[str, ...] = _f(
+        DEFAULT_OUTPUTS,
+        "files per recording (comma-separated): spectrogram, overlay, cam, db (the float16 dB "
+        "spectrogram in cam.npz), detections (selections.txt, labels.txt)",
+    )
+    overlay_format: str = _f("jpeg", "overlay image: jpeg or webp (lossy) or png (lossless)")
+    overlay_quality: int = _f(85, "JPEG/WebP quality of the overlay, 1 to 100")
     save_inputs: bool = _f(False, "also save each window's 224x224 model-input PNG")
     max_duration_s: float = _f(1800.0, "longest recording accepted, seconds")
     max_bytes: int = _f(1024**3, "largest object accepted, bytes")
@@ -58,6 +70,15 @@ class Params:
             raise ValueError("top_k must be >= 1")
         if not 0 <= self.png_compress_level <= 3:
             raise ValueError("png_compress_level must be 0..3")
+        unknown = sorted(set(self.outputs) - set(OUTPUT_KINDS))
+        if unknown:
+            raise ValueError(f"unknown outputs {unknown}; known: {', '.join(OUTPUT_KINDS)}")
+        if "db" in self.outputs and "cam" not in self.outputs:
+            raise ValueError("outputs: db is stored in cam.npz, so it needs cam too")
+        if self.overlay_format not in OVERLAY_FORMATS:
+            raise ValueError(f"overlay_format must be one of {', '.join(OVERLAY_FORMATS)}")
+        if not 1 <= self.overlay_quality <= 100:
+            raise ValueError("overlay_quality must be 1..100")
         for name in ("alpha", "box_threshold", "min_probability"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be within [0, 1]")
@@ -106,14 +127,16 @@ class Params:
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["classes"] = list(self.classes)
+        d["outputs"] = list(self.outputs)
         return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Self:
         known = {f.name for f in fields(cls)}
         kw = {k: v for k, v in d.items() if k in known}
-        if "classes" in kw:
-            kw["classes"] = tuple(kw["classes"])
+        for name in ("classes", "outputs"):
+            if name in kw:
+                kw[name] = tuple(kw[name])
         return cls(**kw)
 
     @classmethod

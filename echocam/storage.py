@@ -13,9 +13,10 @@ import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, BinaryIO, Protocol
 from urllib.parse import urlparse
 
+from echocam.chunking import read_ahead
 from echocam.errors import TooLarge
 from echocam.keys import join
 from echocam.settings import Settings
@@ -32,15 +33,17 @@ class Store(Protocol):
     uri: str
 
     def list(
-        self, *, suffixes: tuple[str, ...] = (), page_size: int = 1000
+        self, *, suffixes: tuple[str, ...] = (), page_size: int = 1000, under: str = ""
     ) -> Iterator[ObjectInfo]:
-        """Objects under the root whose key ends with one of ``suffixes`` (any, if empty)."""
+        """Objects under the root (or its folder ``under``, ending in ``/``) whose key ends with
+        one of ``suffixes`` (any, if empty); keys stay relative to the root."""
         ...
 
     def get(self, key: str, *, max_bytes: int | None = None) -> tuple[bytes, ObjectInfo]: ...
 
-    def put(self, key: str, data: bytes, *, if_absent: bool = False) -> bool:
-        """Write ``data``; with ``if_absent`` only if no object is there (False when one was)."""
+    def put(self, key: str, data: bytes | BinaryIO, *, if_absent: bool = False) -> bool:
+        """Write ``data`` (bytes, or a binary file read from its start); with ``if_absent`` only
+        if no object is there (False when one was)."""
         ...
 
     def put_file(self, key: str, path: str | os.PathLike) -> None:
@@ -56,6 +59,10 @@ class Store(Protocol):
 
         ``0 <= start < stop`` and ``start`` below the object's size, else ValueError.
         """
+        ...
+
+    def delete(self, keys: list[str]) -> None:
+        """Remove these objects (missing ones are no error); S3: 1000 keys per request."""
         ...
 
 
@@ -84,12 +91,13 @@ class LocalStore:
         return path
 
     def list(
-        self, *, suffixes: tuple[str, ...] = (), page_size: int = 1000
+        self, *, suffixes: tuple[str, ...] = (), page_size: int = 1000, under: str = ""
     ) -> Iterator[ObjectInfo]:
         if self.only is not None:
-            paths = [self.root / self.only]
+            paths = [self.root / self.only] if not under else []
         else:
-            paths = (p for p in sorted(self.root.rglob("*")) if p.is_file())
+            top = self._path(under) if under else self.root
+            paths = (p for p in sorted(top.rglob("*")) if p.is_file())
         for p in paths:
             key = p.relative_to(self.root).as_posix()
             if suffix_matches(key, suffixes):
@@ -104,14 +112,18 @@ class LocalStore:
         data = path.read_bytes()
         return data, ObjectInfo(key, size, md5_etag(data))
 
-    def put(self, key: str, data: bytes, *, if_absent: bool = False) -> bool:
+    def put(self, key: str, data: bytes | BinaryIO, *, if_absent: bool = False) -> bool:
         path = self._path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
         try:
             os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; outputs follow the umask
             with os.fdopen(fd, "wb") as f:
-                f.write(data)
+                if isinstance(data, bytes | bytearray | memoryview):
+                    f.write(data)
+                else:
+                    data.seek(0)
+                    shutil.copyfileobj(data, f, 1 << 20)
             if if_absent:
                 try:
                     os.link(tmp, path)  # atomic create-if-absent
@@ -144,6 +156,10 @@ class LocalStore:
             _check_range(start, stop, size)
             f.seek(start)
             return f.read(min(stop, size) - start)
+
+    def delete(self, keys: list[str]) -> None:
+        for key in keys:
+            self._path(key).unlink(missing_ok=True)
 
 
 def _umask() -> int:
@@ -223,15 +239,17 @@ class S3Store:
         return join(self.prefix, key)
 
     def list(
-        self, *, suffixes: tuple[str, ...] = (), page_size: int = 1000
+        self, *, suffixes: tuple[str, ...] = (), page_size: int = 1000, under: str = ""
     ) -> Iterator[ObjectInfo]:
         pages = self.client.get_paginator("list_objects_v2").paginate(
             Bucket=self.bucket,
-            Prefix=f"{self.prefix}/" if self.prefix else "",
+            Prefix=(f"{self.prefix}/" if self.prefix else "") + under,
             PaginationConfig={"PageSize": page_size},
         )
         cut = len(self.prefix) + 1 if self.prefix else 0
-        for page in pages:
+        # The next page is requested while this one is used (and two listings read together,
+        # sources and the done index, overlap their requests).
+        for page in read_ahead(pages, batch=1, depth=2):
             for obj in page.get("Contents", ()):
                 key = obj["Key"][cut:]
                 if suffix_matches(key, suffixes):
@@ -253,10 +271,12 @@ class S3Store:
         data = resp["Body"].read()
         return data, ObjectInfo(key, size, resp.get("ETag"))
 
-    def put(self, key: str, data: bytes, *, if_absent: bool = False) -> bool:
+    def put(self, key: str, data: bytes | BinaryIO, *, if_absent: bool = False) -> bool:
         from botocore.exceptions import ClientError
 
         kw = {"IfNoneMatch": "*"} if if_absent else {}
+        if not isinstance(data, bytes | bytearray | memoryview):
+            data.seek(0)  # one PUT streamed from the file (single part: the ETag stays its md5)
         try:
             self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data, **kw)
         except ClientError as e:
@@ -299,6 +319,19 @@ class S3Store:
                 raise ValueError(f"range {start}-{stop} is past the end of {key!r}") from None
             raise
         return resp["Body"].read()
+
+    def delete(self, keys: list[str]) -> None:
+        if len(keys) == 1:  # one request either way; DeleteObject is the one every server has
+            self.client.delete_object(Bucket=self.bucket, Key=self._key(keys[0]))
+            return
+        for i in range(0, len(keys), 1000):
+            some = [{"Key": self._key(k)} for k in keys[i : i + 1000]]
+            resp = self.client.delete_objects(
+                Bucket=self.bucket, Delete={"Objects": some, "Quiet": True}
+            )
+            if resp.get("Errors"):
+                e = resp["Errors"][0]
+                raise OSError(f"cannot delete {e.get('Key')}: {e.get('Code')} {e.get('Message')}")
 
 
 def _check_range(start: int, stop: int, size: int | None) -> None:

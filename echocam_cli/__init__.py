@@ -114,7 +114,7 @@ def cmd_manifest(args: argparse.Namespace) -> int:
     from echocam.storage import client_factory, open_store
 
     store = open_store(args.out, client_factory=client_factory(_settings(args)))
-    _print_summary(manifest.compact(store))
+    _print_summary(manifest.compact(store, full=args.full))
     return 0
 
 
@@ -167,6 +167,7 @@ def cmd_produce(args: argparse.Namespace) -> int:
 
     settings, store = _producer_context(args)
     params, redo = _params(args), _redo(args)
+    names = None
     if args.model_sha256:
         model = {"arch": "resnet18", "sha256": args.model_sha256, "weights": settings.weights}
     else:
@@ -180,7 +181,8 @@ def cmd_produce(args: argparse.Namespace) -> int:
     if args.dry_run:
         _print_dry_run(enqueue.dry_run(src, dst, **common))
         return 0
-    result = enqueue.produce(src, dst, app=app, show=True, **common)
+    class_names = names if isinstance(names, list) else None
+    result = enqueue.produce(src, dst, app=app, show=True, class_names=class_names, **common)
     why = "not failed, or already done" if redo.failed else "already done"
     print(
         f"run {result.run['run_id']}: enqueued {result.recordings} recordings in {result.tasks} "
@@ -392,10 +394,8 @@ def _print_summary(summary: dict[str, Any]) -> None:
     keys = ("recordings", "by_status", "by_error_code", "windows", "wall_s", "windows_per_s")
     print(json.dumps({k: summary.get(k) for k in keys}, indent=1))
     out = summary["output"]
-    print(
-        f"outputs: {out}/<source key>/"
-        "{spectrogram.png,overlay.png,cam.npz,selections.txt,labels.txt,record.json}"
-    )
+    kinds = (summary.get("params") or {}).get("outputs") or []
+    print(f"outputs: {out}/<source key>/record.json, with its outputs' keys ({', '.join(kinds)})")
     print(f"tables: {out}/{{manifest,detections}}.{{jsonl|csv,parquet}}, {out}/summary.json")
 
 
@@ -610,6 +610,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="compact the records under DEST into manifest.jsonl/.parquet and summary.json",
     )
     man.add_argument("out", metavar="DEST", help="directory or s3://bucket/prefix of a run")
+    man.add_argument(
+        "--full",
+        action="store_true",
+        help="read every record instead of the done index and shards, and put their markers "
+        "again (automatic for outputs written before the index)",
+    )
     _add_fields(man, Settings, ["s3_endpoint_url", "s3_region"], "storage")
     man.set_defaults(func=cmd_manifest)
 

@@ -1,9 +1,17 @@
-"""Enumerate recordings under an S3 prefix, skip the done ones, and enqueue tasks by name."""
+"""Enumerate recordings under an S3 prefix, skip the done ones, and enqueue tasks by name.
+
+Tasks go out pipelined: Celery's ``send_task`` on one producer inside kombu's publish batch
+(``Producer.batch``: the Redis transport buffers each message's LPUSH in a pipeline), flushed
+every :data:`BATCH_TASKS` tasks or :data:`BATCH_WAIT_S` seconds, whichever comes first; the
+progress counters of a flushed batch follow in one more round trip.  So a batch of tasks costs
+two round trips to Redis, not two per task, and the messages are Celery's own.
+"""
 
 from __future__ import annotations
 
 import logging
 import sys
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -19,6 +27,9 @@ from echocam.settings import Params, Settings
 from echocam.storage import ObjectInfo, Store
 
 log = logging.getLogger(__name__)
+
+#: Tasks per pipelined flush, and the longest a sent task waits in the buffer (seconds).
+BATCH_TASKS, BATCH_WAIT_S = 64, 0.25
 
 
 @dataclass
@@ -45,6 +56,7 @@ def produce(
     redo: Redo = RESUME,
     limit: int | None = None,
     show: bool = False,
+    class_names: list[str] | None = None,
 ) -> Enqueued:
     """Describe the run (run.json), enqueue tasks of ``settings.task_size`` recordings.
 
@@ -52,7 +64,12 @@ def produce(
     bar on stderr (listed, enqueued, skipped) while listing and enqueuing.
     """
     run = runs.describe(
-        model=model, params=params, input_uri=src.uri, output_uri=dst.uri, mode="distributed"
+        model=model,
+        params=params,
+        input_uri=src.uri,
+        output_uri=dst.uri,
+        mode="distributed",
+        class_names=class_names,
     )
     runs.save(dst, run)
     message = protocol.run_message(run, redo)
@@ -60,20 +77,43 @@ def produce(
     out = Enqueued(run)
     batch: list[ObjectInfo] = []
     skipped = 0  # not yet added to the counters
+    unflushed = [0, 0]  # recordings, tasks sent into the pipeline and not yet flushed
+    oldest = 0.0  # when the first unflushed task was sent (monotonic)
+
+    def flush() -> None:
+        nonlocal skipped
+        if unflushed[1]:
+            pipeline.flush()
+        # Counted after the flush: a producer killed in between under-counts, never over-waits.
+        recordings, tasks = unflushed
+        progress.add(r, run["run_id"], enqueued=recordings, tasks_enqueued=tasks, skipped=skipped)
+        out.recordings += recordings
+        out.tasks += tasks
+        unflushed[:] = [0, 0]
+        skipped = 0
 
     def send(items: list[ObjectInfo]) -> None:
-        nonlocal skipped
+        nonlocal oldest
         app.send_task(
-            protocol.TASK_NAME, args=protocol.task_args(items, message), queue=settings.queue
+            protocol.TASK_NAME,
+            args=protocol.task_args(items, message),
+            queue=settings.queue,
+            producer=producer,
         )
-        # Counted after the send: a producer killed in between under-counts, never over-waits.
-        progress.add(r, run["run_id"], enqueued=len(items), tasks_enqueued=1, skipped=skipped)
-        out.recordings += len(items)
-        out.tasks += 1
-        skipped = 0
+        if not unflushed[1]:
+            oldest = time.monotonic()
+        unflushed[0] += len(items)
+        unflushed[1] += 1
         faults.after_send()
 
+    def due() -> bool:
+        return unflushed[1] >= BATCH_TASKS or (
+            unflushed[1] > 0 and time.monotonic() - oldest >= BATCH_WAIT_S
+        )
+
     with (
+        app.producer_or_acquire() as producer,
+        producer.batch(max_size=1_000_000) as pipeline,  # flushed by us, never on its own
         ThreadPoolExecutor(settings.io_threads) as pool,
         tqdm(
             desc="echocam produce: listed",
@@ -102,12 +142,15 @@ def produce(
             else:
                 out.skipped += 1
                 skipped += 1
+            if due():
+                flush()
             bar.set_postfix(enqueued=out.recordings, skipped=out.skipped, refresh=False)
             bar.update()
         if batch:
             send(batch)
+        flush()
         bar.set_postfix(enqueued=out.recordings, skipped=out.skipped)
-    progress.add(r, run["run_id"], skipped=skipped, producer_done=1)
+    progress.add(r, run["run_id"], producer_done=1)
     return out
 
 

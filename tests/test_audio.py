@@ -40,8 +40,10 @@ def test_resampled_signal_matches_librosa_load_from_the_file(name):
     """decode(bytes) is the notebook's ``librosa.load(path, sr=22050)``, sample for sample.
 
     librosa reads the file itself (soundfile from the path, its own mono mix, soxr_hq), so a wrong
-    resampler, rate or mix shows.  Both read through libsndfile (MP3 too, with mpg123): here they
-    agree exactly.  1e-5 leaves room for float rounding yet lies 20x below what a neighbouring
+    resampler, rate or mix shows.  Both read through libsndfile (MP3 too, with mpg123): the WAVs
+    agree exactly; the MP3 within 1.2e-7, because mpg123's float output rounds differently after
+    the boundary of each block read (decode streams the file in blocks, librosa reads it
+    whole).  1e-5 leaves room for float rounding yet lies 20x below what a neighbouring
     resampler changes (soxr_vhq instead of soxr_hq: 2.4e-4 at most on the quietest of these files;
     soxr_mq 4.8e-4, polyphase 6.1e-4).
     """
@@ -111,3 +113,57 @@ def test_window_starts_cover_the_recording():
     x = np.arange(350, dtype=np.float32)
     w = frame(x, window_starts(350, window=100, hop=100), 100)
     assert w.shape == (4, 100) and w[-1, -1] == 349
+
+
+@pytest.mark.parametrize(
+    "rate, channels, frames",
+    [
+        (44100, 1, 3 * 4096),  # a whole number of blocks: the stream is flushed by an empty read
+        (44100, 2, 3 * 4096 + 17),
+        (48000, 1, 5 * 4096 + 1),
+        (8000, 1, 4096 - 3),  # one short block
+        (22050, 2, 2 * 4096 + 5),  # no resampling: blocks copied as they are
+    ],
+)
+def test_streamed_decode_equals_decoding_the_whole_file_at_once(
+    monkeypatch, rate, channels, frames
+):
+    """Blocks through soxr.ResampleStream give librosa's one-shot soxr_hq output exactly.
+
+    Small blocks (4096 frames) put many block boundaries into a short signal; the reference is
+    the previous implementation: the whole file read at once, mixed, ``librosa.resample``.
+    """
+    import librosa
+
+    import echocam.audio
+
+    rng = np.random.default_rng(frames)
+    x = (0.3 * rng.standard_normal((frames, channels))).astype(np.float32)
+    data = wav_bytes(x, rate, subtype="FLOAT")
+    monkeypatch.setattr(echocam.audio, "BLOCK_FRAMES", 4096)
+    got = decode(data, **{**KW, "min_samples": 1})
+    mono = x.mean(axis=1, dtype=np.float32)
+    ref = (
+        mono
+        if rate == 22050
+        else librosa.resample(mono, orig_sr=rate, target_sr=22050, res_type="soxr_hq")
+    )
+    assert got.samples.dtype == np.float32 and got.samples.shape == ref.shape
+    np.testing.assert_array_equal(got.samples, ref)
+
+
+def test_the_output_buffer_grows_or_is_trimmed_when_the_header_misjudged_the_length():
+    """libsndfile's frame count may be an estimate (MP3): the buffer is sized by it, grown when
+    the data holds more, copied to its length when it holds less, zero-padded to librosa's."""
+    from echocam.audio import _Growing
+
+    blocks = [np.full(3, i + 1, np.float32) for i in range(5)]
+    too_small, too_large = _Growing(4), _Growing(100_000)
+    for b in blocks:
+        too_small.extend(b)
+        too_large.extend(b)
+    want = np.concatenate([*blocks, np.zeros(2, np.float32)])
+    for buf in (too_small, too_large):
+        got = buf.result(17)
+        np.testing.assert_array_equal(got, want)
+        assert got.base is None  # a copy: the oversized buffer is not kept alive

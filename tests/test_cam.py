@@ -1,4 +1,5 @@
-"""CAM against independent oracles: the logit identity, captum's LayerGradCam, pytorch-grad-cam."""
+"""CAM against independent oracles: the logit identity, captum's LayerGradCam, and display maps
+against where the network's receptive fields really are (input gradients)."""
 
 import copy
 
@@ -70,18 +71,46 @@ def test_raw_cam_equals_captum_layer_gradcam_times_hw(species_model, images):
     torch.testing.assert_close(ex.cams[:, 0], ref[:, 0] * h * w, rtol=1e-4, atol=1e-4)
 
 
-def test_display_map_equals_pytorch_grad_cam(species_model, images):
-    from pytorch_grad_cam import GradCAM
-    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+def test_display_map_keeps_each_cell_value_at_its_receptive_field_centre():
+    """At 224 × 224 (the model image) pixel (32i, 32j) is where layer4 cell (i, j) is centred:
+    the display map there is the cell's ReLU'd, min-max-scaled value, exactly."""
+    cams = torch.randn(3, 2, 7, 7)
+    maps = display_maps(cams, size=(224, 224))
+    at_centres = maps[..., ::32, ::32]
+    ref = cams.relu()
+    lo, hi = ref.amin((-2, -1), keepdim=True), ref.amax((-2, -1), keepdim=True)
+    torch.testing.assert_close(at_centres, (ref - lo) / (hi - lo), rtol=0, atol=1e-6)
+    # On a spectrogram-sized map (260 mels × 552 frames) a one-cell CAM peaks at the same
+    # place as a fraction of the image, within a pixel.
+    one = torch.zeros(1, 1, 7, 7)
+    one[0, 0, 2, 4] = 1
+    peak = divmod(int(display_maps(one, size=(260, 552)).argmax()), 552)
+    assert abs(peak[0] + 0.5 - (32 * 2 + 0.5) * 260 / 224) <= 1
+    assert abs(peak[1] + 0.5 - (32 * 4 + 0.5) * 552 / 224) <= 1
 
-    net = species_model.net
-    wrapped = copy.deepcopy(net.net).requires_grad_(True).eval()  # grad-cam needs gradients
-    ex = explain(net, images, top_k=1)
-    ours = display_maps(ex.cams, size=(224, 224))[:, 0].numpy()
-    with GradCAM(model=wrapped, target_layers=[wrapped.layer4]) as cam:
-        targets = [ClassifierOutputTarget(int(c)) for c in ex.class_ids[:, 0]]
-        ref = cam(input_tensor=images.clone(), targets=targets)
-    np.testing.assert_allclose(ours, ref, atol=1e-4)
+
+def test_cell_receptive_fields_are_centred_where_display_maps_draw_them():
+    """The claim behind display_maps' resampling, checked on the network itself: the input
+    gradient of layer4 cell j is centred on pixel 32j (not on 32j + 16, where bilinear
+    upsampling with align_corners=False draws the cell).  Gradient energy of a seeded random
+    ResNet-18 over random images, centroid within ±40 px of the cell's centre."""
+    from torchvision.models import resnet18
+
+    torch.manual_seed(0)
+    body = torch.nn.Sequential(*list(resnet18(weights=None).eval().children())[:-2])
+    x = torch.randn(8, 3, 224, 224, requires_grad=True)
+    features = body(x)
+    pixel = torch.arange(224, dtype=torch.float64) + 0.5
+    for i, j in [(3, 2), (3, 4), (2, 3), (4, 3)]:
+        (grad,) = torch.autograd.grad(features[:, :, i, j].sum(), x, retain_graph=True)
+        energy = (grad.double() ** 2).sum((0, 1))  # (224, 224)
+        for profile, cell in ((energy.sum(1), i), (energy.sum(0), j)):
+            near = (pixel - (32 * cell + 0.5)).abs() <= 40
+            centroid = float((profile * pixel)[near].sum() / profile[near].sum())
+            assert abs(centroid - (32 * cell + 0.5)) < 4, (i, j, cell, centroid)
+        one = torch.zeros(1, 1, 7, 7)
+        one[0, 0, i, j] = 1
+        assert divmod(int(display_maps(one, size=(224, 224)).argmax()), 224) == (32 * i, 32 * j)
 
 
 def test_cams_for_named_classes_are_one_einsum():

@@ -15,7 +15,7 @@ from urllib.parse import quote, quote_plus
 
 import numpy as np
 import pytest
-from conftest import available, chirp, recording, wav_bytes
+from conftest import SPECIES, available, chirp, recording, wav_bytes
 from corpus import MAX_BYTES, MAX_DURATION_S, corpus
 from corpus import SKIPPED as CORPUS_SKIPPED
 from PIL import Image
@@ -139,6 +139,8 @@ def test_end_to_end_every_input_once_with_outputs_or_error_code(stack):
         assert rec["source_etag"] and rec["run_id"]
     summary = json.loads(get(stack["s3"], "runs/one/summary.json"))
     assert summary["by_status"] == {"ok": len(GOOD), "failed": len(BAD)}
+    # the model's class names once per run, as the workers reported them
+    assert json.loads(get(stack["s3"], "runs/one/run.json"))["class_names"] == SPECIES
     assert summary["model"]["weights_kind"] == "checkpoint"
     status = cli(stack, "status", OUTPUT, "--json")
     state = json.loads(status.stdout)
@@ -319,7 +321,7 @@ def test_no_credentials_in_any_output_log_or_cli_output(stack):
     names = {k.rsplit("/", 1)[-1] for k in keys if k.startswith("runs/one/")}
     assert names >= {
         "spectrogram.png",
-        "overlay.png",
+        "overlay.jpg",
         "cam.npz",
         "record.json",
         "run.json",

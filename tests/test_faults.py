@@ -202,12 +202,12 @@ def test_sigkill_of_a_pool_process_mid_task_redelivers_it(svc):
     assert_records_created_once(proxy, "sigkill", names)
     # skipped: clip-02 (record there) is neither read nor written again
     assert source_gets(proxy, "sigkill", "clip-02.wav") == 1
-    assert [q.status for q in puts(proxy, "sigkill", "clip-02.wav", "overlay.png")] == [200]
+    assert [q.status for q in puts(proxy, "sigkill", "clip-02.wav", "overlay.jpg")] == [200]
     # rewritten harmlessly: clip-03 read twice, each output written twice with equal bytes
     assert source_gets(proxy, "sigkill", "clip-03.wav") == 2
     statuses = [q.status for q in puts(proxy, "sigkill", "clip-03.wav", "record.json")]
     assert statuses == ["stalled", 200]
-    for name in ("spectrogram.png", "overlay.png", "cam.npz"):
+    for name in ("spectrogram.png", "overlay.jpg", "cam.npz"):
         twice = puts(proxy, "sigkill", "clip-03.wav", name)
         assert [q.status for q in twice] == [200, 200], name
         assert twice[0].etag == twice[1].etag, name  # ETag: md5 of the bytes written

@@ -6,7 +6,7 @@ import torch
 from PIL import Image
 
 from echocam import colormaps, render
-from echocam.image import model_image, spectrogram_rgb
+from echocam.image import minmax, model_image, spectrogram_levels, spectrogram_rgb
 from echocam.settings import Params
 
 
@@ -89,15 +89,40 @@ def test_png_rejects_levels_outside_isal():
 
 def test_overlay_blends_the_colormapped_cam_over_the_spectrogram():
     rng = np.random.default_rng(0)
-    rgb = torch.from_numpy(rng.integers(0, 256, (2, 5, 7, 3), dtype=np.uint8))
+    levels = torch.from_numpy(rng.integers(0, 256, (2, 5, 7), dtype=np.int32))
+    levels[0, 0, :2] = torch.tensor([0, 255])  # both ends of the table
     maps = torch.from_numpy(rng.random((2, 3, 5, 7), dtype=np.float32))  # k = 3 classes
-    lut = colormaps.table("plasma")
-    heat = colormaps.apply(maps, lut).numpy().astype(float)
+    maps[1, 2, 0, :3] = torch.tensor([0.0, 1.0, 255.5 / 256])  # both ends of the table
+    magma, plasma = colormaps.table("magma"), colormaps.table("plasma")
+    rgb = magma.numpy()[levels.numpy()].astype(float)  # the spectrogram's colours
+    heat = colormaps.apply(maps, plasma).numpy().astype(float)
     for alpha in (0.0, 0.3, 0.5, 1.0):
-        ov = render.overlay(rgb, maps, lut=lut, alpha=alpha)
+        ov = render.overlay(levels, maps, table=colormaps.blend(magma, plasma, alpha=alpha))
         assert ov.shape == (2, 3, 5, 7, 3) and ov.dtype == torch.uint8
-        want = (1 - alpha) * rgb.numpy()[:, None].astype(float) + alpha * heat
+        want = (1 - alpha) * rgb[:, None] + alpha * heat
         assert np.abs(ov.numpy() - want).max() <= 0.5 + 1e-6  # rounded to the nearest level
+
+
+def test_the_blend_table_is_the_per_pixel_blend_exactly():
+    """One lookup gives the very bytes of the per-pixel blend (the overlay before the table)."""
+    magma, plasma = colormaps.table("magma"), colormaps.table("plasma")
+    under, over = torch.meshgrid(torch.arange(256), torch.arange(256), indexing="ij")
+    for alpha in (0.25, 0.5, 0.7):
+        per_pixel = torch.lerp(magma[under].float(), plasma[over].float(), alpha).round_()
+        table = colormaps.blend(magma, plasma, alpha=alpha)
+        assert torch.equal(table.view(256, 256, 3), per_pixel.to(torch.uint8))
+
+
+def test_spectrogram_rgb_is_the_colour_of_its_levels():
+    db = torch.randn(3, 260, 40).cumsum(-1)
+    db[2] = -80.0  # a constant window: all the first colour
+    levels = spectrogram_levels(db)
+    assert levels.dtype == torch.int32 and int(levels.min()) == 0 and int(levels.max()) == 255
+    # the definition, min-max then matplotlib's indexing, flipped: to the bit
+    assert torch.equal(levels, colormaps.levels(minmax(db).flip(-2)))
+    assert int(levels[2].max()) == 0
+    rgb = spectrogram_rgb(db, lut=colormaps.table("magma"))
+    np.testing.assert_array_equal(rgb.numpy(), colormaps.lut("magma")[levels.numpy()])
 
 
 def test_stitch_lays_windows_along_time_later_ones_on_top():

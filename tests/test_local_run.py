@@ -12,9 +12,9 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
-import torch.nn.functional as F
 from conftest import SPECIES, available, chirp, recording, wav_bytes
 from PIL import Image
+from scipy.ndimage import map_coordinates
 
 from echocam.colormaps import lut
 
@@ -82,6 +82,10 @@ def run_dir(tmp_path_factory, checkpoint):
         "--top-k",
         "3",
         "--save-inputs",
+        "--outputs",  # everything, the overlay lossless: recomputed exactly below
+        "spectrogram,overlay,cam,db,detections",
+        "--overlay-format",
+        "png",
         "--batch-size",
         "8",
         "--threads",
@@ -130,16 +134,18 @@ def test_good_recordings_have_complete_outputs_of_the_right_sizes(run_dir):
         ov = Image.open(out / rec["outputs"]["overlay"])
         frames = 1 + round(rec["window_seconds"] * 22050) // 200
         last_start = round(rec["windows"][-1]["start_s"] * 22050 / 200)
-        assert spec.size == (last_start + frames, 260) and spec.mode == "RGB"
+        assert spec.size == (last_start + frames, 260) and spec.mode == "P"  # magma palette
         assert ov.size == (last_start + frames, 3 * 260)  # one band per explained class
         assert w == int(np.ceil(rec["duration_s"] / 5 - 1e-9))
         with np.load(out / rec["outputs"]["cam"]) as npz:
             assert npz["cams"].shape == (w, 3, 7, 7) and npz["cams"].dtype == np.float32
             assert npz["spectrogram_db"].shape == (w, 260, frames)
+            assert npz["spectrogram_db"].dtype == np.float16
             assert npz["class_ids"].shape == (w, 3)
             assert json.loads(str(npz["params"]))["top_k"] == 3
             assert str(npz["model_sha256"]) == rec["model"]["sha256"]
         assert len(rec["outputs"]["inputs"]) == w
+        assert rec["outputs"]["overlay"].endswith("/overlay.png")
         for win in rec["windows"]:
             probs = [p["probability"] for p in win["predictions"]]
             assert probs == sorted(probs, reverse=True)
@@ -211,14 +217,17 @@ def test_top_predictions_are_the_mean_of_the_window_probabilities(run_dir):
 def test_class_names_come_from_the_models_class_ids(run_dir):
     _, out, _ = run_dir
     for rec in ok_records(out):
-        with np.load(out / rec["outputs"]["cam"]) as npz:
-            assert npz["class_names"].tolist() == CLASS_NAMES
+        with np.load(out / rec["outputs"]["cam"]) as npz:  # the explained classes' names
+            ids, names = npz["class_ids"], npz["class_names"]
+            assert names.shape == ids.shape
+            assert names.tolist() == [[CLASS_NAMES[i] for i in row] for row in ids.tolist()]
         predictions = [p for win in rec["windows"] for p in win["predictions"] + win["explained"]]
         for p in predictions + rec["top_predictions"]:
             assert p["class_name"] == CLASS_NAMES[p["class_id"]], p
     for row in manifest(out):
         if row["status"] == "ok":
             assert row["top_class_name"] == CLASS_NAMES[row["top_class_id"]]
+    assert json.loads((out / "run.json").read_text())["class_names"] == CLASS_NAMES  # once
 
 
 def minmax(x: torch.Tensor) -> torch.Tensor:
@@ -228,7 +237,8 @@ def minmax(x: torch.Tensor) -> torch.Tensor:
 
 def test_overlay_is_the_documented_blend_of_spectrogram_and_plasma_cam(run_dir):
     """overlay.png, recomputed from spectrogram.png and cam.npz's raw CAMs: display map (ReLU,
-    min-max, bilinear to the spectrogram's size, min-max), plasma, blended at alpha; the windows
+    min-max, bilinear to the spectrogram's size with layer4 cell j centred on model-image pixel
+    32j, min-max; here by scipy's map_coordinates), plasma, blended at alpha; the windows
     stitched along time, one band per explained class.  ±1 level for rounding; a map value within
     float error of a colour-table boundary may take the neighbouring entry (on a handful of
     pixels: the batched and the single-window upsampling differ in the last bits)."""
@@ -249,9 +259,13 @@ def test_overlay_is_the_documented_blend_of_spectrogram_and_plasma_cam(run_dir):
         expected = np.zeros((3, *ov.shape), np.float32)
         columns = np.rint(starts * rec["sample_rate"] / hop).astype(int)
         for j, c in enumerate(columns):  # later windows overwrite shared columns, as stitched
-            maps = minmax(torch.from_numpy(cams[j : j + 1]).relu())
-            maps = F.interpolate(maps, size=(n_mels, frames), mode="bilinear", align_corners=False)
-            maps = minmax(maps)[0].numpy()  # (k, n_mels, frames) in [0, 1]
+            maps = minmax(torch.from_numpy(cams[j]).relu()).numpy()  # (k, 7, 7)
+            h, w = maps.shape[-2:]
+            rows = (np.arange(n_mels) + 0.5) * h / n_mels - 1 / 64  # cell coordinates
+            cols = (np.arange(frames) + 0.5) * w / frames - 1 / 64
+            grid = np.meshgrid(rows, cols, indexing="ij")
+            maps = np.stack([map_coordinates(m, grid, order=1, mode="nearest") for m in maps])
+            maps = minmax(torch.from_numpy(maps)).numpy()  # (k, n_mels, frames) in [0, 1]
             index = np.clip(np.floor(maps * 256), 0, 255).astype(int)
             base = spec[:, c : c + frames].astype(np.float32)
             for n, step in enumerate((-1, 0, 1)):
@@ -262,6 +276,34 @@ def test_overlay_is_the_documented_blend_of_spectrogram_and_plasma_cam(run_dir):
         exact = diff[1].max(axis=-1) <= 1
         assert exact.mean() > 1 - 1e-4, (rec["source_key"], 1 - exact.mean())
         assert diff.max(axis=-1).min(axis=0).max() <= 1, rec["source_key"]
+
+
+def test_evidence_is_that_of_the_display_maps_of_the_saved_cams(run_dir):
+    """Every window x class's peak and box in the record is ``localise.evidence`` of the display
+    map of cam.npz's raw CAM, made again here one window at a time, although the run took them
+    from the maps its device stage drew the overlay with (batched, thresholded there)."""
+    from echocam.cam import display_maps
+    from echocam.detections import EVIDENCE
+    from echocam.localise import Axes, evidence
+    from echocam.settings import Params
+
+    _, out, _ = run_dir
+    checked = 0
+    for rec in ok_records(out):
+        with np.load(out / rec["outputs"]["cam"]) as npz:
+            cams, starts = npz["cams"], npz["window_starts_s"]
+            frames = npz["spectrogram_db"].shape[-1]
+            p = Params.from_dict(json.loads(str(npz["params"])))
+        axes = Axes.for_params(p, frames=frames)
+        for j, window in enumerate(rec["windows"]):
+            maps = display_maps(torch.from_numpy(cams[j : j + 1]), size=(p.n_mels, frames))
+            for c, explained in enumerate(window["explained"]):
+                e = evidence(maps[0, c].numpy(), axes=axes, offset_s=float(starts[j]),
+                             threshold=p.box_threshold)  # fmt: skip
+                for name in EVIDENCE:
+                    assert explained[name] == pytest.approx(getattr(e, name), abs=1e-6), name
+                checked += 1
+    assert checked >= 3 * len(GOOD)
 
 
 def test_second_run_skips_everything_done(run_dir):
@@ -285,6 +327,9 @@ def test_help_is_complete():
         "--batch-size",
         "--threads",
         "--save-inputs",
+        "--outputs",
+        "--overlay-format",
+        "--overlay-quality",
         "--n-mels",
         "--hop-seconds",
     ):
@@ -301,6 +346,7 @@ def test_api_returns_arrays_and_images(species_checkpoint):
         recording("spinetail_44k.wav"), weights=str(species_checkpoint), device="cpu", top_k=1
     )
     assert ex.record["status"] == "ok" and ex.overlay.size == ex.spectrogram.size
+    assert ex.overlay.format == "JPEG" and "spectrogram_db" not in ex.arrays  # the defaults
     assert ex.arrays["cams"].shape[:2] == (ex.record["n_windows"], 1)
     with pytest.raises(EchoCamError) as exc:
         from echocam import explain_bytes

@@ -5,8 +5,10 @@ from __future__ import annotations
 import librosa
 import numpy as np
 import pytest
+import torch
+from scipy import ndimage
 
-from echocam.localise import Axes, band_centres, evidence
+from echocam.localise import Axes, band_centres, evidence, peaks_and_masks, region_evidence
 from echocam.settings import Params
 
 P = Params()
@@ -68,3 +70,32 @@ def test_a_constant_map_boxes_the_whole_window():
     ev = evidence(np.zeros((P.n_mels, FRAMES)), axes=AXES, threshold=0.5)
     assert ev.box_begin_s == 0 and ev.box_end_s == pytest.approx(AXES.times_s[-1])
     assert ev.box_low_hz == AXES.freqs_hz[-1] and ev.box_high_hz == AXES.freqs_hz[0]
+
+
+def test_the_batched_half_and_the_host_half_give_the_evidence_of_each_map():
+    """``peaks_and_masks`` on a batch of maps (the device stage) then ``region_evidence`` per map
+    (the finish stage) is ``evidence`` map by map; the label runs on the mask's bounding rows
+    and columns only, which must not move the box."""
+    rng = np.random.default_rng(5)
+    rows, cols = np.mgrid[0 : P.n_mels, 0:FRAMES]
+    maps = []
+    for _ in range(6):
+        r, c = rng.uniform(0, P.n_mels), rng.uniform(0, FRAMES)
+        m = np.exp(-(((rows - r) / 30.0) ** 2) - ((cols - c) / 80.0) ** 2)
+        m[rng.integers(0, P.n_mels), rng.integers(0, FRAMES)] = 0.95  # a far, lone hot cell
+        maps.append(m / m.max())
+    maps.append(np.zeros((P.n_mels, FRAMES)))  # constant: the whole window
+    batch = torch.from_numpy(np.stack(maps).astype(np.float32)).view(7, 1, P.n_mels, FRAMES)
+    peaks, masks = peaks_and_masks(batch, threshold=0.5)
+    assert peaks.shape == (7, 1) and masks.shape == batch.shape and masks.dtype == torch.bool
+    for m, peak, mask in zip(batch[:, 0].numpy(), peaks[:, 0], masks[:, 0].numpy(), strict=True):
+        got = region_evidence(mask, int(peak), axes=AXES, offset_s=2.0)
+        assert got == evidence(m, axes=AXES, offset_s=2.0, threshold=0.5)
+        # and what a label of the whole map gives
+        row, col = np.unravel_index(int(np.argmax(m)), m.shape)
+        labels, _ = ndimage.label(m >= min(0.5, m[row, col]))
+        box_rows, box_cols = ndimage.find_objects(labels)[labels[row, col] - 1]
+        assert got.box_begin_s == pytest.approx(2.0 + AXES.times_s[box_cols.start])
+        assert got.box_end_s == pytest.approx(2.0 + AXES.times_s[box_cols.stop - 1])
+        assert got.box_high_hz == AXES.freqs_hz[box_rows.start]
+        assert got.box_low_hz == AXES.freqs_hz[box_rows.stop - 1]

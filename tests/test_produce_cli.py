@@ -247,3 +247,48 @@ def test_retry_failed_redoes_failed_records_only(svc, worker):
     # A plain run still skips current failures, and does the new recording.
     assert enqueued(produce(svc, "retry")) == 1
     assert records(svc, "retry")["junk.wav"] == third["junk.wav"]
+
+
+def test_reruns_and_compaction_read_listings_not_records(svc, worker):
+    """Issue 16: through the fault proxy, which logs every request of `produce` and `manifest`:
+    a re-run skips everything and a changed object or parameter is redone, without reading one
+    record; compaction reads shards, not records."""
+    from devtools.faultproxy import FaultProxy
+
+    names = {f"r{i}.wav": clip(40 + i) for i in range(6)}
+    upload(svc, "listing", names)
+    assert enqueued(produce(svc, "listing")) == 6  # the worker writes records, markers, shards
+    port = int(svc["env"]["ECHOCAM_S3_ENDPOINT_URL"].rsplit(":", 1)[1])
+    with FaultProxy(port, fail_rate=0) as proxy:
+        proxied = {**svc["env"], "ECHOCAM_S3_ENDPOINT_URL": proxy.endpoint_url}
+
+        def run(*args: str) -> int:
+            before = len(proxy.log)
+            proc = echocam(
+                proxied, "produce", f"s3://{BUCKET}/listing", "--out",
+                f"s3://{BUCKET}/out/listing", *args, "--wait", "--timeout", "300",
+            )  # fmt: skip
+            assert proc.returncode == 0, proc.stderr + svc["worker"].log_tail()
+            reads = [q for q in proxy.log[before:] if q.path.endswith("/record.json")]
+            assert [q.method for q in reads] == [], reads
+            return enqueued(proc)
+
+        assert run() == 0
+        upload(svc, "listing", {"r0.wav": clip(99)})  # a new ETag
+        assert run() == 1
+        assert run("--top-k", "2") == 6  # a new fingerprint
+        assert run("--top-k", "2") == 0
+        before = len(proxy.log)
+        man = echocam(proxied, "manifest", f"s3://{BUCKET}/out/listing")
+        assert man.returncode == 0, man.stderr
+        gets = [q.path for q in proxy.log[before:] if q.method == "GET"]
+        assert not [p for p in gets if p.endswith("/record.json")], gets
+        assert len([p for p in gets if "/_manifest/shards/" in p]) == 1  # consolidated by --wait
+    rows = [json.loads(line) for line in get_manifest(svc, "listing").splitlines()]
+    assert sorted(r["source_key"] for r in rows) == sorted(names)
+    assert len({r["fingerprint"] for r in rows}) == 1
+
+
+def get_manifest(svc, prefix: str) -> str:
+    key = f"out/{prefix}/manifest.jsonl"
+    return svc["client"].get_object(Bucket=BUCKET, Key=key)["Body"].read().decode()

@@ -86,3 +86,9 @@ def test_task_message_round_trips_through_json():
     assert protocol.decode_run(message) == (run, redo)
     # a message from before ``redo``: ``force`` alone
     assert protocol.decode_run({**run, "force": True}) == (run, Redo(force=True))
+
+
+def test_task_messages_leave_the_runs_class_names_in_run_json():
+    run = {"run_id": "r", "fingerprint": FP, "params": {}, "class_names": ["a"] * 1000}
+    message = protocol.run_message(run, Redo())
+    assert "class_names" not in message and message["run_id"] == "r"

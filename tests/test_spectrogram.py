@@ -1,3 +1,8 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import librosa
 import numpy as np
 import pytest
@@ -12,9 +17,12 @@ from echocam.windows import frame, window_starts
 P = Params()
 
 
-@pytest.fixture(scope="module")
-def mel():
-    return MelSpectrogramDB.from_params(P)
+@pytest.fixture(scope="module", params=["cpu kernel", "torch.stft kernel"])
+def mel(request):
+    """Both kernels, on the CPU: the CPU's own and the one GPUs run (``torch.stft``)."""
+    m = MelSpectrogramDB.from_params(P)
+    m.host_kernel = request.param == "cpu kernel"
+    return m
 
 
 def reference(y: np.ndarray) -> np.ndarray:
@@ -70,12 +78,84 @@ def test_front_end_from_the_file_matches_librosa(name, species_checkpoint):
     from echocam import explain_file
 
     path = recording(name)
-    ex = explain_file(path, weights=str(species_checkpoint), device="cpu")
+    outputs = ("cam", "db")  # the dB as stored: float16, read back
+    ex = explain_file(path, weights=str(species_checkpoint), device="cpu", outputs=outputs)
     y, _ = librosa.load(path, sr=P.sample_rate, res_type="soxr_hq", mono=True)
     window = 5 * P.sample_rate
     starts = window_starts(len(y), window=window, hop=window)
     np.testing.assert_array_equal(ex.arrays["window_starts_s"], starts / P.sample_rate)
     got = ex.arrays["spectrogram_db"]
+    assert got.dtype == np.float16
     assert got.shape == (len(starts), P.n_mels, 1 + window // P.hop_length)
     for start, db in zip(starts, got, strict=True):
         assert np.abs(db - reference(y[start : start + window])).max() <= 0.05
+
+
+def test_the_two_kernels_agree_on_a_batch_of_real_windows():
+    """The CPU kernel (slices of frames, banded mel product) and ``torch.stft`` with the dense
+    product give the same dB to float rounding, short windows and a partial last slice too."""
+    y = decode(recordings()[0].read_bytes(), **P.decode_options()).samples
+    for length in (5 * P.sample_rate, P.n_fft + 1, 3 * 128 * P.hop_length + 7):
+        waves = torch.from_numpy(
+            np.ascontiguousarray(frame(y, np.array([0, len(y) - length]), length))
+        )
+        m = MelSpectrogramDB.from_params(P)
+        host = m(waves)
+        m.host_kernel = False
+        dense = m(waves)
+        assert host.shape == dense.shape == (2, P.n_mels, 1 + length // P.hop_length)
+        assert (host - dense).abs().max() <= 0.01  # dB; librosa parity allows 0.05
+
+
+@pytest.mark.parametrize(
+    "sr, n_fft, n_mels, fmin, fmax",
+    [
+        (22050, 2048, 260, 0.0, 13000.0),  # the defaults: fmax above Nyquist, empty top bands
+        (22050, 2048, 128, 0.0, 11025.0),
+        (16000, 512, 40, 50.0, 7000.0),
+        (44100, 4096, 96, 1500.0, 20000.0),  # log part only
+        (22050, 1024, 64, 0.0, 800.0),  # linear part only
+    ],
+)
+def test_melscale_is_librosas_filterbank_and_band_edges_bit_for_bit(sr, n_fft, n_mels, fmin, fmax):
+    import warnings
+
+    from echocam import melscale
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Empty filters detected")
+        ref = librosa.filters.mel(sr=sr, n_fft=n_fft, n_mels=n_mels, fmin=fmin, fmax=fmax)
+    ours = melscale.filterbank(sr=sr, n_fft=n_fft, n_mels=n_mels, fmin=fmin, fmax=fmax)
+    assert ours.dtype == ref.dtype == np.float32 and ours.any()
+    np.testing.assert_array_equal(ours, ref)
+    np.testing.assert_array_equal(
+        melscale.mel_frequencies(n_mels + 2, fmin=fmin, fmax=fmax),
+        librosa.mel_frequencies(n_mels=n_mels + 2, fmin=fmin, fmax=fmax),
+    )
+
+
+def test_explaining_never_imports_librosa(tmp_path):
+    """librosa brings numba and scipy.signal (~100 MB per process) for two tables we compute."""
+
+    code = (
+        "import sys, numpy as np\n"
+        "from echocam.model import load_model\n"
+        "from echocam.pipeline import Explainer, Source\n"
+        "from echocam.settings import Params\n"
+        "import io, soundfile as sf\n"
+        "buf = io.BytesIO(); sf.write(buf, np.random.default_rng(0).standard_normal(44100) * 0.1,"
+        " 44100, format='WAV')\n"
+        "ex = Explainer(load_model('random'), Params(), device='cpu')\n"
+        "(r,) = ex.explain([Source('a.wav', buf.getvalue())])\n"
+        "assert r.record['status'] == 'ok', r.record\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('librosa', 'numba')))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])},
+    )
+    assert out.stdout.strip() == "[]", out.stdout

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import RECORDINGS, needs_shared
-from trained_species import CLASSES, EPOCHS, HELDOUT_PER_CLASS, TRAIN_PER_CLASS
+from trained_species import CLASSES, EPOCHS, HELDOUT_PER_CLASS, SPECIES, TRAIN_PER_CLASS
 
 from devtools import synthetic
 from devtools.stack import echocam
@@ -300,36 +300,42 @@ def _subset(species_data, dest: Path, *, per_class: int) -> Path:
     return dest
 
 
-def test_echocam_run_names_the_species_and_refuses_other_params(
-    trained_species, species_data, tmp_path
-):
-    env = dict(os.environ)
-    clips = _subset(species_data, tmp_path / "clips", per_class=3)  # all 40 cost 3x the time
+@pytest.fixture(scope="module")
+def heldout_run(trained_species, species_data, tmp_path_factory):
+    """`echocam run` with the checkpoint over the held-out clips, every species explained."""
+    out = tmp_path_factory.mktemp("heldout-run") / "cams"
     proc = echocam(
-        env,
+        dict(os.environ),
         "run",
-        str(clips),
+        str(species_data["heldout"]),
         "--out",
-        str(tmp_path / "cams"),
+        str(out),
         "--weights",
         str(trained_species["ckpt"]),
+        "--classes",
+        ",".join(SPECIES),
         "--threads",
         "2",
         "--batch-size",
         "16",
     )
     assert proc.returncode == 0, proc.stderr
-    rows = [
-        json.loads(line) for line in (tmp_path / "cams" / "manifest.jsonl").read_text().splitlines()
-    ]
-    assert len(rows) == 4 * 3
+    return out
+
+
+def test_echocam_run_names_the_species_and_refuses_other_params(
+    heldout_run, trained_species, species_data, tmp_path
+):
+    env = dict(os.environ)
+    rows = [json.loads(line) for line in (heldout_run / "manifest.jsonl").read_text().splitlines()]
+    assert len(rows) == 4 * HELDOUT_PER_CLASS
     right = [r["top_class_name"] == r["source_key"].split("/")[0] for r in rows]
-    assert np.mean(right) >= 11 / 12
+    assert np.mean(right) >= 0.9
     # asking for another front end than the model's stops, with the reason
     bad = echocam(
         env,
         "run",
-        str(clips),
+        str(species_data["heldout"]),
         "--out",
         str(tmp_path / "bad"),
         "--weights",
@@ -339,6 +345,55 @@ def test_echocam_run_names_the_species_and_refuses_other_params(
     )
     assert bad.returncode == 2 and "params_mismatch" in bad.stderr and "n_mels 128" in bad.stderr
     assert not (tmp_path / "bad" / "manifest.jsonl").exists()
+
+
+def _iou(a, b, *, scale=lambda f: f) -> float:
+    """IoU of two (start_s, end_s, low_hz, high_hz) boxes, frequency through ``scale``."""
+    t = max(0.0, min(a[1], b[1]) - max(a[0], b[0]))
+    f = max(0.0, min(scale(a[3]), scale(b[3])) - max(scale(a[2]), scale(b[2])))
+    area = lambda x: (x[1] - x[0]) * (scale(x[3]) - scale(x[2]))  # noqa: E731
+    return t * f / (area(a) + area(b) - t * f)
+
+
+def test_evidence_boxes_find_the_calls_of_heldout_clips(heldout_run, species_data):
+    """Issue 11's localisation, end to end from the detections table `echocam run` wrote, for the
+    true species of each held-out clip: the peak lies in a call's box within half a CAM cell
+    (the pointing game; measured 90 %) and the evidence box overlaps a call (measured 100 %).
+    The issue's median IoU >= 0.3 is *not* reached and so not asserted: the boxes are
+    cell-sized (>= 0.7 s x 37 mel bands at threshold 0.5) and the calls smaller (whistles are
+    ~4 bands tall); measured 0.10 (time x Hz), README says so."""
+    import librosa
+    import pandas as pd
+
+    from echocam.settings import Params
+    from echocam.train.pointing import Tolerance, hit
+
+    det = pd.read_parquet(heldout_run / "detections.parquet")
+    clips = {c.name: c for c in species_data["held_clips"] if c.calls}  # name: species/clip.wav
+    det = det[det["source_key"].isin(clips.keys())]
+    det = det[det["class_name"] == det["source_key"].str.split("/").str[0]]
+    assert len(det) == len(clips)  # one 5-s window per clip, the true species explained
+    tol = Tolerance.half_cell(Params())
+    pointed, inside, overlaps, iou_hz, iou_mel = [], [], [], [], []
+    for row in det.itertuples():
+        calls = [c.box for c in clips[row.source_key].calls]
+        box = (row.box_begin_s, row.box_end_s, row.box_low_hz, row.box_high_hz)
+        pointed.append(any(hit(row, c, tolerance=tol) for c in calls))
+        inside.append(
+            any(c[0] <= row.peak_time_s <= c[1] and c[2] <= row.peak_freq_hz <= c[3] for c in calls)
+        )
+        overlaps.append(any(_iou(box, c) > 0 for c in calls))
+        iou_hz.append(max(_iou(box, c) for c in calls))
+        iou_mel.append(max(_iou(box, c, scale=librosa.hz_to_mel) for c in calls))
+    print(
+        f"\nevidence over {len(det)} held-out clips: peak within half a cell of a call "
+        f"{np.mean(pointed):.0%}, inside one {np.mean(inside):.0%}; box overlaps a call "
+        f"{np.mean(overlaps):.0%}, median IoU {np.median(iou_hz):.2f} (time x Hz), "
+        f"{np.median(iou_mel):.2f} (time x mel)",
+        file=sys.stderr,
+    )
+    assert np.mean(pointed) >= 0.8
+    assert np.mean(overlaps) >= 0.9
 
 
 @pytest.fixture(scope="module")

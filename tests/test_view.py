@@ -381,11 +381,63 @@ def test_pages_escape_and_quote_odd_keys(run_dir, server):
     record = json.loads(body.decode().split('id="rec-data">')[1].split("</script>")[0])
     for image in record["images"]:
         status, headers, png = get(
-            server, "/tile?" + urllib.parse.urlencode({"key": image["key"], "z": 0, "i": 0})
+            server, "/tile?" + urllib.parse.urlencode({**image["query"], "z": 0, "i": 0})
         )
         assert status == 200 and headers["content-type"] == "image/png"
     status, _, data = get(server, "/audio?" + urllib.parse.urlencode({"key": UNICODE_KEY}))
     assert status == 200 and data == (run_dir[0] / UNICODE_KEY).read_bytes()
+
+
+@pytest.mark.parametrize(
+    ("outputs", "images"),
+    [("spectrogram,cam", ["spectrogram.png"]), ("overlay", ["overlay.webp"]), ("cam", [])],
+)
+def test_a_run_with_fewer_outputs_still_shows_what_it_has(
+    tmp_path, species_checkpoint, outputs, images
+):
+    """--outputs without the overlay (or any image): the gallery's thumbnail, the recording's
+    tiles and the detections' crops come from the images the record lists, or none."""
+    src, out = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    shutil.copy(SAMPLES[0], src / SAMPLES[0].name)
+    proc = echocam(
+        "run", str(src), "--out", str(out), "--weights", str(species_checkpoint),
+        "--threads", "2", "--outputs", outputs, "--overlay-format", "webp",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    key = SAMPLES[0].name
+    record = json.loads((out / key / "record.json").read_text())
+    assert sorted(p.name for p in (out / key).iterdir()) == sorted(
+        ["record.json", *images, *(["cam.npz"] if "cam" in outputs else [])]
+    )
+    srv = make_server(str(out), port=0, quiet=True)
+    start_in_thread(srv)
+    base = f"http://127.0.0.1:{srv.server_address[1]}"
+    try:
+        status, _, body = get(base, "/")
+        assert status == 200
+        thumbs = re.findall(r'src="(/thumb\?[^"]+)"', body.decode())
+        assert len(thumbs) == len(images[:1])
+        for t in thumbs:
+            assert get(base, t.replace("&amp;", "&"))[0] == 200
+        status, _, body = get(base, "/rec?" + urllib.parse.urlencode({"key": key}))
+        assert status == 200
+        page = body.decode()
+        if images:
+            view = json.loads(page.split('id="rec-data">')[1].split("</script>")[0])
+            assert [im["key"].rsplit("/", 1)[-1] for im in view["images"]] == images
+            for im in view["images"]:
+                q = urllib.parse.urlencode({"key": im["key"], "z": 0, "i": 0})
+                status, headers, tile = get(base, "/tile?" + q)
+                assert status == 200 and Image.open(io.BytesIO(tile)).size[1] == im["height"]
+        else:
+            assert 'id="rec-data"' not in page and "Per-window predictions" in page
+        c = record["windows"][0]["explained"][0]
+        q = urllib.parse.urlencode({"key": key, "t": 0.0, "class_id": c["class_id"]})
+        assert get(base, "/crop?" + q)[0] == (200 if images else 404)
+    finally:
+        srv.shutdown()
+        srv.server_close()
 
 
 def test_range_requests_answer_206_with_the_right_bytes(run_dir, server):
@@ -546,6 +598,7 @@ def test_a_million_recordings_page_fast(tmp_path):
         "top_class_name": pa.array(np.where(ok, cls, None).tolist()),
         "top_probability": pa.array(np.where(ok, prob, np.nan)),
         "overlay_key": pa.array([None] * n, pa.string()),
+        "spectrogram_key": pa.array([None] * n, pa.string()),
         "record_key": pa.array([None] * n, pa.string()),
         "finished_at": pa.array(["2026-01-01T00:00:00"] * n),
     }
@@ -644,7 +697,7 @@ def test_viewer_never_imports_torch(run_dir):
         f"key = {SAMPLES[0].name!r}\n"
         "q = lambda **kw: urllib.parse.urlencode(kw)\n"
         "for t in ['/', '/failed', '/detections', '/rec?' + q(key=key),\n"
-        "          '/tile?' + q(key=key + '/overlay.png', z=0, i=0),\n"
+        "          '/tile?' + q(key=key + '/overlay.jpg', z=0, i=0),\n"
         "          '/crop?' + q(key=key, t=0.0, class_id=0) , '/audio?' + q(key=key)]:\n"
         "    assert urllib.request.urlopen(base + t).status == 200, t\n"
         "report.build(srv.data)\n"

@@ -15,7 +15,7 @@ from functools import cache
 import numpy as np
 import soundfile as sf
 
-from echocam import progress
+from echocam import heap, progress
 from echocam.local import load, set_threads
 from echocam.model import LoadedModel
 from echocam.pipeline import Explainer, Source
@@ -42,6 +42,7 @@ def load_model_in_parent(concurrency: int) -> None:
 def init_process() -> None:
     """After the fork: threads, device, and a warm-up so the first task is not slow."""
     n = set_threads(settings.threads, processes=processes)
+    heap.return_large_blocks()
     ex = explainer(Params.from_dict(model.params or {}))  # a species model's own front end
     # One second of noise at 22 kHz: warms decoding, resampling (librosa's numba code), the
     # device kernels and the PNG encoder before the first real task.

@@ -27,10 +27,29 @@ def table(name: str, device: torch.device | str = "cpu") -> torch.Tensor:
     return torch.tensor(lut(name), device=device)
 
 
-def apply(values: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
-    """Map ``values`` in [0, 1], shape (...), through ``table`` (256, 3) to uint8 (..., 3).
+def levels(values: torch.Tensor) -> torch.Tensor:
+    """The table rows of ``values`` in [0, 1]: int32, matplotlib's ``floor(v * 256)`` clipped to
+    [0, 255]."""
+    return (values * 256).to(torch.int32).clamp_(0, 255)  # values >= 0: truncation is floor
 
-    Indexing is matplotlib's: ``floor(v * 256)`` clipped to [0, 255].
+
+def lookup(rows: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+    """Rows (...) int32 of ``table`` (n, c) → (..., c); one gather (``index_select``: several
+    times faster than advanced indexing on the CPU)."""
+    return table.index_select(0, rows.reshape(-1)).view(*rows.shape, table.shape[-1])
+
+
+def apply(values: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+    """Map ``values`` in [0, 1], shape (...), through ``table`` (256, 3) to uint8 (..., 3)."""
+    return lookup(levels(values), table)
+
+
+def blend(under: torch.Tensor, over: torch.Tensor, *, alpha: float) -> torch.Tensor:
+    """Every colour of ``over`` (256, 3) at opacity ``alpha`` on every colour of ``under``:
+    (256 * 256, 3) uint8, row ``256 * i + j`` = ``round((1 - alpha) * under[i] + alpha * over[j])``.
+
+    Two 8-bit colour maps blended at a fixed alpha take only 65,536 values: an overlay is one
+    lookup in this table (196 KB, cache-resident) instead of a blend per pixel.
     """
-    idx = (values * 256).long().clamp_(0, 255)
-    return table[idx]
+    mixed = torch.lerp(under.float()[:, None], over.float()[None, :], alpha)
+    return mixed.round_().to(torch.uint8).reshape(-1, under.shape[-1])

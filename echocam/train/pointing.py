@@ -31,53 +31,22 @@ class Tolerance:
         return cls(params.window_seconds / (2 * grid), row * params.n_mels / (2 * grid))
 
 
-#: Where a layer4 cell's receptive field is centred, against where the display map puts it, as
-#: a fraction of the image (224 px).  torchvision's stride-2 convolutions (padding k // 2) centre
-#: output j on input 2j, so layer4 cell j is centred on pixel 32j (its middle: 32j + 0.5); the
-#: bilinear upsampling of :func:`echocam.cam.display_maps` (align_corners=False) puts it at
-#: 32j + 16.  Display maps therefore sit 15.5 px (0.48 of a cell) right of and below the
-#: evidence they show.
-CELL_CENTRE_SHIFT = 15.5 / 224
-
-
-@dataclass(frozen=True)
-class Shift:
-    """The display-to-receptive-field correction of a peak: seconds earlier, mel higher."""
-
-    seconds: float
-    mel: float
-
-    @classmethod
-    def of(cls, params: Params, *, frames: int) -> Shift:
-        import librosa
-
-        span = float(librosa.hz_to_mel(params.fmax) - librosa.hz_to_mel(params.fmin))
-        row = span / (params.n_mels + 1)
-        return cls(
-            CELL_CENTRE_SHIFT * frames * params.hop_length / params.sample_rate,
-            CELL_CENTRE_SHIFT * params.n_mels * row,
-        )
-
-
 def hit(
     ev: Evidence,
     box: tuple[float, float, float, float],
     *,
     tolerance: Tolerance,
-    shift: Shift | None = None,
 ) -> bool:
     """Whether the peak of ``ev`` lies in ``box`` (start_s, end_s, low_hz, high_hz) ± tolerance.
 
-    Times are in the same frame (seconds from the recording's start).  ``shift`` moves the
-    peak from the display map's cell centre to its receptive field's (see
-    :data:`CELL_CENTRE_SHIFT`); None takes the display map's peak as it is.
+    Times are in the same frame (seconds from the recording's start).
     """
     import librosa
 
     start, end, low, high = box
-    t = ev.peak_time_s - (shift.seconds if shift else 0.0)
+    t = ev.peak_time_s
     in_time = start - tolerance.seconds <= t <= end + tolerance.seconds
-    mel = float(librosa.hz_to_mel(ev.peak_freq_hz)) + (shift.mel if shift else 0.0)
+    mel = float(librosa.hz_to_mel(ev.peak_freq_hz))
     lo, hi = float(librosa.hz_to_mel(low)), float(librosa.hz_to_mel(high))
     return in_time and lo - tolerance.mel <= mel <= hi + tolerance.mel
 
@@ -91,15 +60,14 @@ def play(
     params: Params,
     device: str = "cpu",
     batch_size: int = 16,
-    align: bool = True,
 ) -> list[bool]:
     """One pointing game per window: does the CAM of ``class_ids[i]`` peak in a box of it?
 
     ``model`` is a :class:`echocam.model.LoadedModel`; ``windows`` are waveforms (n,) at the
     analysis rate, each one analysis window starting at 0 s, and ``boxes`` the calls in each
     (seconds from the window's start, Hz).  The peak comes from the display map
-    (:func:`echocam.cam.display_maps`) through :func:`echocam.localise.evidence`, moved to its
-    cell's receptive-field centre (``align``; False: as the display map has it).
+    (:func:`echocam.cam.display_maps`, as the overlays draw it) through
+    :func:`echocam.localise.evidence`.
     """
     import torch
 
@@ -124,6 +92,5 @@ def play(
                 maps = display_maps(cams[i : i + 1], size=(params.n_mels, frames))
                 axes = Axes.for_params(params, frames=frames)
                 ev = evidence(maps[0, 0].cpu().numpy(), axes=axes)
-                shift = Shift.of(params, frames=frames) if align else None
-                hits.append(any(hit(ev, box, tolerance=tol, shift=shift) for box in boxes[b0 + i]))
+                hits.append(any(hit(ev, box, tolerance=tol) for box in boxes[b0 + i]))
     return hits

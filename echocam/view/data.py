@@ -24,7 +24,8 @@ from echocam.runs import RUN_NAME
 from echocam.storage import LocalStore, Store, open_store, read_json
 
 #: What the viewer serves from under the run: the outputs echocam writes, nothing else.
-SERVED_SUFFIXES = (".png", ".npz", ".json", ".txt", ".csv", ".jsonl", ".parquet", ".html")
+IMAGE_SUFFIXES = (".png", ".jpg", ".webp")
+SERVED_SUFFIXES = (*IMAGE_SUFFIXES, ".npz", ".json", ".txt", ".csv", ".jsonl", ".parquet", ".html")
 AUDIO_TYPES = {
     ".wav": "audio/wav",
     ".flac": "audio/flac",
@@ -71,7 +72,7 @@ DETECTION_SORTS = {
 }
 GALLERY_COLUMNS = (
     "source_key, status, error_code, error_message, duration_s, n_windows, top_class_name, "
-    "top_probability, overlay_key, record_key"
+    "top_probability, overlay_key, spectrogram_key, record_key"
 )
 
 

@@ -1,9 +1,12 @@
-"""Tiles, thumbnails and crops of a run's PNGs, and colour bars, cut on the server.
+"""Tiles, thumbnails and crops of a run's images (PNG, JPEG, WebP) and colour bars, on the server.
 
-A 30-minute recording's overlay is ~99,000 pixels wide: the browser gets tiles of
+A 30-minute recording's images are ~198,000 pixels wide: the browser gets tiles of
 :data:`TILE` pixels at zoom levels that halve the resolution each step (level z shows
-``TILE * 2**z`` image columns per tile), never the whole image.  A decoded image is kept
-for the tiles that follow (a small LRU), and encoded tiles in a byte-bounded LRU.
+``TILE * 2**z`` image columns per tile), never the whole image.  An image is one PNG, or (a
+recording wider than ``echocam.outputs.TILE_COLUMNS``) the PNG tiles the run wrote side by
+side (:class:`Tiled`, from :func:`image_ref`): only the tiles a view spans are decoded.  Decoded
+PNGs are kept for the views that follow (an LRU bounded in pixels), and encoded tiles in a
+byte-bounded LRU.
 """
 
 from __future__ import annotations
@@ -14,11 +17,36 @@ import struct
 import threading
 import zlib
 from collections import OrderedDict
+from dataclasses import dataclass
 from importlib import resources
 
 TILE = 1024  # tile width in output pixels
 THUMB = (320, 160)
 MAX_PIXELS = 400_000_000  # decoded RGB stays under 1.2 GB; echocam's largest is ~130 M
+FORMATS = ("PNG", "JPEG", "WEBP")  # what Pillow calls the formats echocam writes
+DECODED_PIXELS = 64_000_000  # decoded PNGs kept (192 MB of RGB): a 30-minute overlay's tiles
+
+
+@dataclass(frozen=True)
+class Tiled:
+    """An image stored as PNG tiles side by side: ``keys`` in order, each ``columns`` wide (the
+    last narrower), ``width`` x ``height`` in all."""
+
+    keys: tuple[str, ...]
+    columns: int
+    width: int
+    height: int
+
+
+def image_ref(record: dict, name: str) -> str | Tiled | None:
+    """Image ``name`` ("spectrogram" or "overlay") of an ok ``record``: its PNG's key, or its
+    tiles; None when the record has none."""
+    outputs = record.get("outputs") or {}
+    tiles = outputs.get(f"{name}_tiles")
+    if tiles:
+        height, width = record["image_sizes"][name]
+        return Tiled(tuple(tiles), int(record["tile_columns"]), int(width), int(height))
+    return outputs.get(name) or None
 
 
 class LRU:
@@ -48,24 +76,17 @@ class LRU:
                 self.used -= self.size(old)
 
 
-def png_size(data: bytes) -> tuple[int, int]:
-    """(width, height) from a PNG's IHDR, without decoding it."""
-    if data[:8] != b"\x89PNG\r\n\x1a\n" or data[12:16] != b"IHDR":
-        raise ValueError("not a PNG")
-    return struct.unpack(">II", data[16:24])
-
-
 def zoom_levels(width: int) -> int:
     """The coarsest zoom level: the one whose single tile spans the whole ``width``."""
     return max(0, math.ceil(math.log2(max(width, 1) / TILE)))
 
 
 class Images:
-    """Cuts the PNGs that ``read(key) -> bytes`` returns."""
+    """Cuts the images that ``read(key) -> bytes`` returns (tiles, thumbnails, crops: PNG)."""
 
-    def __init__(self, read, *, decoded: int = 2, cache_bytes: int = 128 << 20):
+    def __init__(self, read, *, decoded_pixels: int = DECODED_PIXELS, cache_bytes: int = 128 << 20):
         self.read = read
-        self.decoded = LRU(decoded, size=lambda _: 1)
+        self.decoded = LRU(decoded_pixels, size=lambda im: im.size[0] * im.size[1])
         self.encoded = LRU(cache_bytes)
         self._decode_lock = threading.Lock()
 
@@ -79,14 +100,39 @@ class Images:
         with self._decode_lock:  # tiles of one image arrive together: decode it once
             im = self.decoded.get(key)
             if im is None:
-                data = self.read(key)
-                w, h = png_size(data)
+                Image.MAX_IMAGE_PIXELS = max(Image.MAX_IMAGE_PIXELS or 0, MAX_PIXELS)
+                im = Image.open(io.BytesIO(self.read(key)))  # reads the header only
+                if im.format not in FORMATS:
+                    raise ValueError(f"{key}: {im.format} is not an image echocam writes")
+                w, h = im.size
                 if w * h > MAX_PIXELS:
                     raise ValueError(f"{key}: {w}x{h} is above {MAX_PIXELS} pixels")
-                Image.MAX_IMAGE_PIXELS = max(Image.MAX_IMAGE_PIXELS or 0, MAX_PIXELS)
-                im = Image.open(io.BytesIO(data)).convert("RGB")
+                im = im.convert("RGB")
                 self.decoded.put(key, im)
         return im
+
+    def size(self, ref: str | Tiled) -> tuple[int, int]:
+        """(width, height) of the image ``ref``."""
+        if isinstance(ref, Tiled):
+            return ref.width, ref.height
+        return self.image(ref).size
+
+    def region(self, ref: str | Tiled, x0: int, x1: int):
+        """Columns ``x0`` to ``x1`` of the image ``ref``, every row (PIL); a tiled image
+        decodes only the tiles the columns span."""
+        from PIL import Image
+
+        if not isinstance(ref, Tiled):
+            im = self.image(ref)
+            return im.crop((x0, 0, x1, im.size[1]))
+        out = Image.new("RGB", (x1 - x0, ref.height))
+        for t in range(x0 // ref.columns, min(len(ref.keys), -(-x1 // ref.columns))):
+            left = t * ref.columns
+            tile = self.image(ref.keys[t])
+            a, b = max(x0, left), min(x1, left + tile.size[0])
+            if a < b:
+                out.paste(tile.crop((a - left, 0, b - left, tile.size[1])), (a - x0, 0))
+        return out
 
     def _cached(self, cache_key, make) -> bytes:
         data = self.encoded.get(cache_key)
@@ -95,42 +141,40 @@ class Images:
             self.encoded.put(cache_key, data)
         return data
 
-    def tile(self, key: str, z: int, i: int) -> bytes:
+    def tile(self, ref: str | Tiled, z: int, i: int) -> bytes:
         """Tile ``i`` of zoom level ``z``: columns ``[i, i + 1) * TILE * 2**z``, 1/2**z wide."""
 
         def make() -> bytes:
             from PIL import Image
 
-            im = self.image(key)
-            w, h = im.size
+            w, h = self.size(ref)
             span = TILE << z
             x0 = i * span
             if z < 0 or z > zoom_levels(w) or i < 0 or x0 >= w:
                 raise IndexError(f"no tile {z}/{i} in an image {w} wide")
             x1 = min(w, x0 + span)
-            out = im.crop((x0, 0, x1, h))
+            out = self.region(ref, x0, x1)
             if z:
                 out = out.resize((max(1, math.ceil((x1 - x0) / (1 << z))), h), Image.BOX)
             return _png(out)
 
-        return self._cached(("tile", key, z, i), make)
+        return self._cached(("tile", ref, z, i), make)
 
-    def thumbnail(self, key: str, *, columns: int) -> bytes:
+    def thumbnail(self, ref: str | Tiled, *, columns: int) -> bytes:
         """The first ``columns`` of the image, squeezed into :data:`THUMB`."""
 
         def make() -> bytes:
             from PIL import Image
 
-            im = self.image(key)
-            w, h = im.size
-            out = im.crop((0, 0, min(w, max(1, columns)), h)).resize(THUMB, Image.BOX)
+            w, _ = self.size(ref)
+            out = self.region(ref, 0, min(w, max(1, columns))).resize(THUMB, Image.BOX)
             return _png(out)
 
-        return self._cached(("thumb", key, columns), make)
+        return self._cached(("thumb", ref, columns), make)
 
     def crop(
         self,
-        key: str,
+        ref: str | Tiled,
         *,
         x0: int,
         x1: int,
@@ -144,9 +188,9 @@ class Images:
         def make() -> bytes:
             from PIL import Image, ImageDraw
 
-            im = self.image(key)
-            w, h = im.size
-            c = im.crop((max(0, x0), max(0, y0), min(w, x1), min(h, y1)))
+            w, h = self.size(ref)
+            c = self.region(ref, max(0, x0), min(w, x1))
+            c = c.crop((0, max(0, y0), c.size[0], min(h, y1)))
             scale = width / max(1, c.size[0])
             out = c.resize((width, max(1, round(c.size[1] * scale))), Image.BOX)
             if box is not None:
@@ -155,7 +199,7 @@ class Images:
                 ImageDraw.Draw(out).rectangle((bx0, by0, bx1, by1), outline=(0, 255, 255), width=2)
             return _png(out)
 
-        return self._cached(("crop", key, x0, x1, y0, y1, box, width), make)
+        return self._cached(("crop", ref, x0, x1, y0, y1, box, width), make)
 
 
 def _png(im) -> bytes:

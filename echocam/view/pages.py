@@ -15,7 +15,7 @@ from urllib.parse import quote, urlencode
 
 from echocam.view.axes import MelAxis, TimeAxis
 from echocam.view.data import DETECTION_SORTS, SORTS, Filters, RunData, audio_type, dumps
-from echocam.view.images import TILE, zoom_levels
+from echocam.view.images import TILE, Tiled, image_ref, zoom_levels
 
 PAGE_SIZE = 48
 GUTTER = 86  # px: the frequency axis column
@@ -146,10 +146,15 @@ def gallery(data: RunData, query: dict[str, str]) -> bytes:
     cards = []
     for r in rows:
         key = r["source_key"]
-        if r["status"] == "ok" and r["overlay_key"]:
+        picture = r["overlay_key"] or r["spectrogram_key"]  # what the run's --outputs wrote
+        if r["status"] == "ok":
             cols = min(math.ceil(30 * sps), 10**7)
-            thumb = f"/thumb?{e(urlencode({'key': r['overlay_key'], 'cols': cols}))}"
-            img = f'<img src="{thumb}" loading="lazy" alt="overlay of {e(key)}">'
+            thumb = f"/thumb?{e(urlencode({'key': picture, 'cols': cols}))}"
+            img = (
+                f'<img src="{thumb}" loading="lazy" alt="image of {e(key)}">'
+                if picture
+                else '<div class="noimg">no image</div>'
+            )
             meta = (
                 f"<b>{e(r['top_class_name'])}</b> {r['top_probability']:.3f} · "
                 f"{r['duration_s']:.1f} s · {r['n_windows']} windows"
@@ -262,13 +267,13 @@ def recording(data: RunData, source_key: str) -> bytes | None:
     )
     outputs = record.get("outputs") or {}
     links = " ".join(
-        f'<a href="{e(file_url(outputs[name]))}">{label}</a>'
-        for name, label in (
-            ("spectrogram", "spectrogram.png"),
-            ("overlay", "overlay.png"),
-            ("cam", "cam.npz"),
-            ("selections", "selections.txt (Raven)"),
-            ("labels", "labels.txt (Audacity)"),
+        f'<a href="{e(file_url(outputs[name]))}">{e(outputs[name].rsplit("/", 1)[-1])}{note}</a>'
+        for name, note in (
+            ("spectrogram", ""),
+            ("overlay", ""),
+            ("cam", ""),
+            ("selections", " (Raven)"),
+            ("labels", " (Audacity)"),
         )
         if outputs.get(name)
     )
@@ -285,11 +290,26 @@ def recording(data: RunData, source_key: str) -> bytes | None:
 
     mel = MelAxis.of(params)
     times = TimeAxis(int(params["sample_rate"]), int(params["hop_length"]))
-    sizes = record["image_sizes"]
-    spec_h, width = sizes["spectrogram"]
-    over_h = sizes["overlay"][0]
     n = int(params["n_mels"])
-    bands = over_h // n
+    # The images the run wrote (--outputs), stacked: the spectrogram, then one band per class.
+    sizes = record.get("image_sizes") or {}
+    images, width = [], 0
+    for name in ("spectrogram", "overlay"):
+        if outputs.get(name) and name in sizes:
+            height, width = sizes[name]
+            top = sum(im["height"] for im in images)
+            images.append(
+                {
+                    "key": outputs[name],
+                    "query": _tile_query(record, name),
+                    "top": top,
+                    "height": height,
+                }
+            )
+    for im in images:
+        im["zmax"] = zoom_levels(width)
+    has_overlay = bool(images) and images[-1]["key"] == outputs.get("overlay")
+    bands = images[-1]["height"] // n if has_overlay else 0
     windows = []
     for w in record.get("windows") or []:
         explained = []
@@ -311,28 +331,29 @@ def recording(data: RunData, source_key: str) -> bytes | None:
         "window": record.get("window_seconds"),
         "band": n,
         "bands": bands,
+        # where each explained class's evidence boxes go: its overlay band, or the spectrogram
+        "band_top": images[-1]["top"] if has_overlay else 0,
+        "band_stride": n if has_overlay else 0,
         "tile": TILE,
-        "images": [
-            {"key": outputs["spectrogram"], "top": 0, "height": spec_h, "zmax": zoom_levels(width)},
-            {
-                "key": outputs["overlay"],
-                "top": spec_h,
-                "height": over_h,
-                "zmax": zoom_levels(width),
-            },
-        ],  # fmt: skip
+        "images": images,
         "windows": windows,
     }
-    axis = _freq_axis(mel, spec_h, bands, n, names=_band_names(record, bands))
+    names = (["spectrogram"] if outputs.get("spectrogram") else []) + _band_names(record, bands)
+    axis = _freq_axis(mel, n, names=names)
     bars = (
         '<div class="colourbars">'
         '<div class="colourbar"><span class="name">spectrogram (magma)</span>'
         f'<span>−{params.get("top_db", 80):g} dB</span><img src="/colourbar/magma.png" '
         'alt="magma colour bar"><span>0 dB re the window\'s maximum</span></div>'
-        '<div class="colourbar"><span class="name">class activation map (plasma, '
-        f"drawn at alpha {params.get('alpha', 0.5):g} over the spectrogram)</span>"
-        '<span>0</span><img src="/colourbar/plasma.png" alt="plasma colour bar">'
-        "<span>1 (each window's maximum)</span></div></div>"
+        + (
+            '<div class="colourbar"><span class="name">class activation map (plasma, '
+            f"drawn at alpha {params.get('alpha', 0.5):g} over the spectrogram)</span>"
+            '<span>0</span><img src="/colourbar/plasma.png" alt="plasma colour bar">'
+            "<span>1 (each window's maximum)</span></div>"
+            if has_overlay
+            else ""
+        )
+        + "</div>"
     )
     tops = " ".join(
         f"<span><b>{e(p['class_name'])}</b> {p['probability']:.3f}</span>"
@@ -363,6 +384,9 @@ def recording(data: RunData, source_key: str) -> bytes | None:
         + '<div></div><svg class="taxis" id="taxis" height="38"></svg>'
         + "</div>"
     )
+    script = f'<script type="application/json" id="rec-data">{dumps(view)}</script>'
+    if not images:  # a run with neither image (--outputs): the predictions and the audio
+        toolbar, viewer, bars, script = f'<div class="toolbar">{audio}</div>', "", "", ""
     body = (
         head
         + meta
@@ -372,9 +396,16 @@ def recording(data: RunData, source_key: str) -> bytes | None:
         + bars
         + "<h2>Per-window predictions</h2>"
         + _windows_table(record)
-        + f'<script type="application/json" id="rec-data">{dumps(view)}</script>'
+        + script
     )
     return page(data, title=source_key, body=body, here="")
+
+
+def _tile_query(record: dict, name: str) -> dict[str, str]:
+    """What ``/tile`` needs besides z and i: the PNG's key, or (tiled) the record and image."""
+    if isinstance(image_ref(record, name), Tiled):
+        return {"rec": record["source_key"], "image": name}
+    return {"key": record["outputs"][name]}
 
 
 def _band_names(record: dict, bands: int) -> list[str]:
@@ -393,13 +424,13 @@ def _band_names(record: dict, bands: int) -> list[str]:
     return names
 
 
-def _freq_axis(mel: MelAxis, spec_h: int, bands: int, n: int, *, names: list[str]) -> str:
-    """The frequency axis (Hz at the mel rows) of the spectrogram and each overlay band (SVG)."""
-    height = spec_h + bands * n
+def _freq_axis(mel: MelAxis, n: int, *, names: list[str]) -> str:
+    """The frequency axis (Hz at the mel rows) of each ``n``-row band named in ``names`` (SVG)."""
+    height = len(names) * n
     ticks = mel.ticks()
     parts = [f'<svg class="faxis" id="faxis" width="{GUTTER}" height="{height}">']
-    labels = ["spectrogram", *names]
-    for b in range(1 + bands):
+    labels = names
+    for b in range(len(names)):
         top = b * n
         for t in ticks:
             y = top + t["y"]

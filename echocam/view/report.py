@@ -15,7 +15,7 @@ from typing import Any
 from echocam.manifest import DETECTIONS_PARQUET, MANIFEST_PARQUET
 from echocam.view.axes import MelAxis, TimeAxis
 from echocam.view.data import RunData
-from echocam.view.images import Images
+from echocam.view.images import Images, image_ref
 
 REPORT_NAME = "report.html"
 
@@ -40,16 +40,19 @@ def e(value: Any) -> str:
 def detection_crop(
     images: Images, record: dict, params: dict, begin_s: float, class_id: int
 ) -> bytes | None:
-    """The overlay band of one detection's window with its evidence box drawn (PNG)."""
-    outputs = record.get("outputs") or {}
-    if record.get("status") != "ok" or not outputs.get("overlay"):
+    """The overlay band of one detection's window with its evidence box drawn (PNG); the
+    spectrogram's window where the run wrote no overlay (``--outputs``)."""
+    overlay = image_ref(record, "overlay")
+    picture = overlay or image_ref(record, "spectrogram")
+    if record.get("status") != "ok" or picture is None:
         return None
     for w in record.get("windows") or []:
         if abs(w["start_s"] - begin_s) > 1e-6:
             continue
-        for band, c in enumerate(w.get("explained", [])):
+        for c_index, c in enumerate(w.get("explained", [])):
             if c["class_id"] != class_id:
                 continue
+            band = c_index if overlay is not None else 0
             times = TimeAxis(int(params["sample_rate"]), int(params["hop_length"]))
             mel = MelAxis.of(params)
             n = int(params["n_mels"])
@@ -65,7 +68,7 @@ def detection_crop(
                     band * n + mel.row(c["box_low_hz"]) + 1,
                 )
             return images.crop(
-                outputs["overlay"], x0=x0, x1=x0 + frames, y0=band * n, y1=(band + 1) * n, box=box
+                picture, x0=x0, x1=x0 + frames, y0=band * n, y1=(band + 1) * n, box=box
             )
     return None
 

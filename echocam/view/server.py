@@ -7,7 +7,8 @@ Routes (GET and HEAD only):
 ``/file/KEY``
     an output under the run (``record.json``, ``cam.npz``, PNGs, tables), checked by
     :func:`echocam.view.data.safe_key`;
-``/tile?key=PNG&z=&i=``, ``/thumb?key=PNG&cols=``, ``/crop?key=SOURCE&t=&class_id=``
+``/tile?key=PNG&z=&i=``, ``/tile?rec=SOURCE&image=overlay&z=&i=`` (a tiled image),
+``/thumb?key=PNG&cols=``, ``/crop?key=SOURCE&t=&class_id=``
     pieces of the PNGs, cut here (:mod:`echocam.view.images`);
 ``/audio?key=SOURCE``
     the source recording of a record of this run, streamed from the input store with HTTP
@@ -35,12 +36,14 @@ from typing import Any
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
 
 from echocam.view import pages
-from echocam.view.data import AUDIO_TYPES, BadKey, RunData, audio_type, safe_key
-from echocam.view.images import Images, colour_bar
+from echocam.view.data import AUDIO_TYPES, IMAGE_SUFFIXES, BadKey, RunData, audio_type, safe_key
+from echocam.view.images import Images, Tiled, colour_bar, image_ref
 
 STATIC = {"view.css": "text/css; charset=utf-8", "view.js": "text/javascript; charset=utf-8"}
 CONTENT_TYPES = {
     ".png": "image/png",
+    ".jpg": "image/jpeg",
+    ".webp": "image/webp",
     ".json": "application/json",
     ".txt": "text/plain; charset=utf-8",
     ".csv": "text/csv; charset=utf-8",
@@ -223,11 +226,10 @@ class Handler(BaseHTTPRequestHandler):
         elif path.startswith("/file/"):
             self._file(unquote(path[len("/file/") :]))
         elif path == "/tile":
-            key = safe_key(query["key"], suffixes=(".png",))
-            body = self.server.images.tile(key, int(query["z"]), int(query["i"]))
+            body = self.server.images.tile(self._image(query), int(query["z"]), int(query["i"]))
             self.send(200, body, "image/png", Cache_Control="private, max-age=3600")
         elif path == "/thumb":
-            key = safe_key(query["key"], suffixes=(".png",))
+            key = safe_key(query["key"], suffixes=IMAGE_SUFFIXES)
             cols = int(query.get("cols", "3308"))
             body = self.server.images.thumbnail(key, columns=cols)
             self.send(200, body, "image/png", Cache_Control="private, max-age=3600")
@@ -252,8 +254,23 @@ class Handler(BaseHTTPRequestHandler):
         ext = "." + key.rsplit(".", 1)[-1].lower()
         ctype = CONTENT_TYPES.get(ext, "application/octet-stream")
         name = key.rsplit("/", 1)[-1].replace('"', "")
-        disposition = "inline" if ext in (".png", ".json", ".txt") else "attachment"
+        disposition = "inline" if ext in (*IMAGE_SUFFIXES, ".json", ".txt") else "attachment"
         self.send(200, body, ctype, Content_Disposition=f'{disposition}; filename="{_ascii(name)}"')
+
+    def _image(self, query: dict[str, str]) -> str | Tiled:
+        """The image a ``/tile`` query names: ``key`` (a PNG), or ``rec`` and ``image`` (the
+        tiles that record lists for its "spectrogram" or "overlay")."""
+        if "rec" not in query:
+            return safe_key(query["key"], suffixes=IMAGE_SUFFIXES)
+        record = self.server.data.record(query["rec"])
+        if record is None or query.get("image") not in ("spectrogram", "overlay"):
+            raise KeyError(query["rec"])
+        ref = image_ref(record, query["image"])
+        if not isinstance(ref, Tiled):
+            raise KeyError(query["rec"])
+        for key in ref.keys:
+            safe_key(key, suffixes=IMAGE_SUFFIXES)
+        return ref
 
     def _crop(self, query: dict[str, str]) -> None:
         from echocam.view.report import detection_crop

@@ -47,7 +47,7 @@
       const first = Math.floor(x0 / span);
       const last = Math.floor((x0 + W() * cpp) / span);
       for (let i = first; i <= last && i * span < D.width; i++) {
-        const src = "/tile?" + new URLSearchParams({ key: im.key, z: z, i: i });
+        const src = "/tile?" + new URLSearchParams({ ...im.query, z: z, i: i });
         const cols = Math.min(span, D.width - i * span);
         want.set(src, { left: sx(i * span), width: cols / cpp, top: im.top, height: im.height });
       }
@@ -78,9 +78,8 @@
   function drawMarks() {
     marks.replaceChildren();
     marks.setAttribute("width", W());
-    const over = D.images[1];
     for (let b = 1; b < D.bands; b++) {
-      const y = over.top + b * D.band;
+      const y = D.band_top + b * D.band;
       marks.appendChild(el("line", { class: "band", x1: 0, x2: W(), y1: y, y2: y }));
     }
     const winPx = colOf(D.window) / cpp;
@@ -91,7 +90,7 @@
       if (right < 0 || left > W()) return;
       marks.appendChild(el("line", { class: "seam", x1: left, x2: left, y1: 0, y2: height }));
       w.explained.forEach((c, band) => {
-        const top = over.top + band * D.band;
+        const top = D.band_top + band * D.band_stride;
         if (c.box) {
           const [b0, b1, rowHigh, rowLow] = c.box;
           const x = sx(colOf(b0));

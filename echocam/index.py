@@ -1,0 +1,267 @@
+"""The done index: next to each record, an empty object whose key says what the skip rule needs.
+
+``_index/<source>!/<etag>.<fingerprint>.<digest>.<outcome>`` under the output prefix, one per
+current record: the source key (order-preserving escape, below), the source ETag and run
+fingerprint the record answers, the first 16 hex digits of the md5 of the record's bytes, and
+``ok`` or the error code.  A listing of ``_index/`` therefore tells the producer and the manifest
+step, for every source in one request per 1000, what its current record says, in the same order
+as a listing of the sources, so the two listings are merged without reading a record.
+
+The record stays the truth; the index only ever makes work *certain* to be skippable:
+
+- a writer puts an *intent* (``<source>!/~<uuid>``) first, deletes the marker of the record it
+  replaces, writes the outputs and the record, puts the new marker, and deletes its intent last;
+- a source is *certain* when its folder holds exactly one marker and nothing else.  Then that
+  marker is its current record's: a crashed writer leaves its intent (so the source is unsure),
+  and a marker is deleted only before its deleter writes a newer record (so the current
+  record's marker, put after its record, is never deleted while that record is current);
+- unsure sources (an intent, several markers, a name this version does not know) have their
+  record read; sources without a folder have no record unless it predates the index (see
+  ``echocam/manifest.py``) or its key is too long for a marker, so "no folder" never skips a
+  recording without a read (it is enqueued, or read where a missing record would skip it).
+
+Source keys are escaped so that index keys sort like the source keys they name, both in S3's
+byte order and in the folder-by-folder order of servers that list a directory tree (SeaweedFS):
+characters up to ``#`` become ``#`` and two hex digits, and ``!/`` ends the source.  No torch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from echocam.storage import ObjectInfo, Store
+
+INDEX = "_index/"
+#: Present when every record under the output prefix was written with its marker (a run wrote
+#: it into an empty prefix, or a full compaction put the markers of older records).
+COMPLETE = "_manifest/index.json"
+_ESC, _END = "#", "!"
+_MAX_KEY_BYTES, _MAX_SEGMENT_BYTES = 900, 250  # S3: 1024-byte keys; filesystems: 255-byte names
+_HEX_ETAG = re.compile(r'"([0-9a-f]{32}(?:-[0-9]+)?)"')
+_MARKER = re.compile(
+    r"(none|[0-9a-f]{32}(?:-[0-9]+)?|h[0-9a-f]{64})\.([0-9a-f]{64})\.([0-9a-f]{16})\.([a-z_]+)"
+)
+
+
+def encode(source_key: str) -> str | None:
+    """``source_key`` escaped for an index key (order-preserving); None where no marker fits."""
+    segments = source_key.split("/")
+    if any(s in ("", ".", "..") for s in segments):
+        return None  # such keys are rare: they are always enqueued and read (never skipped blind)
+    out = "".join(f"{_ESC}{ord(c):02X}" if c <= _ESC else c for c in source_key)
+    if len(out.encode()) > _MAX_KEY_BYTES or any(
+        len(s.encode()) + 1 > _MAX_SEGMENT_BYTES for s in out.split("/")
+    ):
+        return None
+    return out
+
+
+def decode(encoded: str) -> str:
+    return re.sub(r"#([0-9A-F]{2})", lambda m: chr(int(m[1], 16)), encoded)
+
+
+def folder(source_key: str) -> str | None:
+    """Relative key of the folder that holds ``source_key``'s marker (None: it has none)."""
+    enc = encode(source_key)
+    return None if enc is None else f"{INDEX}{enc}{_END}/"
+
+
+def etag_token(etag: str | None) -> str:
+    """An ETag as a key fragment: an md5 ETag as its hex, any other as its sha256 (injective)."""
+    if etag is None:
+        return "none"
+    m = _HEX_ETAG.fullmatch(etag)
+    return m[1] if m else "h" + hashlib.sha256(etag.encode()).hexdigest()
+
+
+def digest(data: bytes) -> str:
+    """What names one version of a record: 16 hex digits of the md5 of its bytes."""
+    return hashlib.md5(data, usedforsecurity=False).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class Marker:
+    etag: str  # etag_token of the source ETag the record answers
+    fingerprint: str
+    digest: str
+    outcome: str  # "ok" or the record's error code
+
+    @property
+    def name(self) -> str:
+        return f"{self.etag}.{self.fingerprint}.{self.digest}.{self.outcome}"
+
+    @classmethod
+    def parse(cls, name: str) -> Marker | None:
+        m = _MARKER.fullmatch(name)
+        return cls(*m.groups()) if m else None
+
+    @classmethod
+    def of(cls, record: dict[str, Any], record_digest: str) -> Marker:
+        outcome = "ok" if record["status"] == "ok" else (record.get("error_code") or "failed")
+        return cls(
+            etag_token(record.get("source_etag")),
+            record["fingerprint"],
+            record_digest,
+            outcome,
+        )
+
+    def as_record(self, item: ObjectInfo) -> dict[str, Any]:
+        """The fields of the record this marker stands for that the skip rule reads."""
+        failed = self.outcome != "ok"
+        return {
+            "source_key": item.key,
+            "status": "failed" if failed else "ok",
+            "error_code": self.outcome if failed and self.outcome != "failed" else None,
+            "fingerprint": self.fingerprint,
+            # the listed ETag where the marker names it, else one it can never equal
+            "source_etag": item.etag if etag_token(item.etag) == self.etag else object(),
+        }
+
+
+def marker_key(record: dict[str, Any], record_digest: str) -> str | None:
+    where = folder(record["source_key"])
+    return None if where is None else where + Marker.of(record, record_digest).name
+
+
+@dataclass(frozen=True)
+class Stored:
+    """A record as read or written: its fields, and the digest of its bytes."""
+
+    record: dict[str, Any]
+    digest: str
+
+    @property
+    def marker_key(self) -> str | None:
+        return marker_key(self.record, self.digest)
+
+
+def read(store: Store, key: str) -> Stored | None:
+    """The record at ``key`` (None if there is none)."""
+    try:
+        data, _ = store.get(key)
+    except FileNotFoundError:
+        return None
+    return Stored(json.loads(data), digest(data))
+
+
+def begin(dst: Store, source_key: str, *, old: Stored | None, new_key: str | None) -> str | None:
+    """Before a record is (re)written: put an intent, delete the replaced record's marker.
+
+    Returns the intent's key, for :func:`end` (None where the source has no index folder).
+    """
+    where = folder(source_key)
+    if where is None:
+        return None
+    intent = f"{where}~{uuid.uuid4().hex}"
+    dst.put(intent, b"")
+    old_key = old.marker_key if old else None
+    if old_key and old_key != new_key:
+        dst.delete([old_key])
+    return intent
+
+
+def end(dst: Store, intent: str | None, *, new_key: str | None) -> None:
+    """After the record is written: its marker (``new_key``; None if not written), then the
+    intent goes."""
+    if new_key:
+        dst.put(new_key, b"")
+    if intent:
+        dst.delete([intent])
+
+
+def repair(dst: Store, stored: Stored) -> None:
+    """Put the marker of a record found current (a crash, or outputs older than the index).
+
+    Safe at any time: a marker that is no longer current only makes its source unsure.
+    """
+    key = stored.marker_key
+    if key:
+        dst.put(key, b"")
+
+
+@dataclass
+class Group:
+    """One source's folder in the index: its markers, and whether anything else is there."""
+
+    source: str
+    markers: list[Marker] = field(default_factory=list)
+    other: bool = False  # an intent, or a name this version does not know
+
+    @property
+    def current(self) -> Marker | None:
+        """The current record's marker when certain (one marker, nothing else), else None."""
+        return self.markers[0] if len(self.markers) == 1 and not self.other else None
+
+
+def groups(store: Store, *, page_size: int = 1000) -> Iterator[Group]:
+    """The index's folders in listing order, one :class:`Group` per source."""
+    group: Group | None = None
+    cut = len(INDEX)
+    for obj in store.list(under=INDEX, page_size=page_size):
+        enc, sep, name = obj.key[cut:].partition(_END + "/")
+        if not sep or "/" in name:
+            continue  # not an index object (a source folder named like the index, say)
+        source = decode(enc)
+        if group is None or group.source != source:
+            if group is not None:
+                yield group
+            group = Group(source)
+        marker = Marker.parse(name)
+        if marker is not None:
+            group.markers.append(marker)
+        else:
+            group.other = True  # an intent (~uuid), or unknown: the record is read
+    if group is not None:
+        yield group
+
+
+def _segments(key: str) -> list[str]:
+    return key.split("/")
+
+
+def _before_in_both(a: str, b: str) -> bool:
+    """``a`` lists before ``b`` in byte order and in folder-by-folder order."""
+    return a < b and _segments(a) < _segments(b)
+
+
+class Lookup:
+    """Finds each listed source's index group, reading the index listing alongside.
+
+    Sources must be asked for in their listing's order.  The listing may be in S3's byte order
+    or a directory walk's folder order (they differ where a name continues with a character
+    below ``/``): the index is read ahead while its next source is not after the asked one in
+    both orders, and a group is dropped only once it is before the asked source in both.  A
+    source is matched by equality only, so any disagreement costs work, never a wrong skip;
+    ``ahead`` bounds what is held (past it a source is answered "no group": work or a read).
+    """
+
+    def __init__(self, groups: Iterator[Group], *, ahead: int = 20_000):
+        self._groups = groups
+        self._head = next(groups, None)
+        self._held: dict[str, Group] = {}
+        self._ahead = ahead
+
+    def find(self, source: str) -> Group | None:
+        while (
+            self._head is not None
+            and not _before_in_both(source, self._head.source)
+            and len(self._held) < self._ahead
+        ):
+            g = self._head
+            if g.source in self._held:  # the same source twice: make it unsure
+                self._held[g.source].other = True
+            else:
+                self._held[g.source] = g
+            self._head = next(self._groups, None)
+        found = self._held.pop(source, None)
+        while self._held and _before_in_both(next(iter(self._held)), source):
+            del self._held[next(iter(self._held))]
+        if len(self._held) > self._ahead // 2:
+            self._held = {k: g for k, g in self._held.items() if not _before_in_both(k, source)}
+        return found

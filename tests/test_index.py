@@ -1,0 +1,307 @@
+"""The done index against a real S3 server (SeaweedFS, requests counted by the fault proxy) and a
+real directory: what the producer and the manifest step decide without reading records, and
+that every crash state between a writer's steps makes them read the record instead.
+
+Records here are written by the workers' own code path (``runner.record_failures``: records,
+markers, shards) with a permanent error code, so no model is needed.
+"""
+
+from __future__ import annotations
+
+import json
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from devtools.faultproxy import FaultProxy
+from devtools.services import SeaweedS3
+from echocam import index, manifest, plan, records, runner
+from echocam.protocol import DONE, RESUME, Redo
+from echocam.storage import LocalStore, ObjectInfo, S3Store, s3_client
+
+BUCKET = "index-test"
+FP, OTHER_FP = "a" * 64, "b" * 64
+MODEL = {"arch": "resnet18", "sha256": "0" * 64, "weights": "random"}
+# Keys whose order differs between S3's byte order and a folder walk's (SeaweedFS, a directory):
+# names continuing with a character below "/" next to folders of the same stem.
+TRICKY = [
+    "a/x.wav",
+    "a b/x.wav",
+    "a!/x.wav",
+    "a-b.wav",
+    "a.b/x.wav",
+    "a0.wav",
+    "A.wav",
+    "é/ü.wav",
+    "sp ace/#hash/%pct.wav",
+    'q"uote.wav',
+    "site 1/2019-05/rec 1.wav",
+    "site 1/2019/rec.wav",
+    "site 10/rec.wav",
+    "tab\there.wav",
+]
+
+
+def test_index_keys_sort_like_their_sources_in_byte_and_folder_order():
+    def folder_order(k: str) -> list[str]:
+        return k.split("/")
+
+    for order in (lambda k: k.encode(), folder_order):
+        by_source = sorted(TRICKY, key=order)
+        by_index = sorted(TRICKY, key=lambda k: order(index.folder(k) + "m"))
+        assert by_index == by_source
+    for k in TRICKY:
+        assert index.decode(index.folder(k)[len(index.INDEX) : -2]) == k
+    assert index.folder("a//b.wav") is None and index.folder("../x.wav") is None
+
+
+@pytest.fixture(scope="module")
+def s3():
+    with SeaweedS3() as server, pytest.MonkeyPatch.context() as mp:
+        server.create_bucket(BUCKET)
+        for name, value in server.env().items():  # credentials for echocam's own S3 client
+            mp.setenv(name, value)
+        yield server
+
+
+@pytest.fixture
+def proxied(s3, request):
+    """(store of s3://BUCKET/<test name>, proxy whose log counts its requests)."""
+    with FaultProxy(s3.port, fail_rate=0) as proxy:
+        prefix = request.node.name.replace("[", "-").replace("]", "")
+        client = s3_client(endpoint_url=proxy.endpoint_url, retries=2)
+        yield S3Store(f"s3://{BUCKET}/{prefix}", client), proxy
+
+
+def put_sources(store, keys: list[str], *, body: bytes = b"x") -> list[ObjectInfo]:
+    for k in keys:
+        store.put(f"in/{k}", body + k.encode())
+    sub = type(store)(f"{store.uri}/in", store.client) if isinstance(store, S3Store) else None
+    return list((sub or LocalStore(store.root / "in")).list())
+
+
+def sub_store(store, name: str):
+    if isinstance(store, S3Store):
+        return S3Store(f"{store.uri}/{name}", store.client)
+    return LocalStore(store.root / name)
+
+
+def fail_records(dst, items, *, fingerprint=FP, code="undecodable", run_id="r1"):
+    return runner.record_failures(
+        items,
+        dst=dst,
+        model=MODEL,
+        fingerprint=fingerprint,
+        run_id=run_id,
+        code=code,
+        message="test",
+    )
+
+
+def decide(src, dst, *, redo=RESUME, fingerprint=FP) -> dict[str, str | None]:
+    with ThreadPoolExecutor(4) as pool:
+        return {
+            d.item.key: d.reason
+            for d in plan.plan(
+                src,
+                dst,
+                extensions=(".wav",),
+                fingerprint=fingerprint,
+                run_id="new-run",
+                redo=redo,
+                pool=pool,
+                chunk=5,
+                page_size=3,  # several pages of both listings
+            )
+        }
+
+
+def record_gets(requests) -> list[str]:
+    return [q.path for q in requests if q.method == "GET" and q.path.endswith("/record.json")]
+
+
+@pytest.mark.parametrize("where", ["s3", "directory"])
+def test_rerun_decides_every_recording_from_listings_alone(proxied, tmp_path, where):
+    store, proxy = proxied
+    if where == "directory":
+        store = LocalStore(tmp_path)
+    src, dst = sub_store(store, "in"), sub_store(store, "out")
+    items = put_sources(store, TRICKY)
+    done, todo = items[::2], items[1::2]
+    fail_records(dst, done)
+    before = len(proxy.log)
+    got = decide(src, dst)
+    assert got == {**{it.key: DONE for it in done}, **{it.key: None for it in todo}}
+    if where == "s3":  # listings only: no record read, a handful of LIST pages
+        assert record_gets(_since(proxy, before)) == []
+        assert {q.method for q in _since(proxy, before)} == {"GET"}
+        assert len(_since(proxy, before)) <= 2 * (len(TRICKY) // 3 + 2)
+    # a new fingerprint, and a changed source (new ETag), need work: no record read either
+    assert set(decide(src, dst, fingerprint=OTHER_FP).values()) == {None}
+    store.put(f"in/{done[0].key}", b"changed")
+    assert decide(src, dst)[done[0].key] is None
+
+
+def _since(proxy, n: int):
+    with proxy.lock:
+        return list(proxy.log[n:])
+
+
+def test_every_crash_state_of_a_writer_reads_the_record(proxied):
+    """A writer's steps: intent, old marker deleted, outputs, record, new marker, intent
+    deleted.  Stopped after any of them, the source is unsure (or, with no folder, enqueued):
+    the record decides, never a stale marker."""
+    store, proxy = proxied
+    src, dst = sub_store(store, "in"), sub_store(store, "out")
+    keys = [f"rec{i}.wav" for i in range(6)]
+    items = {it.key: it for it in put_sources(store, keys)}
+    fail_records(dst, list(items.values()))  # current records (fingerprint FP) with markers
+    old = {k: index.read(dst, records.record_key(k)) for k in keys}
+
+    def new_record(key: str, fp: str) -> tuple[dict, bytes]:
+        base = records.new(
+            source_key=key, size=1, etag=items[key].etag, model=MODEL, fingerprint=fp
+        )
+        rec = records.stamped(records.failed(base, code="empty", message="x"), run_id="r2")
+        return rec, records.dumps(rec)
+
+    def rewrite(key: str, *, steps: int) -> None:
+        """Replace ``key``'s record by one of OTHER_FP, stopping after ``steps`` steps."""
+        rec, data = new_record(key, OTHER_FP)
+        new_key = index.marker_key(rec, index.digest(data))
+        intent = index.folder(key) + "~" + "0" * 32
+        actions = [
+            lambda: dst.put(intent, b""),
+            lambda: dst.delete([old[key].marker_key]),
+            lambda: dst.put(rec["record_key"], data),
+            lambda: dst.put(new_key, b""),
+            lambda: dst.delete([intent]),
+        ]
+        for act in actions[:steps]:
+            act()
+
+    for i, key in enumerate(keys[:5]):
+        rewrite(key, steps=i + 1)
+    before = len(proxy.log)
+    for fp in (FP, OTHER_FP):
+        got = decide(src, dst, fingerprint=fp)
+        # FP: skipped only where the record still is FP's (crash before the record write)
+        want_fp = {keys[0]: DONE, keys[1]: DONE, keys[2]: None, keys[3]: None, keys[4]: None}
+        want_other = {keys[0]: None, keys[1]: None, keys[2]: DONE, keys[3]: DONE, keys[4]: DONE}
+        want = want_fp if fp == FP else want_other
+        assert {k: got[k] for k in keys[:5]} == want, fp
+        assert got[keys[5]] == (DONE if fp == FP else None)
+    # read: those with an intent left (steps 1-4), each once per plan; none of the others
+    gets = record_gets(_since(proxy, before))
+    assert sorted(gets) == sorted(
+        f"/{BUCKET}/{dst.prefix}/{k}/record.json" for k in keys[:4] for _ in range(2)
+    )
+
+
+def test_no_folder_is_work_but_retry_failed_reads_it(proxied):
+    """Outputs from before the index (a record, no marker): a plain run enqueues it (the worker
+    reads the record and repairs the marker); --retry-failed, which skips recordings with no
+    record, reads it."""
+    store, proxy = proxied
+    src, dst = sub_store(store, "in"), sub_store(store, "out")
+    (item,) = put_sources(store, ["old.wav"])
+    fail_records(dst, [item])
+    marker = index.read(dst, records.record_key(item.key)).marker_key
+    dst.delete([marker])
+    assert decide(src, dst) == {item.key: None}
+    before = len(proxy.log)
+    assert decide(src, dst, redo=Redo(failed=True)) == {item.key: None}  # failed: redone
+    assert len(record_gets(_since(proxy, before))) == 1
+    fail_records(dst, [item], run_id="r3")  # the worker finds it done: the marker is back
+    assert decide(src, dst) == {item.key: DONE}
+
+
+def test_compaction_reads_shards_not_records_and_keeps_each_source_once(proxied):
+    store, proxy = proxied
+    dst = sub_store(store, "out")
+    keys = [f"r/{i:03d}.wav" for i in range(40)]
+    items = put_sources(store, keys)
+    dst.put(index.COMPLETE, b"{}")
+    for i in range(0, 40, 8):  # five chunks: five shards
+        fail_records(dst, items[i : i + 8])
+    for i in range(0, 20, 10):  # half rewritten with another fingerprint: newer shards
+        fail_records(dst, items[i : i + 10], fingerprint=OTHER_FP, code="empty", run_id="r2")
+    dst.delete([next(iter(dst.list(under=manifest.SHARDS))).key])  # a shard lost: read those
+    before = len(proxy.log)
+    summary = manifest.compact(dst, threads=4, page_size=100)
+    reqs = _since(proxy, before)
+    rows = manifest_rows(dst)
+    assert sorted(r["source_key"] for r in rows) == keys
+    assert {r["source_key"]: r["fingerprint"] for r in rows} == {
+        k: OTHER_FP if i < 20 else FP for i, k in enumerate(keys)
+    }
+    assert summary["by_error_code"] == {"empty": 20, "undecodable": 20}
+    shard_gets = [q for q in reqs if q.method == "GET" and manifest.SHARDS in q.path]
+    assert len(shard_gets) == 6  # 7 shards, one deleted
+    assert len(record_gets(reqs)) <= 10  # only the lost shard's sources are read
+    # consolidated: the next compaction reads one shard and no record
+    before = len(proxy.log)
+    manifest.compact(dst, threads=4, page_size=100)
+    reqs = _since(proxy, before)
+    assert [q for q in reqs if q.method == "GET" and manifest.SHARDS in q.path][1:] == []
+    assert record_gets(reqs) == []
+    assert sorted(r["source_key"] for r in manifest_rows(dst)) == keys
+
+
+def manifest_rows(dst) -> list[dict]:
+    data, _ = dst.get(manifest.MANIFEST_JSONL)
+    return [json.loads(line) for line in data.decode().splitlines()]
+
+
+def test_a_worker_replaces_a_record_in_the_order_the_readers_rely_on(proxied):
+    """As the fault proxy sees it: intent, old marker deleted, record, new marker, intent
+    deleted; a record found done gets its marker put again and its row in the chunk's shard."""
+    store, proxy = proxied
+    dst = sub_store(store, "out")
+    item, done = put_sources(store, ["one.wav", "two.wav"])
+    fail_records(dst, [item, done])
+    old = index.read(dst, records.record_key(item.key)).marker_key
+    before = len(proxy.log)
+    fail_records(dst, [item], fingerprint=OTHER_FP, code="empty", run_id="r2")
+    fail_records(dst, [done], run_id="r2")  # done: nothing rewritten
+    steps = []
+    for q in _since(proxy, before):
+        if q.method in ("PUT", "DELETE") and (item.key in q.path or manifest.SHARDS in q.path):
+            name = q.path.rsplit("/", 1)[-1]
+            kind = (
+                "intent" if name.startswith("~")
+                else "old marker" if q.path.endswith(old)
+                else "marker" if index.INDEX in q.path
+                else "shard" if manifest.SHARDS in q.path
+                else name
+            )  # fmt: skip
+            steps.append((q.method, kind))
+    assert steps == [
+        ("PUT", "intent"),
+        ("DELETE", "old marker"),
+        ("PUT", "record.json"),
+        ("PUT", "marker"),
+        ("DELETE", "intent"),
+        ("PUT", "shard"),
+        ("PUT", "shard"),  # the second call's: the done record's row
+    ]
+    repaired = [q for q in _since(proxy, before) if q.method == "PUT" and done.key in q.path]
+    assert [q.path.endswith(".undecodable") and index.INDEX in q.path for q in repaired] == [True]
+
+
+def test_outputs_older_than_the_index_are_compacted_from_records_once(proxied):
+    """No sentinel (records written before the index, markers gone): the first compaction reads
+    every record and puts their markers and the sentinel; the next reads none."""
+    store, proxy = proxied
+    dst = sub_store(store, "out")
+    keys = [f"old/{i:02d}.wav" for i in range(12)]
+    fail_records(dst, put_sources(store, keys))
+    dst.delete([o.key for o in dst.list(under=index.INDEX)])  # as written before the index
+    dst.delete([o.key for o in dst.list(under=manifest.SHARDS)])
+    for full_pass in (True, False):
+        before = len(proxy.log)
+        manifest.compact(dst, threads=4)
+        assert len(record_gets(_since(proxy, before))) == (len(keys) if full_pass else 0)
+        assert sorted(r["source_key"] for r in manifest_rows(dst)) == keys
+    assert dst.get(index.COMPLETE)[0]
+    assert len(list(index.groups(dst))) == len(keys)
