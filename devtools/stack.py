@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -47,7 +48,10 @@ class Worker:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"worker {self.name} exited:\n{self.log_tail()}")
-            if b"process ready" in self.log_path.read_bytes():
+            log = self.log_path.read_bytes()
+            # Both halves: a pool process warmed up, and the main process consuming (its
+            # broadcast queue subscribed: a ping sent before that is never seen).
+            if b"process ready" in log and re.search(rb"MainProcess\] \S+ ready\.", log):
                 return
             time.sleep(0.3)
         raise TimeoutError(f"worker {self.name} not ready:\n{self.log_tail()}")
