@@ -31,7 +31,7 @@ import torch
 HELD_OUT = {f"S4A03895_20190522_{t}.wav" for t in ("070000", "073000", "080000")}
 # the recipe of tests/trained_species.py
 TRAIN_ARGS = ["--init", "random", "--batch-size", "16", "--lr", "1e-3", "--seed", "0"]
-TRAIN_ARGS += ["--val-fraction", "0.15", "--target-f1", "1.0"]
+TRAIN_ARGS += ["--val-fraction", "0.15", "--target-f1", "1.0", "--target-epochs", "3"]
 
 
 def recordings() -> tuple[list[Path], list[Path]]:
@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--checkpoint", default=None, help="a trained model (else one is trained)")
     ap.add_argument("--train-per-class", type=int, default=36)
-    ap.add_argument("--epochs", type=int, default=5)
+    ap.add_argument("--epochs", type=int, default=6)
     ap.add_argument("--epoch-windows", type=int, default=96, help="training windows per epoch")
     ap.add_argument("--heldout", type=int, default=20, help="held-out clips per species")
     ap.add_argument("--threads", type=int, default=2)

@@ -26,7 +26,7 @@ CLASSES = sorted([*SPECIES, synthetic.NOISE_CLASS])  # and a class of clips with
 TRAIN_PER_CLASS, HELDOUT_PER_CLASS = 36, 10
 EPOCHS = 6
 # 96 windows an epoch from 144 clips (more clips, not more windows, is what generalises), 15 %
-# of the recordings validate; stop once validation is perfect twice: about 4 epochs, 400
+# of the recordings validate; stop once validation is perfect three times: about 5 epochs, 500
 # windows (bench figures in README)
 TRAIN_ARGS = (
     f"--init random --epochs {EPOCHS} --epoch-windows 96 --batch-size 16 --lr 1e-3 --seed 0 "
