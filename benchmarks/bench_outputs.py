@@ -19,7 +19,7 @@ import io
 import json
 import time
 import zlib
-from collections import Counter
+from collections import Counter, defaultdict
 
 import _common as C
 import numpy as np
@@ -27,6 +27,7 @@ import torch
 
 from echocam import records, render
 from echocam.model import load_model
+from echocam.outputs import read
 from echocam.pipeline import Explainer, Source
 from echocam.settings import Params
 
@@ -77,26 +78,32 @@ def _npz(save, array: np.ndarray) -> bytes:
 
 def baseline_files(ex: Explainer, source: Source) -> dict[str, int]:
     """Bytes per kind of ``source`` encoded as before issue 13, from the same arrays."""
-    computed = ex.compute(ex.decode([source]))
-    (rec,) = computed.recordings
+    decoded = ex.decode([source])
+    (rec,) = decoded.recordings
+    windows: dict[str, list[np.ndarray]] = defaultdict(list)
+    for computed in ex.compute(decoded):  # the recording's windows, a segment at a time
+        for part in computed.parts.values():
+            for name, arrays in part.arrays.items():
+                windows[name].extend(arrays)
     p = ex.params
-    cols = np.rint(rec.starts / p.hop_length).astype(np.int64)
-    spec = render.stitch(rec.windows["spectrogram_rgb"], cols)
-    ov = render.stitch(rec.windows["overlay"], cols)
+    starts = rec.planned.starts
+    cols = np.rint(starts / p.hop_length).astype(np.int64)
+    spec = render.stitch(windows["spectrogram_rgb"], cols)
+    ov = render.stitch(windows["overlay"], cols)
     ov = ov.reshape(-1, *ov.shape[2:])
     buf = io.BytesIO()
     np.savez(
         buf,
-        spectrogram_db=np.stack(rec.windows["spectrogram_db"]),
-        cams=np.stack(rec.windows["cams"]),
-        class_ids=np.stack(rec.windows["class_ids"]),
-        logits=np.stack(rec.windows["logits"]),
-        probabilities=np.stack(rec.windows["probabilities"]),
-        window_starts_s=rec.starts / p.sample_rate,
+        spectrogram_db=np.stack(windows["spectrogram_db"]),
+        cams=np.stack(windows["cams"]),
+        class_ids=np.stack(windows["class_ids"]),
+        logits=np.stack(windows["logits"]),
+        probabilities=np.stack(windows["probabilities"]),
+        window_starts_s=starts / p.sample_rate,
         params=np.array(json.dumps(p.to_dict(), sort_keys=True)),
         class_names=np.array(ex.model.class_names),
     )
-    stored = db_encodings(np.stack(rec.windows["spectrogram_db"]))
+    stored = db_encodings(np.stack(windows["spectrogram_db"]))
     return {
         **{f"db: {name}": v for name, v in stored.items()},
         "spectrogram": len(render.encode_png(spec, compress_level=p.png_compress_level)),
@@ -120,8 +127,9 @@ def run(args: argparse.Namespace) -> dict:
         for source in sources:  # one at a time: the encode timings are then one thread's
             (result,) = ex.explain([source])
             record = result.record
-            for key, data in result.files.items():
-                sizes[kind(key.rsplit("/", 1)[-1])] += len(data)
+            for key, blob in result.files.items():
+                sizes[kind(key.rsplit("/", 1)[-1])] += len(read(blob))
+            result.close()
             sizes["record"] += len(records.dumps(record))
             encode_s += record["timings_s"]["encode"]
             windows += record["n_windows"]

@@ -161,11 +161,9 @@ class Encoder:
     def _begin(self, part: Windows) -> None:
         n = len(self.starts)
         db = part.arrays["spectrogram_db"][0]
-        self.frames = db.shape[-1]
-        width = int(self.columns[-1]) + self.frames
+        self.width = width = int(self.columns[-1]) + db.shape[-1]
         self.tiled = width > TILE_COLUMNS
         tile = TILE_COLUMNS if self.tiled else width
-        self.width = width
         ov = part.arrays["overlay"][0]  # (k, n_mels, t, 3): a band per explained class
         self.rows = {"spectrogram": db.shape[0], "overlay": ov.shape[0] * ov.shape[1]}
         self.spectrogram = render.Tiles(width=width, tile=tile)
