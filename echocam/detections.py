@@ -33,10 +33,16 @@ SCHEMA = pa.schema(
         ("box_end_s", pa.float64()),
         ("box_low_hz", pa.float64()),
         ("box_high_hz", pa.float64()),
+        ("call_begin_s", pa.float64()),  # the call box: null where no call was found
+        ("call_end_s", pa.float64()),
+        ("call_low_hz", pa.float64()),
+        ("call_high_hz", pa.float64()),
         ("record_key", pa.string()),
     ]
 )
-EVIDENCE = ("peak_time_s", "peak_freq_hz", "box_begin_s", "box_end_s", "box_low_hz", "box_high_hz")
+BOX = ("box_begin_s", "box_end_s", "box_low_hz", "box_high_hz")
+CALL = ("call_begin_s", "call_end_s", "call_low_hz", "call_high_hz")
+EVIDENCE = ("peak_time_s", "peak_freq_hz", *BOX, *CALL)
 
 RAVEN_COLUMNS = (
     "Selection",
@@ -68,7 +74,7 @@ def rows(record: dict[str, Any], *, min_probability: float = 0.0) -> Iterator[di
                 "class_id": c["class_id"],
                 "probability": c["probability"],
                 "logit": c["logit"],
-                **{name: c[name] for name in EVIDENCE},
+                **{name: c.get(name) for name in EVIDENCE},  # records before the call box: None
                 "record_key": record["record_key"],
             }
 

@@ -85,7 +85,8 @@ class Windows:
     uint8, ``cams`` (k, h, w) float32, ``class_ids``/``logits``/``probabilities`` (k,),
     ``top_ids``/``top_probs`` (top_k,), the evidence's device half (``peak`` (k,) int64 and
     ``evidence_mask`` (k, n_mels, t) bool: :func:`echocam.localise.peaks_and_masks` of the
-    overlay's display maps) and, with ``save_inputs``, ``inputs`` (3, 224, 224) uint8.
+    overlay's display maps; ``floor_db`` (n_mels,), :func:`echocam.localise.band_floor`) and,
+    with ``save_inputs``, ``inputs`` (3, 224, 224) uint8.
     """
 
     first: int
@@ -152,7 +153,10 @@ class Encoder:
                     img, compress_level=p.png_compress_level
                 )
         j0, j1 = part.first, part.first + len(part)
-        ev = _evidence(a["peak"], a["evidence_mask"], self.starts_s[j0:j1], params=p)
+        ev = _evidence(
+            a["peak"], a["evidence_mask"], a["spectrogram_db"], a["floor_db"],
+            self.starts_s[j0:j1], params=p,
+        )  # fmt: skip
         for name, values in ev.items():
             self.evidence[name][j0:j1] = values
         self.seen = j1
@@ -231,7 +235,7 @@ class Encoder:
                 "explained": [
                     {
                         **records.prediction(i, q, names, logit),
-                        **{name: round(float(ev[name][j, c]), 6) for name in detections.EVIDENCE},
+                        **{name: _json_number(ev[name][j, c]) for name in detections.EVIDENCE},
                     }
                     for c, (i, q, logit) in enumerate(
                         zip(h["class_ids"][j], h["probabilities"][j], h["logits"][j], strict=True)
@@ -308,18 +312,32 @@ class Encoder:
 
 
 def _evidence(
-    peaks: list[np.ndarray], masks: list[np.ndarray], starts_s: np.ndarray, *, params: Params
+    peaks: list[np.ndarray],
+    masks: list[np.ndarray],
+    dbs: list[np.ndarray],
+    floors: list[np.ndarray],
+    starts_s: np.ndarray,
+    *,
+    params: Params,
 ) -> dict[str, np.ndarray]:
-    """Peak and box of consecutive windows' display maps: name → (windows, k) float64.
+    """Peak, box and call box of consecutive windows' display maps: name → (windows, k) float64
+    (NaN: no call found).
 
-    From the peaks and thresholded maps the device stage kept (the maps the overlay drew):
-    only the connected region around each peak is found here.
+    From the peaks and thresholded maps the device stage kept (the maps the overlay drew) and
+    the windows' spectrograms: only the connected region around each peak is looked at here.
     """
     axes = Axes.for_params(params, frames=masks[0].shape[-1])
     out = {name: np.empty((len(peaks), peaks[0].shape[0])) for name in detections.EVIDENCE}
     for j, start in enumerate(starts_s):
         for c, (peak, mask) in enumerate(zip(peaks[j], masks[j], strict=True)):
-            e = region_evidence(mask, int(peak), axes=axes, offset_s=float(start))
+            e = region_evidence(
+                mask, int(peak), axes=axes, offset_s=float(start), db=dbs[j], floor=floors[j]
+            )
             for name in detections.EVIDENCE:
                 out[name][j, c] = getattr(e, name)
     return out
+
+
+def _json_number(x: float) -> float | None:
+    """A record's number: rounded to 6 places, None for NaN (JSON has no NaN)."""
+    return None if np.isnan(x) else round(float(x), 6)

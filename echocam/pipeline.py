@@ -25,7 +25,7 @@ from echocam import colormaps, outputs, records, render
 from echocam.cam import display_maps, explain
 from echocam.errors import EchoCamError
 from echocam.frontend import FrontEnd, Planned, plan
-from echocam.localise import peaks_and_masks
+from echocam.localise import band_floor, peaks_and_masks
 from echocam.model import LoadedModel
 from echocam.outputs import Result
 from echocam.records import Record
@@ -290,6 +290,7 @@ class Explainer:
             "cams": cb.cams,
             "peak": peak,
             "evidence_mask": mask,
+            "floor_db": band_floor(db),
         }
         if p.save_inputs:
             out["inputs"] = img8

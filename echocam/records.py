@@ -32,6 +32,10 @@ class Prediction(TypedDict):
     box_end_s: NotRequired[float]
     box_low_hz: NotRequired[float]
     box_high_hz: NotRequired[float]
+    call_begin_s: NotRequired[float | None]  # the call box; None where no call was found
+    call_end_s: NotRequired[float | None]
+    call_low_hz: NotRequired[float | None]
+    call_high_hz: NotRequired[float | None]
 
 
 class WindowRecord(TypedDict):

@@ -17,6 +17,7 @@ import pytest
 from devtools.stack import ROOT
 from echocam import detections
 from echocam.detections import RAVEN_COLUMNS, Selection
+from echocam.settings import Params
 
 HOP_S = 200 / 22050
 NAME = "Ninox boobook – ‘Mopoke’ 鸮"  # unicode, a dash and quotes: must survive every writer
@@ -166,6 +167,7 @@ def test_record_npz_and_per_recording_files_agree(run):
         with np.load(run / rec["outputs"]["cam"]) as npz:
             for name in detections.EVIDENCE:
                 from_record = [[c[name] for c in w["explained"]] for w in rec["windows"]]
+                from_record = np.array(from_record, dtype=float)  # None (no call) → NaN
                 np.testing.assert_allclose(npz[name], from_record, atol=1e-6)
             starts = npz["window_starts_s"][:, None]
             assert np.all(npz["box_begin_s"] >= starts - 1e-9)
@@ -174,6 +176,15 @@ def test_record_npz_and_per_recording_files_agree(run):
             assert np.all(npz["peak_time_s"] <= npz["box_end_s"])
             assert np.all(npz["box_low_hz"] <= npz["peak_freq_hz"])
             assert np.all(npz["peak_freq_hz"] <= npz["box_high_hz"])
+            # the call box lies in the evidence box, widened by half a pixel (frame and band)
+            found = ~np.isnan(npz["call_begin_s"])
+            half_frame = Params().hop_length / Params().sample_rate / 2 + 1e-6
+            assert np.all(npz["call_begin_s"][found] >= npz["box_begin_s"][found] - half_frame)
+            assert np.all(npz["call_end_s"][found] <= npz["box_end_s"][found] + half_frame)
+            assert np.all(npz["call_begin_s"][found] < npz["call_end_s"][found])
+            assert np.all(npz["call_low_hz"][found] < npz["call_high_hz"][found])
+            assert np.all(npz["call_low_hz"][found] <= npz["box_high_hz"][found])
+            assert np.all(npz["call_high_hz"][found] >= npz["box_low_hz"][found])
         raven = pd.read_csv(run / rec["outputs"]["selections"], sep="\t")
         kept = [d for d in detections.rows(rec) if d["probability"] >= MIN_P]
         assert set(raven["Species"]) == {d["class_name"] for d in kept}

@@ -281,29 +281,38 @@ def test_overlay_is_the_documented_blend_of_spectrogram_and_plasma_cam(run_dir):
 def test_evidence_is_that_of_the_display_maps_of_the_saved_cams(run_dir):
     """Every window x class's peak and box in the record is ``localise.evidence`` of the display
     map of cam.npz's raw CAM, made again here one window at a time, although the run took them
-    from the maps its device stage drew the overlay with (batched, thresholded there)."""
+    from the maps its device stage drew the overlay with (batched, thresholded there).  The
+    call box comes from the float16 dB cam.npz keeps (the run had float32): a pixel within
+    0.03 dB of a call threshold may fall the other way, so most, not all, must agree."""
     from echocam.cam import display_maps
-    from echocam.detections import EVIDENCE
+    from echocam.detections import CALL, EVIDENCE
     from echocam.localise import Axes, evidence
     from echocam.settings import Params
 
     _, out, _ = run_dir
-    checked = 0
+    checked, calls, same_call = 0, 0, 0
     for rec in ok_records(out):
         with np.load(out / rec["outputs"]["cam"]) as npz:
             cams, starts = npz["cams"], npz["window_starts_s"]
-            frames = npz["spectrogram_db"].shape[-1]
+            dbs = npz["spectrogram_db"].astype(np.float32)
             p = Params.from_dict(json.loads(str(npz["params"])))
-        axes = Axes.for_params(p, frames=frames)
+        axes = Axes.for_params(p, frames=dbs.shape[-1])
         for j, window in enumerate(rec["windows"]):
-            maps = display_maps(torch.from_numpy(cams[j : j + 1]), size=(p.n_mels, frames))
+            maps = display_maps(torch.from_numpy(cams[j : j + 1]), size=dbs.shape[1:])
             for c, explained in enumerate(window["explained"]):
                 e = evidence(maps[0, c].numpy(), axes=axes, offset_s=float(starts[j]),
-                             threshold=p.box_threshold)  # fmt: skip
+                             threshold=p.box_threshold, db=dbs[j])  # fmt: skip
                 for name in EVIDENCE:
-                    assert explained[name] == pytest.approx(getattr(e, name), abs=1e-6), name
+                    if name not in CALL:
+                        assert explained[name] == pytest.approx(getattr(e, name), abs=1e-6), name
+                got = [np.nan if explained[n] is None else explained[n] for n in CALL]
+                calls += not np.isnan(got[0])
+                same_call += np.allclose(got, [getattr(e, n) for n in CALL], atol=1e-6,
+                                         equal_nan=True)  # fmt: skip
                 checked += 1
     assert checked >= 3 * len(GOOD)
+    assert calls >= checked // 2  # real recordings: a sound stands out in most regions
+    assert same_call >= 0.9 * checked
 
 
 def test_second_run_skips_everything_done(run_dir):

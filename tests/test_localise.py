@@ -8,7 +8,15 @@ import pytest
 import torch
 from scipy import ndimage
 
-from echocam.localise import Axes, band_centres, evidence, peaks_and_masks, region_evidence
+from echocam.localise import (
+    Axes,
+    band_centres,
+    band_floor,
+    call_box,
+    evidence,
+    peaks_and_masks,
+    region_evidence,
+)
 from echocam.settings import Params
 
 P = Params()
@@ -99,3 +107,63 @@ def test_the_batched_half_and_the_host_half_give_the_evidence_of_each_map():
         assert got.box_end_s == pytest.approx(2.0 + AXES.times_s[box_cols.stop - 1])
         assert got.box_high_hz == AXES.freqs_hz[box_rows.start]
         assert got.box_low_hz == AXES.freqs_hz[box_rows.stop - 1]
+
+
+# -- the call box: the spectrogram's loud pixels inside the evidence region ------------------
+
+FRAME_S = P.hop_length / P.sample_rate
+
+
+def _background(seed: int = 0) -> np.ndarray:
+    """A noisy spectrogram in dB (n_mels, frames), row 0 the lowest band as the front end's:
+    2 dB of spread, never 10 dB above a band's median (5 standard deviations)."""
+    return -60 + 2 * np.random.default_rng(seed).standard_normal((P.n_mels, FRAMES))
+
+
+def test_the_call_box_bounds_the_loud_pixels_not_the_cam_region():
+    db = _background()
+    db[20:25, 100:181] += 40  # a whistle-like call in bands 20-24 (low ones), frames 100-180
+    m = np.zeros((P.n_mels, FRAMES), np.float32)
+    m[P.n_mels - 60 :, 40:260] = 0.7  # a coarse evidence region (map rows: highest first)
+    m[P.n_mels - 23, 140] = 1.0
+    ev = evidence(m, axes=AXES, offset_s=5.0, threshold=0.5, db=db)
+    centres = band_centres(n_mels=P.n_mels, fmin=P.fmin, fmax=P.fmax)  # lowest first
+    assert ev.call_begin_s == pytest.approx(5.0 + 100 * FRAME_S - FRAME_S / 2)
+    assert ev.call_end_s == pytest.approx(5.0 + 180 * FRAME_S + FRAME_S / 2)
+    assert ev.call_low_hz == pytest.approx((centres[19] + centres[20]) / 2)  # band 20's edges
+    assert ev.call_high_hz == pytest.approx((centres[24] + centres[25]) / 2)
+    assert ev.box_begin_s < ev.call_begin_s < ev.call_end_s < ev.box_end_s  # much tighter
+    assert ev.box_low_hz < ev.call_low_hz < ev.call_high_hz < ev.box_high_hz
+
+
+def test_a_trills_pips_join_and_the_sound_nearest_the_peak_is_the_call():
+    excess = np.zeros((40, 400))
+    for start in range(100, 160, 12):  # pips of 4 frames every 12 (36 ms gaps): one trill
+        excess[5:30, start : start + 4] = 30
+    excess[10:15, 300:340] = 35  # a louder, separate sound in the same region
+    region = np.ones_like(excess, bool)
+    (a, b), (lo, hi) = call_box(excess, region, (20, 130), frame_s=FRAME_S)
+    assert (a, b) == (100, 151) and (hi, lo) == (5, 29)  # the whole trill, not one pip
+    (a, b), (lo, hi) = call_box(excess, region, (12, 320), frame_s=FRAME_S)
+    assert (a, b) == (300, 339) and (hi, lo) == (10, 14)
+    # outside the region nothing counts
+    only_trill = np.zeros_like(region)
+    only_trill[:, :200] = True
+    assert call_box(excess, only_trill, (12, 320), frame_s=FRAME_S)[0] == (100, 151)
+
+
+def test_no_call_box_where_nothing_stands_above_the_band_floor():
+    db = _background(1)
+    m = np.zeros((P.n_mels, FRAMES), np.float32)
+    m[30:60, 100:200] = 1.0
+    ev = evidence(m, axes=AXES, threshold=0.5, db=db)  # noise only: nothing 10 dB above the floor
+    assert np.isnan([ev.call_begin_s, ev.call_end_s, ev.call_low_hz, ev.call_high_hz]).all()
+    assert not np.isnan(ev.box_begin_s)
+
+
+def test_the_band_floor_is_each_bands_median_over_time():
+    db = _background(2)
+    db[7, :100] += 50  # a call for less than half the window does not move the floor much
+    floor = band_floor(torch.from_numpy(db)).numpy()
+    np.testing.assert_allclose(floor, np.median(db, axis=1), atol=2.5)
+    assert floor[7] < -55

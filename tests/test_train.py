@@ -358,10 +358,11 @@ def _iou(a, b, *, scale=lambda f: f) -> float:
 def test_evidence_boxes_find_the_calls_of_heldout_clips(heldout_run, species_data):
     """Issue 11's localisation, end to end from the detections table `echocam run` wrote, for the
     true species of each held-out clip: the peak lies in a call's box within half a CAM cell
-    (the pointing game; measured 90 %) and the evidence box overlaps a call (measured 100 %).
-    The issue's median IoU >= 0.3 is *not* reached and so not asserted: the boxes are
-    cell-sized (>= 0.7 s x 37 mel bands at threshold 0.5) and the calls smaller (whistles are
-    ~4 bands tall); measured 0.10 (time x Hz), README says so."""
+    (the pointing game; measured 87-90 %), the evidence box overlaps a call (measured 100 %),
+    and the call box (the loud pixels inside the evidence region nearest the peak) matches a
+    call's true box with median IoU >= 0.3 (measured 0.69 on 60 clips: whistles 0.54, upsweeps
+    0.86, trills 0.71).  The evidence box alone cannot reach that IoU: it is cell-sized (>= 0.7
+    s x 37 mel bands at threshold 0.5) and the calls smaller (median 0.09-0.11)."""
     import librosa
     import pandas as pd
 
@@ -374,10 +375,12 @@ def test_evidence_boxes_find_the_calls_of_heldout_clips(heldout_run, species_dat
     det = det[det["class_name"] == det["source_key"].str.split("/").str[0]]
     assert len(det) == len(clips)  # one 5-s window per clip, the true species explained
     tol = Tolerance.half_cell(Params())
-    pointed, inside, overlaps, iou_hz, iou_mel = [], [], [], [], []
+    pointed, inside, overlaps, iou_hz, iou_mel, iou_call = [], [], [], [], [], []
     for row in det.itertuples():
         calls = [c.box for c in clips[row.source_key].calls]
         box = (row.box_begin_s, row.box_end_s, row.box_low_hz, row.box_high_hz)
+        call = (row.call_begin_s, row.call_end_s, row.call_low_hz, row.call_high_hz)
+        iou_call.append(0.0 if np.isnan(call[0]) else max(_iou(call, c) for c in calls))
         pointed.append(any(hit(row, c, tolerance=tol) for c in calls))
         inside.append(
             any(c[0] <= row.peak_time_s <= c[1] and c[2] <= row.peak_freq_hz <= c[3] for c in calls)
@@ -389,11 +392,13 @@ def test_evidence_boxes_find_the_calls_of_heldout_clips(heldout_run, species_dat
         f"\nevidence over {len(det)} held-out clips: peak within half a cell of a call "
         f"{np.mean(pointed):.0%}, inside one {np.mean(inside):.0%}; box overlaps a call "
         f"{np.mean(overlaps):.0%}, median IoU {np.median(iou_hz):.2f} (time x Hz), "
-        f"{np.median(iou_mel):.2f} (time x mel)",
+        f"{np.median(iou_mel):.2f} (time x mel); call box median IoU {np.median(iou_call):.2f}, "
+        f"IoU >= 0.3 for {np.mean(np.array(iou_call) >= 0.3):.0%}",
         file=sys.stderr,
     )
     assert np.mean(pointed) >= 0.8
     assert np.mean(overlaps) >= 0.9
+    assert np.median(iou_call) >= 0.3
 
 
 @pytest.fixture(scope="module")
