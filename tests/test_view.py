@@ -272,6 +272,10 @@ def test_recording_page_axes_labels_boxes_colour_bars(run_dir, served, browser, 
             assert f"{c['class_name']} {c['probability']:.3f}" in labels
     boxes = browser.find_elements("css selector", "#marks rect.box")
     assert len(boxes) == sum(len(w["explained"]) for w in record["windows"])
+    # and the call box inside it, where one was found (dashed white)
+    calls = browser.find_elements("css selector", "#marks rect.call")
+    found = [c for w in record["windows"] for c in w["explained"] if c["call_begin_s"] is not None]
+    assert len(found) >= 1 and len(calls) == len(found)
     names = [a.text for a in browser.find_elements("css selector", ".links a")]
     assert "record.json" in names and "cam.npz" in names
     rows = browser.find_elements("css selector", "#windows tr[data-t]")

@@ -322,6 +322,13 @@ def recording(data: RunData, source_key: str) -> bytes | None:
                     round(mel.row(c["box_high_hz"]), 3),
                     round(mel.row(c["box_low_hz"]), 3),
                 ]
+            if c.get("call_begin_s") is not None:  # pixel edges: a band's edge is a half row
+                item["call"] = [
+                    c["call_begin_s"],
+                    c["call_end_s"],
+                    round(mel.row(c["call_high_hz"]) + 0.5, 3),
+                    round(mel.row(c["call_low_hz"]) + 0.5, 3),
+                ]
             explained.append(item)
         windows.append({"t": w["start_s"], "explained": explained})
     view = {
@@ -451,6 +458,16 @@ def _freq_axis(mel: MelAxis, n: int, *, names: list[str]) -> str:
     return "".join(parts)
 
 
+def _call_text(c: dict) -> str:
+    """The call box of an explained class, for the windows table ('' where there is none)."""
+    if c.get("call_begin_s") is None:
+        return ""
+    return (
+        f"; call {c['call_begin_s']:.2f}–{c['call_end_s']:.2f} s, "
+        f"{c['call_low_hz']:.0f}–{c['call_high_hz']:.0f} Hz"
+    )
+
+
 def _windows_table(record: dict) -> str:
     length = record.get("window_seconds") or 0
     rows = []
@@ -461,7 +478,7 @@ def _windows_table(record: dict) -> str:
         )
         boxes = " ".join(
             f"<span>{e(c['class_name'])}: {c['box_begin_s']:.2f}–{c['box_end_s']:.2f} s, "
-            f"{c['box_low_hz']:.0f}–{c['box_high_hz']:.0f} Hz</span>"
+            f"{c['box_low_hz']:.0f}–{c['box_high_hz']:.0f} Hz{_call_text(c)}</span>"
             for c in w.get("explained", [])
             if "box_begin_s" in c
         )
@@ -472,7 +489,7 @@ def _windows_table(record: dict) -> str:
         )
     return (
         '<div class="windows"><table id="windows"><tr><th>#</th><th>time (s)</th>'
-        "<th>top predictions</th><th>evidence boxes (explained classes)</th></tr>"
+        "<th>top predictions</th><th>evidence boxes and call boxes (explained classes)</th></tr>"
         + "".join(rows)
         + "</table></div>"
     )

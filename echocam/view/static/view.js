@@ -99,6 +99,14 @@
             width: Math.max(1, sx(colOf(b1) + 1) - x), height: Math.max(1, rowLow - rowHigh + 1),
           }));
         }
+        if (c.call) {  // seconds ± half a frame, band edges: pixel edges, not centres
+          const [c0, c1, yHigh, yLow] = c.call;
+          const x = sx(colOf(c0) + 0.5);
+          marks.appendChild(el("rect", {
+            class: "call", x: x, y: top + yHigh,
+            width: Math.max(1, sx(colOf(c1) + 0.5) - x), height: Math.max(1, yLow - yHigh),
+          }));
+        }
         // a window that starts off-screen keeps its label only if there is room for it
         if (j % every === 0 && right - Math.max(left, 0) > 170) {
           const label = `${c.name} ${c.p.toFixed(3)}`;
