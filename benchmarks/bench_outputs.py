@@ -50,7 +50,7 @@ KINDS = ("spectrogram", "overlay", "cam", "detections", "record")
 def kind(name: str) -> str:
     if name in ("selections.txt", "labels.txt"):
         return "detections"
-    return name.split(".", 1)[0]  # spectrogram, overlay, cam
+    return name.split("/", 1)[0].split(".", 1)[0]  # spectrogram, overlay, cam; tiles: their image
 
 
 def db_encodings(db: np.ndarray) -> dict[str, tuple[int, float, float]]:
