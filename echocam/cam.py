@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -74,8 +75,10 @@ def display_maps(cams: torch.Tensor, *, size: tuple[int, int]) -> torch.Tensor:
     return minmax(torch.einsum("Hh,bkhw,Ww->bkHW", rows, maps, cols), eps=1e-7)
 
 
+@functools.lru_cache(maxsize=16)  # a run has a few window lengths and one device
 def _resampling(n_out: int, n_in: int, *, device: torch.device) -> torch.Tensor:
-    """(n_out, n_in) linear-interpolation weights from cell values to output pixels.
+    """(n_out, n_in) linear-interpolation weights from cell values to output pixels (shared:
+    read only).
 
     Output pixel y's centre lies at model-image coordinate (y + 0.5) · STRIDE · n_in / n_out;
     cell j's receptive field is centred on pixel STRIDE · j, whose centre is STRIDE · j + 0.5.
