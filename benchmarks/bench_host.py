@@ -30,7 +30,7 @@ import torch
 from echocam import colormaps, outputs, render
 from echocam.cam import class_activation_maps, display_maps
 from echocam.image import model_image, spectrogram_levels
-from echocam.localise import peaks_and_masks
+from echocam.localise import band_floor, peaks_and_masks
 from echocam.model import load_model
 from echocam.pipeline import Explainer, Source
 from echocam.settings import Params
@@ -45,8 +45,8 @@ STAGES = [
     ("cam", "softmax + top-k + CAM einsum"),
     ("display_maps", "display_maps (upsample to the spectrogram)"),
     ("overlay", "render.overlay (one lookup in the blend table)"),
-    ("evidence_device", "peaks_and_masks (the device stage's half)"),
-    ("evidence_boxes", "outputs._evidence: the regions' boxes (finish's half)"),
+    ("evidence_device", "peaks_and_masks + band_floor (the device stage's half)"),
+    ("evidence_boxes", "outputs._evidence: the regions' boxes and call boxes (finish's half)"),
     ("encode", "rest of Explainer.finish: stitch, 2 PNG, NPZ, records"),
 ]
 
@@ -94,13 +94,16 @@ def staged_pass(ex: Explainer, sources: list[Source]) -> dict[str, float]:
             render.overlay(levels, maps, table=ex.blend)
             t0 = clock("overlay", t0)
             peaks_and_masks(maps, threshold=p.box_threshold)
+            band_floor(db)
             clock("evidence_device", t0)
     segments = list(ex.compute(decoded))  # the real arrays for the finish stage (not timed)
     for computed in segments:
         for r, part in computed.parts.items():
             starts = planned[r].starts[part.first : part.first + len(part)] / p.sample_rate
             t0 = time.perf_counter()
-            outputs._evidence(part.arrays["peak"], part.arrays["evidence_mask"], starts, params=p)
+            a = part.arrays
+            outputs._evidence(a["peak"], a["evidence_mask"], a["spectrogram_db"], a["floor_db"],
+                              starts, params=p)  # fmt: skip
             clock("evidence_boxes", t0)
     t0 = time.perf_counter()
     for computed in segments:

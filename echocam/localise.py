@@ -29,6 +29,9 @@ CALL_MIN_EXCESS_DB = 10.0
 CALL_WITHIN_DB = 20.0
 #: Pixels this close in time (s), and one band apart, belong to one call: a trill's pips join.
 CALL_BRIDGE_S = 0.05
+#: A band's floor is the median of every 4th frame (36 ms apart at the defaults): the same
+#: background level for a quarter of the work.
+FLOOR_STRIDE = 4
 
 
 @dataclass(frozen=True)
@@ -131,9 +134,14 @@ def evidence(
 
 
 def band_floor(db: torch.Tensor) -> torch.Tensor:
-    """Each band's background level: dB (..., n_mels, frames) → its median over time (...,
-    n_mels).  Calls are brief against a window, so the median is the band's noise."""
-    return db.median(dim=-1).values
+    """Each band's background level: dB (..., n_mels, frames) → its median over every
+    :data:`FLOOR_STRIDE`-th frame (..., n_mels), the lower median of an even count as
+    ``torch.median``.  Calls are brief against a window, so the median is the band's noise."""
+    frames = db[..., ::FLOOR_STRIDE]
+    if db.device.type == "cpu":  # numpy's selection: several times torch's sorting median here
+        k = (frames.shape[-1] - 1) // 2
+        return torch.from_numpy(np.partition(frames.numpy(), k, axis=-1)[..., k])
+    return frames.median(dim=-1).values
 
 
 def peaks_and_masks(maps: torch.Tensor, *, threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
