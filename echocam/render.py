@@ -182,7 +182,7 @@ def _anonymous_file() -> BinaryIO:
 
     Pillow encodes into a file with a descriptor with the GIL released, but into a BytesIO a
     block at a time with it held: a JPEG overlay held a decoding or encoding pool's GIL ~1 ms
-    a window (``benchmarks/bench_host_threads.py``).  The bytes are the same.
+    a window (py-spy --gil).  The bytes are the same.
     """
     if hasattr(os, "memfd_create"):
         return open(os.memfd_create("echocam-image"), "w+b")  # noqa: SIM115 (caller closes)
