@@ -10,7 +10,7 @@ import torch
 from conftest import SAMPLES, SPECIES, recordings
 from PIL import Image
 
-from echocam import render
+from echocam import colormaps, render
 from echocam.colormaps import lut
 from echocam.frontend import FrontEnd, plan
 from echocam.pipeline import Explainer, Source
@@ -107,6 +107,25 @@ def test_an_image_too_wide_for_the_lossy_format_is_written_as_png():
     assert ext == "png" and Image.open(io.BytesIO(data)).size == (wide.shape[1], 8)
     ext, data = render.encode_image(wide, fmt="jpeg", quality=85, compress_level=1)
     assert ext == "jpg" and Image.open(io.BytesIO(data)).size == (wide.shape[1], 8)
+
+
+@pytest.mark.parametrize("memfd", [True, False])
+@pytest.mark.parametrize("fmt", ["jpeg", "webp"])
+def test_lossy_images_are_pillows_own_bytes_through_an_in_memory_file(monkeypatch, fmt, memfd):
+    """encode_image writes into a file with a descriptor (so Pillow's JPEG encoder releases the
+    GIL): a memfd, or a temporary file where there is none; the bytes are those Pillow writes
+    into a BytesIO."""
+    table = colormaps.blend(colormaps.table("magma"), colormaps.table("plasma"), alpha=0.5)
+    torch.manual_seed(0)
+    levels = torch.randint(0, 256, (1, 260, 552), dtype=torch.int32)
+    img = render.overlay(levels, torch.rand(1, 1, 260, 552), table=table)[0, 0].numpy()
+    if not memfd:
+        monkeypatch.delattr("os.memfd_create")
+    ext, data = render.encode_image(img, fmt=fmt, quality=85, compress_level=1)
+    buf = io.BytesIO()
+    options = {"quality": 85, "method": 0} if fmt == "webp" else {"quality": 85}
+    Image.fromarray(img).save(buf, fmt.upper(), **options)
+    assert ext == render.EXTENSIONS[fmt] and data == buf.getvalue()
 
 
 def test_cam_npz_holds_the_explained_names_and_no_db_by_default(species_model):
