@@ -27,17 +27,26 @@ characters up to ``#`` become ``#`` and two hex digits, and ``!/`` ends the sour
 
 from __future__ import annotations
 
+import gzip
 import hashlib
+import heapq
+import itertools
 import json
+import os
 import re
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from operator import itemgetter
+from typing import Any, BinaryIO
 
 from echocam.storage import ObjectInfo, Store
 
 INDEX = "_index/"
+#: Compaction's sorted files of markers it folded (and deleted from the folders).
+SEGMENTS = INDEX + "_segments/"
+_SEGMENT_NAME = re.compile(r"[0-9]{8}T[0-9]{6}-[0-9a-f]{32}\.tsv\.gz")
 #: Present when every record under the output prefix was written with its marker (a run wrote
 #: it into an empty prefix, or a full compaction put the markers of older records).
 COMPLETE = "_manifest/index.json"
@@ -199,26 +208,79 @@ class Group:
         return self.markers[0] if len(self.markers) == 1 and not self.other else None
 
 
-def groups(store: Store, *, page_size: int = 1000) -> Iterator[Group]:
-    """The index's folders in listing order, one :class:`Group` per source."""
-    group: Group | None = None
+def listed(store: Store, *, page_size: int = 1000) -> Iterator[tuple[str, Marker | None, str]]:
+    """(source, its marker or None for an intent or unknown name, the object's key) for each
+    object in the index's folders, in listing order."""
     cut = len(INDEX)
     for obj in store.list(under=INDEX, page_size=page_size):
         enc, sep, name = obj.key[cut:].partition(_END + "/")
         if not sep or "/" in name:
-            continue  # not an index object (a source folder named like the index, say)
-        source = decode(enc)
-        if group is None or group.source != source:
-            if group is not None:
-                yield group
-            group = Group(source)
-        marker = Marker.parse(name)
-        if marker is not None:
-            group.markers.append(marker)
-        else:
+            continue  # not a marker (a segment, a source folder named like the index)
+        yield decode(enc), Marker.parse(name), obj.key
+
+
+def groups(store: Store, *, page_size: int = 1000) -> Iterator[Group]:
+    """The index's folders in listing order, one :class:`Group` per source."""
+    for source, found in itertools.groupby(listed(store, page_size=page_size), key=itemgetter(0)):
+        yield _group(source, (marker for _, marker, _ in found))
+
+
+def _group(source: str, markers: Iterable[Marker | None]) -> Group:
+    group = Group(source)
+    for marker in markers:
+        if marker is None:
             group.other = True  # an intent (~uuid), or unknown: the record is read
-    if group is not None:
-        yield group
+        elif marker not in group.markers:
+            group.markers.append(marker)
+    return group
+
+
+# -- segments: markers folded by compaction --------------------------------------------------
+
+
+def segment_keys(store: Store, *, page_size: int = 1000) -> list[str]:
+    """The segments there are now (one per compaction since the last that replaced them)."""
+    cut = len(SEGMENTS)
+    found = store.list(under=SEGMENTS, page_size=page_size)
+    return sorted(o.key for o in found if _SEGMENT_NAME.fullmatch(o.key[cut:]))
+
+
+def segment_key() -> str:
+    return f"{SEGMENTS}{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{uuid.uuid4().hex}.tsv.gz"
+
+
+def write_segment(path: str | os.PathLike, entries: Iterable[tuple[str, Marker]]) -> int:
+    """Write one segment at ``path``: a line per ``(source, marker)`` (sources in byte order,
+    each once), gzip'd; how many lines."""
+    last, n = "", 0
+    with gzip.open(path, "wt", encoding="utf-8", newline="\n") as f:
+        for source, marker in entries:
+            enc = encode(source)
+            if enc is None:
+                continue  # no marker fits: never skipped without a read
+            if enc <= last:
+                raise ValueError(f"segment lines out of order: {enc!r} after {last!r}")
+            f.write(f"{enc}\t{marker.name}\n")
+            last, n = enc, n + 1
+    return n
+
+
+def _segment_lines(raw: BinaryIO) -> Iterator[tuple[str, str]]:
+    with raw, gzip.open(raw, "rt", encoding="utf-8", newline="\n") as lines:
+        for line in lines:
+            enc, _, name = line.rstrip("\n").partition("\t")
+            yield enc, name
+
+
+def folded(store: Store, keys: list[str]) -> Iterator[Group]:
+    """The segments' markers, one :class:`Group` per source in byte order of sources.
+
+    The segments are requested now (FileNotFoundError if one has gone) and read as the groups
+    are consumed: constant memory for any number of sources.
+    """
+    merged = heapq.merge(*[_segment_lines(store.stream(k)) for k in keys])
+    for enc, found in itertools.groupby(merged, key=itemgetter(0)):
+        yield _group(decode(enc), (Marker.parse(name) for _, name in found))
 
 
 def _segments(key: str) -> list[str]:
@@ -238,10 +300,13 @@ class Lookup:
     below ``/``): the index is read ahead while its next source is not after the asked one in
     both orders, and a group is dropped only once it is before the asked source in both.  A
     source is matched by equality only, so any disagreement costs work, never a wrong skip;
-    ``ahead`` bounds what is held (past it a source is answered "no group": work or a read).
+    ``ahead`` bounds what is held (past it a source is answered with an unsure group: a read).
+    With ``start``, groups before it in both orders are passed over.
     """
 
-    def __init__(self, groups: Iterator[Group], *, ahead: int = 20_000):
+    def __init__(self, groups: Iterator[Group], *, ahead: int = 20_000, start: str | None = None):
+        if start is not None:
+            groups = itertools.dropwhile(lambda g: _before_in_both(g.source, start), groups)
         self._groups = groups
         self._head = next(groups, None)
         self._held: dict[str, Group] = {}
@@ -260,8 +325,39 @@ class Lookup:
                 self._held[g.source] = g
             self._head = next(self._groups, None)
         found = self._held.pop(source, None)
+        head = self._head
+        if found is None and head is not None and not _before_in_both(source, head.source):
+            found = Group(source, other=True)  # not read far enough to know: unsure
         while self._held and _before_in_both(next(iter(self._held)), source):
             del self._held[next(iter(self._held))]
         if len(self._held) > self._ahead // 2:
             self._held = {k: g for k, g in self._held.items() if not _before_in_both(k, source)}
         return found
+
+
+class View:
+    """What the index says of each source, asked in listing order: the markers in its folder
+    and those folded into segments, as one :class:`Group` (None: neither has any).
+
+    A compaction moves markers from folders into a new segment: a view whose segments were
+    listed before it could miss a marker in both places.  :meth:`unchanged` says whether the
+    segments are still those the view reads; decisions are safe from groups found before it
+    answered True, and a new view (``start``: the first source still to decide) follows a False.
+    """
+
+    def __init__(self, store: Store, *, page_size: int = 1000, start: str | None = None):
+        self._store, self._page_size = store, page_size
+        self.segments = segment_keys(store, page_size=page_size)  # before the folders are listed
+        self._folded = Lookup(folded(store, self.segments), start=start)
+        self._folders = Lookup(groups(store, page_size=page_size), start=start)
+
+    def find(self, source: str) -> Group | None:
+        a, b = self._folders.find(source), self._folded.find(source)
+        if a is None or b is None:
+            return a or b
+        both = _group(source, [*a.markers, *b.markers])
+        both.other = a.other or b.other
+        return both
+
+    def unchanged(self) -> bool:
+        return segment_keys(self._store, page_size=self._page_size) == self.segments
