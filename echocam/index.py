@@ -272,13 +272,21 @@ def _segment_lines(raw: BinaryIO) -> Iterator[tuple[str, str]]:
             yield enc, name
 
 
-def folded(store: Store, keys: list[str]) -> Iterator[Group]:
+def folded(store: Store, keys: list[str], *, missing_ok: bool = False) -> Iterator[Group]:
     """The segments' markers, one :class:`Group` per source in byte order of sources.
 
-    The segments are requested now (FileNotFoundError if one has gone) and read as the groups
-    are consumed: constant memory for any number of sources.
+    The segments are requested at the first group (FileNotFoundError if one has gone, unless
+    ``missing_ok``) and read as the groups are consumed: constant memory for any number of
+    sources.
     """
-    merged = heapq.merge(*[_segment_lines(store.stream(k)) for k in keys])
+    streams = []
+    for key in keys:
+        try:
+            streams.append(_segment_lines(store.stream(key)))
+        except FileNotFoundError:
+            if not missing_ok:
+                raise
+    merged = heapq.merge(*streams)
     for enc, found in itertools.groupby(merged, key=itemgetter(0)):
         yield _group(decode(enc), (Marker.parse(name) for _, name in found))
 

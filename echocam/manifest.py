@@ -178,8 +178,8 @@ def compact(
         con.close()
         _consolidate(store, Path(tmp, "kept.parquet"), consumed)
         # full: no folder marker was listed, so none is folded
-        listed = None if full else Path(tmp, "listed.parquet")
-        _replace_index(store, segment, old_segments=segments, markers=listed)
+        listed = [] if full else [Path(tmp, "listed.parquet"), Path(tmp, "folders.parquet")]
+        _replace_index(store, segment, old_segments=segments, listed=listed)
         if full:
             store.put(index.COMPLETE, b'{"version": 1}\n')
     summary["compaction_s"] = round(time.perf_counter() - t0, 3)
@@ -217,7 +217,7 @@ def _kept_from_index(
     """The current record's row of every source into table ``kept``; the shards read.
 
     Also ``listed.parquet``: the keys of the folder markers listed (folded once the new segment
-    is up: each is then in it, or stale).
+    is up: each is then in it, or stale), and ``folders.parquet``: their folders.
     """
     # Which record is current, per source: the union of its folder's markers and the segments'
     # (digest NULL: unsure, read the record).
@@ -227,15 +227,23 @@ def _kept_from_index(
          ("key", pa.string())]
     )  # fmt: skip
     listed = ((src, m, key) for src, m, key in index.listed(store, page_size=page_size))
-    folded = ((g.source, m, None) for g in index.folded(store, segments) for m in _or_none(g))
+    # a segment gone since it was listed: the compaction that deleted it put its markers in one
+    # this one did not list (and will not delete)
+    groups = index.folded(store, segments, missing_ok=True)
+    folded = ((g.source, m, None) for g in groups for m in _or_none(g))
     with pq.ParquetWriter(entries, schema) as w:
         for some in chunked(itertools.chain(listed, folded), _ROW_GROUP):
             w.write_table(pa.Table.from_pylist(
                 [{"source_key": src, "name": m and m.name, "digest": m and m.digest, "key": key}
                  for src, m, key in some], schema=schema,
             ))  # fmt: skip
-    con.execute(f"""COPY (SELECT key FROM read_parquet('{entries}') WHERE key IS NOT NULL
-                          AND name IS NOT NULL) TO '{Path(tmp, "listed.parquet")}'""")
+    markers = f"SELECT key FROM read_parquet('{entries}') WHERE key NOT NULL AND name NOT NULL"
+    con.execute(f"COPY ({markers}) TO '{Path(tmp, 'listed.parquet')}'")
+    # Their folders too, once empty: servers that keep a directory tree (SeaweedFS) keep empty
+    # folders, and walk each on every listing of the index.  Such a server deletes a folder
+    # only if it is empty; elsewhere no object has that key.
+    folders = f"SELECT DISTINCT regexp_replace(key, '[^/]*$', '') AS key FROM ({markers})"
+    con.execute(f"COPY ({folders}) TO '{Path(tmp, 'folders.parquet')}'")
     con.execute(
         f"""CREATE TABLE idx AS
             SELECT source_key,
@@ -397,9 +405,10 @@ def _consolidate(store: Store, kept: Path, consumed: list[str]) -> None:
 
 
 def _replace_index(
-    store: Store, segment: Path, *, old_segments: list[str], markers: Path | None
+    store: Store, segment: Path, *, old_segments: list[str], listed: list[Path]
 ) -> None:
-    """Upload the new segment, then delete the segments and folder markers it replaces.
+    """Upload the new segment, then delete the segments and folder markers it replaces (the
+    keys in the files ``listed``, one file after the other).
 
     In this order, every current record's marker is in a folder or a segment at every moment
     (see ``echocam.index``): the new segment holds the marker of each source's current record
@@ -407,8 +416,8 @@ def _replace_index(
     """
     store.put_file(index.segment_key(), segment)
     store.delete(old_segments)
-    if markers is not None:
-        for batch in pq.ParquetFile(markers).iter_batches(batch_size=1000):
+    for path in listed:
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=1000):
             store.delete(batch.column(0).to_pylist())
 
 

@@ -148,7 +148,7 @@ def produce(
                 skipped += 1
             if due():
                 flush()
-            if not bar.n % 1000:  # a postfix per key costs more than the decision
+            if show and not bar.n % 1000:  # a postfix per key costs more than the decision
                 bar.set_postfix(enqueued=out.recordings, skipped=out.skipped, refresh=False)
             bar.update()
         if batch:
