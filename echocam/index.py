@@ -20,6 +20,16 @@ The record stays the truth; the index only ever makes work *certain* to be skipp
   ``echocam/manifest.py``) or its key is too long for a marker, so "no folder" never skips a
   recording without a read (it is enqueued, or read where a missing record would skip it).
 
+Compaction (``echocam/manifest.py``) *folds* markers: it writes the current marker of every
+source it kept into one *segment* (``_index/_segments/<time>-<uuid>.tsv.gz``: gzip'd lines
+``<escaped source>\t<marker name>``, sources in byte order), uploads it, and only then deletes
+the segments and the folder markers it read.  A source's markers are then those of its folder and
+of every segment (:class:`View`), and the rule above holds over that union: every current
+record's marker is in a folder or a segment at all times, so a marker left behind anywhere (a
+record replaced after folding, a late repair, two compactions at once) only makes its source
+unsure.  A reader that listed the segments before a compaction moved markers out of the
+folders it reads afterwards would miss them: :meth:`View.unchanged` tells it to start again.
+
 Source keys are escaped so that index keys sort like the source keys they name, both in S3's
 byte order and in the folder-by-folder order of servers that list a directory tree (SeaweedFS):
 characters up to ``#`` become ``#`` and two hex digits, and ``!/`` ends the source.  No torch.

@@ -4,10 +4,9 @@
 both print it with ``--dry-run``.  The source listing is merged with the output's done index
 (``echocam.index``: the listing of its folders, and the segments compaction folded markers into),
 which says for each source what its current record answers (ETag, fingerprint, status or error
-code) without reading it; a record is read only where the index is
-unsure of it, or where a missing record would skip the recording (``--retry-failed``).  Streamed
-page by page: constant memory for any bucket, and the first decisions come before the listings
-end.  No torch here.
+code) without reading it; a record is read only where the index is unsure of it, or where a
+missing record would skip the recording (``--retry-failed``).  Streamed page by page: constant
+memory for any bucket, and the first decisions come before the listings end.  No torch here.
 """
 
 from __future__ import annotations
