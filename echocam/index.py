@@ -9,12 +9,15 @@ as a listing of the sources, so the two listings are merged without reading a re
 
 The record stays the truth; the index only ever makes work *certain* to be skippable:
 
-- a writer puts an *intent* (``<source>!/~<uuid>``) first, deletes the marker of the record it
-  replaces, writes the outputs and the record, puts the new marker, and deletes its intent last;
-- a source is *certain* when its folder holds exactly one marker and nothing else.  Then that
-  marker is its current record's: a crashed writer leaves its intent (so the source is unsure),
-  and a marker is deleted only before its deleter writes a newer record (so the current
-  record's marker, put after its record, is never deleted while that record is current);
+- a writer puts an *intent* (``<source>!/~<uuid>``) first, then a *tombstone* of the marker of
+  the record it replaces (``<source>!/-<marker name>``: that marker is no longer current, where
+  ever it is) and deletes that marker, writes the outputs and the record, puts the new marker,
+  and deletes its intent last;
+- a source is *certain* when its folder holds exactly one marker that no tombstone names, and
+  nothing but tombstones besides.  Then that marker is its current record's: a crashed writer
+  leaves its intent (so the source is unsure), and a marker is deleted, or named by a
+  tombstone, only before its deleter writes a newer record (so the current record's marker,
+  put after its record, is never ruled out while that record is current);
 - unsure sources (an intent, several markers, a name this version does not know) have their
   record read; sources without a folder have no record unless it predates the index (see
   ``echocam/manifest.py``) or its key is too long for a marker, so "no folder" never skips a
@@ -23,12 +26,14 @@ The record stays the truth; the index only ever makes work *certain* to be skipp
 Compaction (``echocam/manifest.py``) *folds* markers: it writes the current marker of every
 source it kept into one *segment* (``_index/_segments/<time>-<uuid>.tsv.gz``: gzip'd lines
 ``<escaped source>\t<marker name>``, sources in byte order), uploads it, and only then deletes
-the segments and the folder markers it read.  A source's markers are then those of its folder and
-of every segment (:class:`View`), and the rule above holds over that union: every current
-record's marker is in a folder or a segment at all times, so a marker left behind anywhere (a
-record replaced after folding, a late repair, two compactions at once) only makes its source
-unsure.  A reader that listed the segments before a compaction moved markers out of the
-folders it reads afterwards would miss them: :meth:`View.unchanged` tells it to start again.
+the segments and the folder objects it read.  A source's markers are then those of its folder
+and of every segment (:class:`View`), and the rule above holds over that union: every current
+record's marker is in a folder or a segment at all times, a tombstone rules out a folded marker
+as it rules out one in the folder (a record replaced after folding is certain again once its
+new marker is put), and a marker left behind anywhere without one (a late repair, two
+compactions at once) only makes its source unsure.  A reader that listed the segments before a
+compaction moved markers out of the folders it reads afterwards would miss them:
+:meth:`View.unchanged` tells it to start again.
 
 Source keys are escaped so that index keys sort like the source keys they name, both in S3's
 byte order and in the folder-by-folder order of servers that list a directory tree (SeaweedFS):
@@ -58,9 +63,10 @@ INDEX = "_index/"
 SEGMENTS = INDEX + "_segments/"
 _SEGMENT_NAME = re.compile(r"[0-9]{8}T[0-9]{6}-[0-9a-f]{32}\.tsv\.gz")
 #: Present when every record under the output prefix was written with its marker (a run wrote
-#: it into an empty prefix, or a full compaction put the markers of older records).
+#: it into an empty prefix, or a full compaction put the markers of older records in a segment).
 COMPLETE = "_manifest/index.json"
 _ESC, _END = "#", "!"
+_DEAD = "-"  # a tombstone's name: "-" and the name of a marker that is no longer current
 _MAX_KEY_BYTES, _MAX_SEGMENT_BYTES = 900, 250  # S3: 1024-byte keys; filesystems: 255-byte names
 _HEX_ETAG = re.compile(r'"([0-9a-f]{32}(?:-[0-9]+)?)"')
 _MARKER = re.compile(
@@ -170,7 +176,8 @@ def read(store: Store, key: str) -> Stored | None:
 
 
 def begin(dst: Store, source_key: str, *, old: Stored | None, new_key: str | None) -> str | None:
-    """Before a record is (re)written: put an intent, delete the replaced record's marker.
+    """Before a record is (re)written: put an intent, then the replaced record's tombstone (its
+    marker may be folded into a segment, which only compaction rewrites), and delete its marker.
 
     Returns the intent's key, for :func:`end` (None where the source has no index folder).
     """
@@ -181,6 +188,7 @@ def begin(dst: Store, source_key: str, *, old: Stored | None, new_key: str | Non
     dst.put(intent, b"")
     old_key = old.marker_key if old else None
     if old_key and old_key != new_key:
+        dst.put(where + _DEAD + old_key[len(where) :], b"")
         dst.delete([old_key])
     return intent
 
@@ -206,40 +214,53 @@ def repair(dst: Store, stored: Stored) -> None:
 
 @dataclass
 class Group:
-    """One source's folder in the index: its markers, and whether anything else is there."""
+    """One source's markers in the index, the names of those its tombstones rule out, and
+    whether anything else is there."""
 
     source: str
     markers: list[Marker] = field(default_factory=list)
     other: bool = False  # an intent, or a name this version does not know
+    dead: set[str] = field(default_factory=set)  # marker names of replaced records
 
     @property
     def current(self) -> Marker | None:
-        """The current record's marker when certain (one marker, nothing else), else None."""
-        return self.markers[0] if len(self.markers) == 1 and not self.other else None
+        """The current record's marker when certain (one live marker, nothing else), else None."""
+        live = [m for m in self.markers if m.name not in self.dead]
+        return live[0] if len(live) == 1 and not self.other else None
 
 
-def listed(store: Store, *, page_size: int = 1000) -> Iterator[tuple[str, Marker | None, str]]:
-    """(source, its marker or None for an intent or unknown name, the object's key) for each
-    object in the index's folders, in listing order."""
+def listed(store: Store, *, page_size: int = 1000) -> Iterator[tuple[str, str, str]]:
+    """(source, the object's name in its folder, the object's key) for each object in the
+    index's folders, in listing order."""
     cut = len(INDEX)
     for obj in store.list(under=INDEX, page_size=page_size):
         enc, sep, name = obj.key[cut:].partition(_END + "/")
         if not sep or "/" in name:
             continue  # not a marker (a segment, a source folder named like the index)
-        yield decode(enc), Marker.parse(name), obj.key
+        yield decode(enc), name, obj.key
 
 
 def groups(store: Store, *, page_size: int = 1000) -> Iterator[Group]:
     """The index's folders in listing order, one :class:`Group` per source."""
     for source, found in itertools.groupby(listed(store, page_size=page_size), key=itemgetter(0)):
-        yield _group(source, (marker for _, marker, _ in found))
+        yield _group(source, (name for _, name, _ in found))
 
 
-def _group(source: str, markers: Iterable[Marker | None]) -> Group:
+def parse_name(name: str) -> tuple[Marker | None, bool]:
+    """(the marker a folder's object names, whether it is a tombstone of that marker); None for
+    an intent or a name this version does not know."""
+    dead = name.startswith(_DEAD)
+    return Marker.parse(name[1:] if dead else name), dead
+
+
+def _group(source: str, names: Iterable[str]) -> Group:
     group = Group(source)
-    for marker in markers:
+    for name in names:
+        marker, dead = parse_name(name)
         if marker is None:
             group.other = True  # an intent (~uuid), or unknown: the record is read
+        elif dead:
+            group.dead.add(marker.name)
         elif marker not in group.markers:
             group.markers.append(marker)
     return group
@@ -298,7 +319,7 @@ def folded(store: Store, keys: list[str], *, missing_ok: bool = False) -> Iterat
                 raise
     merged = heapq.merge(*streams)
     for enc, found in itertools.groupby(merged, key=itemgetter(0)):
-        yield _group(decode(enc), (Marker.parse(name) for _, name in found))
+        yield _group(decode(enc), (name for _, name in found))
 
 
 def _segments(key: str) -> list[str]:
@@ -373,9 +394,8 @@ class View:
         a, b = self._folders.find(source), self._folded.find(source)
         if a is None or b is None:
             return a or b
-        both = _group(source, [*a.markers, *b.markers])
-        both.other = a.other or b.other
-        return both
+        markers = [*a.markers, *(m for m in b.markers if m not in a.markers)]
+        return Group(source, markers, a.other or b.other, a.dead | b.dead)
 
     def unchanged(self) -> bool:
         return segment_keys(self._store, page_size=self._page_size) == self.segments

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import csv
 import io
-import itertools
 import json
 import tempfile
 import time
@@ -168,7 +167,7 @@ def compact(
     with tempfile.TemporaryDirectory() as tmp, ThreadPoolExecutor(threads) as pool:
         con = _duckdb(tmp)
         if full:
-            consumed = _kept_from_records(store, con, tmp, pool=pool, page_size=page_size)
+            consumed = _kept_from_records(store, con, tmp, page_size=page_size)
         else:
             consumed = _kept_from_index(
                 store, con, tmp, segments=segments, pool=pool, page_size=page_size
@@ -224,19 +223,15 @@ def _kept_from_index(
     entries = Path(tmp, "entries.parquet")
     schema = pa.schema(
         [("source_key", pa.string()), ("name", pa.string()), ("digest", pa.string()),
-         ("key", pa.string())]
+         ("dead", pa.bool_()), ("key", pa.string())]
     )  # fmt: skip
-    listed = ((src, m, key) for src, m, key in index.listed(store, page_size=page_size))
-    # a segment gone since it was listed: the compaction that deleted it put its markers in one
-    # this one did not list (and will not delete)
-    groups = index.folded(store, segments, missing_ok=True)
-    folded = ((g.source, m, None) for g in groups for m in _or_none(g))
     with pq.ParquetWriter(entries, schema) as w:
-        for some in chunked(itertools.chain(listed, folded), _ROW_GROUP):
+        for some in chunked(_entries(store, segments, page_size=page_size), _ROW_GROUP):
             w.write_table(pa.Table.from_pylist(
-                [{"source_key": src, "name": m and m.name, "digest": m and m.digest, "key": key}
-                 for src, m, key in some], schema=schema,
+                [{"source_key": src, "name": m and m.name, "digest": m and m.digest,
+                  "dead": dead, "key": key} for src, m, dead, key in some], schema=schema,
             ))  # fmt: skip
+    # markers and tombstones (intents stay: their writers delete them)
     markers = f"SELECT key FROM read_parquet('{entries}') WHERE key NOT NULL AND name NOT NULL"
     con.execute(f"COPY ({markers}) TO '{Path(tmp, 'listed.parquet')}'")
     # Their folders too, once empty: servers that keep a directory tree (SeaweedFS) keep empty
@@ -246,10 +241,13 @@ def _kept_from_index(
     con.execute(f"COPY ({folders}) TO '{Path(tmp, 'folders.parquet')}'")
     con.execute(
         f"""CREATE TABLE idx AS
+            WITH e AS (SELECT * FROM read_parquet('{entries}')),
+                 dead AS (SELECT DISTINCT source_key, name FROM e WHERE dead)
             SELECT source_key,
                    CASE WHEN count(*) FILTER (WHERE name IS NULL) = 0
                          AND count(DISTINCT name) = 1 THEN min(digest) END AS digest
-            FROM read_parquet('{entries}') GROUP BY source_key"""
+            FROM (SELECT * FROM e WHERE NOT dead) ANTI JOIN dead USING (source_key, name)
+            GROUP BY source_key"""
     )
     # Every shard, fetched to disk (one GET each).
     shard_dir = Path(tmp, "shards")
@@ -298,7 +296,7 @@ def _kept_from_index(
     return keys
 
 
-def _kept_from_records(store: Store, con, tmp: str, *, pool, page_size: int) -> list[str]:
+def _kept_from_records(store: Store, con, tmp: str, *, page_size: int) -> list[str]:
     """Every record's row into table ``kept``, read one by one.
 
     Returns the shards there were (the rows kept hold every current record: they go).
@@ -309,8 +307,16 @@ def _kept_from_records(store: Store, con, tmp: str, *, pool, page_size: int) -> 
     return [o.key for o in store.list(under=SHARDS, page_size=page_size)]
 
 
-def _or_none(group: index.Group) -> list[index.Marker | None]:
-    return [*group.markers, *([None] if group.other else [])]
+def _entries(store: Store, segments: list[str], *, page_size: int):
+    """(source, marker or None, tombstone?, key or None) for each object in the index's folders
+    and each line of the segments."""
+    for source, name, key in index.listed(store, page_size=page_size):
+        yield source, *index.parse_name(name), key
+    # a segment gone since it was listed: the compaction that deleted it put its markers in one
+    # this one did not list (and will not delete)
+    for group in index.folded(store, segments, missing_ok=True):
+        for marker in [*group.markers, *([None] if group.other else [])]:
+            yield group.source, marker, False, None
 
 
 def _fold(con, tmp: str) -> Path:

@@ -255,8 +255,9 @@ def manifest_rows(dst) -> list[dict]:
 
 
 def test_a_worker_replaces_a_record_in_the_order_the_readers_rely_on(proxied):
-    """As the fault proxy sees it: intent, old marker deleted, record, new marker, intent
-    deleted; a record found done gets its marker put again and its row in the chunk's shard."""
+    """As the fault proxy sees it: intent, the old marker's tombstone, old marker deleted,
+    record, new marker, intent deleted; a record found done gets its marker put again and its
+    row in the chunk's shard."""
     store, proxy = proxied
     dst = sub_store(store, "out")
     item, done = put_sources(store, ["one.wav", "two.wav"])
@@ -271,6 +272,7 @@ def test_a_worker_replaces_a_record_in_the_order_the_readers_rely_on(proxied):
             name = q.path.rsplit("/", 1)[-1]
             kind = (
                 "intent" if name.startswith("~")
+                else "tombstone" if name.startswith("-")
                 else "old marker" if q.path.endswith(old)
                 else "marker" if index.INDEX in q.path
                 else "shard" if manifest.SHARDS in q.path
@@ -279,6 +281,7 @@ def test_a_worker_replaces_a_record_in_the_order_the_readers_rely_on(proxied):
             steps.append((q.method, kind))
     assert steps == [
         ("PUT", "intent"),
+        ("PUT", "tombstone"),
         ("DELETE", "old marker"),
         ("PUT", "record.json"),
         ("PUT", "marker"),
@@ -317,9 +320,9 @@ def folder_objects(dst) -> list[str]:
 def test_a_rerun_after_compaction_reads_one_segment_not_markers_or_records(proxied):
     """Compaction folds the markers into one segment and deletes them; a re-run then lists the
     sources, reads the segment, lists an empty index and reads no record.  A changed object and
-    a changed parameter are still redone, a record replaced after folding is read (its folder
-    marker and the segment's disagree) until the next compaction, and the manifest keeps every
-    source once throughout."""
+    a changed parameter are still redone, a record replaced after folding is decided from its
+    writer's tombstone of the folded marker and its new marker (no read, by the producer or by
+    the next compaction), and the manifest keeps every source once throughout."""
     store, proxy = proxied
     src, dst = sub_store(store, "in"), sub_store(store, "out")
     items = put_sources(store, TRICKY)  # sources whose byte and folder orders differ
@@ -341,13 +344,13 @@ def test_a_rerun_after_compaction_reads_one_segment_not_markers_or_records(proxi
     got = decide(src, dst)
     assert got == {it.key: None if it is changed else DONE for it in items}
     assert record_gets(_since(proxy, before)) == []
-    # the worker redoes it: its new marker and the segment's old one disagree, so it is read
+    # the worker redoes it: a tombstone rules out the segment's marker, the new one is certain
     (new_item,) = [it for it in put_sources(store, []) if it.key == changed.key]
     fail_records(dst, [new_item], run_id="r2")
     before = len(proxy.log)
     assert decide(src, dst) == {it.key: DONE for it in items}
-    assert len(record_gets(_since(proxy, before))) == 1
     manifest.compact(dst, threads=4, page_size=3)
+    assert record_gets(_since(proxy, before)) == []
     rows = manifest_rows(dst)
     assert sorted(r["source_key"] for r in rows) == sorted(TRICKY)
     assert {r["source_etag"] for r in rows if r["source_key"] == changed.key} == {new_item.etag}
