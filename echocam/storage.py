@@ -5,6 +5,7 @@ No torch here: the producer uses this module too.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -67,7 +68,8 @@ class Store(Protocol):
         ...
 
     def delete(self, keys: list[str]) -> None:
-        """Remove these objects (missing ones are no error); S3: 1000 keys per request."""
+        """Remove these objects (missing ones are no error); S3: 1000 keys per request.  A key
+        ending in ``/`` names a folder: removed where the store keeps folders and it is empty."""
         ...
 
 
@@ -122,8 +124,14 @@ class LocalStore:
 
     def put(self, key: str, data: bytes | BinaryIO, *, if_absent: bool = False) -> bool:
         path = self._path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+        for attempt in (1, 2):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+                break
+            except FileNotFoundError:  # the folder was removed as empty in between: again
+                if attempt == 2:
+                    raise
         try:
             os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; outputs follow the umask
             with os.fdopen(fd, "wb") as f:
@@ -167,7 +175,11 @@ class LocalStore:
 
     def delete(self, keys: list[str]) -> None:
         for key in keys:
-            self._path(key).unlink(missing_ok=True)
+            if key.endswith("/"):
+                with contextlib.suppress(OSError):  # not empty, or gone
+                    self._path(key).rmdir()
+            else:
+                self._path(key).unlink(missing_ok=True)
 
 
 def _umask() -> int:

@@ -79,6 +79,7 @@ def produce(
     skipped = 0  # not yet added to the counters
     unflushed = [0, 0]  # recordings, tasks sent into the pipeline and not yet flushed
     oldest = 0.0  # when the first unflushed task was sent (monotonic)
+    shown = 0.0  # when the bar's counters were last updated (monotonic)
 
     def flush() -> None:
         nonlocal skipped
@@ -148,8 +149,10 @@ def produce(
                 skipped += 1
             if due():
                 flush()
-            if show and not bar.n % 1000:  # a postfix per key costs more than the decision
+            # formatting the postfix costs more than the decision: at most 10 times a second
+            if show and (now := time.monotonic()) - shown >= 0.1:
                 bar.set_postfix(enqueued=out.recordings, skipped=out.skipped, refresh=False)
+                shown = now
             bar.update()
         if batch:
             send(batch)

@@ -410,3 +410,23 @@ def test_a_compaction_during_a_run_makes_the_producer_read_the_new_segment(proxi
         manifest.compact(dst, threads=4)  # segment 2 replaces 1; folder markers folded
         got.update({d.item.key: d.reason for d in decisions})
     assert got == {**{k: DONE for k in keys[:-1]}, last.key: None}
+
+
+@pytest.mark.parametrize("where", ["s3", "directory"])
+def test_compaction_leaves_a_writers_intent_and_its_folder(proxied, tmp_path, where):
+    """Compaction deletes the folders of the markers it folded, but one that still holds a
+    writer's intent stays, with the intent (its source stays unsure until the writer ends)."""
+    store, _ = proxied
+    if where == "directory":
+        store = LocalStore(tmp_path)
+    src, dst = sub_store(store, "in"), sub_store(store, "out")
+    busy, idle = put_sources(store, ["busy.wav", "idle.wav"])
+    dst.put(index.COMPLETE, b"{}")
+    fail_records(dst, [busy, idle])
+    intent = index.folder(busy.key) + "~" + "1" * 32
+    dst.put(intent, b"")
+    manifest.compact(dst, threads=4)
+    assert folder_objects(dst) == [intent]
+    got = decide(src, dst, redo=Redo(failed=True))  # unsure: read, and redone (it failed)
+    assert got == {busy.key: None, idle.key: None}
+    assert decide(src, dst) == {busy.key: DONE, idle.key: DONE}
