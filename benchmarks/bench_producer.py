@@ -16,7 +16,9 @@ For each size N: N small objects are uploaded under a prefix, then, each in a fr
 - ``compact``: ``echocam manifest`` on the done prefix (index listing + shards; it folds the
   markers into one segment), against ``compact-by-record``: listing every record.json and
   reading each (the old compaction's I/O);
-- ``rerun-compacted``: ``produce`` again after ``compact`` (source listing + one segment).
+- ``rerun-compacted``: ``produce`` again after ``compact`` (source listing + one segment);
+- ``list-index``: the bare paginator over the folded index (one segment object; on SeaweedFS,
+  also the walk of the empty folders the index's sources left, one per distinct source folder).
 
 Each child reports its wall time, its peak RSS above its post-import baseline, and the 1-minute
 load average when it ended.
@@ -67,9 +69,10 @@ def child(what: str, n: int) -> dict:
     base = _status("VmRSS")
     t0 = time.perf_counter()
     extra: dict = {}
-    if what in ("list", "list-default"):  # the bare paginator, one page after another
+    if what in ("list", "list-default", "list-index"):  # the bare paginator, page after page
+        prefix = f"out-{n}-done/_index/" if what == "list-index" else f"in-{n}/"
         pages = client.get_paginator("list_objects_v2").paginate(
-            Bucket=BUCKET, Prefix=f"in-{n}/", PaginationConfig={"PageSize": settings.page_size}
+            Bucket=BUCKET, Prefix=prefix, PaginationConfig={"PageSize": settings.page_size}
         )
         count = sum(len(page.get("Contents", ())) for page in pages)
     elif what in ("first", "rerun", "rerun-compacted"):
@@ -234,9 +237,9 @@ def report(res: dict) -> str:
 # In this order: compact folds the index that rerun reads, rerun-compacted reads its segment.
 PATHS = [
     "list", "list-default", "first", "rerun", "rerun-by-record", "compact", "rerun-compacted",
-    "compact-by-record",
+    "list-index", "compact-by-record",
 ]  # fmt: skip
-REPEATED = ("list", "list-default", "first", "rerun", "rerun-compacted")
+REPEATED = ("list", "list-default", "first", "rerun", "rerun-compacted", "list-index")
 
 
 def main(argv: list[str] | None = None) -> dict | None:
