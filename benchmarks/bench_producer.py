@@ -3,16 +3,25 @@
 For each size N: N small objects are uploaded under a prefix, then, each in a fresh process
 (``produce`` as the CLI runs it, minus interpreter start-up; a real Celery app on the real Redis):
 
-- ``list``: the bare ListObjectsV2 paginator over the prefix, page after page (keys/s);
+- ``list``: the bare ListObjectsV2 paginator over the prefix, page after page (keys/s), with the
+  S3 client echocam uses (timestamps left as strings); ``list-default``: the same with boto3's
+  default client (timestamps parsed by dateutil).  Ratios are against ``list``: the listing
+  rate the producer's own client can reach;
 - ``first``: ``produce`` into an empty output prefix (every key enqueued);
 - ``rerun``: ``produce`` into a prefix where every recording is done (records, markers and shards
-  written by the workers' own code, ``runner.record_failures``, with the run's fingerprint);
+  written in bulk with the workers' record and marker formats, with the run's fingerprint), the
+  done index still all folder markers (no compaction yet);
 - ``rerun-by-record``: the old decision path as a control: the listing plus one record GET per
   key on ``io_threads`` threads (what ``produce`` did before the done index);
-- ``compact``: ``echocam manifest`` on the done prefix (index listing + shards), against
-  ``compact-by-record``: listing every record.json and reading each (the old compaction's I/O).
+- ``compact``: ``echocam manifest`` on the done prefix (index listing + shards; it folds the
+  markers into one segment), against ``compact-by-record``: listing every record.json and
+  reading each (the old compaction's I/O);
+- ``rerun-compacted``: ``produce`` again after ``compact`` (source listing + one segment);
+- ``list-index``: the bare paginator over the folded index (one segment object; on SeaweedFS,
+  also the walk of the empty folders the index's sources left, one per distinct source folder).
 
-Each child reports its wall time and its peak RSS above its post-import baseline.
+Each child reports its wall time, its peak RSS above its post-import baseline, and the 1-minute
+load average when it ended.
 
     python benchmarks/bench_producer.py [--sizes 10000 100000] [--json out.json]
 """
@@ -53,18 +62,20 @@ def child(what: str, n: int) -> dict:
     settings = Settings.from_env()
     make = client_factory(settings)
     src = open_store(f"s3://{BUCKET}/in-{n}", client_factory=make)
-    out = {"first": "first", "rerun": "done", "rerun-by-record": "done"}.get(what, "done")
+    out = "first" if what == "first" else "done"
     dst = open_store(f"s3://{BUCKET}/out-{n}-{out}", client_factory=make)
     model = {"arch": "resnet18", "sha256": MODEL_SHA, "weights": "random"}
+    client = _default_client(settings) if what == "list-default" else src.client
     base = _status("VmRSS")
     t0 = time.perf_counter()
     extra: dict = {}
-    if what == "list":  # the bare paginator, one page after another
-        pages = src.client.get_paginator("list_objects_v2").paginate(
-            Bucket=BUCKET, Prefix=f"in-{n}/", PaginationConfig={"PageSize": settings.page_size}
+    if what in ("list", "list-default", "list-index"):  # the bare paginator, page after page
+        prefix = f"out-{n}-done/_index/" if what == "list-index" else f"in-{n}/"
+        pages = client.get_paginator("list_objects_v2").paginate(
+            Bucket=BUCKET, Prefix=prefix, PaginationConfig={"PageSize": settings.page_size}
         )
         count = sum(len(page.get("Contents", ())) for page in pages)
-    elif what in ("first", "rerun"):
+    elif what in ("first", "rerun", "rerun-compacted"):
         res = produce(src, dst, app=app, model=model, params=Params(), settings=settings)
         count = res.recordings + res.skipped
         extra = {"enqueued": res.recordings, "skipped": res.skipped, "tasks": res.tasks}
@@ -86,6 +97,7 @@ def child(what: str, n: int) -> dict:
         raise SystemExit(f"unknown {what}")
     seconds = time.perf_counter() - t0
     return {
+        "load_1m": os.getloadavg()[0],
         "what": what,
         "keys": n,
         "count": count,
@@ -94,6 +106,18 @@ def child(what: str, n: int) -> dict:
         "rss_growth_bytes": _status("VmHWM") - base,
         **extra,
     }
+
+
+def _default_client(settings):
+    """boto3's client as anyone would make it (default parsers), same endpoint and options."""
+    import boto3
+    from botocore.config import Config
+
+    return boto3.session.Session().client(
+        "s3",
+        endpoint_url=settings.s3_endpoint_url,
+        config=Config(s3={"addressing_style": "path"}, max_pool_connections=16),
+    )
 
 
 def upload(s3, n: int) -> None:
@@ -108,10 +132,11 @@ def upload(s3, n: int) -> None:
 
 
 def make_done(n: int) -> None:
-    """Every recording of in-<n> done in out-<n>-done, by the workers' write path."""
-    from echocam import runner
+    """Every recording of in-<n> done in out-<n>-done: a failed record, its marker and one shard
+    per task, as a worker writes them (``runner.record_failures``), put in bulk on threads (the
+    prefix is empty: no record to read first, no intent to keep)."""
+    from echocam import index, manifest, records
     from echocam.chunking import chunked
-    from echocam.index import COMPLETE
     from echocam.settings import Params, Settings, fingerprint
     from echocam.storage import client_factory, open_store
 
@@ -119,17 +144,29 @@ def make_done(n: int) -> None:
     make = client_factory(settings)
     src = open_store(f"s3://{BUCKET}/in-{n}", client_factory=make)
     dst = open_store(f"s3://{BUCKET}/out-{n}-done", client_factory=make)
-    dst.put(COMPLETE, b"{}")
+    dst.put(index.COMPLETE, b"{}")
     fp = fingerprint(Params(), MODEL_SHA)
     model = {"arch": "resnet18", "sha256": MODEL_SHA, "weights": "random"}
 
-    def done(items) -> None:
-        runner.record_failures(
-            items, dst=dst, model=model, fingerprint=fp, run_id="bench", code="empty", message="-"
+    def done(item) -> index.Stored:
+        base = records.new(
+            source_key=item.key, size=item.size, etag=item.etag, model=model, fingerprint=fp
         )
+        record = records.stamped(records.failed(base, code="empty", message="-"), run_id="bench")
+        data = records.dumps(record)
+        stored = index.Stored(record, index.digest(data))
+        dst.put(record["record_key"], data)
+        dst.put(stored.marker_key, b"")
+        return stored
 
-    with ThreadPoolExecutor(16) as pool:
-        list(pool.map(done, chunked(src.list(), settings.task_size)))
+    with ThreadPoolExecutor(32) as pool:
+        for some in chunked(src.list(), 64 * settings.task_size):
+            stored = list(pool.map(done, some))
+            list(
+                pool.map(
+                    lambda c: manifest.write_shard(dst, c), chunked(stored, settings.task_size)
+                )
+            )
 
 
 def run_child(what: str, n: int, env: dict) -> dict:
@@ -164,7 +201,7 @@ def run(args: argparse.Namespace) -> dict:
             make_done(n)
             print(f"  {n} records written in {time.perf_counter() - t0:.0f} s", flush=True)
             for what in args.paths:
-                repeats = args.repeats if what in ("list", "first", "rerun") else 1
+                repeats = args.repeats if what in REPEATED else 1
                 got = [run_child(what, n, env) for _ in range(repeats)]
                 best = min(got, key=lambda r: r["seconds"])  # least disturbed by the neighbours
                 best["repeats_seconds"] = [round(r["seconds"], 3) for r in got]
@@ -186,17 +223,23 @@ def run(args: argparse.Namespace) -> dict:
 
 def report(res: dict) -> str:
     rows = [
-        [r["what"], r["keys"], r["seconds"], r["keys_per_s"], r["rss_growth_bytes"] / 2**20]
+        [r["what"], r["keys"], r["seconds"], r["keys_per_s"], r["rss_growth_bytes"] / 2**20,
+         r["load_1m"]]
         for r in res["runs"]
-    ]
-    lines = [C.table(rows, ["path", "keys", "s", "keys/s", "RSS growth MiB"])]
+    ]  # fmt: skip
+    lines = [C.table(rows, ["path", "keys", "s", "keys/s", "RSS growth MiB", "load"])]
     for n, ratio in res["ratio_to_listing"].items():
         parts = ", ".join(f"{w} {x:.2f}" for w, x in ratio.items())
         lines.append(f"  {n} keys, rate / raw listing rate: {parts}")
     return "\n".join(lines)
 
 
-PATHS = ["list", "first", "rerun", "rerun-by-record", "compact", "compact-by-record"]
+# In this order: compact folds the index that rerun reads, rerun-compacted reads its segment.
+PATHS = [
+    "list", "list-default", "first", "rerun", "rerun-by-record", "compact", "rerun-compacted",
+    "list-index", "compact-by-record",
+]  # fmt: skip
+REPEATED = ("list", "list-default", "first", "rerun", "rerun-compacted", "list-index")
 
 
 def main(argv: list[str] | None = None) -> dict | None:
@@ -207,7 +250,7 @@ def main(argv: list[str] | None = None) -> dict | None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", type=int, nargs="+", default=[10_000])
     ap.add_argument("--paths", nargs="+", default=PATHS, choices=PATHS)
-    ap.add_argument("--repeats", type=int, default=3, help="of list, first and rerun (best kept)")
+    ap.add_argument("--repeats", type=int, default=3, help="of the listings and produce runs")
     ap.add_argument("--json", default=None, help="write the results here")
     args = ap.parse_args(argv)
     res = run(args)

@@ -9,16 +9,31 @@ as a listing of the sources, so the two listings are merged without reading a re
 
 The record stays the truth; the index only ever makes work *certain* to be skippable:
 
-- a writer puts an *intent* (``<source>!/~<uuid>``) first, deletes the marker of the record it
-  replaces, writes the outputs and the record, puts the new marker, and deletes its intent last;
-- a source is *certain* when its folder holds exactly one marker and nothing else.  Then that
-  marker is its current record's: a crashed writer leaves its intent (so the source is unsure),
-  and a marker is deleted only before its deleter writes a newer record (so the current
-  record's marker, put after its record, is never deleted while that record is current);
+- a writer puts an *intent* (``<source>!/~<uuid>``) first, then a *tombstone* of the marker of
+  the record it replaces (``<source>!/-<marker name>``: that marker is no longer current, where
+  ever it is) and deletes that marker, writes the outputs and the record, puts the new marker,
+  and deletes its intent last;
+- a source is *certain* when its folder holds exactly one marker that no tombstone names, and
+  nothing but tombstones besides.  Then that marker is its current record's: a crashed writer
+  leaves its intent (so the source is unsure), and a marker is deleted, or named by a
+  tombstone, only before its deleter writes a newer record (so the current record's marker,
+  put after its record, is never ruled out while that record is current);
 - unsure sources (an intent, several markers, a name this version does not know) have their
   record read; sources without a folder have no record unless it predates the index (see
   ``echocam/manifest.py``) or its key is too long for a marker, so "no folder" never skips a
   recording without a read (it is enqueued, or read where a missing record would skip it).
+
+Compaction (``echocam/manifest.py``) *folds* markers: it writes the current marker of every
+source it kept into one *segment* (``_index/_segments/<time>-<uuid>.tsv.gz``: gzip'd lines
+``<escaped source>\t<marker name>``, sources in byte order), uploads it, and only then deletes
+the segments and the folder objects it read.  A source's markers are then those of its folder
+and of every segment (:class:`View`), and the rule above holds over that union: every current
+record's marker is in a folder or a segment at all times, a tombstone rules out a folded marker
+as it rules out one in the folder (a record replaced after folding is certain again once its
+new marker is put), and a marker left behind anywhere without one (a late repair, two
+compactions at once) only makes its source unsure.  A reader that listed the segments before a
+compaction moved markers out of the folders it reads afterwards would miss them:
+:meth:`View.unchanged` tells it to start again.
 
 Source keys are escaped so that index keys sort like the source keys they name, both in S3's
 byte order and in the folder-by-folder order of servers that list a directory tree (SeaweedFS):
@@ -27,21 +42,31 @@ characters up to ``#`` become ``#`` and two hex digits, and ``!/`` ends the sour
 
 from __future__ import annotations
 
+import gzip
 import hashlib
+import heapq
+import itertools
 import json
+import os
 import re
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from operator import itemgetter
+from typing import Any, BinaryIO
 
 from echocam.storage import ObjectInfo, Store
 
 INDEX = "_index/"
+#: Compaction's sorted files of markers it folded (and deleted from the folders).
+SEGMENTS = INDEX + "_segments/"
+_SEGMENT_NAME = re.compile(r"[0-9]{8}T[0-9]{6}-[0-9a-f]{32}\.tsv\.gz")
 #: Present when every record under the output prefix was written with its marker (a run wrote
-#: it into an empty prefix, or a full compaction put the markers of older records).
+#: it into an empty prefix, or a full compaction put the markers of older records in a segment).
 COMPLETE = "_manifest/index.json"
 _ESC, _END = "#", "!"
+_DEAD = "-"  # a tombstone's name: "-" and the name of a marker that is no longer current
 _MAX_KEY_BYTES, _MAX_SEGMENT_BYTES = 900, 250  # S3: 1024-byte keys; filesystems: 255-byte names
 _HEX_ETAG = re.compile(r'"([0-9a-f]{32}(?:-[0-9]+)?)"')
 _MARKER = re.compile(
@@ -151,7 +176,8 @@ def read(store: Store, key: str) -> Stored | None:
 
 
 def begin(dst: Store, source_key: str, *, old: Stored | None, new_key: str | None) -> str | None:
-    """Before a record is (re)written: put an intent, delete the replaced record's marker.
+    """Before a record is (re)written: put an intent, then the replaced record's tombstone (its
+    marker may be folded into a segment, which only compaction rewrites), and delete its marker.
 
     Returns the intent's key, for :func:`end` (None where the source has no index folder).
     """
@@ -162,6 +188,7 @@ def begin(dst: Store, source_key: str, *, old: Stored | None, new_key: str | Non
     dst.put(intent, b"")
     old_key = old.marker_key if old else None
     if old_key and old_key != new_key:
+        dst.put(where + _DEAD + old_key[len(where) :], b"")
         dst.delete([old_key])
     return intent
 
@@ -187,38 +214,112 @@ def repair(dst: Store, stored: Stored) -> None:
 
 @dataclass
 class Group:
-    """One source's folder in the index: its markers, and whether anything else is there."""
+    """One source's markers in the index, the names of those its tombstones rule out, and
+    whether anything else is there."""
 
     source: str
     markers: list[Marker] = field(default_factory=list)
     other: bool = False  # an intent, or a name this version does not know
+    dead: set[str] = field(default_factory=set)  # marker names of replaced records
 
     @property
     def current(self) -> Marker | None:
-        """The current record's marker when certain (one marker, nothing else), else None."""
-        return self.markers[0] if len(self.markers) == 1 and not self.other else None
+        """The current record's marker when certain (one live marker, nothing else), else None."""
+        live = [m for m in self.markers if m.name not in self.dead]
+        return live[0] if len(live) == 1 and not self.other else None
 
 
-def groups(store: Store, *, page_size: int = 1000) -> Iterator[Group]:
-    """The index's folders in listing order, one :class:`Group` per source."""
-    group: Group | None = None
+def listed(store: Store, *, page_size: int = 1000) -> Iterator[tuple[str, str, str]]:
+    """(source, the object's name in its folder, the object's key) for each object in the
+    index's folders, in listing order."""
     cut = len(INDEX)
     for obj in store.list(under=INDEX, page_size=page_size):
         enc, sep, name = obj.key[cut:].partition(_END + "/")
         if not sep or "/" in name:
-            continue  # not an index object (a source folder named like the index, say)
-        source = decode(enc)
-        if group is None or group.source != source:
-            if group is not None:
-                yield group
-            group = Group(source)
-        marker = Marker.parse(name)
-        if marker is not None:
-            group.markers.append(marker)
-        else:
+            continue  # not a marker (a segment, a source folder named like the index)
+        yield decode(enc), name, obj.key
+
+
+def groups(store: Store, *, page_size: int = 1000) -> Iterator[Group]:
+    """The index's folders in listing order, one :class:`Group` per source."""
+    for source, found in itertools.groupby(listed(store, page_size=page_size), key=itemgetter(0)):
+        yield _group(source, (name for _, name, _ in found))
+
+
+def parse_name(name: str) -> tuple[Marker | None, bool]:
+    """(the marker a folder's object names, whether it is a tombstone of that marker); None for
+    an intent or a name this version does not know."""
+    dead = name.startswith(_DEAD)
+    return Marker.parse(name[1:] if dead else name), dead
+
+
+def _group(source: str, names: Iterable[str]) -> Group:
+    group = Group(source)
+    for name in names:
+        marker, dead = parse_name(name)
+        if marker is None:
             group.other = True  # an intent (~uuid), or unknown: the record is read
-    if group is not None:
-        yield group
+        elif dead:
+            group.dead.add(marker.name)
+        elif marker not in group.markers:
+            group.markers.append(marker)
+    return group
+
+
+# -- segments: markers folded by compaction --------------------------------------------------
+
+
+def segment_keys(store: Store, *, page_size: int = 1000) -> list[str]:
+    """The segments there are now (one per compaction since the last that replaced them)."""
+    cut = len(SEGMENTS)
+    found = store.list(under=SEGMENTS, page_size=page_size)
+    return sorted(o.key for o in found if _SEGMENT_NAME.fullmatch(o.key[cut:]))
+
+
+def segment_key() -> str:
+    return f"{SEGMENTS}{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{uuid.uuid4().hex}.tsv.gz"
+
+
+def write_segment(path: str | os.PathLike, entries: Iterable[tuple[str, Marker]]) -> int:
+    """Write one segment at ``path``: a line per ``(source, marker)`` (sources in byte order,
+    each once), gzip'd; how many lines."""
+    last, n = "", 0
+    with gzip.open(path, "wt", encoding="utf-8", newline="\n") as f:
+        for source, marker in entries:
+            enc = encode(source)
+            if enc is None:
+                continue  # no marker fits: never skipped without a read
+            if enc <= last:
+                raise ValueError(f"segment lines out of order: {enc!r} after {last!r}")
+            f.write(f"{enc}\t{marker.name}\n")
+            last, n = enc, n + 1
+    return n
+
+
+def _segment_lines(raw: BinaryIO) -> Iterator[tuple[str, str]]:
+    with raw, gzip.open(raw, "rt", encoding="utf-8", newline="\n") as lines:
+        for line in lines:
+            enc, _, name = line.rstrip("\n").partition("\t")
+            yield enc, name
+
+
+def folded(store: Store, keys: list[str], *, missing_ok: bool = False) -> Iterator[Group]:
+    """The segments' markers, one :class:`Group` per source in byte order of sources.
+
+    The segments are requested at the first group (FileNotFoundError if one has gone, unless
+    ``missing_ok``) and read as the groups are consumed: constant memory for any number of
+    sources.
+    """
+    streams = []
+    for key in keys:
+        try:
+            streams.append(_segment_lines(store.stream(key)))
+        except FileNotFoundError:
+            if not missing_ok:
+                raise
+    merged = heapq.merge(*streams)
+    for enc, found in itertools.groupby(merged, key=itemgetter(0)):
+        yield _group(decode(enc), (name for _, name in found))
 
 
 def _segments(key: str) -> list[str]:
@@ -238,10 +339,13 @@ class Lookup:
     below ``/``): the index is read ahead while its next source is not after the asked one in
     both orders, and a group is dropped only once it is before the asked source in both.  A
     source is matched by equality only, so any disagreement costs work, never a wrong skip;
-    ``ahead`` bounds what is held (past it a source is answered "no group": work or a read).
+    ``ahead`` bounds what is held (past it a source is answered with an unsure group: a read).
+    With ``start``, groups before it in both orders are passed over.
     """
 
-    def __init__(self, groups: Iterator[Group], *, ahead: int = 20_000):
+    def __init__(self, groups: Iterator[Group], *, ahead: int = 20_000, start: str | None = None):
+        if start is not None:
+            groups = itertools.dropwhile(lambda g: _before_in_both(g.source, start), groups)
         self._groups = groups
         self._head = next(groups, None)
         self._held: dict[str, Group] = {}
@@ -260,8 +364,38 @@ class Lookup:
                 self._held[g.source] = g
             self._head = next(self._groups, None)
         found = self._held.pop(source, None)
+        head = self._head
+        if found is None and head is not None and not _before_in_both(source, head.source):
+            found = Group(source, other=True)  # not read far enough to know: unsure
         while self._held and _before_in_both(next(iter(self._held)), source):
             del self._held[next(iter(self._held))]
         if len(self._held) > self._ahead // 2:
             self._held = {k: g for k, g in self._held.items() if not _before_in_both(k, source)}
         return found
+
+
+class View:
+    """What the index says of each source, asked in listing order: the markers in its folder
+    and those folded into segments, as one :class:`Group` (None: neither has any).
+
+    A compaction moves markers from folders into a new segment: a view whose segments were
+    listed before it could miss a marker in both places.  :meth:`unchanged` says whether the
+    segments are still those the view reads; decisions are safe from groups found before it
+    answered True, and a new view (``start``: the first source still to decide) follows a False.
+    """
+
+    def __init__(self, store: Store, *, page_size: int = 1000, start: str | None = None):
+        self._store, self._page_size = store, page_size
+        self.segments = segment_keys(store, page_size=page_size)  # before the folders are listed
+        self._folded = Lookup(folded(store, self.segments), start=start)
+        self._folders = Lookup(groups(store, page_size=page_size), start=start)
+
+    def find(self, source: str) -> Group | None:
+        a, b = self._folders.find(source), self._folded.find(source)
+        if a is None or b is None:
+            return a or b
+        markers = [*a.markers, *(m for m in b.markers if m not in a.markers)]
+        return Group(source, markers, a.other or b.other, a.dead | b.dead)
+
+    def unchanged(self) -> bool:
+        return segment_keys(self._store, page_size=self._page_size) == self.segments

@@ -8,9 +8,12 @@ source the row of its current record (a join in DuckDB, on disk past its memory 
 only the records the index is unsure of or that no shard holds, and writes the tables.  So a
 run of N recordings costs about N/1000 listing requests and one GET per chunk, not one per
 recording.  It then uploads the rows it kept as one shard and deletes the shards it read, so
-the next compaction reads one object plus what is new.  Output prefixes written before the
-index (no ``_manifest/index.json``) are compacted the old way, every record read, once: that
-pass puts their markers and the sentinel.  Rows stream in batches throughout.  No torch here.
+the next compaction reads one object plus what is new; and it folds the index: the markers of
+the records kept go into one sorted segment (``echocam.index``), which replaces the segments
+and the folder markers it read, so the next listing of the index holds only what is new.
+Output prefixes written before the index (no ``_manifest/index.json``) are compacted the old
+way, every record read, once: that pass writes their segment and the sentinel.  Rows stream in
+batches throughout.  No torch here.
 """
 
 from __future__ import annotations
@@ -150,23 +153,32 @@ def compact(
 ) -> dict[str, Any]:
     """Write the manifest files and summary.json under ``store``; returns the summary.
 
-    ``full``: read every record (as for outputs written before the index), and put their
-    markers again.
+    ``full``: read every record (as for outputs written before the index).  Either way the
+    markers of the records kept go into one new segment of the index, which replaces the
+    segments and (unless ``full``) the folder markers that were read.
     """
     from echocam.runs import RUN_NAME
 
     t0 = time.perf_counter()
     run = read_json(store, RUN_NAME) or {}
     full = full or read_json(store, index.COMPLETE) is None
+    # Listed first: only what was listed before the folders and records were read is replaced.
+    segments = index.segment_keys(store, page_size=page_size)
     with tempfile.TemporaryDirectory() as tmp, ThreadPoolExecutor(threads) as pool:
         con = _duckdb(tmp)
         if full:
-            consumed = _kept_from_records(store, con, tmp, pool=pool, page_size=page_size)
+            consumed = _kept_from_records(store, con, tmp, page_size=page_size)
         else:
-            consumed = _kept_from_index(store, con, tmp, pool=pool, page_size=page_size)
+            consumed = _kept_from_index(
+                store, con, tmp, segments=segments, pool=pool, page_size=page_size
+            )
         summary = _write_tables(store, con, tmp, run)
+        segment = _fold(con, tmp)
         con.close()
         _consolidate(store, Path(tmp, "kept.parquet"), consumed)
+        # full: no folder marker was listed, so none is folded
+        listed = [] if full else [Path(tmp, "listed.parquet"), Path(tmp, "folders.parquet")]
+        _replace_index(store, segment, old_segments=segments, listed=listed)
         if full:
             store.put(index.COMPLETE, b'{"version": 1}\n')
     summary["compaction_s"] = round(time.perf_counter() - t0, 3)
@@ -198,18 +210,45 @@ def _load(con, table: str, path: Path) -> None:
     con.execute(f"CREATE OR REPLACE TABLE {table} AS SELECT * FROM read_parquet('{path}')")
 
 
-def _kept_from_index(store: Store, con, tmp: str, *, pool, page_size: int) -> list[str]:
-    """The current record's row of every source into table ``kept``; the shards read."""
-    # Which record is current, per source (digest NULL: unsure, read the record).
-    idx = Path(tmp, "index.parquet")
-    schema = pa.schema([("source_key", pa.string()), ("digest", pa.string())])
-    with pq.ParquetWriter(idx, schema) as w:
-        for some in chunked(index.groups(store, page_size=page_size), _ROW_GROUP):
-            current = [(g.source, g.current.digest if g.current else None) for g in some]
+def _kept_from_index(
+    store: Store, con, tmp: str, *, segments: list[str], pool, page_size: int
+) -> list[str]:
+    """The current record's row of every source into table ``kept``; the shards read.
+
+    Also ``listed.parquet``: the keys of the folder markers listed (folded once the new segment
+    is up: each is then in it, or stale), and ``folders.parquet``: their folders.
+    """
+    # Which record is current, per source: the union of its folder's markers and the segments'
+    # (digest NULL: unsure, read the record).
+    entries = Path(tmp, "entries.parquet")
+    schema = pa.schema(
+        [("source_key", pa.string()), ("name", pa.string()), ("digest", pa.string()),
+         ("dead", pa.bool_()), ("key", pa.string())]
+    )  # fmt: skip
+    with pq.ParquetWriter(entries, schema) as w:
+        for some in chunked(_entries(store, segments, page_size=page_size), _ROW_GROUP):
             w.write_table(pa.Table.from_pylist(
-                [{"source_key": k, "digest": d} for k, d in current], schema=schema
+                [{"source_key": src, "name": m and m.name, "digest": m and m.digest,
+                  "dead": dead, "key": key} for src, m, dead, key in some], schema=schema,
             ))  # fmt: skip
-    _load(con, "idx", idx)
+    # markers and tombstones (intents stay: their writers delete them)
+    markers = f"SELECT key FROM read_parquet('{entries}') WHERE key NOT NULL AND name NOT NULL"
+    con.execute(f"COPY ({markers}) TO '{Path(tmp, 'listed.parquet')}'")
+    # Their folders too, once empty: servers that keep a directory tree (SeaweedFS) keep empty
+    # folders, and walk each on every listing of the index.  Such a server deletes a folder
+    # only if it is empty; elsewhere no object has that key.
+    folders = f"SELECT DISTINCT regexp_replace(key, '[^/]*$', '') AS key FROM ({markers})"
+    con.execute(f"COPY ({folders}) TO '{Path(tmp, 'folders.parquet')}'")
+    con.execute(
+        f"""CREATE TABLE idx AS
+            WITH e AS (SELECT * FROM read_parquet('{entries}')),
+                 dead AS (SELECT DISTINCT source_key, name FROM e WHERE dead)
+            SELECT source_key,
+                   CASE WHEN count(*) FILTER (WHERE name IS NULL) = 0
+                         AND count(DISTINCT name) = 1 THEN min(digest) END AS digest
+            FROM (SELECT * FROM e WHERE NOT dead) ANTI JOIN dead USING (source_key, name)
+            GROUP BY source_key"""
+    )
     # Every shard, fetched to disk (one GET each).
     shard_dir = Path(tmp, "shards")
     shard_dir.mkdir()
@@ -257,21 +296,45 @@ def _kept_from_index(store: Store, con, tmp: str, *, pool, page_size: int) -> li
     return keys
 
 
-def _kept_from_records(store: Store, con, tmp: str, *, pool, page_size: int) -> list[str]:
-    """Every record's row into table ``kept``, read one by one; their markers put again.
+def _kept_from_records(store: Store, con, tmp: str, *, page_size: int) -> list[str]:
+    """Every record's row into table ``kept``, read one by one.
 
     Returns the shards there were (the rows kept hold every current record: they go).
     """
     kept = Path(tmp, "records.parquet")
-
-    def rows() -> Iterator[dict[str, Any]]:
-        for some in chunked(iter_records(store, page_size=page_size), 256):
-            list(pool.map(lambda st: index.repair(store, st), some))
-            yield from (shard_row(st) for st in some)
-
-    _parquet_writer(kept, rows())
+    _parquet_writer(kept, (shard_row(st) for st in iter_records(store, page_size=page_size)))
     _load(con, "kept", kept)
     return [o.key for o in store.list(under=SHARDS, page_size=page_size)]
+
+
+def _entries(store: Store, segments: list[str], *, page_size: int):
+    """(source, marker or None, tombstone?, key or None) for each object in the index's folders
+    and each line of the segments."""
+    for source, name, key in index.listed(store, page_size=page_size):
+        yield source, *index.parse_name(name), key
+    # a segment gone since it was listed: the compaction that deleted it put its markers in one
+    # this one did not list (and will not delete)
+    for group in index.folded(store, segments, missing_ok=True):
+        for marker in [*group.markers, *([None] if group.other else [])]:
+            yield group.source, marker, False, None
+
+
+def _fold(con, tmp: str) -> Path:
+    """The kept records' markers as a new segment file (sorted by source); its path."""
+    path = Path(tmp, "segment.tsv.gz")
+    rows = con.sql(
+        """SELECT source_key, source_etag, fingerprint, record_digest, status, error_code
+           FROM kept ORDER BY source_key"""
+    ).to_arrow_reader(_ROW_GROUP)
+    index.write_segment(
+        path,
+        (
+            (r["source_key"], index.Marker.of(r, r["record_digest"]))
+            for batch in rows
+            for r in batch.to_pylist()
+        ),
+    )
+    return path
 
 
 def _write_tables(store: Store, con, tmp: str, run: dict[str, Any]) -> dict[str, Any]:
@@ -345,6 +408,23 @@ def _consolidate(store: Store, kept: Path, consumed: list[str]) -> None:
         # first: the rows are never only in shards being deleted
         store.put_file(_shard_key(), kept)
     store.delete(consumed)
+
+
+def _replace_index(
+    store: Store, segment: Path, *, old_segments: list[str], listed: list[Path]
+) -> None:
+    """Upload the new segment, then delete the segments and folder markers it replaces (the
+    keys in the files ``listed``, one file after the other).
+
+    In this order, every current record's marker is in a folder or a segment at every moment
+    (see ``echocam.index``): the new segment holds the marker of each source's current record
+    as this compaction found it, and a marker it folded that is no longer current is stale.
+    """
+    store.put_file(index.segment_key(), segment)
+    store.delete(old_segments)
+    for path in listed:
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=1000):
+            store.delete(batch.column(0).to_pylist())
 
 
 class _Table:

@@ -1,12 +1,12 @@
 """Which recordings a run does: list the source and the done index, apply the one rule.
 
 ``echocam produce`` enqueues what :func:`plan` says needs work, ``echocam run`` explains it, and
-both print it with ``--dry-run``.  The source listing is merged with the listing of the output's
-done index (``echocam.index``), which says for each source what its current record answers (ETag,
-fingerprint, status or error code) without reading it; a record is read only where the index is
-unsure of it, or where a missing record would skip the recording (``--retry-failed``).  Streamed
-page by page: constant memory for any bucket, and the first decisions come before the listings
-end.  No torch here.
+both print it with ``--dry-run``.  The source listing is merged with the output's done index
+(``echocam.index``: the listing of its folders, and the segments compaction folded markers into),
+which says for each source what its current record answers (ETag, fingerprint, status or error
+code) without reading it; a record is read only where the index is unsure of it, or where a
+missing record would skip the recording (``--retry-failed``).  Streamed page by page: constant
+memory for any bucket, and the first decisions come before the listings end.  No torch here.
 """
 
 from __future__ import annotations
@@ -24,14 +24,30 @@ from echocam.settings import Params, Settings
 from echocam.storage import ObjectInfo, Store, read_json, suffix_matches
 
 
+def _look_up(
+    dst: Store, view: index.View | None, items: list[ObjectInfo], *, page_size: int
+) -> tuple[index.View | None, list[index.Group | None]]:
+    """The index's group of each item, from a view whose segments were still the current ones
+    after the groups were found (else from a new view: a compaction moved markers meanwhile)."""
+    while items:
+        try:
+            view = view or index.View(dst, page_size=page_size, start=items[0].key)
+        except FileNotFoundError:  # a segment went between its listing and its request
+            continue
+        found = [view.find(it.key) for it in items]
+        if view.unchanged():
+            return view, found
+        view = None
+    return view, []
+
+
 def _records(
-    items: list[ObjectInfo], lookup: index.Lookup, *, dst: Store, redo: Redo, pool
+    items: list[ObjectInfo], groups: list[index.Group | None], *, dst: Store, redo: Redo, pool
 ) -> dict[str, dict[str, Any] | None]:
     """What the skip rule needs of each item's current record (None: it has none)."""
     known: dict[str, dict[str, Any] | None] = {}
     unsure = []
-    for it in items:
-        group = lookup.find(it.key)
+    for it, group in zip(items, groups, strict=True):
         if group is not None and group.current is not None:
             known[it.key] = group.current.as_record(it)
         elif group is None and not redo.failed:
@@ -79,13 +95,13 @@ def plan(
         return
     suffixes = () if report_extension else extensions
     listing = src.list(suffixes=suffixes, page_size=page_size)
-    lookup = None
+    view = None
     todo = 0
     for items in chunked(listing, max(1, chunk)):
         audio = [it for it in items if suffix_matches(it.key, extensions)]
         if protocol.needs_records(redo):
-            lookup = lookup or index.Lookup(index.groups(dst, page_size=page_size))
-            existing = _records(audio, lookup, dst=dst, redo=redo, pool=pool)
+            view, groups = _look_up(dst, view, audio, page_size=page_size)
+            existing = _records(audio, groups, dst=dst, redo=redo, pool=pool)
         else:
             existing = {}
         for it in items:

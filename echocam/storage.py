@@ -5,6 +5,7 @@ No torch here: the producer uses this module too.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -41,6 +42,11 @@ class Store(Protocol):
 
     def get(self, key: str, *, max_bytes: int | None = None) -> tuple[bytes, ObjectInfo]: ...
 
+    def stream(self, key: str) -> BinaryIO:
+        """The object as a file to read from its start, requested now (FileNotFoundError if
+        there is none): for objects too large to hold."""
+        ...
+
     def put(self, key: str, data: bytes | BinaryIO, *, if_absent: bool = False) -> bool:
         """Write ``data`` (bytes, or a binary file read from its start); with ``if_absent`` only
         if no object is there (False when one was)."""
@@ -62,7 +68,8 @@ class Store(Protocol):
         ...
 
     def delete(self, keys: list[str]) -> None:
-        """Remove these objects (missing ones are no error); S3: 1000 keys per request."""
+        """Remove these objects (missing ones are no error); S3: 1000 keys per request.  A key
+        ending in ``/`` names a folder: removed where the store keeps folders and it is empty."""
         ...
 
 
@@ -116,10 +123,19 @@ class LocalStore:
         data = path.read_bytes()
         return data, ObjectInfo(key, size, md5_etag(data))
 
+    def stream(self, key: str) -> BinaryIO:
+        return self._path(key).open("rb")
+
     def put(self, key: str, data: bytes | BinaryIO, *, if_absent: bool = False) -> bool:
         path = self._path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+        for attempt in (1, 2):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+                break
+            except FileNotFoundError:  # the folder was removed as empty in between: again
+                if attempt == 2:
+                    raise
         try:
             os.fchmod(fd, self.mode)
             with os.fdopen(fd, "wb") as f:
@@ -163,7 +179,11 @@ class LocalStore:
 
     def delete(self, keys: list[str]) -> None:
         for key in keys:
-            self._path(key).unlink(missing_ok=True)
+            if key.endswith("/"):
+                with contextlib.suppress(OSError):  # not empty, or gone
+                    self._path(key).rmdir()
+            else:
+                self._path(key).unlink(missing_ok=True)
 
 
 def _umask() -> int:
@@ -188,6 +208,7 @@ def s3_client(*, endpoint_url: str = "", region: str = "", max_pool: int = 16, r
     included: botocore's ``max_attempts`` would count the retries alone).
     """
     import boto3
+    import botocore.session
     from botocore.config import Config
 
     config = Config(
@@ -201,7 +222,12 @@ def s3_client(*, endpoint_url: str = "", region: str = "", max_pool: int = 16, r
         response_checksum_validation="when_required",
         s3={"addressing_style": "path"} if endpoint_url else {},
     )
-    return boto3.session.Session().client(
+    core = botocore.session.get_session()
+    # Timestamps (a listing's LastModified, a GET's Last-Modified) stay the server's strings:
+    # echocam reads none of them, and botocore's default parser (dateutil) is most of the CPU
+    # a ListObjectsV2 page costs.
+    core.get_component("response_parser_factory").set_parser_defaults(timestamp_parser=str)
+    return boto3.session.Session(botocore_session=core).client(
         "s3", endpoint_url=endpoint_url or None, region_name=region or None, config=config
     )
 
@@ -259,21 +285,27 @@ class S3Store:
                 if suffix_matches(key, suffixes):
                     yield ObjectInfo(key, obj["Size"], obj.get("ETag"))
 
-    def get(self, key: str, *, max_bytes: int | None = None) -> tuple[bytes, ObjectInfo]:
+    def _get_object(self, key: str) -> dict[str, Any]:
         from botocore.exceptions import ClientError
 
         try:
-            resp = self.client.get_object(Bucket=self.bucket, Key=self._key(key))
+            return self.client.get_object(Bucket=self.bucket, Key=self._key(key))
         except ClientError as e:
             if e.response.get("Error", {}).get("Code") in _NOT_FOUND:
                 raise FileNotFoundError(self._key(key)) from None
             raise
+
+    def get(self, key: str, *, max_bytes: int | None = None) -> tuple[bytes, ObjectInfo]:
+        resp = self._get_object(key)
         size = resp["ContentLength"]
         if max_bytes is not None and size > max_bytes:
             resp["Body"].close()
             raise TooLarge(f"object is {size} bytes, above the cap of {max_bytes}")
         data = resp["Body"].read()
         return data, ObjectInfo(key, size, resp.get("ETag"))
+
+    def stream(self, key: str) -> BinaryIO:
+        return self._get_object(key)["Body"]
 
     def put(self, key: str, data: bytes | BinaryIO, *, if_absent: bool = False) -> bool:
         from botocore.exceptions import ClientError

@@ -613,8 +613,8 @@ def build_parser() -> argparse.ArgumentParser:
     man.add_argument(
         "--full",
         action="store_true",
-        help="read every record instead of the done index and shards, and put their markers "
-        "again (automatic for outputs written before the index)",
+        help="read every record instead of the done index and shards, and rebuild the index's "
+        "segment from them (automatic for outputs written before the index)",
     )
     _add_fields(man, Settings, ["s3_endpoint_url", "s3_region"], "storage")
     man.set_defaults(func=cmd_manifest)

@@ -79,6 +79,7 @@ def produce(
     skipped = 0  # not yet added to the counters
     unflushed = [0, 0]  # recordings, tasks sent into the pipeline and not yet flushed
     oldest = 0.0  # when the first unflushed task was sent (monotonic)
+    shown = 0.0  # when the bar's counters were last updated (monotonic)
 
     def flush() -> None:
         nonlocal skipped
@@ -99,6 +100,10 @@ def produce(
             args=protocol.task_args(items, message),
             queue=settings.queue,
             producer=producer,
+            # Celery's default is a saferepr of the arguments (for logs and Flower), the
+            # producer's largest cost per task after JSON; a summary says as much.
+            argsrepr=f"[{len(items)} recordings from {items[0].key!r}, run {run['run_id']}]",
+            kwargsrepr="{}",
         )
         if not unflushed[1]:
             oldest = time.monotonic()
@@ -144,7 +149,10 @@ def produce(
                 skipped += 1
             if due():
                 flush()
-            bar.set_postfix(enqueued=out.recordings, skipped=out.skipped, refresh=False)
+            # formatting the postfix costs more than the decision: at most 10 times a second
+            if show and (now := time.monotonic()) - shown >= 0.1:
+                bar.set_postfix(enqueued=out.recordings, skipped=out.skipped, refresh=False)
+                shown = now
             bar.update()
         if batch:
             send(batch)

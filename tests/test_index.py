@@ -8,6 +8,7 @@ markers, shards) with a permanent error code, so no model is needed.
 
 from __future__ import annotations
 
+import itertools
 import json
 from concurrent.futures import ThreadPoolExecutor
 
@@ -254,8 +255,9 @@ def manifest_rows(dst) -> list[dict]:
 
 
 def test_a_worker_replaces_a_record_in_the_order_the_readers_rely_on(proxied):
-    """As the fault proxy sees it: intent, old marker deleted, record, new marker, intent
-    deleted; a record found done gets its marker put again and its row in the chunk's shard."""
+    """As the fault proxy sees it: intent, the old marker's tombstone, old marker deleted,
+    record, new marker, intent deleted; a record found done gets its marker put again and its
+    row in the chunk's shard."""
     store, proxy = proxied
     dst = sub_store(store, "out")
     item, done = put_sources(store, ["one.wav", "two.wav"])
@@ -270,6 +272,7 @@ def test_a_worker_replaces_a_record_in_the_order_the_readers_rely_on(proxied):
             name = q.path.rsplit("/", 1)[-1]
             kind = (
                 "intent" if name.startswith("~")
+                else "tombstone" if name.startswith("-")
                 else "old marker" if q.path.endswith(old)
                 else "marker" if index.INDEX in q.path
                 else "shard" if manifest.SHARDS in q.path
@@ -278,6 +281,7 @@ def test_a_worker_replaces_a_record_in_the_order_the_readers_rely_on(proxied):
             steps.append((q.method, kind))
     assert steps == [
         ("PUT", "intent"),
+        ("PUT", "tombstone"),
         ("DELETE", "old marker"),
         ("PUT", "record.json"),
         ("PUT", "marker"),
@@ -304,4 +308,125 @@ def test_outputs_older_than_the_index_are_compacted_from_records_once(proxied):
         assert len(record_gets(_since(proxy, before))) == (len(keys) if full_pass else 0)
         assert sorted(r["source_key"] for r in manifest_rows(dst)) == keys
     assert dst.get(index.COMPLETE)[0]
-    assert len(list(index.groups(dst))) == len(keys)
+    view = index.View(dst)
+    assert all(view.find(k).current for k in keys)  # one segment holds every marker
+
+
+def folder_objects(dst) -> list[str]:
+    """The index's objects other than its segments: markers and intents."""
+    return [o.key for o in dst.list(under=index.INDEX) if not o.key.startswith(index.SEGMENTS)]
+
+
+def test_a_rerun_after_compaction_reads_one_segment_not_markers_or_records(proxied):
+    """Compaction folds the markers into one segment and deletes them; a re-run then lists the
+    sources, reads the segment, lists an empty index and reads no record.  A changed object and
+    a changed parameter are still redone, a record replaced after folding is decided from its
+    writer's tombstone of the folded marker and its new marker (no read, by the producer or by
+    the next compaction), and the manifest keeps every source once throughout."""
+    store, proxy = proxied
+    src, dst = sub_store(store, "in"), sub_store(store, "out")
+    items = put_sources(store, TRICKY)  # sources whose byte and folder orders differ
+    dst.put(index.COMPLETE, b"{}")
+    fail_records(dst, items)
+    manifest.compact(dst, threads=4, page_size=3)
+    assert folder_objects(dst) == [] and len(index.segment_keys(dst)) == 1
+    before = len(proxy.log)
+    assert decide(src, dst) == {it.key: DONE for it in items}
+    reqs = _since(proxy, before)
+    assert record_gets(reqs) == []
+    segment_gets = [q for q in reqs if q.path.endswith(".tsv.gz")]
+    assert len(segment_gets) == 1
+    # a new parameter, --force, and a changed source: work, still without a record read
+    assert set(decide(src, dst, fingerprint=OTHER_FP).values()) == {None}
+    assert set(decide(src, dst, redo=Redo(force=True)).values()) == {None}
+    changed = items[3]
+    store.put(f"in/{changed.key}", b"changed")
+    got = decide(src, dst)
+    assert got == {it.key: None if it is changed else DONE for it in items}
+    assert record_gets(_since(proxy, before)) == []
+    # the worker redoes it: a tombstone rules out the segment's marker, the new one is certain
+    (new_item,) = [it for it in put_sources(store, []) if it.key == changed.key]
+    fail_records(dst, [new_item], run_id="r2")
+    before = len(proxy.log)
+    assert decide(src, dst) == {it.key: DONE for it in items}
+    manifest.compact(dst, threads=4, page_size=3)
+    assert record_gets(_since(proxy, before)) == []
+    rows = manifest_rows(dst)
+    assert sorted(r["source_key"] for r in rows) == sorted(TRICKY)
+    assert {r["source_etag"] for r in rows if r["source_key"] == changed.key} == {new_item.etag}
+    assert folder_objects(dst) == [] and len(index.segment_keys(dst)) == 1
+    before = len(proxy.log)
+    assert decide(src, dst) == {it.key: DONE for it in items}
+    assert record_gets(_since(proxy, before)) == []
+    # --retry-failed: every record failed, so every one is redone, decided from the segment
+    assert set(decide(src, dst, redo=Redo(failed=True)).values()) == {None}
+    assert record_gets(_since(proxy, before)) == []
+
+
+def test_a_stale_marker_put_back_after_folding_makes_its_source_unsure(proxied):
+    """A worker that found a record current puts its marker back (repair) late, after another
+    writer replaced the record and compaction folded the new marker: the folder then holds
+    only the stale marker, and the segment the current one.  The two disagree: the record is
+    read, and decides."""
+    store, proxy = proxied
+    src, dst = sub_store(store, "in"), sub_store(store, "out")
+    item, other = put_sources(store, ["one.wav", "two.wav"])
+    dst.put(index.COMPLETE, b"{}")
+    fail_records(dst, [item, other])
+    stale = index.read(dst, records.record_key(item.key))
+    fail_records(dst, [item], fingerprint=OTHER_FP, code="empty", run_id="r2")
+    manifest.compact(dst, threads=4)
+    index.repair(dst, stale)  # the late repair: the folder has FP's marker again
+    assert folder_objects(dst) == [stale.marker_key]
+    before = len(proxy.log)
+    assert decide(src, dst) == {item.key: None, other.key: DONE}  # FP: the record is OTHER_FP's
+    assert decide(src, dst, fingerprint=OTHER_FP) == {item.key: DONE, other.key: None}
+    assert len(record_gets(_since(proxy, before))) == 2  # item's, once per plan
+
+
+def test_a_compaction_during_a_run_makes_the_producer_read_the_new_segment(proxied):
+    """The producer lists the segments, then streams the folder listing; a compaction that
+    finishes in between moves markers from the folders into a segment the producer did not
+    list.  The producer checks the segments once per chunk and, when they changed, decides the
+    rest from a new view: a record replaced before that compaction is never skipped on the old
+    segment's marker."""
+    store, proxy = proxied
+    src, dst = sub_store(store, "in"), sub_store(store, "out")
+    keys = [f"r{i:03d}.wav" for i in range(60)]
+    items = put_sources(store, keys)
+    dst.put(index.COMPLETE, b"{}")
+    fail_records(dst, items)
+    manifest.compact(dst, threads=4)  # segment 1: every source at FP
+    last = items[-1]
+    fail_records(dst, [last], fingerprint=OTHER_FP, code="empty", run_id="r2")
+    for it in items[:50]:  # a long folder listing before the replaced record's marker
+        index.repair(dst, index.read(dst, records.record_key(it.key)))
+    with ThreadPoolExecutor(4) as pool:
+        decisions = plan.plan(
+            src, dst, extensions=(".wav",), fingerprint=FP, run_id="new-run", pool=pool,
+            chunk=5, page_size=3,
+        )  # fmt: skip
+        got = {d.item.key: d.reason for d in itertools.islice(decisions, 5)}
+        manifest.compact(dst, threads=4)  # segment 2 replaces 1; folder markers folded
+        got.update({d.item.key: d.reason for d in decisions})
+    assert got == {**{k: DONE for k in keys[:-1]}, last.key: None}
+
+
+@pytest.mark.parametrize("where", ["s3", "directory"])
+def test_compaction_leaves_a_writers_intent_and_its_folder(proxied, tmp_path, where):
+    """Compaction deletes the folders of the markers it folded, but one that still holds a
+    writer's intent stays, with the intent (its source stays unsure until the writer ends)."""
+    store, _ = proxied
+    if where == "directory":
+        store = LocalStore(tmp_path)
+    src, dst = sub_store(store, "in"), sub_store(store, "out")
+    busy, idle = put_sources(store, ["busy.wav", "idle.wav"])
+    dst.put(index.COMPLETE, b"{}")
+    fail_records(dst, [busy, idle])
+    intent = index.folder(busy.key) + "~" + "1" * 32
+    dst.put(intent, b"")
+    manifest.compact(dst, threads=4)
+    assert folder_objects(dst) == [intent]
+    got = decide(src, dst, redo=Redo(failed=True))  # unsure: read, and redone (it failed)
+    assert got == {busy.key: None, idle.key: None}
+    assert decide(src, dst) == {busy.key: DONE, idle.key: DONE}
