@@ -110,7 +110,7 @@ def figure(model, clips, hits, *, params, path: Path, per_row: int = 3, n: int =
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--checkpoint", default=None, help="a trained model (else one is trained)")
-    ap.add_argument("--train-per-class", type=int, default=36)
+    ap.add_argument("--train-per-class", type=int, default=72)
     ap.add_argument("--epochs", type=int, default=10)
     ap.add_argument("--epoch-windows", type=int, default=96, help="training windows per epoch")
     ap.add_argument("--heldout", type=int, default=20, help="held-out clips per species")
