@@ -236,6 +236,6 @@ def call_box(
 
 
 def _span(any_: np.ndarray) -> tuple[int, int]:
-    """[first, last + 1) of the True entries of a 1-d bool array (which has one: the peak)."""
+    """[first, last + 1) of the True entries of a 1-d bool array (which has one: callers check)."""
     hits = np.flatnonzero(any_)
     return int(hits[0]), int(hits[-1]) + 1
