@@ -80,6 +80,9 @@ class NothingDoneStore:
     def list(self, *, suffixes=(), page_size: int = 1000, under: str = ""):
         return iter(())
 
+    def keys(self, *, page_size: int = 1000, under: str = ""):
+        return iter(())
+
     def get(self, key: str, *, max_bytes: int | None = None):
         raise FileNotFoundError(key)
 

@@ -16,8 +16,8 @@ def chunked(items: Iterable, n: int) -> Iterator[list]:
         yield chunk
 
 
-def read_ahead(items: Iterable, *, batch: int = 1000, depth: int = 2) -> Iterator:
-    """``items`` pulled on a thread, at most ``depth`` lists of ``batch`` ahead of the consumer.
+def chunked_ahead(items: Iterable, n: int, *, depth: int = 2) -> Iterator[list]:
+    """:func:`chunked`, pulled on a thread at most ``depth`` lists ahead of the consumer.
 
     For listings: the next pages arrive while this one is used.  The thread stops soon after
     the consumer does; an error in it is raised in the consumer.
@@ -36,7 +36,7 @@ def read_ahead(items: Iterable, *, batch: int = 1000, depth: int = 2) -> Iterato
 
     def fill() -> None:
         try:
-            for some in chunked(items, batch):
+            for some in chunked(items, n):
                 if not offer(some):
                     return
             offer(_END)
@@ -48,9 +48,15 @@ def read_ahead(items: Iterable, *, batch: int = 1000, depth: int = 2) -> Iterato
         while (got := buffer.get()) is not _END:
             if isinstance(got, BaseException):
                 raise got
-            yield from got
+            yield got
     finally:
         stop.set()
+
+
+def read_ahead(items: Iterable, *, batch: int = 1000, depth: int = 2) -> Iterator:
+    """``items`` pulled on a thread, at most ``depth`` lists of ``batch`` ahead of the consumer."""
+    for some in chunked_ahead(items, batch, depth=depth):
+        yield from some
 
 
 _END = object()

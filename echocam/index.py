@@ -87,8 +87,15 @@ def encode(source_key: str) -> str | None:
     return out
 
 
+_UNESCAPED = {f"{i:02X}": chr(i) for i in range(ord(_ESC) + 1)}  # what encode() escapes
+
+
 def decode(encoded: str) -> str:
-    return re.sub(r"#([0-9A-F]{2})", lambda m: chr(int(m[1], 16)), encoded)
+    first, *escaped = encoded.split(_ESC)
+    try:
+        return first + "".join(_UNESCAPED[e[:2]] + e[2:] for e in escaped)
+    except KeyError:  # not written by encode(): left as it is (it names no listed source)
+        return encoded
 
 
 def folder(source_key: str) -> str | None:
@@ -233,11 +240,11 @@ def listed(store: Store, *, page_size: int = 1000) -> Iterator[tuple[str, str, s
     """(source, the object's name in its folder, the object's key) for each object in the
     index's folders, in listing order."""
     cut = len(INDEX)
-    for obj in store.list(under=INDEX, page_size=page_size):
-        enc, sep, name = obj.key[cut:].partition(_END + "/")
+    for key in store.keys(under=INDEX, page_size=page_size):
+        enc, sep, name = key[cut:].partition(_END + "/")
         if not sep or "/" in name:
             continue  # not a marker (a segment, a source folder named like the index)
-        yield decode(enc), name, obj.key
+        yield decode(enc), name, key
 
 
 def groups(store: Store, *, page_size: int = 1000) -> Iterator[Group]:
@@ -272,8 +279,8 @@ def _group(source: str, names: Iterable[str]) -> Group:
 def segment_keys(store: Store, *, page_size: int = 1000) -> list[str]:
     """The segments there are now (one per compaction since the last that replaced them)."""
     cut = len(SEGMENTS)
-    found = store.list(under=SEGMENTS, page_size=page_size)
-    return sorted(o.key for o in found if _SEGMENT_NAME.fullmatch(o.key[cut:]))
+    found = store.keys(under=SEGMENTS, page_size=page_size)
+    return sorted(k for k in found if _SEGMENT_NAME.fullmatch(k[cut:]))
 
 
 def segment_key() -> str:

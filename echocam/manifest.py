@@ -252,7 +252,7 @@ def _kept_from_index(
     # Every shard, fetched to disk (one GET each).
     shard_dir = Path(tmp, "shards")
     shard_dir.mkdir()
-    keys = [o.key for o in store.list(under=SHARDS, page_size=page_size)]
+    keys = list(store.keys(under=SHARDS, page_size=page_size))
     keys = [k for k in keys if k.endswith(".parquet")]
 
     def fetch(i_key: tuple[int, str]) -> None:
@@ -304,7 +304,7 @@ def _kept_from_records(store: Store, con, tmp: str, *, page_size: int) -> list[s
     kept = Path(tmp, "records.parquet")
     _parquet_writer(kept, (shard_row(st) for st in iter_records(store, page_size=page_size)))
     _load(con, "kept", kept)
-    return [o.key for o in store.list(under=SHARDS, page_size=page_size)]
+    return list(store.keys(under=SHARDS, page_size=page_size))
 
 
 def _entries(store: Store, segments: list[str], *, page_size: int):

@@ -12,12 +12,12 @@ memory for any bucket, and the first decisions come before the listings end.  No
 from __future__ import annotations
 
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 from echocam import index, protocol, runs
-from echocam.chunking import chunked
+from echocam.chunking import chunked_ahead
 from echocam.protocol import RESUME, Redo
 from echocam.records import record_key
 from echocam.settings import Params, Settings
@@ -25,14 +25,20 @@ from echocam.storage import ObjectInfo, Store, read_json, suffix_matches
 
 
 def _look_up(
-    dst: Store, view: index.View | None, items: list[ObjectInfo], *, page_size: int
+    dst: Store, view: index.View | Future | None, items: list[ObjectInfo], *, page_size: int
 ) -> tuple[index.View | None, list[index.Group | None]]:
     """The index's group of each item, from a view whose segments were still the current ones
-    after the groups were found (else from a new view: a compaction moved markers meanwhile)."""
+    after the groups were found (else from a new view: a compaction moved markers meanwhile).
+
+    ``view`` may be one still being opened (a future): its listings started with the sources'.
+    """
     while items:
         try:
+            if isinstance(view, Future):
+                view = view.result()
             view = view or index.View(dst, page_size=page_size, start=items[0].key)
         except FileNotFoundError:  # a segment went between its listing and its request
+            view = None
             continue
         found = [view.find(it.key) for it in items]
         if view.unchanged():
@@ -48,8 +54,8 @@ def _records(
     known: dict[str, dict[str, Any] | None] = {}
     unsure = []
     for it, group in zip(items, groups, strict=True):
-        if group is not None and group.current is not None:
-            known[it.key] = group.current.as_record(it)
+        if group is not None and (current := group.current) is not None:
+            known[it.key] = current.as_record(it)
         elif group is None and not redo.failed:
             known[it.key] = None  # no record, or one unseen: the worker reads it before any work
         else:
@@ -57,6 +63,10 @@ def _records(
     found = pool.map(lambda it: read_json(dst, record_key(it.key)), unsure)
     known.update(zip((it.key for it in unsure), found, strict=True))
     return known
+
+
+#: Chunks of the source listing read ahead of the decisions (a few MB at most).
+LIST_AHEAD = 8
 
 
 @dataclass(frozen=True)
@@ -95,11 +105,14 @@ def plan(
         return
     suffixes = () if report_extension else extensions
     listing = src.list(suffixes=suffixes, page_size=page_size)
-    view = None
+    needs_records = protocol.needs_records(redo)
+    # The index is opened (its first listing page can be slow: SeaweedFS walks its empty
+    # folders) while the sources list, and they list up to LIST_AHEAD chunks ahead meanwhile.
+    view = pool.submit(index.View, dst, page_size=page_size) if needs_records else None
     todo = 0
-    for items in chunked(listing, max(1, chunk)):
+    for items in chunked_ahead(listing, max(1, chunk), depth=LIST_AHEAD):
         audio = [it for it in items if suffix_matches(it.key, extensions)]
-        if protocol.needs_records(redo):
+        if needs_records:
             view, groups = _look_up(dst, view, audio, page_size=page_size)
             existing = _records(audio, groups, dst=dst, redo=redo, pool=pool)
         else:

@@ -40,6 +40,10 @@ class Store(Protocol):
         one of ``suffixes`` (any, if empty); keys stay relative to the root."""
         ...
 
+    def keys(self, *, page_size: int = 1000, under: str = "") -> Iterator[str]:
+        """The keys :meth:`list` gives, without sizes and ETags (a local store reads no file)."""
+        ...
+
     def get(self, key: str, *, max_bytes: int | None = None) -> tuple[bytes, ObjectInfo]: ...
 
     def stream(self, key: str) -> BinaryIO:
@@ -101,19 +105,25 @@ class LocalStore:
             raise ValueError(f"key {key!r} escapes {self.root}")
         return path
 
-    def list(
-        self, *, suffixes: tuple[str, ...] = (), page_size: int = 1000, under: str = ""
-    ) -> Iterator[ObjectInfo]:
+    def _files(self, under: str) -> Iterator[tuple[Path, str]]:
         if self.only is not None:
             paths = [self.root / self.only] if not under else []
         else:
             top = self._path(under) if under else self.root
             paths = (p for p in sorted(top.rglob("*")) if p.is_file())
         for p in paths:
-            key = p.relative_to(self.root).as_posix()
+            yield p, p.relative_to(self.root).as_posix()
+
+    def list(
+        self, *, suffixes: tuple[str, ...] = (), page_size: int = 1000, under: str = ""
+    ) -> Iterator[ObjectInfo]:
+        for p, key in self._files(under):
             if suffix_matches(key, suffixes):
                 # The md5 ETag an S3 single-part upload would get: records match across stores.
                 yield ObjectInfo(key, p.stat().st_size, md5_etag(p.read_bytes()))
+
+    def keys(self, *, page_size: int = 1000, under: str = "") -> Iterator[str]:
+        return (key for _, key in self._files(under))
 
     def get(self, key: str, *, max_bytes: int | None = None) -> tuple[bytes, ObjectInfo]:
         path = self._path(key)
@@ -284,6 +294,9 @@ class S3Store:
                 key = obj["Key"][cut:]
                 if suffix_matches(key, suffixes):
                     yield ObjectInfo(key, obj["Size"], obj.get("ETag"))
+
+    def keys(self, *, page_size: int = 1000, under: str = "") -> Iterator[str]:
+        return (obj.key for obj in self.list(page_size=page_size, under=under))
 
     def _get_object(self, key: str) -> dict[str, Any]:
         from botocore.exceptions import ClientError

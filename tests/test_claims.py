@@ -91,6 +91,9 @@ class RecordingStore:
     def list(self, **kw):
         return self.inner.list(**kw)
 
+    def keys(self, **kw):
+        return self.inner.keys(**kw)
+
     def get(self, key, **kw):
         return self.inner.get(key, **kw)
 
