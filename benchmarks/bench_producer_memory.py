@@ -1,6 +1,7 @@
 """Producer memory stays flat as the number of keys grows (10k vs 100k keys).
 
-The producer streams the listing page by page and only ever holds one page of keys and one task
+The producer streams the listing page by page and only ever holds the pages it reads ahead
+(``plan.LIST_AHEAD`` chunks of 1000 keys, and two pages in the listing's own thread) and one task
 of items.  This drives it through stubs, never S3: a listing stub that yields ``ObjectInfo``
 lazily (as the ListObjectsV2 paginator does), a destination store whose reads answer "not found"
 at once (nothing done yet: every key needs work), and for the whole ``produce`` path a stub Celery

@@ -66,7 +66,7 @@ def _records(
 
 
 #: Chunks of the source listing read ahead of the decisions (a few MB at most).
-LIST_AHEAD = 8
+LIST_AHEAD = 4
 
 
 @dataclass(frozen=True)
