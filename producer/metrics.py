@@ -114,7 +114,8 @@ class EchocamCollector(Collector):
             ),
             "skipped": CounterMetricFamily(
                 "echocam_recordings_skipped",
-                "recordings skipped as already done (same ETag and fingerprint)",
+                "recordings not enqueued: done (same ETag and fingerprint), or not a failure "
+                "--retry-failed selects",
                 labels=run,
             ),
             "recordings": CounterMetricFamily(

@@ -39,7 +39,7 @@ def line(s: dict[str, Any]) -> str:
     eta = f"{s['eta_s']:.0f} s" if s["eta_s"] is not None else "?"
     return (
         f"run {s['run_id'][:12]}: {s['ok']} ok, {s['failed']} failed, {s['remaining']} remaining "
-        f"of {s['enqueued']} enqueued ({s['skipped']} skipped as done); "
+        f"of {s['enqueued']} enqueued ({s['skipped']} skipped: done, or not selected); "
         f"{s['rate_per_s']:.2f} rec/s, ETA {eta}"
         + (f"; errors {s['errors']}" if s["errors"] else "")
         + ("" if s["producer_done"] else "; producer still enqueueing")

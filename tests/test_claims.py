@@ -328,6 +328,27 @@ def test_a_local_file_above_max_bytes_is_refused_without_opening_it(tmp_path):
     assert str(tmp_path / "big.wav") not in opened
 
 
+def test_the_local_done_index_is_listed_without_reading_its_segments(tmp_path):
+    """Local mode asks whether the segments changed every few decisions: listing them must not
+    read them (an md5 per segment per ask, megabytes each at scale)."""
+    from echocam import index
+
+    store = LocalStore(tmp_path)
+    seg = tmp_path / index.segment_key()
+    seg.parent.mkdir(parents=True)
+    marker = index.Marker("none", "f" * 64, "0" * 16, "ok")
+    index.write_segment(seg, ((f"rec_{i:04d}.wav", marker) for i in range(100)))
+    (tmp_path / "_index" / "a.wav!").mkdir()
+    (tmp_path / "_index" / "a.wav!" / marker.name).write_bytes(b"")
+    assert sorted(store.keys(under="_index/")) == sorted(o.key for o in store.list(under="_index/"))
+    view = index.View(store)
+    opened: list[str] = []
+    with audit_opens(opened):
+        assert view.unchanged()
+        assert [g.source for g in index.groups(store)] == ["a.wav"]
+    assert str(seg) not in opened
+
+
 @pytest.mark.xfail(
     strict=True,
     reason="LocalStore.list reads every file whole to compute its md5 ETag, so local mode "
