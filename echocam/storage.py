@@ -87,6 +87,13 @@ def md5_etag(data: bytes) -> str:
     return f'"{hashlib.md5(data, usedforsecurity=False).hexdigest()}"'
 
 
+def file_md5_etag(path: str | os.PathLike) -> str:
+    """:func:`md5_etag` of a file's bytes, read in blocks: constant memory for any size."""
+    with open(path, "rb") as f:
+        digest = hashlib.file_digest(f, lambda: hashlib.md5(usedforsecurity=False))
+    return f'"{digest.hexdigest()}"'
+
+
 class LocalStore:
     """A directory; ``only`` restricts listing to one file (``echocam run FILE``)."""
 
@@ -120,7 +127,7 @@ class LocalStore:
         for p, key in self._files(under):
             if suffix_matches(key, suffixes):
                 # The md5 ETag an S3 single-part upload would get: records match across stores.
-                yield ObjectInfo(key, p.stat().st_size, md5_etag(p.read_bytes()))
+                yield ObjectInfo(key, p.stat().st_size, file_md5_etag(p))
 
     def keys(self, *, page_size: int = 1000, under: str = "") -> Iterator[str]:
         return (key for _, key in self._files(under))

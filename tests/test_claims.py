@@ -40,7 +40,7 @@ from echocam.pipeline import Explainer
 from echocam.protocol import Redo
 from echocam.runner import run_chunks
 from echocam.settings import Params
-from echocam.storage import LocalStore, S3Store, read_json
+from echocam.storage import LocalStore, S3Store, md5_etag, read_json
 
 SAMPLES = ROOT / "samples"
 CLIPS = ["S4A03895_20190522_053000.wav", "S4A03895_20190522_060000.wav"]  # 10 s each, 22 kHz
@@ -326,6 +326,19 @@ def test_a_local_file_above_max_bytes_is_refused_without_opening_it(tmp_path):
     assert len(data) == 104
     assert str(tmp_path / "small.wav") in opened  # the hook does see reads
     assert str(tmp_path / "big.wav") not in opened
+
+
+def test_a_local_listing_hashes_a_large_file_in_constant_memory(tmp_path):
+    big = np.random.default_rng(0).integers(0, 256, 64 * 2**20, dtype=np.uint8).tobytes()
+    (tmp_path / "big.wav").write_bytes(big)
+    tracemalloc.start()
+    try:
+        [info] = LocalStore(tmp_path).list()
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert info.etag == md5_etag(big)  # the ETag an S3 upload of the same bytes gets
+    assert peak < 4 * 2**20  # the file is 64 MiB
 
 
 def test_the_local_done_index_is_listed_without_reading_its_segments(tmp_path):
