@@ -101,7 +101,10 @@ def test_run_local_writes_its_first_records_before_listing_the_last_file(
     tmp_path, species_checkpoint
 ):
     """In process, with the real stores watched: the listing (which hashes each file) and the
-    work interleave; nothing waits for the whole directory to be read."""
+    work interleave; nothing waits for the whole directory to be read.  The listing reads at most
+    ``plan.LIST_AHEAD`` chunks ahead (and the work holds a few chunks in flight): more files than
+    that here."""
+    from echocam import plan
     from echocam.local import run_local
     from echocam.settings import Params, Settings
     from echocam.storage import LocalStore
@@ -122,16 +125,20 @@ def test_run_local_writes_its_first_records_before_listing_the_last_file(
 
     src, out = tmp_path / "in", tmp_path / "out"
     src.mkdir()
-    for i in range(12):
+    task_size = 2
+    n = (plan.LIST_AHEAD + 8) * task_size
+    for i in range(n):
         (src / f"rec_{i:03d}.wav").write_bytes(clip(i, 0.5))
-    settings = Settings(weights=str(species_checkpoint), threads=1, batch_size=8, task_size=2)
+    settings = Settings(
+        weights=str(species_checkpoint), threads=1, batch_size=8, task_size=task_size
+    )
     run_local(
         WatchedSource(src), WatchedDest(out), params=Params(), settings=settings, progress=False
     )
     first_record = next(i for i, e in enumerate(events) if e.startswith("record"))
-    last_listed = events.index("listed rec_011.wav")
+    last_listed = events.index(f"listed rec_{n - 1:03d}.wav")
     assert first_record < last_listed, events
-    assert sum(e.startswith("record") for e in events) == 12
+    assert sum(e.startswith("record") for e in events) == n
 
 
 def lines(proc: subprocess.CompletedProcess) -> set[tuple[str, ...]]:
