@@ -1,5 +1,5 @@
 """Chunk a stream without materialising it (``itertools.batched`` arrives in Python 3.12), and
-read one ahead on a thread."""
+read a bounded number of chunks ahead on a thread."""
 
 from __future__ import annotations
 
