@@ -364,8 +364,8 @@ def test_the_local_done_index_is_listed_without_reading_its_segments(tmp_path):
 
 @pytest.mark.xfail(
     strict=True,
-    reason="LocalStore.list reads every file whole to compute its md5 ETag, so local mode "
-    "reads an object above max_bytes whole before the cap is checked",
+    reason="LocalStore.list reads every file (in blocks) to compute its md5 ETag, so local mode "
+    "reads an object above max_bytes before the cap is checked",
 )
 def test_local_mode_never_opens_a_file_above_max_bytes(tmp_path, species_model):
     src = tmp_path / "in"
