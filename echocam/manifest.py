@@ -252,8 +252,7 @@ def _kept_from_index(
     # Every shard, fetched to disk (one GET each).
     shard_dir = Path(tmp, "shards")
     shard_dir.mkdir()
-    keys = list(store.keys(under=SHARDS, page_size=page_size))
-    keys = [k for k in keys if k.endswith(".parquet")]
+    keys = [k for k in store.keys(under=SHARDS, page_size=page_size) if k.endswith(".parquet")]
 
     def fetch(i_key: tuple[int, str]) -> None:
         i, key = i_key
