@@ -1,8 +1,8 @@
 """`make demo`: the real distributed path on one machine, without Docker.
 
 Starts Redis and an S3 server (SeaweedFS), uploads the sample recordings to a bucket, starts a
-worker, runs the producer with --wait, writes the manifest, copies the outputs to ./demo-out/,
-prints where they are, and stops everything it started.
+worker, runs the producer with --wait (until a worker has written the manifest), copies the
+outputs to ./demo-out/, prints where they are, and stops everything it started.
 """
 
 from __future__ import annotations

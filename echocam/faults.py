@@ -5,7 +5,9 @@
   SUBSTR, as a segfaulting decoder would;
 - ``{"sleep": {"SUBSTR": S}}`` sleeps S seconds before such a task's work, as a hung read would;
 - ``{"raise": "SUBSTR"}`` raises a RuntimeError in such a task, as a bug or a device error would;
-- ``{"send_delay": S}`` makes the producer pause S seconds after each task it sends.
+- ``{"send_delay": S}`` makes the producer pause S seconds after each task it sends;
+- ``{"compaction_raise": "SUBSTR"}`` raises a RuntimeError in a run-end compaction whose output
+  URI contains SUBSTR, as a full disk would.
 Never set in production.  Here, not in ``worker/``, because the producer calls
 :func:`after_send` and imports nothing from the worker.
 """
@@ -44,3 +46,9 @@ def after_send() -> None:
     delay = _faults().get("send_delay")
     if delay:
         time.sleep(float(delay))
+
+
+def before_compaction(output: str) -> None:
+    fail = _faults().get("compaction_raise")
+    if fail and fail in output:
+        raise RuntimeError(f"echocam fault: compaction of {output} failed")

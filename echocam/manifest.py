@@ -175,7 +175,7 @@ def compact(
         summary = _write_tables(store, con, tmp, run)
         segment = _fold(con, tmp)
         con.close()
-        _consolidate(store, Path(tmp, "kept.parquet"), consumed)
+        summary["shard"] = _consolidate(store, Path(tmp, "kept.parquet"), consumed)
         # full: no folder marker was listed, so none is folded
         listed = [] if full else [Path(tmp, "listed.parquet"), Path(tmp, "folders.parquet")]
         _replace_index(store, segment, old_segments=segments, listed=listed)
@@ -401,12 +401,31 @@ def _write_tables(store: Store, con, tmp: str, run: dict[str, Any]) -> dict[str,
     }
 
 
-def _consolidate(store: Store, kept: Path, consumed: list[str]) -> None:
-    """Upload the kept rows as one shard, then delete the shards they came from."""
+def _consolidate(store: Store, kept: Path, consumed: list[str]) -> str | None:
+    """Upload the kept rows as one shard, then delete the shards they came from; its key."""
+    key = None
     if pq.ParquetFile(kept).metadata.num_rows:
-        # first: the rows are never only in shards being deleted
-        store.put_file(_shard_key(), kept)
+        key = _shard_key()
+        store.put_file(key, kept)  # first: the rows are never only in shards being deleted
     store.delete(consumed)
+    return key
+
+
+def up_to_date(store: Store, *, page_size: int = 1000) -> bool:
+    """Whether nothing was written under ``store`` since its last compaction (which would then
+    rewrite the same tables): its summary names the one shard there is, and the index is one
+    segment and no marker in a folder.  A few requests, whatever the number of records."""
+    summary = read_json(store, SUMMARY)
+    if summary is None or "shard" not in summary or read_json(store, index.COMPLETE) is None:
+        return False
+    shards = [k for k in store.keys(under=SHARDS, page_size=page_size) if k.endswith(".parquet")]
+    if shards != [k for k in [summary["shard"]] if k]:
+        return False
+    # what compaction folds: markers and tombstones (a crashed writer's intent stays anyway)
+    listed = index.listed(store, page_size=page_size)
+    if any(index.parse_name(name)[0] is not None for _, name, _ in listed):
+        return False
+    return len(index.segment_keys(store, page_size=page_size)) <= 1
 
 
 def _replace_index(

@@ -3,7 +3,8 @@
 ``echocam produce`` (no torch), the Celery task and local mode all import this module, so the
 contract is written once:
 
-- :data:`TASK_NAME`: the producer sends tasks by name and never imports the task itself;
+- :data:`TASK_NAME`: the producer sends tasks by name and never imports the task itself (and
+  :data:`COMPACTION_TASK`, which writes the manifest when the run ends);
 - a task's arguments are ``[items, run]``: :func:`encode_items` / :func:`decode_items` for the
   ``[key, size, etag]`` triples, :func:`run_message` / :func:`decode_run` for the run
   (``run.json`` plus what the run redoes, a :class:`Redo`);
@@ -24,6 +25,8 @@ from echocam.errors import TRANSIENT_CODES
 from echocam.storage import ObjectInfo
 
 TASK_NAME = "echocam.process"
+#: The run-end task that writes the manifest: arguments :func:`compaction_args`.
+COMPACTION_TASK = "echocam.compact"
 
 # Why a recording is skipped (what --dry-run prints).
 DONE = "done (current record)"
@@ -153,3 +156,8 @@ def decode_run(message: dict[str, Any]) -> tuple[dict[str, Any], Redo]:
 def task_args(items: Iterable[ObjectInfo], message: dict[str, Any]) -> list[Any]:
     """The positional arguments of a :data:`TASK_NAME` task."""
     return [encode_items(items), message]
+
+
+def compaction_args(run: dict[str, Any]) -> list[Any]:
+    """The positional arguments of a :data:`COMPACTION_TASK` task: output URI and run id."""
+    return [run["output"], run["run_id"]]

@@ -214,6 +214,11 @@ class Settings:
     queue: str = _f("echocam", "Celery queue name")
     task_soft_time_limit: int = _f(600, "seconds before a task's recordings fail with timeout")
     task_time_limit: int = _f(720, "seconds before a task's process is killed")
+    compaction_time_limit: int = _f(
+        0,
+        "seconds before a run-end compaction is stopped (`echocam manifest` redoes it; 0: 90 %"
+        " of visibility_timeout)",
+    )
     visibility_timeout: int = _f(7200, "seconds before Redis redelivers an unacked task")
     max_deliveries: int = _f(3, "deliveries of a task that kills its worker before it fails")
     page_size: int = _f(1000, "keys per ListObjectsV2 page")
@@ -225,6 +230,17 @@ class Settings:
                 "need 0 < task_soft_time_limit < task_time_limit < visibility_timeout "
                 "(a task must never be redelivered while it is still running)"
             )
+        if not 0 <= self.compaction_time_limit < self.visibility_timeout:
+            raise ValueError(
+                "need 0 <= compaction_time_limit < visibility_timeout (a compaction must never "
+                "be redelivered while it is still running)"
+            )
+
+    @property
+    def compaction_limits_s(self) -> tuple[int, int]:
+        """(soft, hard) time limit of a run-end compaction, seconds."""
+        hard = self.compaction_time_limit or int(0.9 * self.visibility_timeout)
+        return max(1, int(0.95 * hard)), hard
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None, **overrides: Any) -> Self:

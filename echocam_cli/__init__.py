@@ -160,9 +160,9 @@ def _producer_context(args: argparse.Namespace):
 
 def cmd_produce(args: argparse.Namespace) -> int:
     _env_from(args, Settings)
-    from echocam import manifest, progress
+    from echocam import progress
     from echocam.settings import params_for_model
-    from producer import enqueue, status, workers
+    from producer import enqueue, workers
     from worker.app import app
 
     settings, store = _producer_context(args)
@@ -190,10 +190,23 @@ def cmd_produce(args: argparse.Namespace) -> int:
         f"{result.run['fingerprint'][:12]}, model {model['sha256'][:12]})"
     )
     if args.wait:
-        r = progress.client(settings.broker_url)
-        final = status.wait(r, result.run, timeout_s=args.timeout)
-        print(status.line(final))
-        _print_summary(manifest.compact(dst, page_size=settings.page_size))
+        return _print_when_done(progress.client(settings.broker_url), result.run, dst, args)
+    return 0
+
+
+def _print_when_done(r, run, dst, args: argparse.Namespace) -> int:
+    """Wait for the run and its manifest; print its state and the summary (1 if the manifest
+    failed)."""
+    from echocam.manifest import SUMMARY
+    from echocam.storage import read_json
+    from producer import status
+
+    final = status.wait(r, run, timeout_s=args.timeout)
+    print(json.dumps(final) if getattr(args, "json", False) else status.line(final))
+    if final["manifest"] == "failed":
+        return 1
+    if not getattr(args, "json", False):
+        _print_summary(read_json(dst, SUMMARY))
     return 0
 
 
@@ -211,9 +224,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         return 2
     r = progress.client(settings.broker_url)
     if args.wait:
-        final = status.wait(r, run, timeout_s=args.timeout)
-    else:
-        final = status.summarise(progress.read(r, run["run_id"]), run)
+        return _print_when_done(r, run, store(args.out), args)
+    final = status.read(r, run)
     print(json.dumps(final) if args.json else status.line(final))
     return 0
 
@@ -533,8 +545,10 @@ def build_parser() -> argparse.ArgumentParser:
             "s3_max_attempts",
             "task_soft_time_limit",
             "task_time_limit",
+            "compaction_time_limit",
             "visibility_timeout",
             "max_deliveries",
+            "page_size",
         ],
         "worker settings",
     )
@@ -555,7 +569,8 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument(
         "--wait",
         action="store_true",
-        help="show progress until the run is finished, then write the manifest",
+        help="show progress until the run is finished and a worker has written its manifest "
+        "(exit status 1 if that failed)",
     )
     pr.add_argument("--timeout", type=float, default=None, help="give up waiting after seconds")
     pr.add_argument(
@@ -592,7 +607,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     st = sub.add_parser("status", help="done / failed / remaining of the run under DEST")
     st.add_argument("out", metavar="DEST", help="s3://bucket/prefix of a run")
-    st.add_argument("--wait", action="store_true", help="show a progress bar until finished")
+    st.add_argument(
+        "--wait",
+        action="store_true",
+        help="show a progress bar until the run is finished and its manifest written",
+    )
     st.add_argument("--timeout", type=float, default=None, help="give up waiting after seconds")
     st.add_argument("--json", action="store_true", help="print the state as JSON")
     _add_fields(st, Settings, ["broker_url", "s3_endpoint_url", "s3_region"], "settings")

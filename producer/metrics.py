@@ -11,7 +11,8 @@ This exporter reads the per-run counters the producer and the workers keep in Re
   ``sum(rate(echocam_windows_total[1m]))``)
 - ``echocam_stage_seconds_total{run_id,stage}``: time spent per stage (decode, compute, encode)
 - ``echocam_tasks_enqueued_total{run_id}``, ``echocam_tasks_done_total{run_id}``
-- ``echocam_recordings_remaining{run_id}``, ``echocam_run_producer_done{run_id}`` (gauges)
+- ``echocam_recordings_remaining{run_id}``, ``echocam_run_producer_done{run_id}``,
+  ``echocam_run_manifest_written{run_id}``, ``echocam_run_manifest_failed{run_id}`` (gauges)
 - ``echocam_queue_length{queue}``: tasks waiting in the broker (all priority lists summed)
 - ``echocam_queue_unacked``: tasks delivered to workers and not yet acknowledged (running)
 - ``echocam_up``: 1 if Redis answered this scrape
@@ -94,6 +95,8 @@ class EchocamCollector(Collector):
             done = c.get("ok", 0) + c.get("failed", 0)
             fams["remaining"].add_metric([run_id], max(c.get("enqueued", 0) - done, 0))
             fams["producer_done"].add_metric([run_id], 1 if c.get("producer_done") else 0)
+            fams["manifest_written"].add_metric([run_id], 1 if c.get("compacted") else 0)
+            fams["manifest_failed"].add_metric([run_id], 1 if c.get("compaction_failed") else 0)
         for queue, n in depths["queues"].items():
             fams["queue_length"].add_metric([queue], n)
         fams["unacked"].add_metric([], depths["unacked"])
@@ -150,6 +153,16 @@ class EchocamCollector(Collector):
             "producer_done": GaugeMetricFamily(
                 "echocam_run_producer_done",
                 "1 once the producer has enqueued the whole run",
+                labels=run,
+            ),
+            "manifest_written": GaugeMetricFamily(
+                "echocam_run_manifest_written",
+                "1 once a worker has written the run's manifest (after its last task)",
+                labels=run,
+            ),
+            "manifest_failed": GaugeMetricFamily(
+                "echocam_run_manifest_failed",
+                "1 if the run's manifest could not be written (`echocam manifest` writes it)",
                 labels=run,
             ),
             "queue_length": GaugeMetricFamily(

@@ -91,11 +91,11 @@ def produce(svc, prefix: str, *args: str, wait: bool = False) -> subprocess.Comp
 
 
 def finish(svc, prefix: str) -> list[dict]:
-    """Wait for the run under out-<prefix>, compact it; the manifest's rows."""
+    """Wait for the run under out-<prefix> and the manifest a worker writes when it ends; the
+    manifest's rows."""
     st = echocam(svc["env"], "status", f"s3://{BUCKET}/out-{prefix}", "--wait", "--timeout", "400")
-    assert st.returncode == 0, st.stderr
-    man = echocam(svc["env"], "manifest", f"s3://{BUCKET}/out-{prefix}")
-    assert man.returncode == 0, man.stderr
+    assert st.returncode == 0, st.stdout + st.stderr
+    assert "; manifest written" in st.stdout, st.stdout
     return manifest(svc, prefix)
 
 
@@ -356,6 +356,35 @@ def test_s3_faults_that_outlast_botocore_retries(svc):
     c = counters(svc, run_id(svc, "outlast"))
     assert c["error:download_failed"] == 1, c
     assert_records_created_once(proxy, "outlast", names)
+
+
+def test_a_manifest_that_cannot_be_written_is_reported_and_echocam_manifest_writes_it(svc):
+    """The run-end compaction fails (a fault, as a full disk would): `produce --wait` says so
+    and how to finish, exits 1, the worker lives on, and `echocam manifest` writes it."""
+    names = {f"clip-{i:02d}.wav": b for i, b in enumerate(clips(3))}
+    upload(svc, "nomanifest", names)
+    out = f"s3://{BUCKET}/out-nomanifest"
+    fault = json.dumps({"compaction_raise": "out-nomanifest"})
+    w = worker(svc, "nomanifest", ECHOCAM_FAULTS=fault)
+    try:
+        proc = echocam(
+            svc["env"], "produce", f"s3://{BUCKET}/nomanifest", "--out", out, "--wait",
+            "--timeout", "300",
+        )  # fmt: skip
+        assert proc.returncode == 1, proc.stdout + proc.stderr
+        assert "3 ok, 0 failed, 0 remaining of 3" in proc.stdout, proc.stdout
+        assert "manifest failed: RuntimeError: echocam fault: compaction" in proc.stdout
+        assert f"`echocam manifest {out}` writes it" in proc.stdout
+        state = json.loads(echocam(svc["env"], "status", out, "--json").stdout)
+        assert state["finished"] and state["manifest"] == "failed", state
+        assert w.proc.poll() is None  # the worker lives on
+    finally:
+        w.stop()
+    keys = svc["client"].list_objects_v2(Bucket=BUCKET, Prefix="out-nomanifest/")["Contents"]
+    assert not [o["Key"] for o in keys if o["Key"].endswith("manifest.jsonl")]
+    man = echocam(svc["env"], "manifest", out)
+    assert man.returncode == 0, man.stderr
+    assert_exactly_once(manifest(svc, "nomanifest"), names)
 
 
 @pytest.fixture(scope="module")

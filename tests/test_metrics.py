@@ -72,9 +72,10 @@ def test_run_counters_and_queue_depth(r, redis_srv, served):
         outcome("ok", 2, decode=0.25, compute=0.75, encode=0.125),
         outcome("failed", 0, "undecodable"),
     ]
-    assert progress.task_done(r, run, "task-1", done)
-    assert not progress.task_done(r, run, "task-1", done)  # a redelivery is not counted twice
-    progress.add(r, run, producer_done=1)
+    assert progress.task_done(r, run, "task-1", done) == (True, False)
+    # a redelivery is not counted twice
+    assert progress.task_done(r, run, "task-1", done) == (False, False)
+    assert not progress.producer_done(r, run)  # one task of two is still running
     progress.add(r, "older-run", enqueued=1)
     progress.task_done(r, "older-run", "task-9", [outcome("failed", 0, "too_short")])
 
@@ -104,6 +105,7 @@ def test_run_counters_and_queue_depth(r, redis_srv, served):
     assert m[("echocam_tasks_done_total", lab)] == 1
     assert m[("echocam_recordings_remaining", lab)] == 2
     assert m[("echocam_run_producer_done", lab)] == 1
+    assert m[("echocam_run_manifest_written", lab)] == 0
     # The other run, and no run made of the ":tasks" set.
     assert m[("echocam_run_producer_done", (("run_id", "older-run"),))] == 0
     older = (("error_code", "too_short"), ("run_id", "older-run"))
@@ -114,8 +116,10 @@ def test_run_counters_and_queue_depth(r, redis_srv, served):
     assert m[("echocam_queue_unacked", ())] == 1
 
     # Read at each scrape: the next one sees new work without any polling loop.
-    progress.task_done(r, run, "task-2", [outcome("ok", 4)])
+    assert progress.task_done(r, run, "task-2", [outcome("ok", 4)]) == (True, True)
     assert scrape(served)[("echocam_windows_total", lab)] == 9
+    progress.compacted(r, run, seconds=1.5)
+    assert scrape(served)[("echocam_run_manifest_written", lab)] == 1
 
 
 def test_empty_redis_has_no_runs(r, served):

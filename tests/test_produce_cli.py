@@ -292,3 +292,49 @@ def test_reruns_and_compaction_read_listings_not_records(svc, worker):
 def get_manifest(svc, prefix: str) -> str:
     key = f"out/{prefix}/manifest.jsonl"
     return svc["client"].get_object(Bucket=BUCKET, Key=key)["Body"].read().decode()
+
+
+def listed_keys(svc, prefix: str) -> list[str]:
+    pages = svc["client"].get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=prefix)
+    return [o["Key"] for page in pages for o in page.get("Contents", ())]
+
+
+def summary(svc, prefix: str) -> dict:
+    key = f"out/{prefix}/summary.json"
+    return json.loads(svc["client"].get_object(Bucket=BUCKET, Key=key)["Body"].read())
+
+
+def test_a_run_ends_with_its_manifest_and_a_folded_index_without_waiting(svc, worker):
+    """Nobody waits and nobody runs `echocam manifest`: the worker that finishes the last task
+    has one write the manifest, which folds the index; a re-run with nothing to do leaves it as
+    it is, unless something was written since."""
+    names = {f"a{i}.wav": clip(60 + i) for i in range(5)}
+    upload(svc, "auto", names)
+    assert enqueued(produce(svc, "auto", wait=False)) == 5
+    out = f"s3://{BUCKET}/out/auto"
+    st = echocam(svc["env"], "status", out, "--wait", "--timeout", "300")
+    assert st.returncode == 0, st.stdout + st.stderr + worker.log_tail()
+    assert "5 ok, 0 failed, 0 remaining of 5" in st.stdout and "; manifest written" in st.stdout
+    rows = [json.loads(line) for line in get_manifest(svc, "auto").splitlines()]
+    assert sorted(r["source_key"] for r in rows) == sorted(names)
+    run_json = svc["client"].get_object(Bucket=BUCKET, Key="out/auto/run.json")["Body"].read()
+    run = json.loads(run_json)
+    first = summary(svc, "auto")
+    assert first["run_id"] == run["run_id"] and first["by_status"] == {"ok": 5}
+    index_keys = [k for k in listed_keys(svc, "out/auto/_index/")]
+    assert len(index_keys) == 1 and "/_index/_segments/" in index_keys[0], index_keys  # folded
+    assert listed_keys(svc, "out/auto/_manifest/shards/") == [f"out/auto/{first['shard']}"]
+
+    # nothing to do, nothing written since: the manifest is current at once, not rewritten
+    assert enqueued(produce(svc, "auto", wait=False)) == 0
+    state = json.loads(echocam(svc["env"], "status", out, "--json").stdout)
+    assert state["finished"] and state["manifest"] == "written", state
+    assert summary(svc, "auto")["compacted_at"] == first["compacted_at"]
+
+    # nothing to do, but the tables are gone: the re-run has a worker write them again
+    svc["client"].delete_object(Bucket=BUCKET, Key="out/auto/summary.json")
+    assert enqueued(produce(svc, "auto", wait=False)) == 0
+    st = echocam(svc["env"], "status", out, "--wait", "--timeout", "300")
+    assert "; manifest written" in st.stdout, st.stdout + worker.log_tail()
+    again = summary(svc, "auto")
+    assert again["compacted_at"] > first["compacted_at"] and again["recordings"] == 5

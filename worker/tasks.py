@@ -1,6 +1,8 @@
-"""The task: a list of source keys plus the run's parameters → outputs and records in the bucket.
+"""The tasks: a list of source keys plus the run's parameters → outputs and records in the bucket
+(``process``), and the run's manifest once its last task is done (``compact``).
 
-Thin glue over ``echocam.runner.run_chunks``; Celery supplies delivery, retries and time limits.
+Thin glue over ``echocam.runner.run_chunks`` and ``echocam.manifest.compact``; Celery supplies
+delivery, retries and time limits.
 """
 
 from __future__ import annotations
@@ -8,13 +10,14 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import time
 
 from botocore.exceptions import BotoCoreError, ClientError
 from celery import signals
 from celery.exceptions import SoftTimeLimitExceeded
 from redis.exceptions import RedisError
 
-from echocam import faults, progress, protocol
+from echocam import faults, manifest, progress, protocol
 from echocam.chunking import chunked
 from echocam.errors import InvalidParams, ParamsMismatch
 from echocam.runner import Outcome, record_failures, run_chunks
@@ -136,7 +139,49 @@ def process(self, items: list[list], message: dict) -> dict:
         except Exception as e:  # e.g. out of device memory: record it, never drop the task
             log.exception("echocam: task %s failed", task_id)
             outcomes = fail_all("internal", f"{type(e).__name__}: {e}")
-    progress.task_done(r, run["run_id"], task_id, outcomes)
+    _, ends_run = progress.task_done(r, run["run_id"], task_id, outcomes)
     counts = {s: sum(o.status == s for o in outcomes) for s in ("ok", "failed")}
     log.info("echocam: task %s: %s", task_id, counts)
+    if ends_run:  # the run's last task: its manifest is written next, by whichever worker
+        app.send_task(
+            protocol.COMPACTION_TASK, args=protocol.compaction_args(run), queue=settings.queue
+        )
+        progress.compaction_sent(r, run["run_id"])
     return counts
+
+
+@app.task(
+    name=protocol.COMPACTION_TASK,
+    bind=True,
+    autoretry_for=TRANSIENT,
+    retry_backoff=2,
+    retry_backoff_max=120,
+    retry_jitter=True,
+    max_retries=5,
+    soft_time_limit=settings.compaction_limits_s[0],
+    time_limit=settings.compaction_limits_s[1],
+)
+def compact(self, output: str, run_id: str) -> dict:
+    """Write the manifest under ``output`` (tables, summary.json, folded index) for the run
+    ``run_id`` that just ended; its state goes to the run's progress in Redis."""
+    r = state.redis()
+    t0 = time.perf_counter()
+    try:
+        faults.before_compaction(output)
+        summary = manifest.compact(state.store(output), page_size=settings.page_size)
+    except TRANSIENT as e:
+        if self.request.retries < self.max_retries:
+            raise
+        error = f"retries exhausted: {type(e).__name__}: {e}"
+    except SoftTimeLimitExceeded:
+        error = f"exceeded its time limit of {settings.compaction_limits_s[0]} s"
+    except Exception as e:
+        log.exception("echocam: compaction of %s failed", output)
+        error = f"{type(e).__name__}: {e}"
+    else:
+        progress.compacted(r, run_id, seconds=time.perf_counter() - t0)
+        log.info("echocam: manifest of run %s: %d recordings", run_id, summary["recordings"])
+        return {"recordings": summary["recordings"]}
+    log.error("echocam: compaction of %s failed: %s", output, error)
+    progress.compaction_failed(r, run_id, f"{error}; `echocam manifest {output}` writes it")
+    return {"error": error}
