@@ -178,7 +178,7 @@ def compact(
         summary["shard"] = _consolidate(store, Path(tmp, "kept.parquet"), consumed)
         # full: no folder marker was listed, so none is folded
         listed = [] if full else [Path(tmp, "listed.parquet"), Path(tmp, "folders.parquet")]
-        _replace_index(store, segment, old_segments=segments, listed=listed)
+        summary["segment"] = _replace_index(store, segment, old_segments=segments, listed=listed)
         if full:
             store.put(index.COMPLETE, b'{"version": 1}\n')
     summary["compaction_s"] = round(time.perf_counter() - t0, 3)
@@ -412,37 +412,36 @@ def _consolidate(store: Store, kept: Path, consumed: list[str]) -> str | None:
 
 
 def up_to_date(store: Store, *, page_size: int = 1000) -> bool:
-    """Whether nothing was written under ``store`` since its last compaction (which would then
-    rewrite the same tables): its summary names the one shard there is, and the index is one
-    segment and no marker in a folder.  A few requests, whatever the number of records."""
+    """Whether nothing was written under ``store`` since its last compaction, which would then
+    rewrite the same tables: its summary names the one shard and the one segment there are
+    (every chunk of work writes a shard, a redelivered one too).  Four requests, whatever the
+    number of records, and no listing of the index's folders."""
     summary = read_json(store, SUMMARY)
-    if summary is None or "shard" not in summary or read_json(store, index.COMPLETE) is None:
+    if summary is None or "segment" not in summary or read_json(store, index.COMPLETE) is None:
         return False
     shards = [k for k in store.keys(under=SHARDS, page_size=page_size) if k.endswith(".parquet")]
-    if shards != [k for k in [summary["shard"]] if k]:
-        return False
-    # what compaction folds: markers and tombstones (a crashed writer's intent stays anyway)
-    listed = index.listed(store, page_size=page_size)
-    if any(index.parse_name(name)[0] is not None for _, name, _ in listed):
-        return False
-    return len(index.segment_keys(store, page_size=page_size)) <= 1
+    return shards == [k for k in [summary["shard"]] if k] and index.segment_keys(
+        store, page_size=page_size
+    ) == [summary["segment"]]
 
 
 def _replace_index(
     store: Store, segment: Path, *, old_segments: list[str], listed: list[Path]
-) -> None:
+) -> str:
     """Upload the new segment, then delete the segments and folder markers it replaces (the
-    keys in the files ``listed``, one file after the other).
+    keys in the files ``listed``, one file after the other); the new segment's key.
 
     In this order, every current record's marker is in a folder or a segment at every moment
     (see ``echocam.index``): the new segment holds the marker of each source's current record
     as this compaction found it, and a marker it folded that is no longer current is stale.
     """
-    store.put_file(index.segment_key(), segment)
+    key = index.segment_key()
+    store.put_file(key, segment)
     store.delete(old_segments)
     for path in listed:
         for batch in pq.ParquetFile(path).iter_batches(batch_size=1000):
             store.delete(batch.column(0).to_pylist())
+    return key
 
 
 class _Table:
