@@ -175,10 +175,12 @@ def compact(
         summary = _write_tables(store, con, tmp, run)
         segment = _fold(con, tmp)
         con.close()
-        summary["shard"] = _consolidate(store, Path(tmp, "kept.parquet"), consumed)
+        summary["shard"] = _consolidate(store, Path(tmp, "kept.parquet"), consumed, pool=pool)
         # full: no folder marker was listed, so none is folded
         listed = [] if full else [Path(tmp, "listed.parquet"), Path(tmp, "folders.parquet")]
-        summary["segment"] = _replace_index(store, segment, old_segments=segments, listed=listed)
+        summary["segment"] = _replace_index(
+            store, segment, old_segments=segments, listed=listed, pool=pool
+        )
         if full:
             store.put(index.COMPLETE, b'{"version": 1}\n')
     summary["compaction_s"] = round(time.perf_counter() - t0, 3)
@@ -401,14 +403,27 @@ def _write_tables(store: Store, con, tmp: str, run: dict[str, Any]) -> dict[str,
     }
 
 
-def _consolidate(store: Store, kept: Path, consumed: list[str]) -> str | None:
+def _consolidate(store: Store, kept: Path, consumed: list[str], *, pool) -> str | None:
     """Upload the kept rows as one shard, then delete the shards they came from; its key."""
     key = None
     if pq.ParquetFile(kept).metadata.num_rows:
         key = _shard_key()
         store.put_file(key, kept)  # first: the rows are never only in shards being deleted
-    store.delete(consumed)
+    _delete(store, iter([consumed]), pool=pool)
     return key
+
+
+#: Delete requests of up to 1000 keys in flight at once.  A request takes ~0.6 s here (SeaweedFS,
+#: whose own work bounds it: 8 at once saved only 10 %), and a million markers are a thousand
+#: requests: against S3, where a request is mostly waiting, they overlap.
+DELETES_IN_FLIGHT = 8
+
+
+def _delete(store: Store, batches: Iterator[list[str]], *, pool) -> None:
+    """Delete the keys of ``batches`` (lists of up to 1000), several requests at a time."""
+    some_keys = (some for batch in batches for some in chunked(batch, 1000))
+    for in_flight in chunked(some_keys, DELETES_IN_FLIGHT):
+        list(pool.map(store.delete, in_flight))
 
 
 def up_to_date(store: Store, *, page_size: int = 1000) -> bool:
@@ -426,7 +441,7 @@ def up_to_date(store: Store, *, page_size: int = 1000) -> bool:
 
 
 def _replace_index(
-    store: Store, segment: Path, *, old_segments: list[str], listed: list[Path]
+    store: Store, segment: Path, *, old_segments: list[str], listed: list[Path], pool
 ) -> str:
     """Upload the new segment, then delete the segments and folder markers it replaces (the
     keys in the files ``listed``, one file after the other); the new segment's key.
@@ -438,9 +453,9 @@ def _replace_index(
     key = index.segment_key()
     store.put_file(key, segment)
     store.delete(old_segments)
-    for path in listed:
-        for batch in pq.ParquetFile(path).iter_batches(batch_size=1000):
-            store.delete(batch.column(0).to_pylist())
+    for path in listed:  # the markers before their folders: a folder goes only once empty
+        batches = pq.ParquetFile(path).iter_batches(batch_size=1000)
+        _delete(store, (batch.column(0).to_pylist() for batch in batches), pool=pool)
     return key
 
 
