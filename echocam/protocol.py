@@ -158,6 +158,7 @@ def task_args(items: Iterable[ObjectInfo], message: dict[str, Any]) -> list[Any]
     return [encode_items(items), message]
 
 
-def compaction_args(run: dict[str, Any]) -> list[Any]:
-    """The positional arguments of a :data:`COMPACTION_TASK` task: output URI and run id."""
-    return [run["output"], run["run_id"]]
+def compaction_args(run: dict[str, Any], *, wrote: bool) -> list[Any]:
+    """The positional arguments of a :data:`COMPACTION_TASK` task: output URI, run id, and
+    whether the run wrote anything (if not, the manifest may be current already)."""
+    return [run["output"], run["run_id"], wrote]

@@ -8,7 +8,7 @@ two round trips to Redis, not two per task, and the messages are Celery's own.
 
 When the run ends (its last task done, after the producer said it enqueued everything), one
 worker writes its manifest (``echocam.compact``); if it ends in the producer (every task was
-done before, or there was none), the producer sends that task, unless the manifest is current.
+done before, or there was none), the producer sends that task.
 """
 
 from __future__ import annotations
@@ -166,22 +166,13 @@ def produce(
         flush()
         bar.set_postfix(enqueued=out.recordings, skipped=out.skipped)
     if progress.producer_done(r, run["run_id"]):  # every task done already, or none enqueued
-        _end_run(app, r, run, dst, settings=settings, wrote=out.tasks > 0)
+        app.send_task(
+            protocol.COMPACTION_TASK,
+            args=protocol.compaction_args(run, wrote=out.tasks > 0),
+            queue=settings.queue,
+        )
+        progress.compaction_sent(r, run["run_id"])
     return out
-
-
-def _end_run(app: Celery, r, run: dict[str, Any], dst: Store, *, settings: Settings, wrote: bool):
-    """The producer ended the run: a worker writes its manifest (see ``echocam.progress``),
-    unless the run wrote nothing and the manifest already holds everything."""
-    from echocam import manifest  # pyarrow: only where a run ends here
-
-    if not wrote and manifest.up_to_date(dst, page_size=settings.page_size):
-        progress.compacted(r, run["run_id"], seconds=0.0)
-        return
-    app.send_task(
-        protocol.COMPACTION_TASK, args=protocol.compaction_args(run), queue=settings.queue
-    )
-    progress.compaction_sent(r, run["run_id"])
 
 
 def dry_run(

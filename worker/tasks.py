@@ -144,7 +144,9 @@ def process(self, items: list[list], message: dict) -> dict:
     log.info("echocam: task %s: %s", task_id, counts)
     if ends_run:  # the run's last task: its manifest is written next, by whichever worker
         app.send_task(
-            protocol.COMPACTION_TASK, args=protocol.compaction_args(run), queue=settings.queue
+            protocol.COMPACTION_TASK,
+            args=protocol.compaction_args(run, wrote=True),
+            queue=settings.queue,
         )
         progress.compaction_sent(r, run["run_id"])
     return counts
@@ -161,14 +163,20 @@ def process(self, items: list[list], message: dict) -> dict:
     soft_time_limit=settings.compaction_limits_s[0],
     time_limit=settings.compaction_limits_s[1],
 )
-def compact(self, output: str, run_id: str) -> dict:
+def compact(self, output: str, run_id: str, wrote: bool = True) -> dict:
     """Write the manifest under ``output`` (tables, summary.json, folded index) for the run
-    ``run_id`` that just ended; its state goes to the run's progress in Redis."""
+    ``run_id`` that just ended, unless it ``wrote`` nothing and the manifest is current; its
+    state goes to the run's progress in Redis."""
     r = state.redis()
     t0 = time.perf_counter()
     try:
         faults.before_compaction(output)
-        summary = manifest.compact(state.store(output), page_size=settings.page_size)
+        store = state.store(output)
+        if not wrote and manifest.up_to_date(store, page_size=settings.page_size):
+            progress.compacted(r, run_id, seconds=time.perf_counter() - t0)
+            log.info("echocam: manifest of run %s: current already", run_id)
+            return {"current": True}
+        summary = manifest.compact(store, page_size=settings.page_size)
     except TRANSIENT as e:
         if self.request.retries < self.max_retries:
             raise
