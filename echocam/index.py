@@ -91,11 +91,15 @@ _UNESCAPED = {f"{i:02X}": chr(i) for i in range(ord(_ESC) + 1)}  # what encode()
 
 
 def decode(encoded: str) -> str:
-    first, *escaped = encoded.split(_ESC)
+    if _ESC not in encoded:
+        return encoded  # most keys escape nothing
+    parts = encoded.split(_ESC)
     try:
-        return first + "".join(_UNESCAPED[e[:2]] + e[2:] for e in escaped)
+        for i in range(1, len(parts)):  # each part after the first starts with an escape
+            parts[i] = _UNESCAPED[parts[i][:2]] + parts[i][2:]
     except KeyError:  # not written by encode(): left as it is (it names no listed source)
         return encoded
+    return "".join(parts)
 
 
 def folder(source_key: str) -> str | None:
@@ -232,8 +236,12 @@ class Group:
     @property
     def current(self) -> Marker | None:
         """The current record's marker when certain (one live marker, nothing else), else None."""
+        if self.other:
+            return None
+        if not self.dead:  # the common case: no tombstone, no marker names to build
+            return self.markers[0] if len(self.markers) == 1 else None
         live = [m for m in self.markers if m.name not in self.dead]
-        return live[0] if len(live) == 1 and not self.other else None
+        return live[0] if len(live) == 1 else None
 
 
 def listed(store: Store, *, page_size: int = 1000) -> Iterator[tuple[str, str, str]]:
@@ -324,9 +332,10 @@ def folded(store: Store, keys: list[str], *, missing_ok: bool = False) -> Iterat
         except FileNotFoundError:
             if not missing_ok:
                 raise
-    merged = heapq.merge(*streams)
-    for enc, found in itertools.groupby(merged, key=itemgetter(0)):
-        yield _group(decode(enc), (name for _, name in found))
+    # one segment (the state compaction leaves) is already in order: no merge to pay per line
+    lines = streams[0] if len(streams) == 1 else heapq.merge(*streams)
+    for enc, found in itertools.groupby(lines, key=itemgetter(0)):
+        yield _group(decode(enc), map(itemgetter(1), found))
 
 
 def _segments(key: str) -> list[str]:
@@ -359,6 +368,8 @@ class Lookup:
         self._ahead = ahead
 
     def find(self, source: str) -> Group | None:
+        if self._head is None and not self._held:
+            return None  # the index is read to its end (a first run: it is empty)
         while (
             self._head is not None
             and not _before_in_both(source, self._head.source)
