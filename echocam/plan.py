@@ -11,6 +11,7 @@ memory for any bucket, and the first decisions come before the listings end.  No
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -111,14 +112,15 @@ def plan(
     view = pool.submit(index.View, dst, page_size=page_size) if needs_records else None
     todo = 0
     for items in chunked_ahead(listing, max(1, chunk), depth=LIST_AHEAD):
-        audio = [it for it in items if suffix_matches(it.key, extensions)]
+        is_audio = [suffix_matches(it.key, extensions) for it in items]  # once per item
+        audio = list(itertools.compress(items, is_audio))
         if needs_records:
             view, groups = _look_up(dst, view, audio, page_size=page_size)
             existing = _records(audio, groups, dst=dst, redo=redo, pool=pool)
         else:
             existing = {}
-        for it in items:
-            if not suffix_matches(it.key, extensions):
+        for it, matches in zip(items, is_audio, strict=True):
+            if not matches:
                 yield Decision(it, protocol.EXTENSION)
                 continue
             reason = protocol.skip_reason(
