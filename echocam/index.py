@@ -338,13 +338,9 @@ def folded(store: Store, keys: list[str], *, missing_ok: bool = False) -> Iterat
         yield _group(decode(enc), map(itemgetter(1), found))
 
 
-def _segments(key: str) -> list[str]:
-    return key.split("/")
-
-
 def _before_in_both(a: str, b: str) -> bool:
     """``a`` lists before ``b`` in byte order and in folder-by-folder order."""
-    return a < b and _segments(a) < _segments(b)
+    return a < b and a.split("/") < b.split("/")
 
 
 class Lookup:
@@ -368,8 +364,16 @@ class Lookup:
         self._ahead = ahead
 
     def find(self, source: str) -> Group | None:
-        if self._head is None and not self._held:
+        head = self._head
+        if head is None and not self._held:
             return None  # the index is read to its end (a first run: it is empty)
+        if head is not None and head.source == source and not self._held and self._ahead:
+            # the usual case, the loop below's first step without its bookkeeping: the next
+            # group is the source's, and it is answered when the group after is past it
+            self._head = next(self._groups, None)
+            if self._head is None or _before_in_both(source, self._head.source):
+                return head
+            self._held[source] = head
         while (
             self._head is not None
             and not _before_in_both(source, self._head.source)

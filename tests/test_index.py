@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import random
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -56,6 +57,58 @@ def test_index_keys_sort_like_their_sources_in_byte_and_folder_order():
     assert index.folder("a//b.wav") is None and index.folder("../x.wav") is None
     # names nobody encoded (a hand-made folder) are kept as they are, never an error
     assert [index.decode(e) for e in ("a#zz", "a#", "a#4")] == ["a#zz", "a#", "a#4"]
+
+
+class PlainLookup:
+    """:class:`index.Lookup` as first written, without its shortcuts: what it must answer."""
+
+    def __init__(self, groups, *, ahead):
+        self.groups, self.ahead, self.held = iter(groups), ahead, {}
+        self.head = next(self.groups, None)
+
+    @staticmethod
+    def before(a: str, b: str) -> bool:
+        return a < b and a.split("/") < b.split("/")
+
+    def find(self, source):
+        while (
+            self.head is not None
+            and not self.before(source, self.head.source)
+            and len(self.held) < self.ahead
+        ):
+            g = self.head
+            if g.source in self.held:
+                self.held[g.source].other = True
+            else:
+                self.held[g.source] = g
+            self.head = next(self.groups, None)
+        found = self.held.pop(source, None)
+        if found is None and self.head is not None and not self.before(source, self.head.source):
+            found = index.Group(source, other=True)
+        while self.held and self.before(next(iter(self.held)), source):
+            del self.held[next(iter(self.held))]
+        if len(self.held) > self.ahead // 2:
+            self.held = {k: g for k, g in self.held.items() if not self.before(k, source)}
+        return found
+
+
+def test_lookup_answers_as_its_plain_definition_whatever_the_orders():
+    """Its shortcuts (the next group is the asked source's; an exhausted index) change no
+    answer: keys with characters below "/" next to folders, byte and folder orders mixed,
+    duplicates, sources on one side only, any read-ahead."""
+    rng = random.Random(7)
+    orders = (lambda k: k, lambda k: k.split("/"))
+    marker = index.Marker("0" * 32, FP, "0" * 16, "ok")
+    for _ in range(3000):
+        keys = {"".join(rng.choices("ab/-. !#", k=rng.randint(1, 6))) for _ in range(12)}
+        listed = sorted(keys, key=rng.choice(orders))
+        sources = [k for k in keys if rng.random() < 0.7] + rng.choices(sorted(keys), k=2)
+        sources.sort(key=rng.choice(orders))
+        ahead = rng.choice([0, 1, 2, 3, 20_000])
+        got = index.Lookup((index.Group(s, [marker]) for s in sources), ahead=ahead)
+        want = PlainLookup((index.Group(s, [marker]) for s in sources), ahead=ahead)
+        for k in listed:
+            assert got.find(k) == want.find(k), (listed, sources, ahead, k)
 
 
 @pytest.fixture(scope="module")
