@@ -10,19 +10,21 @@ For each size N: N small objects are uploaded under a prefix, then, each in a fr
 - ``first``: ``produce`` into an empty output prefix (every key enqueued);
 - ``rerun``: ``produce`` into a prefix where every recording is done (records, markers and shards
   written in bulk with the workers' record and marker formats, with the run's fingerprint), the
-  done index still all folder markers (no compaction yet);
+  done index still all folder markers: what a run cut off before its end leaves (a run that ends
+  is compacted by a worker);
 - ``rerun-by-record``: the old decision path as a control: the listing plus one record GET per
   key on ``io_threads`` threads (what ``produce`` did before the done index);
-- ``compact``: ``echocam manifest`` on the done prefix (index listing + shards; it folds the
-  markers into one segment), against ``compact-by-record``: listing every record.json and
-  reading each (the old compaction's I/O);
+- ``compact``: compaction of the done prefix, as a worker runs it when a run ends and as
+  ``echocam manifest`` does (index listing + shards; it folds the markers into one segment),
+  against ``compact-by-record``: listing every record.json and reading each (the old
+  compaction's I/O);
 - ``rerun-compacted``: ``produce`` again after ``compact`` (source listing + one segment);
 - ``list-index``: the bare paginator over the folded index (one segment object; on SeaweedFS,
   also the walk of the empty folders the index's sources left, one per distinct source folder);
 - ``settle``: waits (up to 5 minutes) until SeaweedFS has removed those empty folders itself (its
   filer's empty-folder cleaner runs every 10 s, a folder level at a time), then
   ``rerun-compacted-later`` and ``list-index-later`` measure the same as above: a re-run some
-  minutes after the manifest step, as most re-runs are.
+  minutes after the run before it ended, as most re-runs are.
 
 Each child reports its wall time, its peak RSS above its post-import baseline, and the 1-minute
 load average when it ended.
