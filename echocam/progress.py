@@ -22,25 +22,27 @@ from typing import Any
 
 import redis
 
+TTL_S = 30 * 24 * 3600
 # KEYS: the run's hash, its set of counted task ids, its compaction key; ARGV[1]: who calls.
 # After the caller's counting (``added``): if the run has ended, returns added + 2 when the
 # caller enqueues the compaction (it claims it now, or claimed it and did not say it sent it).
-_CLAIM = """
+_CLAIM = f"""
 local h = redis.call('HMGET', KEYS[1], 'producer_done', 'tasks_done', 'tasks_enqueued',
                      'compaction_sent')
 if h[1] ~= '1' or tonumber(h[2] or '0') < tonumber(h[3] or '0') then return added end
-if redis.call('SET', KEYS[3], ARGV[1], 'NX') or (redis.call('GET', KEYS[3]) == ARGV[1]
-                                                  and h[4] ~= '1') then
+if redis.call('SET', KEYS[3], ARGV[1], 'NX', 'EX', {TTL_S})
+   or (redis.call('GET', KEYS[3]) == ARGV[1] and h[4] ~= '1') then
   return added + 2
 end
 return added
 """
 # ARGV[2..]: pairs of counter and increment, added once per task id (ARGV[1]).
 _TASK_DONE = (
-    """
+    f"""
 local added = 0
 if redis.call('SADD', KEYS[2], ARGV[1]) == 1 then
   for i = 2, #ARGV, 2 do redis.call('HINCRBY', KEYS[1], ARGV[i], ARGV[i + 1]) end
+  redis.call('EXPIRE', KEYS[2], {TTL_S})
   added = 1
 end
 """
@@ -54,7 +56,6 @@ local added = redis.call('HSETNX', KEYS[1], 'producer_done', 1)
 )
 #: Who the producer is, to the claim (no task has this id).
 PRODUCER = "producer"
-TTL_S = 30 * 24 * 3600
 
 
 def client(url: str) -> redis.Redis:
@@ -69,8 +70,6 @@ def _counted(r: redis.Redis, script: str, run_id: str, *args: Any) -> tuple[bool
     """(counted now, the caller enqueues the compaction)."""
     k = key(run_id)
     result = r.eval(script, 3, k, k + ":tasks", k + ":compaction", *args)
-    for suffix in (":tasks", ":compaction"):
-        r.expire(k + suffix, TTL_S)
     return bool(result & 1), bool(result & 2)
 
 

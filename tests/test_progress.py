@@ -43,6 +43,8 @@ def test_the_last_task_ends_the_run_once_the_producer_is_done(r):
     progress.compaction_sent(r, "run")
     assert progress.task_done(r, "run", "t3", OK) == (False, False)  # sent: never twice
     assert progress.read(r, "run")["tasks_done"] == 3
+    for suffix in (":tasks", ":compaction"):  # nothing stays in Redis for ever
+        assert 0 < r.ttl(progress.key("run") + suffix) <= progress.TTL_S
 
 
 def test_the_producer_ends_the_run_when_its_tasks_finished_first(r):
