@@ -216,8 +216,8 @@ class Settings:
     task_time_limit: int = _f(720, "seconds before a task's process is killed")
     compaction_time_limit: int = _f(
         0,
-        "seconds before a run-end compaction is stopped (`echocam manifest` redoes it; 0: 90 %"
-        " of visibility_timeout)",
+        "seconds before a run-end compaction is stopped (`echocam manifest` redoes it; 0: nine"
+        " tenths of visibility_timeout)",
     )
     visibility_timeout: int = _f(7200, "seconds before Redis redelivers an unacked task")
     max_deliveries: int = _f(3, "deliveries of a task that kills its worker before it fails")

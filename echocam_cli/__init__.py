@@ -28,7 +28,8 @@ def _add_fields(parser: argparse.ArgumentParser, cls: type, names: list[str], ti
         flag = "--" + name.replace("_", "-")
         default = f.default
         shown = ",".join(default) if isinstance(default, tuple) else default
-        help_ = f"{f.metadata['help']} [{env_name(name)}; default {shown!s}]"
+        # argparse formats help with %: a literal one in a field's help must be doubled
+        help_ = f"{f.metadata['help']} [{env_name(name)}; default {shown!s}]".replace("%", "%%")
         if hint is bool:
             group.add_argument(
                 flag, action=argparse.BooleanOptionalAction, default=None, help=help_
