@@ -26,10 +26,17 @@ from echocam.storage import ObjectInfo, Store, read_json, suffix_matches
 
 
 def _look_up(
-    dst: Store, view: index.View | Future | None, items: list[ObjectInfo], *, page_size: int
-) -> tuple[index.View | None, list[index.Group | None]]:
-    """The index's group of each item, from a view whose segments were still the current ones
-    after the groups were found (else from a new view: a compaction moved markers meanwhile).
+    dst: Store,
+    view: index.View | Future | None,
+    items: list[ObjectInfo],
+    *,
+    page_size: int,
+    pool: ThreadPoolExecutor,
+) -> tuple[index.View | None, list[index.Group | None], Future | None]:
+    """The index's group of each item, and (a future) whether the view's segments were still
+    the current ones after the groups were found: if not, a compaction moved markers meanwhile,
+    and the items are looked up again from a new view.  Asked on ``pool``, so that the request
+    overlaps the decisions made from the groups, which wait for it before they are used.
 
     ``view`` may be one still being opened (a future): its listings started with the sources'.
     """
@@ -42,10 +49,8 @@ def _look_up(
             view = None
             continue
         found = [view.find(it.key) for it in items]
-        if view.unchanged():
-            return view, found
-        view = None
-    return view, []
+        return view, found, pool.submit(view.unchanged)
+    return view, [], None
 
 
 def _records(
@@ -114,18 +119,24 @@ def plan(
     for items in chunked_ahead(listing, max(1, chunk), depth=LIST_AHEAD):
         is_audio = [suffix_matches(it.key, extensions) for it in items]  # once per item
         audio = list(itertools.compress(items, is_audio))
-        if needs_records:
-            view, groups = _look_up(dst, view, audio, page_size=page_size)
-            existing = _records(audio, groups, dst=dst, redo=redo, pool=pool)
-        else:
-            existing = {}
-        for it, matches in zip(items, is_audio, strict=True):
-            if not matches:
-                yield Decision(it, protocol.EXTENSION)
-                continue
-            reason = protocol.skip_reason(
-                existing.get(it.key), it, fingerprint=fingerprint, run_id=run_id, redo=redo
-            )
+        while True:
+            if needs_records:
+                view, groups, unchanged = _look_up(dst, view, audio, page_size=page_size, pool=pool)
+                existing = _records(audio, groups, dst=dst, redo=redo, pool=pool)
+            else:
+                existing, unchanged = {}, None
+            reasons = [
+                protocol.skip_reason(
+                    existing.get(it.key), it, fingerprint=fingerprint, run_id=run_id, redo=redo
+                )
+                if matches
+                else protocol.EXTENSION
+                for it, matches in zip(items, is_audio, strict=True)
+            ]
+            if unchanged is None or unchanged.result():
+                break
+            view = None  # a compaction moved markers since the view was opened: look again
+        for it, reason in zip(items, reasons, strict=True):
             yield Decision(it, reason)
             if reason is None:
                 todo += 1

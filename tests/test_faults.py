@@ -358,6 +358,32 @@ def test_s3_faults_that_outlast_botocore_retries(svc):
     assert_records_created_once(proxy, "outlast", names)
 
 
+def test_a_worker_process_killed_mid_compaction_is_redelivered_and_the_manifest_written(svc):
+    """The run-end compaction's process dies (SIGKILL) while it uploads the manifest: the task
+    comes back (acked late) and a new process writes every table, each source once."""
+    names = {f"clip-{i:02d}.wav": b for i, b in enumerate(clips(4))}
+    upload(svc, "killcompact", names)
+    table = f"/{BUCKET}/out-killcompact/manifest.jsonl"
+    held = Rule("PUT", table, "stall", times=1)
+    with FaultProxy(svc["s3"].port, fail_rate=0, rules=[held]) as proxy:
+        w = worker(svc, "killcompact", ECHOCAM_S3_ENDPOINT_URL=proxy.endpoint_url)
+        try:
+            produce(svc, "killcompact")
+            wait_for(proxy.stalled.is_set, 180, "the manifest's PUT held at the proxy")
+            (child,) = pool_pids(w)
+            os.kill(child, signal.SIGKILL)
+            proxy.release()
+            rows = finish(svc, "killcompact")
+            assert w.proc.poll() is None  # the worker lives on
+        finally:
+            w.stop()
+    assert_exactly_once(rows, names)
+    assert [q.status for q in proxy.requests("PUT", table)] == ["stalled", 200]
+    assert_counted_once(svc, "killcompact", names, tasks=2)
+    c = counters(svc, run_id(svc, "killcompact"))
+    assert c["compacted"] == 1 and "compaction_failed" not in c, c
+
+
 def test_a_manifest_that_cannot_be_written_is_reported_and_echocam_manifest_writes_it(svc):
     """The run-end compaction fails (a fault, as a full disk would): `produce --wait` says so
     and how to finish, exits 1, the worker lives on, and `echocam manifest` writes it."""

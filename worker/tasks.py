@@ -64,6 +64,16 @@ def _give_up(infos: list[ObjectInfo], fail_all, error: Exception) -> list[Outcom
         return [Outcome(it.key, "failed", "internal", 0, False, {}) for it in infos]
 
 
+def _delivered(r, request) -> int:
+    """How many times this try of the task has been delivered (a process that dies under it
+    gets it again, until ``max_deliveries``)."""
+    key = f"echocam:deliveries:{request.id}:{request.retries}"
+    with r.pipeline() as p:
+        p.incr(key)
+        p.expire(key, progress.TTL_S)
+        return p.execute()[0]
+
+
 @app.task(
     name=protocol.TASK_NAME,
     bind=True,
@@ -95,8 +105,7 @@ def process(self, items: list[list], message: dict) -> dict:
             message=message,
         )
 
-    deliveries = r.incr(f"echocam:deliveries:{task_id}:{self.request.retries}")
-    r.expire(f"echocam:deliveries:{task_id}:{self.request.retries}", progress.TTL_S)
+    deliveries = _delivered(r, self.request)
     if fp != run["fingerprint"]:
         outcomes = fail_all(
             "model_mismatch",
@@ -169,27 +178,30 @@ def compact(self, output: str, run_id: str, wrote: bool = True) -> dict:
     state goes to the run's progress in Redis."""
     r = state.redis()
     t0 = time.perf_counter()
-    try:
-        faults.before_compaction(output)
-        store = state.store(output)
-        if not wrote and manifest.up_to_date(store, page_size=settings.page_size):
-            progress.compacted(r, run_id, seconds=time.perf_counter() - t0)
-            log.info("echocam: manifest of run %s: current already", run_id)
-            return {"current": True}
-        summary = manifest.compact(store, page_size=settings.page_size)
-    except TRANSIENT as e:
-        if self.request.retries < self.max_retries:
-            raise
-        error = f"retries exhausted: {type(e).__name__}: {e}"
-    except SoftTimeLimitExceeded:
-        error = f"exceeded its time limit of {settings.compaction_limits_s[0]} s"
-    except Exception as e:
-        log.exception("echocam: compaction of %s failed", output)
-        error = f"{type(e).__name__}: {e}"
+    if (deliveries := _delivered(r, self.request)) > settings.max_deliveries:
+        error = f"its worker process died each of {deliveries - 1} times"
     else:
-        progress.compacted(r, run_id, seconds=time.perf_counter() - t0)
-        log.info("echocam: manifest of run %s: %d recordings", run_id, summary["recordings"])
-        return {"recordings": summary["recordings"]}
+        try:
+            faults.before_compaction(output)
+            store = state.store(output)
+            if not wrote and manifest.up_to_date(store, page_size=settings.page_size):
+                progress.compacted(r, run_id, seconds=time.perf_counter() - t0)
+                log.info("echocam: manifest of run %s: current already", run_id)
+                return {"current": True}
+            summary = manifest.compact(store, page_size=settings.page_size)
+        except TRANSIENT as e:
+            if self.request.retries < self.max_retries:
+                raise
+            error = f"retries exhausted: {type(e).__name__}: {e}"
+        except SoftTimeLimitExceeded:
+            error = f"exceeded its time limit of {settings.compaction_limits_s[0]} s"
+        except Exception as e:
+            log.exception("echocam: compaction of %s failed", output)
+            error = f"{type(e).__name__}: {e}"
+        else:
+            progress.compacted(r, run_id, seconds=time.perf_counter() - t0)
+            log.info("echocam: manifest of run %s: %d recordings", run_id, summary["recordings"])
+            return {"recordings": summary["recordings"]}
     log.error("echocam: compaction of %s failed: %s", output, error)
     progress.compaction_failed(r, run_id, f"{error}; `echocam manifest {output}` writes it")
     return {"error": error}
