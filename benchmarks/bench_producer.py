@@ -27,7 +27,9 @@ For each size N: N small objects are uploaded under a prefix, then, each in a fr
   minutes after the run before it ended, as most re-runs are.
 
 Each child reports its wall time, its peak RSS above its post-import baseline, and the 1-minute
-load average when it ended.
+load average when it ended.  The machine is shared: its load drifts within minutes, so each
+repeat of ``first`` and of the re-runs follows a bare listing of the same keys, and their ratio
+to the listing is also given as the median of those pairs' ratios.
 
     python benchmarks/bench_producer.py [--sizes 10000 100000] [--json out.json]
 """
@@ -223,23 +225,33 @@ def run(args: argparse.Namespace) -> dict:
                     print(f"  SeaweedFS removed the index's empty folders in {waited:.0f} s")
                     continue
                 repeats = args.repeats if what in REPEATED else 1
-                got = [run_child(what, n, env) for _ in range(repeats)]
+                got, pairs = [], []
+                for _ in range(repeats):
+                    if what in PAIRED:  # the listing just before: the same neighbours' load
+                        pairs.append(run_child("list", n, env)["seconds"])
+                    got.append(run_child(what, n, env))
                 best = min(got, key=lambda r: r["seconds"])  # least disturbed by the neighbours
                 best["repeats_seconds"] = [round(r["seconds"], 3) for r in got]
+                if pairs:
+                    best["paired_list_seconds"] = [round(x, 3) for x in pairs]
+                    ratios = sorted(x / r["seconds"] for x, r in zip(pairs, got, strict=True))
+                    best["paired_ratios"] = [round(x, 3) for x in ratios]
+                    best["paired_ratio_median"] = ratios[len(ratios) // 2]
                 rows.append(best)
                 print(
                     f"  {what} {n}: {best['seconds']:.2f} s, {best['keys_per_s']:.0f} keys/s, "
                     f"RSS growth {best['rss_growth_bytes'] / 2**20:.1f} MiB",
                     flush=True,
                 )
-    ratios = {}
+    ratios, paired = {}, {}
     for n in args.sizes:
         by = {r["what"]: r for r in rows if r["keys"] == n}
         if "list" in by:
             ratios[n] = {
                 w: by[w]["keys_per_s"] / by["list"]["keys_per_s"] for w in by if w != "list"
             }
-    return {"runs": rows, "ratio_to_listing": ratios}
+        paired[n] = {w: r["paired_ratio_median"] for w, r in by.items() if "paired_ratios" in r}
+    return {"runs": rows, "ratio_to_listing": ratios, "paired_ratio_to_listing": paired}
 
 
 def report(res: dict) -> str:
@@ -251,7 +263,10 @@ def report(res: dict) -> str:
     lines = [C.table(rows, ["path", "keys", "s", "keys/s", "RSS growth MiB", "load"])]
     for n, ratio in res["ratio_to_listing"].items():
         parts = ", ".join(f"{w} {x:.2f}" for w, x in ratio.items())
-        lines.append(f"  {n} keys, rate / raw listing rate: {parts}")
+        lines.append(f"  {n} keys, rate / raw listing rate (best / best): {parts}")
+    for n, ratio in res["paired_ratio_to_listing"].items():
+        parts = ", ".join(f"{w} {x:.2f}" for w, x in ratio.items())
+        lines.append(f"  {n} keys, median of (listing just before / repeat): {parts}")
     return "\n".join(lines)
 
 
@@ -261,6 +276,9 @@ PATHS = [
     "list", "list-default", "first", "rerun", "rerun-by-record", "compact", "rerun-compacted",
     "list-index", "compact-by-record", "settle", "rerun-compacted-later", "list-index-later",
 ]  # fmt: skip
+#: Each repeat of these follows a bare listing of the same keys; their ratio to the listing is
+#: the median of the pairs' ratios (the load of the machine's neighbours drifts within minutes).
+PAIRED = ("first", "rerun", "rerun-compacted", "rerun-compacted-later")
 REPEATED = (
     "list", "list-default", "first", "rerun", "rerun-compacted", "list-index",
     "rerun-compacted-later", "list-index-later",
