@@ -1,4 +1,4 @@
-"""Shared fixtures: real recordings, checkpoints the tests make, a loaded model."""
+"""Shared fixtures: real recordings, checkpoints the tests make, a loaded model, a Redis."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+
+from devtools.services import RedisServer
 
 ROOT = Path(__file__).resolve().parent.parent
 # ECHOCAM_TEST_RECORDINGS points elsewhere (a path that does not exist: a run without ../shared).
@@ -84,3 +86,17 @@ def species_model(species_checkpoint):
 
 # the species fixtures (one training per session), for every test file
 from trained_species import species_data, trained_species  # noqa: E402, F401
+
+
+@pytest.fixture(scope="module")
+def redis_srv():
+    with RedisServer(password="s3cret-pw") as srv:
+        yield srv
+
+
+@pytest.fixture
+def r(redis_srv):
+    client = redis_srv.client()
+    client.flushdb()
+    yield client
+    client.close()

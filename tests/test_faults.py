@@ -160,6 +160,15 @@ def puts(proxy: FaultProxy, prefix: str, key: str, name: str) -> list:
     return proxy.requests("PUT", f"/{BUCKET}/out-{prefix}/{key}/{name}")
 
 
+def kill_when_held(proxy: FaultProxy, w: Worker, what: str) -> None:
+    """Once the proxy holds a request, SIGKILL the worker's pool process (the one that sent it),
+    then let the request go (dropped)."""
+    wait_for(proxy.stalled.is_set, 180, what)
+    (child,) = pool_pids(w)
+    os.kill(child, signal.SIGKILL)
+    proxy.release()
+
+
 def assert_records_created_once(proxy: FaultProxy, prefix: str, names) -> None:
     """Each recording's record.json was created by exactly one successful conditional PUT
     (If-None-Match: *): no delivery overwrote or duplicated another's record."""
@@ -187,10 +196,7 @@ def test_sigkill_of_a_pool_process_mid_task_redelivers_it(svc):
         w = worker(svc, "sigkill", ECHOCAM_S3_ENDPOINT_URL=proxy.endpoint_url)
         try:
             produce(svc, "sigkill")
-            wait_for(proxy.stalled.is_set, 120, "clip-03's record PUT held at the proxy")
-            (child,) = pool_pids(w)
-            os.kill(child, signal.SIGKILL)
-            proxy.release()
+            kill_when_held(proxy, w, "clip-03's record PUT held at the proxy")
             rows = finish(svc, "sigkill")
         finally:
             w.stop()
@@ -369,10 +375,7 @@ def test_a_worker_process_killed_mid_compaction_is_redelivered_and_the_manifest_
         w = worker(svc, "killcompact", ECHOCAM_S3_ENDPOINT_URL=proxy.endpoint_url)
         try:
             produce(svc, "killcompact")
-            wait_for(proxy.stalled.is_set, 180, "the manifest's PUT held at the proxy")
-            (child,) = pool_pids(w)
-            os.kill(child, signal.SIGKILL)
-            proxy.release()
+            kill_when_held(proxy, w, "the manifest's PUT held at the proxy")
             rows = finish(svc, "killcompact")
             assert w.proc.poll() is None  # the worker lives on
         finally:

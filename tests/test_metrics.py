@@ -17,25 +17,11 @@ import pytest
 from celery import Celery
 from prometheus_client.parser import text_string_to_metric_families
 
-from devtools.services import RedisServer, free_port, wait_for
+from devtools.services import free_port, wait_for
 from echocam import progress
 from producer import metrics
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture(scope="module")
-def redis_srv():
-    with RedisServer(password="s3cret-pw") as srv:
-        yield srv
-
-
-@pytest.fixture
-def r(redis_srv):
-    client = redis_srv.client()
-    client.flushdb()
-    yield client
-    client.close()
 
 
 def outcome(status, windows=0, error_code=None, **timings_s):

@@ -6,25 +6,7 @@ from __future__ import annotations
 import threading
 from types import SimpleNamespace
 
-import pytest
-
-from devtools.services import RedisServer
 from echocam import progress
-
-
-@pytest.fixture(scope="module")
-def redis_srv():
-    with RedisServer() as srv:
-        yield srv
-
-
-@pytest.fixture
-def r(redis_srv):
-    client = redis_srv.client()
-    client.flushdb()
-    yield client
-    client.close()
-
 
 OK = [SimpleNamespace(status="ok", windows=1, error_code=None, timings_s={})]
 

@@ -31,6 +31,14 @@ log = logging.getLogger(__name__)
 #: Errors writing to the bucket or Redis: the whole task retries (finished recordings are then
 #: skipped, and a task's outcomes are counted once).
 TRANSIENT = (BotoCoreError, ClientError, ConnectionError, TimeoutError, RedisError)
+#: Celery retries a task that raised one of them, with exponential backoff and jitter.
+RETRY = dict(
+    autoretry_for=TRANSIENT,
+    retry_backoff=2,
+    retry_backoff_max=120,
+    retry_jitter=True,
+    max_retries=5,
+)
 
 
 @signals.worker_init.connect
@@ -74,15 +82,7 @@ def _delivered(r, request) -> int:
         return p.execute()[0]
 
 
-@app.task(
-    name=protocol.TASK_NAME,
-    bind=True,
-    autoretry_for=TRANSIENT,
-    retry_backoff=2,
-    retry_backoff_max=120,
-    retry_jitter=True,
-    max_retries=5,
-)
+@app.task(name=protocol.TASK_NAME, bind=True, **RETRY)
 def process(self, items: list[list], message: dict) -> dict:
     """Explain ``items`` for the run in ``message`` (see ``echocam.protocol``)."""
     infos = protocol.decode_items(items)
@@ -164,11 +164,7 @@ def process(self, items: list[list], message: dict) -> dict:
 @app.task(
     name=protocol.COMPACTION_TASK,
     bind=True,
-    autoretry_for=TRANSIENT,
-    retry_backoff=2,
-    retry_backoff_max=120,
-    retry_jitter=True,
-    max_retries=5,
+    **RETRY,
     soft_time_limit=settings.compaction_limits_s[0],
     time_limit=settings.compaction_limits_s[1],
 )
