@@ -134,6 +134,11 @@ def write_shard(store: Store, stored: Iterable[Stored]) -> str | None:
     return key
 
 
+def _shard_keys(store: Store, *, page_size: int) -> list[str]:
+    """The shards there are now."""
+    return [k for k in store.keys(under=SHARDS, page_size=page_size) if k.endswith(".parquet")]
+
+
 def _shard_key() -> str:
     return f"{SHARDS}{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{uuid.uuid4().hex}.parquet"
 
@@ -254,7 +259,7 @@ def _kept_from_index(
     # Every shard, fetched to disk (one GET each).
     shard_dir = Path(tmp, "shards")
     shard_dir.mkdir()
-    keys = [k for k in store.keys(under=SHARDS, page_size=page_size) if k.endswith(".parquet")]
+    keys = _shard_keys(store, page_size=page_size)
 
     def fetch(i_key: tuple[int, str]) -> None:
         i, key = i_key
@@ -434,7 +439,7 @@ def up_to_date(store: Store, *, page_size: int = 1000) -> bool:
     summary = read_json(store, SUMMARY)
     if summary is None or "segment" not in summary or read_json(store, index.COMPLETE) is None:
         return False
-    shards = [k for k in store.keys(under=SHARDS, page_size=page_size) if k.endswith(".parquet")]
+    shards = _shard_keys(store, page_size=page_size)
     return shards == [k for k in [summary["shard"]] if k] and index.segment_keys(
         store, page_size=page_size
     ) == [summary["segment"]]

@@ -321,7 +321,7 @@ def test_a_run_ends_with_its_manifest_and_a_folded_index_without_waiting(svc, wo
     run = json.loads(run_json)
     first = summary(svc, "auto")
     assert first["run_id"] == run["run_id"] and first["by_status"] == {"ok": 5}
-    index_keys = [k for k in listed_keys(svc, "out/auto/_index/")]
+    index_keys = listed_keys(svc, "out/auto/_index/")
     assert len(index_keys) == 1 and "/_index/_segments/" in index_keys[0], index_keys  # folded
     assert listed_keys(svc, "out/auto/_manifest/shards/") == [f"out/auto/{first['shard']}"]
 
