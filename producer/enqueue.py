@@ -13,11 +13,13 @@ done before, or there was none), the producer sends that task.
 
 from __future__ import annotations
 
+import gc
 import logging
 import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,11 +46,32 @@ class Enqueued:
     skipped: int = 0
 
 
+@contextmanager
+def _older_objects_frozen() -> Iterator[None]:
+    """Keep the garbage collector off the objects that exist before the listing starts.
+
+    The listing and the decisions allocate a few objects per key, so full collections come
+    every few thousand keys, each over the ~140k objects of the imported modules and
+    botocore's service models.  In ``produce`` they took ~90 ms apiece here (gc callbacks;
+    two per 10k-key re-run, 0.1-0.15 s of the process's CPU), 2-5 ms with those objects
+    frozen (CPython's ``gc.freeze``; undone after, and left alone if the caller froze).
+    """
+    if gc.get_freeze_count():
+        yield
+        return
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
+
+
 def _chunk(settings: Settings) -> int:
     """Records read at a time (on ``settings.io_threads`` threads)."""
     return max(settings.page_size, 64)
 
 
+@_older_objects_frozen()
 def produce(
     src: Store,
     dst: Store,
