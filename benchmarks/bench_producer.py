@@ -5,8 +5,11 @@ For each size N: N small objects are uploaded under a prefix, then, each in a fr
 
 - ``list``: the bare ListObjectsV2 paginator over the prefix, page after page (keys/s), with the
   S3 client echocam uses (timestamps left as strings); ``list-default``: the same with boto3's
-  default client (timestamps parsed by dateutil).  Ratios are against ``list``: the listing
-  rate the producer's own client can reach;
+  default client (timestamps parsed by dateutil); ``list-frozen``: ``list`` with the objects
+  alive before it frozen out of the garbage collector's reach, as ``produce`` does (a control:
+  the part of the producer's rate that any lister could have too).  Ratios are
+  against ``list``: the listing rate the producer's own client can reach, and also against
+  ``list-frozen``;
 - ``first``: ``produce`` into an empty output prefix (every key enqueued);
 - ``rerun``: ``produce`` into a prefix where every recording is done (records, markers and shards
   written in bulk with the workers' record and marker formats, with the run's fingerprint), the
@@ -37,6 +40,7 @@ to the listing is also given as the median of those pairs' ratios.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import subprocess
@@ -74,10 +78,12 @@ def child(what: str, n: int) -> dict:
     dst = open_store(f"s3://{BUCKET}/out-{n}-{out}", client_factory=make)
     model = {"arch": "resnet18", "sha256": MODEL_SHA, "weights": "random"}
     client = _default_client(settings) if what == "list-default" else src.client
+    if what == "list-frozen":
+        gc.freeze()  # what produce does before it lists
     base = _status("VmRSS")
     t0 = time.perf_counter()
     extra: dict = {}
-    if what in ("list", "list-default", "list-index", "list-index-later"):  # the bare paginator
+    if what.startswith("list"):  # the bare paginator
         prefix = f"out-{n}-done/_index/" if what.startswith("list-index") else f"in-{n}/"
         pages = client.get_paginator("list_objects_v2").paginate(
             Bucket=BUCKET, Prefix=prefix, PaginationConfig={"PageSize": settings.page_size}
@@ -243,15 +249,20 @@ def run(args: argparse.Namespace) -> dict:
                     f"RSS growth {best['rss_growth_bytes'] / 2**20:.1f} MiB",
                     flush=True,
                 )
-    ratios, paired = {}, {}
+    ratios, frozen, paired = {}, {}, {}
     for n in args.sizes:
         by = {r["what"]: r for r in rows if r["keys"] == n}
-        if "list" in by:
-            ratios[n] = {
-                w: by[w]["keys_per_s"] / by["list"]["keys_per_s"] for w in by if w != "list"
-            }
+        for base, into in (("list", ratios), ("list-frozen", frozen)):
+            if base in by:
+                rate = by[base]["keys_per_s"]
+                into[n] = {w: r["keys_per_s"] / rate for w, r in by.items() if w != base}
         paired[n] = {w: r["paired_ratio_median"] for w, r in by.items() if "paired_ratios" in r}
-    return {"runs": rows, "ratio_to_listing": ratios, "paired_ratio_to_listing": paired}
+    return {
+        "runs": rows,
+        "ratio_to_listing": ratios,
+        "ratio_to_frozen_listing": frozen,
+        "paired_ratio_to_listing": paired,
+    }
 
 
 def report(res: dict) -> str:
@@ -264,6 +275,9 @@ def report(res: dict) -> str:
     for n, ratio in res["ratio_to_listing"].items():
         parts = ", ".join(f"{w} {x:.2f}" for w, x in ratio.items())
         lines.append(f"  {n} keys, rate / raw listing rate (best / best): {parts}")
+    for n, ratio in res["ratio_to_frozen_listing"].items():
+        parts = ", ".join(f"{w} {x:.2f}" for w, x in ratio.items() if not w.startswith("list"))
+        lines.append(f"  {n} keys, rate / frozen listing's rate (best / best): {parts}")
     for n, ratio in res["paired_ratio_to_listing"].items():
         parts = ", ".join(f"{w} {x:.2f}" for w, x in ratio.items())
         lines.append(f"  {n} keys, median of (listing just before / repeat): {parts}")
@@ -273,14 +287,14 @@ def report(res: dict) -> str:
 # In this order: compact folds the index that rerun reads, rerun-compacted reads its segment,
 # settle waits for the server to remove what compaction emptied.
 PATHS = [
-    "list", "list-default", "first", "rerun", "rerun-by-record", "compact", "rerun-compacted",
-    "list-index", "compact-by-record", "settle", "rerun-compacted-later", "list-index-later",
+    "list", "list-default", "list-frozen", "first", "rerun", "rerun-by-record", "compact",
+    "rerun-compacted", "list-index", "compact-by-record", "settle", "rerun-compacted-later", "list-index-later",
 ]  # fmt: skip
 #: Each repeat of these follows a bare listing of the same keys; their ratio to the listing is
 #: the median of the pairs' ratios (the load of the machine's neighbours drifts within minutes).
 PAIRED = ("first", "rerun", "rerun-compacted", "rerun-compacted-later")
 REPEATED = (
-    "list", "list-default", "first", "rerun", "rerun-compacted", "list-index",
+    "list", "list-default", "list-frozen", "first", "rerun", "rerun-compacted", "list-index",
     "rerun-compacted-later", "list-index-later",
 )  # fmt: skip
 
