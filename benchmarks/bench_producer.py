@@ -288,7 +288,8 @@ def report(res: dict) -> str:
 # settle waits for the server to remove what compaction emptied.
 PATHS = [
     "list", "list-default", "list-frozen", "first", "rerun", "rerun-by-record", "compact",
-    "rerun-compacted", "list-index", "compact-by-record", "settle", "rerun-compacted-later", "list-index-later",
+    "rerun-compacted", "list-index", "compact-by-record", "settle", "rerun-compacted-later",
+    "list-index-later",
 ]  # fmt: skip
 #: Each repeat of these follows a bare listing of the same keys; their ratio to the listing is
 #: the median of the pairs' ratios (the load of the machine's neighbours drifts within minutes).
