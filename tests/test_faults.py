@@ -160,13 +160,26 @@ def puts(proxy: FaultProxy, prefix: str, key: str, name: str) -> list:
     return proxy.requests("PUT", f"/{BUCKET}/out-{prefix}/{key}/{name}")
 
 
-def kill_when_held(proxy: FaultProxy, w: Worker, what: str) -> None:
-    """Once the proxy holds a request, SIGKILL the worker's pool process (the one that sent it),
-    then let the request go (dropped)."""
-    wait_for(proxy.stalled.is_set, 180, what)
-    (child,) = pool_pids(w)
-    os.kill(child, signal.SIGKILL)
-    proxy.release()
+def run_killed_while_held(
+    svc, prefix: str, held: Rule, what: str
+) -> tuple[list[dict], FaultProxy, Worker]:
+    """Run ``prefix`` with one worker behind the proxy; once ``held`` stalls a request, SIGKILL
+    the worker's pool process (the one that sent it), then let the request go (dropped).  The
+    manifest's rows once the run is done (the worker lived on to the end), the proxy, and the
+    worker, stopped."""
+    with FaultProxy(svc["s3"].port, fail_rate=0, rules=[held]) as proxy:
+        w = worker(svc, prefix, ECHOCAM_S3_ENDPOINT_URL=proxy.endpoint_url)
+        try:
+            produce(svc, prefix)
+            wait_for(proxy.stalled.is_set, 180, what)
+            (child,) = pool_pids(w)
+            os.kill(child, signal.SIGKILL)
+            proxy.release()
+            rows = finish(svc, prefix)
+            assert w.proc.poll() is None  # the worker lives on
+        finally:
+            w.stop()
+    return rows, proxy, w
 
 
 def assert_records_created_once(proxy: FaultProxy, prefix: str, names) -> None:
@@ -192,14 +205,7 @@ def test_sigkill_of_a_pool_process_mid_task_redelivers_it(svc):
     upload(svc, "sigkill", names)
     # tasks: [00, 01], [02, 03], [04, 05]; halves of one: 02 is written, then 03.
     held = Rule("PUT", f"/{BUCKET}/out-sigkill/clip-03.wav/record.json", "stall", times=1)
-    with FaultProxy(svc["s3"].port, fail_rate=0, rules=[held]) as proxy:
-        w = worker(svc, "sigkill", ECHOCAM_S3_ENDPOINT_URL=proxy.endpoint_url)
-        try:
-            produce(svc, "sigkill")
-            kill_when_held(proxy, w, "clip-03's record PUT held at the proxy")
-            rows = finish(svc, "sigkill")
-        finally:
-            w.stop()
+    rows, proxy, w = run_killed_while_held(svc, "sigkill", held, "clip-03's record PUT held")
     assert_exactly_once(rows, names)
     log = w.log_path.read_text()
     assert "WorkerLostError" in log or "SIGKILL" in log
@@ -371,15 +377,7 @@ def test_a_worker_process_killed_mid_compaction_is_redelivered_and_the_manifest_
     upload(svc, "killcompact", names)
     table = f"/{BUCKET}/out-killcompact/manifest.jsonl"
     held = Rule("PUT", table, "stall", times=1)
-    with FaultProxy(svc["s3"].port, fail_rate=0, rules=[held]) as proxy:
-        w = worker(svc, "killcompact", ECHOCAM_S3_ENDPOINT_URL=proxy.endpoint_url)
-        try:
-            produce(svc, "killcompact")
-            kill_when_held(proxy, w, "the manifest's PUT held at the proxy")
-            rows = finish(svc, "killcompact")
-            assert w.proc.poll() is None  # the worker lives on
-        finally:
-            w.stop()
+    rows, proxy, _ = run_killed_while_held(svc, "killcompact", held, "the manifest's PUT held")
     assert_exactly_once(rows, names)
     assert [q.status for q in proxy.requests("PUT", table)] == ["stalled", 200]
     assert_counted_once(svc, "killcompact", names, tasks=2)
