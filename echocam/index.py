@@ -54,7 +54,7 @@ import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from operator import itemgetter
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, NamedTuple
 
 from echocam.storage import ObjectInfo, Store
 
@@ -121,8 +121,10 @@ def digest(data: bytes) -> str:
     return hashlib.md5(data, usedforsecurity=False).hexdigest()[:16]
 
 
-@dataclass(frozen=True)
-class Marker:
+class Marker(NamedTuple):
+    """A marker's name, parsed.  A tuple: made once per source in every listing and segment,
+    where a frozen dataclass's ``__init__`` cost more than the rest of the parse."""
+
     etag: str  # etag_token of the source ETag the record answers
     fingerprint: str
     digest: str
@@ -135,7 +137,7 @@ class Marker:
     @classmethod
     def parse(cls, name: str) -> Marker | None:
         m = _MARKER.fullmatch(name)
-        return cls(*m.groups()) if m else None
+        return cls._make(m.groups()) if m else None
 
     @classmethod
     def of(cls, record: dict[str, Any], record_digest: str) -> Marker:
@@ -258,7 +260,7 @@ def listed(store: Store, *, page_size: int = 1000) -> Iterator[tuple[str, str, s
 def groups(store: Store, *, page_size: int = 1000) -> Iterator[Group]:
     """The index's folders in listing order, one :class:`Group` per source."""
     for source, found in itertools.groupby(listed(store, page_size=page_size), key=itemgetter(0)):
-        yield _group(source, (name for _, name, _ in found))
+        yield _group(source, (parse_name(name) for _, name, _ in found))
 
 
 def parse_name(name: str) -> tuple[Marker | None, bool]:
@@ -268,10 +270,10 @@ def parse_name(name: str) -> tuple[Marker | None, bool]:
     return Marker.parse(name[1:] if dead else name), dead
 
 
-def _group(source: str, names: Iterable[str]) -> Group:
+def _group(source: str, parsed: Iterable[tuple[Marker | None, bool]]) -> Group:
+    """A source's group from its objects' names as :func:`parse_name` gives them."""
     group = Group(source)
-    for name in names:
-        marker, dead = parse_name(name)
+    for marker, dead in parsed:
         if marker is None:
             group.other = True  # an intent (~uuid), or unknown: the record is read
         elif dead:
@@ -311,11 +313,12 @@ def write_segment(path: str | os.PathLike, entries: Iterable[tuple[str, Marker]]
     return n
 
 
-def _segment_lines(raw: BinaryIO) -> Iterator[tuple[str, str]]:
+def _segment_entries(raw: BinaryIO) -> Iterator[tuple[str, Marker | None]]:
+    """(escaped source, its marker; None for a name this version does not know) per line."""
     with raw, gzip.open(raw, "rt", encoding="utf-8", newline="\n") as lines:
         for line in lines:
             enc, _, name = line.rstrip("\n").partition("\t")
-            yield enc, name
+            yield enc, Marker.parse(name)
 
 
 def folded(store: Store, keys: list[str], *, missing_ok: bool = False) -> Iterator[Group]:
@@ -328,14 +331,21 @@ def folded(store: Store, keys: list[str], *, missing_ok: bool = False) -> Iterat
     streams = []
     for key in keys:
         try:
-            streams.append(_segment_lines(store.stream(key)))
+            streams.append(_segment_entries(store.stream(key)))
         except FileNotFoundError:
             if not missing_ok:
                 raise
-    # one segment (the state compaction leaves) is already in order: no merge to pay per line
-    lines = streams[0] if len(streams) == 1 else heapq.merge(*streams)
-    for enc, found in itertools.groupby(lines, key=itemgetter(0)):
-        yield _group(decode(enc), map(itemgetter(1), found))
+    # One segment is the state compaction leaves: sources in order, each once, so a group per
+    # line (a source twice, in a segment no compaction wrote, is made unsure by Lookup).
+    if len(streams) == 1:
+        for enc, marker in streams[0]:
+            yield Group(decode(enc), [marker]) if marker else Group(decode(enc), other=True)
+        return
+    # a segment holds markers only (no tombstones): any other name is one this version does
+    # not know
+    merged = heapq.merge(*streams, key=itemgetter(0))
+    for enc, found in itertools.groupby(merged, key=itemgetter(0)):
+        yield _group(decode(enc), ((marker, False) for _, marker in found))
 
 
 def _before_in_both(a: str, b: str) -> bool:

@@ -14,8 +14,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from echocam import index, protocol, runs
 from echocam.chunking import chunked_ahead
@@ -75,8 +74,7 @@ def _records(
 LIST_AHEAD = 4
 
 
-@dataclass(frozen=True)
-class Decision:
+class Decision(NamedTuple):
     """One listed object, and why the run skips it (``reason`` None: it needs work)."""
 
     item: ObjectInfo

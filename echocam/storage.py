@@ -12,9 +12,8 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, Protocol
+from typing import Any, BinaryIO, NamedTuple, Protocol
 from urllib.parse import urlparse
 
 from echocam.chunking import read_ahead
@@ -23,8 +22,10 @@ from echocam.keys import join
 from echocam.settings import Settings
 
 
-@dataclass(frozen=True)
-class ObjectInfo:
+class ObjectInfo(NamedTuple):
+    """One listed object.  A tuple: a listing makes one per object, and a frozen dataclass's
+    ``__init__`` cost as much as the rest of the listing's own work per object."""
+
     key: str  # relative to the store's root
     size: int
     etag: str | None

@@ -8,6 +8,7 @@ markers, shards) with a permanent error code, so no model is needed.
 
 from __future__ import annotations
 
+import gzip
 import itertools
 import json
 import random
@@ -109,6 +110,58 @@ def test_lookup_answers_as_its_plain_definition_whatever_the_orders():
         want = PlainLookup((index.Group(s, [marker]) for s in sources), ahead=ahead)
         for k in listed:
             assert got.find(k) == want.find(k), (listed, sources, ahead, k)
+
+
+def segment(store: LocalStore, text: str) -> str:
+    """A segment object of ``text`` (gzip'd as compaction writes them); its key."""
+    key = index.segment_key()
+    path = store.root / key
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with gzip.open(path, "wt", encoding="utf-8", newline="\n") as f:
+        f.write(text)
+    return key
+
+
+def certain(groups) -> list[tuple[str, str | None]]:
+    """(source, its current marker's name, None where unsure) of each group."""
+    return [(g.source, g.current and g.current.name) for g in groups]
+
+
+def test_segments_read_back_their_markers_and_doubt_any_line_they_cannot_parse(tmp_path):
+    """Escaped sources and every kind of ETag come back as written, over several of gzip's
+    blocks; a name this version cannot parse (or none) makes its source unsure, never skipped;
+    the last line needs no newline; a source in two segments is certain where they agree."""
+    store = LocalStore(tmp_path)
+    etags = ["none", "0123456789abcdef" * 2, "0123456789abcdef" * 2 + "-12", "h" + "e" * 64]
+    written = [
+        (k, index.Marker(etags[i % 4], FP, f"{i:016x}", ["ok", "undecodable"][i % 2]))
+        for i, k in enumerate(
+            sorted({*TRICKY, *(f"site {i:04d}/rec.wav" for i in range(3000))}, key=index.encode)
+        )
+    ]
+    path = tmp_path / index.segment_key()
+    path.parent.mkdir(parents=True)
+    assert index.write_segment(path, written) == len(written)
+    assert len(gzip.decompress(path.read_bytes())) > 4 * (1 << 16)  # several blocks
+    key = str(path.relative_to(tmp_path))
+    assert certain(index.folded(store, [key])) == [(k, m.name) for k, m in written]
+
+    ok = index.Marker("0" * 32, FP, "0" * 16, "ok").name
+    lines = [
+        f"a.wav\t{ok}",
+        f"b.wav\t{ok.replace('.ok', '.OK')}",  # an outcome this version does not know
+        f"c.wav\t-{ok}",  # a segment holds no tombstones
+        "d.wav",  # no name at all
+        f"e.wav\t{ok}\tmore",
+        f"f.wav\t{ok}",  # the last line, without its newline
+    ]
+    one = segment(store, "\n".join(lines))
+    want = [("a.wav", ok), ("b.wav", None), ("c.wav", None), ("d.wav", None), ("e.wav", None)]
+    assert certain(index.folded(store, [one])) == [*want, ("f.wav", ok)]
+
+    other = index.Marker("1" * 32, FP, "0" * 16, "ok").name
+    two = segment(store, f"a.wav\t{ok}\nf.wav\t{other}\ng.wav\t{ok}\n")
+    assert certain(index.folded(store, [one, two])) == [*want, ("f.wav", None), ("g.wav", ok)]
 
 
 @pytest.fixture(scope="module")
