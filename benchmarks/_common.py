@@ -96,7 +96,7 @@ def recordings(directory: Path | None = None) -> list[Path]:
 
 def window_counts(paths: Sequence[Path], params) -> dict[Path, int]:
     """Windows per recording under ``params`` (decoded once, as the pipeline would)."""
-    from echocam import audio, windows
+    from echocam.signal import audio, windows
 
     out = {}
     window = params.window_samples
@@ -134,7 +134,7 @@ def real_waves(n: int, params, paths: Sequence[Path] | None = None):
     """``n`` real 5-s windows (n, samples) float32, taken in order from the recordings."""
     import numpy as np
 
-    from echocam import audio, windows
+    from echocam.signal import audio, windows
 
     window = params.window_samples
     out = []
@@ -221,8 +221,8 @@ class LocalMode:
     """
 
     def __init__(self, explainer, paths: Sequence[Path], *, task_size: int, pool):
+        from echocam.bucket.storage import LocalStore
         from echocam.settings import Settings
-        from echocam.storage import LocalStore
 
         self.explainer, self.task_size, self.pool = explainer, task_size, pool
         self.work = Path(tempfile.mkdtemp(prefix="echocam-bench-"))
@@ -234,9 +234,9 @@ class LocalMode:
 
     def run(self) -> list:
         """Outcomes, one per recording; raises unless every recording is ok."""
-        from echocam.chunking import chunked
-        from echocam.runner import run_chunks
-        from echocam.storage import LocalStore
+        from echocam.bucket.chunking import chunked
+        from echocam.bucket.storage import LocalStore
+        from echocam.run.runner import run_chunks
 
         out = self.work / "out"
         shutil.rmtree(out, ignore_errors=True)

@@ -1,8 +1,8 @@
 """What a CAM costs: forward only vs forward + top-1 / top-5 CAM vs pytorch-grad-cam's GradCAM.
 
 For a GAP+FC network CAM is one einsum on the layer4 features the forward already computed, so
-``echocam.cam.explain`` should cost the forward and nothing more; Grad-CAM (the same maps up to
-scale, for this architecture) needs a backward pass.  Same batch of real spectrogram images, same
+``echocam.explain.cam.explain`` should cost the forward and nothing more; Grad-CAM (the same maps up
+to scale, for this architecture) needs a backward pass.  Same batch of real spectrogram images, same
 torch threads, interleaved runs; ratios to the hooked forward are reported.
 
     python benchmarks/bench_cam.py [--batch 32] [--threads 1] [--repeats 5]
@@ -18,9 +18,9 @@ import time
 import _common as C
 import torch
 
-from echocam.cam import class_activation_maps, explain
-from echocam.model import load_model
-from echocam.pipeline import Explainer
+from echocam.explain.cam import class_activation_maps, explain
+from echocam.explain.model import load_model
+from echocam.explain.pipeline import Explainer
 from echocam.settings import Params
 
 

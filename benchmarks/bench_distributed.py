@@ -168,7 +168,7 @@ def run(args: argparse.Namespace) -> dict:
     import torch
     from torchvision.models import resnet18
 
-    from echocam.model import load_model, save_checkpoint
+    from echocam.explain.model import load_model, save_checkpoint
 
     work = Path(tempfile.mkdtemp(prefix="echocam-bench-dist-"))
     torch.manual_seed(1234)

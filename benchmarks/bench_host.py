@@ -7,7 +7,7 @@ neighbour slows every row alike:
 
 - **stages**: ``Explainer.decode``; then the device stage rebuilt from its building blocks with
   a clock around each (as ``Explainer._batch`` runs them); then ``Explainer.finish`` (stitch,
-  PNG and NPZ encoding, records), with its evidence boxes (``outputs._evidence``) timed apart;
+  PNG and NPZ encoding, records), with its evidence boxes (``encoder._evidence``) timed apart;
 - **whole**: ``Explainer.explain`` on the same sources (the three stages one after another).
 
 Reported per window: each stage, the sum, the forward, and the ratios (sum - forward) / forward
@@ -27,16 +27,17 @@ from collections import defaultdict
 import _common as C
 import torch
 
-from echocam import colormaps, outputs, render
-from echocam.cam import class_activation_maps, display_maps
-from echocam.image import model_image, spectrogram_levels
-from echocam.localise import band_floor, peaks_and_masks
-from echocam.model import load_model
-from echocam.pipeline import Explainer, Source
+from echocam.explain import encoder, render
+from echocam.explain.cam import class_activation_maps, display_maps
+from echocam.explain.localise import band_floor, peaks_and_masks
+from echocam.explain.model import load_model
+from echocam.explain.pipeline import Explainer, Source
 from echocam.settings import Params
+from echocam.signal import colormaps
+from echocam.signal.image import model_image, spectrogram_levels
 
 STAGES = [
-    ("decode", "Explainer.decode: soundfile + soxr_hq, windows planned"),
+    ("decode", "Explainer.decode: soundfile + soxr_hq, windows cut"),
     ("spectrogram", "window gather + MelSpectrogramDB (CPU kernel)"),
     ("colours", "spectrogram_levels + magma lookup"),
     ("model_image", "model_image (uint8 antialiased resize to 224)"),
@@ -46,7 +47,7 @@ STAGES = [
     ("display_maps", "display_maps (upsample to the spectrogram)"),
     ("overlay", "render.overlay (one lookup in the blend table)"),
     ("evidence_device", "peaks_and_masks + band_floor (the device stage's half)"),
-    ("evidence_boxes", "outputs._evidence: the regions' boxes and call boxes (finish's half)"),
+    ("evidence_boxes", "encoder._evidence: the regions' boxes and call boxes (finish's half)"),
     ("encode", "rest of Explainer.finish: stitch, 2 PNG, NPZ, records"),
 ]
 
@@ -64,16 +65,16 @@ def staged_pass(ex: Explainer, sources: list[Source]) -> dict[str, float]:
     t0 = time.perf_counter()
     decoded = ex.decode(sources)
     clock("decode", t0)
-    planned = [r.planned for r in decoded.recordings]
+    cuts = [r.windowed for r in decoded.recordings]
     groups: dict[int, list[tuple[int, int]]] = defaultdict(list)  # windows of one length
-    for r, pl in enumerate(planned):
+    for r, pl in enumerate(cuts):
         groups[pl.length].extend((r, j) for j in range(len(pl.starts)))
     batches = [g[b0 : b0 + ex.batch_size] for g in groups.values()
                for b0 in range(0, len(g), ex.batch_size)]  # fmt: skip
     with torch.inference_mode():
         for batch in batches:
             t0 = time.perf_counter()
-            waves = torch.stack([torch.from_numpy(planned[r].window(j)) for r, j in batch])
+            waves = torch.stack([torch.from_numpy(cuts[r].window(j)) for r, j in batch])
             db = fe.db(waves)
             t0 = clock("spectrogram", t0)
             levels = spectrogram_levels(db)
@@ -96,17 +97,17 @@ def staged_pass(ex: Explainer, sources: list[Source]) -> dict[str, float]:
             peaks_and_masks(maps, threshold=p.box_threshold)
             band_floor(db)
             clock("evidence_device", t0)
-    segments = list(ex.compute(decoded))  # the real arrays for the finish stage (not timed)
-    for computed in segments:
+    blocks = list(ex.compute(decoded))  # the real arrays for the finish stage (not timed)
+    for computed in blocks:
         for r, part in computed.parts.items():
-            starts = planned[r].starts[part.first : part.first + len(part)] / p.sample_rate
+            starts = cuts[r].starts[part.first : part.first + len(part)] / p.sample_rate
             t0 = time.perf_counter()
             a = part.arrays
-            outputs._evidence(a["peak"], a["evidence_mask"], a["spectrogram_db"], a["floor_db"],
+            encoder._evidence(a["peak"], a["evidence_mask"], a["spectrogram_db"], a["floor_db"],
                               starts, params=p)  # fmt: skip
             clock("evidence_boxes", t0)
     t0 = time.perf_counter()
-    for computed in segments:
+    for computed in blocks:
         ex.finish(computed)
     clock("encode", t0)
     t["encode"] -= t["evidence_boxes"]  # finish runs them too: count them once

@@ -5,7 +5,7 @@ stage runs; a stage that holds Python's GIL does not get faster with more thread
 the device stage's thread too.  This runs the host stages alone, on the CPU, over the same
 recordings with a pool of 1 and of 2 threads (the device stage once beforehand, not timed):
 
-- **decode**: ``Explainer.decode`` (libsndfile, soxr, windows planned);
+- **decode**: ``Explainer.decode`` (libsndfile, soxr, windows cut);
 - **finish**: ``Explainer.finish`` over the device stage's output (stitch or tiles, image and
   NPZ encoding, evidence boxes, records);
 - **write**: every output file and the record to a scratch folder;
@@ -18,7 +18,7 @@ Reported per stage: windows/s on 1 and on 2 threads and the scaling (2-thread / 
 for a stage that holds the GIL, up to ~2 for one that releases it, on 2 free cores), best of
 ``--repeats`` runs, 1 and 2 threads interleaved so a busy neighbour slows both alike.  Runs
 against any commit's ``echocam`` on ``PYTHONPATH`` since session 2 (9a3dfff: ``compute``
-returned the chunk; now it yields segments), so one run of each compares commits:
+returned the chunk; now it yields blocks), so one run of each compares commits:
 
     python benchmarks/bench_host_threads.py [--windows 256] [--repeats 5] [--json F]
     PYTHONPATH=/tmp/old python benchmarks/bench_host_threads.py   # a worktree of another commit
@@ -40,8 +40,8 @@ import _common as C
 import torch
 
 import echocam
-from echocam.model import load_model
-from echocam.pipeline import Explainer, Source
+from echocam.explain.model import load_model
+from echocam.explain.pipeline import Explainer, Source
 from echocam.settings import Params
 
 STAGES = ("decode", "finish", "write", "local")
@@ -61,8 +61,8 @@ def commit() -> str:
     return proc.stdout.strip() + ("+changes" if dirty else "") + f" ({where})"
 
 
-def segments(computed) -> list:
-    """The device stage's output as a list: one chunk (9a3dfff) or its segments (now)."""
+def blocks(computed) -> list:
+    """The device stage's output as a list: one chunk (9a3dfff) or its blocks (now)."""
     return list(computed) if isinstance(computed, Iterable) else [computed]
 
 
@@ -97,7 +97,7 @@ def replay_device(ex: Explainer) -> None:
             for r, (got, seconds) in zip(decoded.recs, rows, strict=True):
                 r.rows, r.compute_s = got, seconds
             return decoded
-        from echocam.pipeline import Computed
+        from echocam.explain.pipeline import Computed
 
         if key not in cache:
             cache[key] = [(c.parts, c.ended, c.last) for c in real(decoded)]
@@ -109,7 +109,7 @@ def replay_device(ex: Explainer) -> None:
 def local_mode(ex: Explainer, chosen: list[Path], pool, task_size: int):
     """``C.LocalMode`` for the ``echocam`` under test (9a3dfff: ``batch.run_batch``)."""
     try:
-        import echocam.runner  # noqa: F401
+        import echocam.run.runner  # noqa: F401
 
         return C.LocalMode(ex, chosen, task_size=task_size, pool=pool)
     except ImportError:
@@ -120,8 +120,8 @@ class OldLocalMode(C.LocalMode):
     def run(self) -> list:
         from echocam.batch import run_batch
 
-        from echocam.chunking import batched
-        from echocam.storage import LocalStore
+        from echocam.bucket.chunking import batched
+        from echocam.bucket.storage import LocalStore
 
         out = self.work / "out"
         shutil.rmtree(out, ignore_errors=True)
@@ -135,7 +135,7 @@ class OldLocalMode(C.LocalMode):
         )
 
 
-def one_pass(ex: Explainer, sources: list[Source], segs: list, out: Path, pool, local) -> dict:
+def one_pass(ex: Explainer, sources: list[Source], blocks_: list, out: Path, pool, local) -> dict:
     """Wall seconds of each host stage with ``pool``'s threads."""
     ex.map = pool.map
     t: dict[str, float] = {}
@@ -144,7 +144,7 @@ def one_pass(ex: Explainer, sources: list[Source], segs: list, out: Path, pool, 
     t["decode"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     results = []
-    for seg in segs:
+    for seg in blocks_:
         results = ex.finish(seg)
     t["finish"] = time.perf_counter() - t0
     shutil.rmtree(out, ignore_errors=True)
@@ -170,9 +170,9 @@ def run(args: argparse.Namespace) -> dict:
     torch.set_num_threads(2)
     ex = Explainer(load_model("random"), params, device="cpu", batch_size=args.batch)
     decoded = ex.decode(sources)
-    n = sum(len(r.starts if hasattr(r, "starts") else r.planned.starts) for r in
+    n = sum(len(r.starts if hasattr(r, "starts") else r.windowed.starts) for r in
             getattr(decoded, "recs", None) or decoded.recordings)  # fmt: skip
-    segs = segments(ex.compute(decoded))  # the device stage, once
+    blocks_ = blocks(ex.compute(decoded))  # the device stage, once
     pools = {k: ThreadPoolExecutor(k, thread_name_prefix="echocam-io") for k in (1, 2)}
     replay_device(ex)
     local = local_mode(ex, chosen, pools[2], args.task_size)
@@ -183,10 +183,10 @@ def run(args: argparse.Namespace) -> dict:
         local.run()  # each chunk's device stage, once (on 2 torch threads)
         torch.set_num_threads(1)
         for pool in pools.values():  # warm-up: imports, allocator, encoders' tables
-            one_pass(ex, sources, segs, work / "out", pool, local)
+            one_pass(ex, sources, blocks_, work / "out", pool, local)
         for _ in range(args.repeats):
             for k, pool in pools.items():
-                for stage, s in one_pass(ex, sources, segs, work / "out", pool, local).items():
+                for stage, s in one_pass(ex, sources, blocks_, work / "out", pool, local).items():
                     best[k][stage] = min(best[k].get(stage, s), s)
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -25,13 +25,14 @@ import _common as C
 import numpy as np
 import torch
 
-from echocam import audio, render, windows
-from echocam.cam import class_activation_maps, display_maps
-from echocam.image import model_image, normalise, spectrogram_rgb
-from echocam.localise import peaks_and_masks
-from echocam.model import load_model
-from echocam.pipeline import Explainer, Source
+from echocam.explain import render
+from echocam.explain.cam import class_activation_maps, display_maps
+from echocam.explain.localise import peaks_and_masks
+from echocam.explain.model import load_model
+from echocam.explain.pipeline import Explainer, Source
 from echocam.settings import Params, Settings
+from echocam.signal import audio, windows
+from echocam.signal.image import model_image, normalise, spectrogram_rgb
 
 STAGES = [
     ("decode", "decode + resample (soundfile, soxr_hq)"),

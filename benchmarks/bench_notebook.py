@@ -43,8 +43,8 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 from torchvision import transforms  # noqa: E402
 
-from echocam.model import load_model  # noqa: E402
-from echocam.pipeline import Explainer, Source  # noqa: E402
+from echocam.explain.model import load_model  # noqa: E402
+from echocam.explain.pipeline import Explainer, Source  # noqa: E402
 from echocam.settings import Params, Settings  # noqa: E402
 
 

@@ -25,10 +25,11 @@ import _common as C
 import numpy as np
 import torch
 
-from echocam import records, render
-from echocam.model import load_model
-from echocam.outputs import read
-from echocam.pipeline import Explainer, Source
+from echocam.bucket import records
+from echocam.explain import render
+from echocam.explain.encoder import read
+from echocam.explain.model import load_model
+from echocam.explain.pipeline import Explainer, Source
 from echocam.settings import Params
 
 #: label → Params fields; the first is the defaults.
@@ -81,12 +82,12 @@ def baseline_files(ex: Explainer, source: Source) -> dict[str, int]:
     decoded = ex.decode([source])
     (rec,) = decoded.recordings
     windows: dict[str, list[np.ndarray]] = defaultdict(list)
-    for computed in ex.compute(decoded):  # the recording's windows, a segment at a time
+    for computed in ex.compute(decoded):  # the recording's windows, a block at a time
         for part in computed.parts.values():
             for name, arrays in part.arrays.items():
                 windows[name].extend(arrays)
     p = ex.params
-    starts = rec.planned.starts
+    starts = rec.windowed.starts
     cols = np.rint(starts / p.hop_length).astype(np.int64)
     spec = render.stitch(windows["spectrogram_rgb"], cols)
     ov = render.stitch(windows["overlay"], cols)

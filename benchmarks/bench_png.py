@@ -20,21 +20,21 @@ import _common as C
 import numpy as np
 from PIL import Image, features
 
-from echocam import render
-from echocam.model import load_model
-from echocam.pipeline import Explainer, Source
+from echocam.explain import render
+from echocam.explain.model import load_model
+from echocam.explain.pipeline import Explainer, Source
 from echocam.settings import Params
 
 
 def images(n: int) -> list[np.ndarray]:
     """Spectrogram and overlay images (h, w, 3) uint8 of ``n`` real recordings."""
-    ex = Explainer(load_model("random"), Params(), device="cpu", segment_batches=1 << 30)
+    ex = Explainer(load_model("random"), Params(), device="cpu", block_batches=1 << 30)
     paths = C.recordings()[:n]
     decoded = ex.decode([Source(p.name, p.read_bytes()) for p in paths])
-    (computed,) = ex.compute(decoded)  # one segment: every window
+    (computed,) = ex.compute(decoded)  # one block: every window
     out = []
     for r, part in computed.parts.items():
-        cols = np.rint(decoded.recordings[r].planned.starts / ex.params.hop_length)
+        cols = np.rint(decoded.recordings[r].windowed.starts / ex.params.hop_length)
         cols = cols.astype(np.int64)
         out.append(render.stitch(part.arrays["spectrogram_rgb"], cols))
         ov = render.stitch(part.arrays["overlay"], cols)

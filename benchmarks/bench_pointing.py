@@ -6,7 +6,8 @@ clips over recordings the training never heard:
 
 - held-out accuracy and macro-F1 (``echocam.train.evaluate``);
 - the pointing game (``echocam.train.pointing``): the peak of the true class's CAM, through
-  ``echocam.localise``, inside the call's box ± half a CAM cell (target ≥ 80 %), per species;
+  ``echocam.explain.localise``, inside the call's box ± half a CAM cell (target ≥ 80 %), per
+  species;
 - a figure (``--figure``, default ``results/pointing_game.jpg``): clips with their CAM overlay,
   the call's box (white), the box widened by the tolerance (grey) and the display map's peak
   (cyan cross: what counts).
@@ -44,10 +45,11 @@ def figure(model, clips, hits, *, params, path: Path, per_row: int = 3, n: int =
     import librosa
     from PIL import Image, ImageDraw
 
-    from echocam import colormaps, render
-    from echocam.cam import class_activation_maps, display_maps
-    from echocam.frontend import FrontEnd
-    from echocam.localise import band_centres
+    from echocam.explain import render
+    from echocam.explain.cam import class_activation_maps, display_maps
+    from echocam.explain.localise import band_centres
+    from echocam.signal import colormaps
+    from echocam.signal.frontend import FrontEnd
     from echocam.train.dataset import model_inputs
     from echocam.train.pointing import Tolerance
 
@@ -120,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     from devtools import synthetic
-    from echocam.model import load_model
+    from echocam.explain.model import load_model
     from echocam.settings import Params, Settings
     from echocam.train.evaluate import evaluate
     from echocam.train.pointing import play

@@ -63,11 +63,11 @@ def _status(field: str) -> int:
 
 
 def child(what: str, n: int) -> dict:
-    from echocam import manifest
-    from echocam.chunking import chunked
-    from echocam.records import RECORD_NAME
+    from echocam.bucket import manifest
+    from echocam.bucket.chunking import chunked
+    from echocam.bucket.records import RECORD_NAME
+    from echocam.bucket.storage import client_factory, open_store, read_json
     from echocam.settings import Params, Settings
-    from echocam.storage import client_factory, open_store, read_json
     from producer.enqueue import produce
     from worker.app import app
 
@@ -149,10 +149,10 @@ def make_done(n: int) -> None:
     """Every recording of in-<n> done in out-<n>-done: a failed record, its marker and one shard
     per task, as a worker writes them (``runner.record_failures``), put in bulk on threads (the
     prefix is empty: no record to read first, no intent to keep)."""
-    from echocam import index, manifest, records
-    from echocam.chunking import chunked
+    from echocam.bucket import index, manifest, records
+    from echocam.bucket.chunking import chunked
+    from echocam.bucket.storage import client_factory, open_store
     from echocam.settings import Params, Settings, fingerprint
-    from echocam.storage import client_factory, open_store
 
     settings = Settings.from_env()
     make = client_factory(settings)

@@ -64,7 +64,7 @@ class ListingStub:
         self.n = n
 
     def list(self, *, suffixes: tuple[str, ...] = (), page_size: int = 1000):
-        from echocam.storage import ObjectInfo
+        from echocam.bucket.storage import ObjectInfo
 
         for i in range(self.n):
             key = f"site {i % 97:02d}/day {i % 31:02d}/rec_{i:08d}.wav"
@@ -120,7 +120,7 @@ class DiscardingApp:
 def child(path: str, n: int, broker_url: str, task_size: int) -> dict:
     from concurrent.futures import ThreadPoolExecutor
 
-    from echocam.plan import plan
+    from echocam.bucket.plan import plan
     from echocam.settings import Params, Settings
     from producer.enqueue import produce
 

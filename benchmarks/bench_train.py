@@ -61,12 +61,12 @@ def measure(
     """Training path and bare step, interleaved; rates are medians over ``repeats``."""
     from torchvision.models import resnet18
 
-    from echocam.frontend import FrontEnd
+    from echocam.bucket.storage import LocalStore
     from echocam.settings import Params
-    from echocam.storage import LocalStore
+    from echocam.signal.frontend import FrontEnd
     from echocam.train.augment import Augment
-    from echocam.train.data import list_folders
     from echocam.train.dataset import Loader, balanced_order, model_inputs
+    from echocam.train.labels import list_folders
     from echocam.train.loop import train_step
 
     dev = torch.device(device)

@@ -66,12 +66,12 @@ def child(path: str, source: str, *, io_threads: int, prefetch: int, batch: int)
 
     import torch
 
-    from echocam.frontend import FrontEnd, plan
+    from echocam.bucket.storage import LocalStore
     from echocam.settings import Params
-    from echocam.storage import LocalStore
+    from echocam.signal.frontend import FrontEnd, windowed
     from echocam.train.augment import Augment
-    from echocam.train.data import list_folders, split_by_recording
     from echocam.train.dataset import Backgrounds, Loader, balanced_order, model_inputs
+    from echocam.train.labels import list_folders, split_by_recording
 
     torch.set_num_threads(2)
     params, augment = Params(), Augment()
@@ -110,7 +110,7 @@ def child(path: str, source: str, *, io_threads: int, prefetch: int, batch: int)
     else:  # "decoded": every clip decoded and kept
         kept = []
         for e in train.examples:
-            kept.append(plan(store.get(e.key)[0], params=params).audio.samples)
+            kept.append(windowed(store.get(e.key)[0], params=params).audio.samples)
         windows = len(kept)
     seconds = time.perf_counter() - t0
     peak = sampler.stop()

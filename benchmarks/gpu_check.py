@@ -1,7 +1,8 @@
 """The GPU check's Python half (``gpu_check.sh`` runs it): echo-cam on one NVIDIA GPU, briefly.
 
 1. the device: ``nvidia-smi`` and ``torch.cuda.get_device_name``;
-2. model + CAM: ``echocam.cam.explain`` on ``HookedResNet18`` (random weights), channels_last,
+2. model + CAM: ``echocam.explain.cam.explain`` on ``HookedResNet18`` (random weights),
+channels_last,
    in fp32 and in bf16 autocast, at batch 64 / 256 / 1024, next to the forward alone;
 3. the full path on real recordings: the device stage alone (``Explainer.compute``: spectrogram
    -> image -> model -> CAM -> overlay -> host copy) and local mode end to end (reads, decoding,
@@ -89,8 +90,8 @@ def device_info(device: torch.device) -> dict:
 
 
 def model_cam(device: torch.device, batches: list[int], iters: int) -> list[dict]:
-    from echocam.cam import explain
-    from echocam.model import load_model
+    from echocam.explain.cam import explain
+    from echocam.explain.model import load_model
 
     net = load_model("random").net.to(device, memory_format=torch.channels_last)
     rows = []
@@ -169,8 +170,8 @@ def explicit_forward(net: torch.nn.Module):
 
 def candidates(device: torch.device, batch: int, iters: int) -> list[dict]:
     """Forward + top-1 CAM per second, bf16 channels_last, under each candidate speed-up."""
-    from echocam.cam import class_activation_maps
-    from echocam.model import load_model
+    from echocam.explain.cam import class_activation_maps
+    from echocam.explain.model import load_model
 
     def run(forward, fc_weight, x):
         with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16):
@@ -221,8 +222,8 @@ def full_path(
     overlay -> host copy) and local mode end to end (``C.LocalMode``: reads, decoding, device,
     PNG/NPZ encoding and writes overlapped), on real recordings, per batch size; the last row
     with ``torch.compile``."""
-    from echocam.model import load_model
-    from echocam.pipeline import Explainer, Source
+    from echocam.explain.model import load_model
+    from echocam.explain.pipeline import Explainer, Source
     from echocam.settings import Params, Settings
 
     params = Params()
@@ -241,9 +242,9 @@ def full_path(
             ex = Explainer(model, params, device=str(device), batch_size=batch,
                            compile_model=compiled, pool=pool)  # fmt: skip
             decoded = ex.decode(sources)
-            n_windows = sum(len(r.planned.starts) for r in decoded.recordings)
+            n_windows = sum(len(r.windowed.starts) for r in decoded.recordings)
             t0 = time.perf_counter()
-            device_stage = partial(_drain, ex.compute, decoded)  # every segment, discarded
+            device_stage = partial(_drain, ex.compute, decoded)  # every block, discarded
             device_stage()  # warm-up: kernels, allocator (and compilation)
             sync(device)
             row["first_compute_s"] = time.perf_counter() - t0
@@ -320,9 +321,9 @@ def processes(device: torch.device, counts: list[int], windows: int) -> list[dic
 def _process_run(device: str, paths: list[str], n: int, barrier, results) -> None:
     """One process of ``processes``: warm explainer, barrier, local mode over ``paths``."""
     try:
-        from echocam.local import set_threads
-        from echocam.model import load_model
-        from echocam.pipeline import Explainer, Source
+        from echocam.explain.device import set_threads
+        from echocam.explain.model import load_model
+        from echocam.explain.pipeline import Explainer, Source
         from echocam.settings import Params
 
         threads = set_threads(0, processes=n)
@@ -342,7 +343,7 @@ def _process_run(device: str, paths: list[str], n: int, barrier, results) -> Non
 
 
 def _drain(compute, decoded) -> None:
-    """Run the device stage over every segment of ``decoded`` (a generator), keeping none."""
+    """Run the device stage over every block of ``decoded`` (a generator), keeping none."""
     for _ in compute(decoded):
         pass
 

@@ -91,7 +91,7 @@ class Clip:
 
 def backgrounds(paths: Sequence[str | Path]) -> list[Background]:
     """Decode real recordings (any format echocam decodes) to mono at :data:`SAMPLE_RATE`."""
-    from echocam import audio
+    from echocam.signal import audio
 
     out = []
     for p in paths:

@@ -16,7 +16,7 @@ import numpy as np
 import soundfile as sf
 
 from echocam import explain_bytes
-from echocam.model import imagenet_cache_path
+from echocam.explain.model import imagenet_cache_path
 
 
 def main() -> int:

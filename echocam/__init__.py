@@ -1,7 +1,19 @@
-"""echo-cam: Class Activation Maps on bird-recording spectrograms.
+"""echo-cam: Class Activation Maps on bird-recording spectrograms, over whole buckets.
 
-The package root stays light (no torch import), so the producer can use ``echocam.storage``,
-``echocam.keys`` and ``echocam.manifest`` without pulling in the model stack.
+The layers, lowest first (a package imports only from those above it in this list):
+
+- :mod:`echocam.errors`, :mod:`echocam.settings`: error codes and the one settings object;
+- :mod:`echocam.bucket`: bookkeeping of a run over a store (keys, records, the done index, the
+  manifest, the producer–worker protocol, progress).  No torch: the producer runs on it alone;
+- :mod:`echocam.signal`: audio → windows → mel dB → magma image → model input (the front end);
+- :mod:`echocam.explain`: the hooked ResNet-18, CAMs, evidence boxes, overlays, the files and
+  record of one recording, and the pipeline that computes them in batches;
+- :mod:`echocam.run`: running the pipeline over stores (the runner, local mode);
+- :mod:`echocam.train`, :mod:`echocam.view`: species models; looking at a run;
+- :mod:`echocam.api`: the Python API (:func:`explain_file`, :func:`explain_bytes`).
+
+The package root stays light (no torch import): ``from echocam import explain_file`` loads the
+model stack only when called.
 """
 
 __all__ = ["explain_file", "explain_bytes", "Explanation"]

@@ -12,8 +12,8 @@ import numpy as np
 from PIL import Image
 
 from echocam.errors import from_code
-from echocam.outputs import Result, read
-from echocam.pipeline import Explainer, Source
+from echocam.explain.encoder import Result, read
+from echocam.explain.pipeline import Explainer, Source
 from echocam.settings import Params, Settings, params_for_model
 
 
@@ -30,9 +30,9 @@ class Explanation:
 
 @cache
 def _explainer(settings: Settings, params: Params, explicit: frozenset[str]) -> Explainer:
-    from echocam.local import load
+    from echocam.explain.model import load_model_from
 
-    model = load(settings)
+    model = load_model_from(settings)
     params = params_for_model(params, model.params, explicit=explicit)
     return Explainer.from_settings(model, params, settings)
 

@@ -96,7 +96,7 @@ class Params:
         return round(self.window_hop_seconds * self.sample_rate)
 
     def decode_options(self) -> dict[str, Any]:
-        """Keywords of ``echocam.audio.decode``: target rate, one-frame minimum, caps."""
+        """Keywords of ``echocam.signal.audio.decode``: target rate, one-frame minimum, caps."""
         return {
             "sample_rate": self.sample_rate,
             "min_samples": self.n_fft,

@@ -13,7 +13,7 @@ import sys
 from dataclasses import fields
 from typing import Any, get_type_hints
 
-from echocam.records import version
+from echocam.bucket.records import version
 from echocam.settings import Params, Settings, env_name, parse
 
 PARAM_FIELDS = [f.name for f in fields(Params)]
@@ -68,7 +68,7 @@ def _explicit(args: argparse.Namespace) -> set[str]:
 
 
 def _redo(args: argparse.Namespace):
-    from echocam.protocol import Redo
+    from echocam.bucket.protocol import Redo
 
     return Redo(force=args.force, failed=args.retry_failed, codes=args.codes or ())
 
@@ -94,7 +94,7 @@ def _print_dry_run(decisions) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from echocam import local
+    from echocam.run import local
 
     common = dict(
         params=_params(args),
@@ -111,8 +111,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_manifest(args: argparse.Namespace) -> int:
-    from echocam import manifest
-    from echocam.storage import client_factory, open_store
+    from echocam.bucket import manifest
+    from echocam.bucket.storage import client_factory, open_store
 
     store = open_store(args.out, client_factory=client_factory(_settings(args)))
     _print_summary(manifest.compact(store, full=args.full))
@@ -152,7 +152,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def _producer_context(args: argparse.Namespace):
-    from echocam.storage import client_factory, open_store
+    from echocam.bucket.storage import client_factory, open_store
 
     settings = _settings(args)
     make = client_factory(settings)
@@ -161,7 +161,7 @@ def _producer_context(args: argparse.Namespace):
 
 def cmd_produce(args: argparse.Namespace) -> int:
     _env_from(args, Settings)
-    from echocam import progress
+    from echocam.bucket import progress
     from echocam.settings import params_for_model
     from producer import enqueue, workers
     from worker.app import app
@@ -198,8 +198,8 @@ def cmd_produce(args: argparse.Namespace) -> int:
 def _print_when_done(r, run, dst, args: argparse.Namespace) -> int:
     """Wait for the run and its manifest; print its state and the summary (1 if the manifest
     failed)."""
-    from echocam.manifest import SUMMARY
-    from echocam.storage import read_json
+    from echocam.bucket.manifest import SUMMARY
+    from echocam.bucket.storage import read_json
     from producer import status
 
     final = status.wait(r, run, timeout_s=args.timeout)
@@ -213,9 +213,9 @@ def _print_when_done(r, run, dst, args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     _env_from(args, Settings)
-    from echocam import progress
-    from echocam.runs import RUN_NAME
-    from echocam.storage import read_json
+    from echocam.bucket import progress
+    from echocam.bucket.runs import RUN_NAME
+    from echocam.bucket.storage import read_json
     from producer import status
 
     settings, store = _producer_context(args)
@@ -234,7 +234,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_view(args: argparse.Namespace) -> int:
     import os
 
-    from echocam.storage import client_factory
+    from echocam.bucket.storage import client_factory
     from echocam.view.server import serve
 
     serve(
@@ -299,7 +299,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from echocam.storage import client_factory
+    from echocam.bucket.storage import client_factory
     from echocam.view.report import write
 
     print(f"report: {write(args.dest, client_factory=client_factory(_settings(args)))}")
@@ -618,7 +618,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_fields(st, Settings, ["broker_url", "s3_endpoint_url", "s3_region"], "settings")
     st.set_defaults(func=cmd_status)
 
-    # Its own parser lives in producer.metrics; main() hands it the arguments.
+    # Its own parser lives in producer.exporter; main() hands it the arguments.
     sub.add_parser(
         "metrics",
         help="serve Prometheus metrics: run progress, errors, stage times, queue length",
@@ -673,9 +673,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["metrics"]:
-        from producer import metrics
+        from producer import exporter
 
-        return metrics.main(argv[1:]) or 0
+        return exporter.main(argv[1:]) or 0
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

@@ -26,11 +26,11 @@ from typing import Any
 from celery import Celery
 from tqdm import tqdm
 
-from echocam import faults, plan, progress, protocol, runs
-from echocam.plan import Decision
-from echocam.protocol import RESUME, Redo
+from echocam.bucket import faults, plan, progress, protocol, runs
+from echocam.bucket.plan import Decision
+from echocam.bucket.protocol import RESUME, Redo
+from echocam.bucket.storage import ObjectInfo, Store
 from echocam.settings import Params, Settings
-from echocam.storage import ObjectInfo, Store
 
 log = logging.getLogger(__name__)
 

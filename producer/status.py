@@ -10,7 +10,7 @@ from typing import Any
 import redis
 from tqdm import tqdm
 
-from echocam import progress
+from echocam.bucket import progress
 
 
 def summarise(

@@ -7,7 +7,8 @@ import struct
 
 import numpy as np
 import soundfile as sf
-from conftest import chirp, wav_bytes
+
+from tests.helpers import chirp, wav_bytes
 
 #: Caps the corpus run uses, so the "too long" and "too large" cases stay small.
 MAX_DURATION_S = 60.0

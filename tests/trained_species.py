@@ -40,7 +40,7 @@ HELD_OUT = {f"S4A03895_20190522_{t}.wav" for t in ("070000", "073000", "080000")
 
 def split_backgrounds() -> tuple[list[Path], list[Path]]:
     """(training backgrounds, held-out backgrounds): different real recordings."""
-    from conftest import recordings  # conftest imports this module's fixtures
+    from tests.helpers import recordings
 
     paths = recordings()
     return [p for p in paths if p.name not in HELD_OUT], [p for p in paths if p.name in HELD_OUT]

@@ -15,12 +15,13 @@ from functools import cache
 import numpy as np
 import soundfile as sf
 
-from echocam import heap, progress
-from echocam.local import load, set_threads
-from echocam.model import LoadedModel
-from echocam.pipeline import Explainer, Source
+from echocam.bucket import progress
+from echocam.bucket.storage import S3Store, client_factory, open_store
+from echocam.explain.device import set_threads
+from echocam.explain.model import LoadedModel, load_model_from
+from echocam.explain.pipeline import Explainer, Source
+from echocam.run import heap
 from echocam.settings import Params
-from echocam.storage import S3Store, client_factory, open_store
 from worker.app import settings
 
 log = logging.getLogger(__name__)
@@ -35,7 +36,7 @@ def load_model_in_parent(concurrency: int) -> None:
 
     torch.set_num_threads(1)  # no intra-op pool in the parent: fork after threads can hang
     processes = max(1, concurrency)
-    model = load(settings)
+    model = load_model_from(settings)
     log.info("echocam: model %s (%s) loaded", model.sha256[:12], model.weights)
 
 

@@ -1,8 +1,8 @@
 """The tasks: a list of source keys plus the run's parameters → outputs and records in the bucket
 (``process``), and the run's manifest once its last task is done (``compact``).
 
-Thin glue over ``echocam.runner.run_chunks`` and ``echocam.manifest.compact``; Celery supplies
-delivery, retries and time limits.
+Thin glue over ``echocam.run.runner.run_chunks`` and ``echocam.bucket.manifest.compact``; Celery
+supplies delivery, retries and time limits.
 """
 
 from __future__ import annotations
@@ -17,12 +17,12 @@ from celery import signals
 from celery.exceptions import SoftTimeLimitExceeded
 from redis.exceptions import RedisError
 
-from echocam import faults, manifest, progress, protocol
-from echocam.chunking import chunked
+from echocam.bucket import faults, manifest, progress, protocol
+from echocam.bucket.chunking import chunked
+from echocam.bucket.storage import ObjectInfo
 from echocam.errors import InvalidParams, ParamsMismatch
-from echocam.runner import Outcome, record_failures, run_chunks
+from echocam.run.runner import Outcome, record_failures, run_chunks
 from echocam.settings import Params, fingerprint
-from echocam.storage import ObjectInfo
 from worker import state
 from worker.app import app, settings
 
@@ -84,7 +84,7 @@ def _delivered(r, request) -> int:
 
 @app.task(name=protocol.TASK_NAME, bind=True, **RETRY)
 def process(self, items: list[list], message: dict) -> dict:
-    """Explain ``items`` for the run in ``message`` (see ``echocam.protocol``)."""
+    """Explain ``items`` for the run in ``message`` (see ``echocam.bucket.protocol``)."""
     infos = protocol.decode_items(items)
     run, redo = protocol.decode_run(message)
     r = state.redis()

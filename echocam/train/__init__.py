@@ -2,12 +2,13 @@
 
 Small modules, one concept each:
 
-- :mod:`.data`: listing labelled examples (one folder per class, or a labels CSV), the split by
+- :mod:`.labels`: listing labelled examples (one folder per class, or a labels CSV), the split by
   recording, the data summary a checkpoint carries;
 - :mod:`.augment`: waveform augmentation (crop, background mix, gain) and dB masking;
 - :mod:`.dataset`: class-balanced epochs, streamed from the store and decoded on a thread pool
-  ahead of the device; the model inputs of a batch through :class:`echocam.frontend.FrontEnd`;
-- :mod:`.metrics`: confusion matrix, precision / recall / F1, the confusion PNG;
+  ahead of the device; the model inputs of a batch through
+  :class:`echocam.signal.frontend.FrontEnd`;
+- :mod:`.scores`: confusion matrix, precision / recall / F1, the confusion PNG;
 - :mod:`.predict`: deterministic (inference) windows of examples → class probabilities;
 - :mod:`.loop`: the training loop, checkpoints, resume;
 - :mod:`.evaluate`: a checkpoint against a labelled source.

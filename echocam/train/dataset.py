@@ -1,10 +1,10 @@
 """Training windows streamed from a store: class-balanced epochs, decoded on a thread pool.
 
 Nothing is held decoded beyond the batches in flight: each window fetches its recording,
-decodes it (``echocam.frontend.plan``: the inference decoder), cuts and augments one window and
-drops the rest.  Up to ``prefetch`` batches are prepared on the pool while the device trains on
-the current one.  Every window's randomness comes from its own generator seeded by (seed, epoch,
-position), so a run is reproducible whatever the threads do.
+decodes it (``echocam.signal.frontend.windowed``: the inference decoder), cuts and augments one
+window and drops the rest.  Up to ``prefetch`` batches are prepared on the pool while the device
+trains on the current one.  Every window's randomness comes from its own generator seeded by (seed,
+epoch, position), so a run is reproducible whatever the threads do.
 """
 
 from __future__ import annotations
@@ -18,12 +18,12 @@ from functools import lru_cache
 import numpy as np
 import torch
 
+from echocam.bucket.storage import Store
 from echocam.errors import EchoCamError
-from echocam.frontend import FrontEnd, plan
 from echocam.settings import Params
-from echocam.storage import Store
+from echocam.signal.frontend import FrontEnd, windowed
 from echocam.train.augment import Augment, apply_gain, crop_start, mask_db, mix_background
-from echocam.train.data import Example
+from echocam.train.labels import Example
 
 
 @dataclass
@@ -47,7 +47,7 @@ class Skipped:
 def load_samples(store: Store, key: str, *, params: Params) -> np.ndarray:
     """The decoded samples (n,) float32 of ``key``, exactly as inference decodes them."""
     data, _ = store.get(key, max_bytes=params.max_bytes)
-    return plan(data, params=params).audio.samples
+    return windowed(data, params=params).audio.samples
 
 
 def balanced_order(

@@ -16,13 +16,13 @@ from typing import Any
 
 import numpy as np
 
-from echocam.frontend import FrontEnd
-from echocam.local import load, set_threads
-from echocam.pipeline import resolve_device
+from echocam.bucket.storage import client_factory, open_store
+from echocam.explain.device import resolve_device, set_threads
+from echocam.explain.model import load_model_from
 from echocam.settings import Params, Settings, params_for_model
-from echocam.storage import client_factory, open_store
-from echocam.train import metrics
-from echocam.train.data import list_folders, read_labels
+from echocam.signal.frontend import FrontEnd
+from echocam.train import scores
+from echocam.train.labels import list_folders, read_labels
 from echocam.train.loop import _read_text
 from echocam.train.predict import predict
 
@@ -42,7 +42,7 @@ def evaluate(
     agree with them).  Folder (or label) names must be classes of the model.
     """
     set_threads(settings.threads)
-    model = load(settings)
+    model = load_model_from(settings)
     params = params_for_model(params, model.params, explicit=explicit)
     make = client_factory(settings)
     src = open_store(source, client_factory=make)
@@ -70,13 +70,13 @@ def evaluate(
     ok = pred.n_windows > 0
     y = np.array([e.label for e in labelled.examples], np.int64)
     top = np.where(ok, np.nan_to_num(pred.probs, nan=-1.0).argmax(1), -1)
-    matrix = metrics.confusion(y[ok], top[ok], n_classes=len(names))
-    scores = metrics.scores(matrix, names)
+    matrix = scores.confusion(y[ok], top[ok], n_classes=len(names))
+    summary = scores.summarise(matrix, names)
     skipped: dict[str, int] = {}
     for s in pred.skipped.values():
         skipped[s.code] = skipped.get(s.code, 0) + 1
     result = {
-        **scores,
+        **summary,
         "source": src.uri,
         "labels": labels,
         "model": model.identity,
@@ -91,11 +91,11 @@ def evaluate(
         "class_names": names,
         "rows": "true",
         "columns": "predicted",
-        "matrix": scores["confusion"],
+        "matrix": summary["confusion"],
     }
     dst.put("confusion.json", (json.dumps(conf, indent=1) + "\n").encode())
-    title = f"{src.uri}: macro-F1 {scores['macro_f1']:.3f}, accuracy {scores['accuracy']:.3f}"
-    dst.put("confusion.png", metrics.confusion_png(matrix, names, title=title))
+    title = f"{src.uri}: macro-F1 {summary['macro_f1']:.3f}, accuracy {summary['accuracy']:.3f}"
+    dst.put("confusion.png", scores.confusion_png(matrix, names, title=title))
     dst.put("predictions.csv", _predictions_csv(labelled.examples, pred, names).encode())
     return result
 

@@ -31,16 +31,16 @@ from torch import nn
 from torchvision.models import resnet18
 from tqdm import tqdm
 
-from echocam.frontend import FrontEnd
-from echocam.local import load, set_threads
-from echocam.pipeline import resolve_device
-from echocam.records import version
+from echocam.bucket.records import version
+from echocam.bucket.storage import Store, client_factory, open_store
+from echocam.explain.device import resolve_device, set_threads
+from echocam.explain.model import load_model_from
 from echocam.settings import Params, Settings
-from echocam.storage import Store, client_factory, open_store
-from echocam.train import metrics
+from echocam.signal.frontend import FrontEnd
+from echocam.train import scores
 from echocam.train.augment import Augment
-from echocam.train.data import Labelled, list_folders, read_labels, split_by_recording
 from echocam.train.dataset import Backgrounds, Loader, balanced_order, model_inputs
+from echocam.train.labels import Labelled, list_folders, read_labels, split_by_recording
 from echocam.train.predict import predict
 
 METRICS_NAME, CONFUSION_NAME = "metrics.json", "confusion.png"
@@ -121,15 +121,15 @@ def build_net(
 ) -> tuple[nn.Module, str]:
     """torchvision ResNet-18 for ``class_names`` from ``init``; (net, what it started from).
 
-    ``imagenet`` and checkpoints are read by :func:`echocam.model.load_model` (the same clear
-    error offline); the fc layer is new (seeded) unless a checkpoint has these very classes.
+    ``imagenet`` and checkpoints are read by :func:`echocam.explain.model.load_model` (the same
+    clear error offline); the fc layer is new (seeded) unless a checkpoint has these very classes.
     """
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         net = resnet18(weights=None, num_classes=len(class_names))
     if init == "random":
         return net, "random"
-    loaded = load(dataclasses.replace(settings, weights=init))
+    loaded = load_model_from(dataclasses.replace(settings, weights=init))
     state = loaded.net.net.state_dict()
     if loaded.class_names != list(class_names):
         state = {k: v for k, v in state.items() if not k.startswith("fc.")}
@@ -519,8 +519,8 @@ def _validate(net, fe, store, val_set: Labelled, *, params, pool, batch_size) ->
     ok = pred.n_windows > 0
     y = np.array([e.label for e in val_set.examples])[ok]
     probs = pred.probs[ok]
-    m = metrics.confusion(y, probs.argmax(1), n_classes=len(val_set.class_names))
-    s = metrics.scores(m, val_set.class_names)
+    m = scores.confusion(y, probs.argmax(1), n_classes=len(val_set.class_names))
+    s = scores.summarise(m, val_set.class_names)
     loss = float(-np.log(np.clip(probs[np.arange(y.size), y], 1e-7, 1)).mean()) if y.size else 0.0
     row = {
         "val_macro_f1": s["macro_f1"],
@@ -605,7 +605,7 @@ def _write(
     if best["val"] is not None:
         conf = np.array(best["val"]["confusion"])
         title = f"validation, epoch {best['epoch']}: macro-F1 {best['val']['macro_f1']:.3f}"
-        out_store.put(CONFUSION_NAME, metrics.confusion_png(conf, names, title=title))
+        out_store.put(CONFUSION_NAME, scores.confusion_png(conf, names, title=title))
     resume = {
         "epoch": state["epoch"],
         "history": state["history"],

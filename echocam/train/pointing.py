@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from echocam.localise import Evidence
+from echocam.explain.localise import Evidence
 from echocam.settings import Params
 
 
@@ -63,17 +63,17 @@ def play(
 ) -> list[bool]:
     """One pointing game per window: does the CAM of ``class_ids[i]`` peak in a box of it?
 
-    ``model`` is a :class:`echocam.model.LoadedModel`; ``windows`` are waveforms (n,) at the
+    ``model`` is a :class:`echocam.explain.model.LoadedModel`; ``windows`` are waveforms (n,) at the
     analysis rate, each one analysis window starting at 0 s, and ``boxes`` the calls in each
     (seconds from the window's start, Hz).  The peak comes from the display map
-    (:func:`echocam.cam.display_maps`, as the overlays draw it) through
-    :func:`echocam.localise.evidence`.
+    (:func:`echocam.explain.cam.display_maps`, as the overlays draw it) through
+    :func:`echocam.explain.localise.evidence`.
     """
     import torch
 
-    from echocam.cam import class_activation_maps, display_maps
-    from echocam.frontend import FrontEnd
-    from echocam.localise import Axes, evidence
+    from echocam.explain.cam import class_activation_maps, display_maps
+    from echocam.explain.localise import Axes, evidence
+    from echocam.signal.frontend import FrontEnd
     from echocam.train.dataset import model_inputs
 
     fe = FrontEnd(params, device)

@@ -1,8 +1,8 @@
 """Class probabilities of labelled examples from their inference windows (no augmentation).
 
 Used for validation during training and by ``echocam evaluate``.  A whole recording's windows
-are those inference plans (``echocam.frontend.plan``); its probabilities are the mean over its
-windows, as a record's ``mean_probs``.  An annotated span is the window centred on it (the
+are those inference cuts (``echocam.signal.frontend.windowed``); its probabilities are the mean over
+its windows, as a record's ``mean_probs``.  An annotated span is the window centred on it (the
 windows inside it when it is longer than a window).
 """
 
@@ -15,14 +15,14 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from echocam import windows
+from echocam.bucket.storage import Store
 from echocam.errors import EchoCamError
-from echocam.frontend import FrontEnd
 from echocam.settings import Params
-from echocam.storage import Store
+from echocam.signal import windows
+from echocam.signal.frontend import FrontEnd
 from echocam.train.augment import crop_start
-from echocam.train.data import Example
 from echocam.train.dataset import Skipped, load_samples, model_inputs
+from echocam.train.labels import Example
 
 
 def eval_starts(

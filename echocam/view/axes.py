@@ -5,7 +5,7 @@ Image column c is the STFT frame centred ``c * hop / sample_rate`` seconds into 
 is mel band ``n_mels - 1 - r`` (row 0 the highest).  Band i's centre is edge i + 1 of
 ``n_mels + 2`` edges evenly spaced in Slaney mels from ``fmin`` to ``fmax``: what
 ``librosa.mel_frequencies`` gives (a test compares them), so rows land on the Hz of
-:func:`echocam.localise.band_centres`.
+:func:`echocam.explain.localise.band_centres`.
 """
 
 from __future__ import annotations

@@ -17,11 +17,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from echocam.keys import output_key
-from echocam.manifest import DETECTIONS_PARQUET, MANIFEST_PARQUET, SUMMARY
-from echocam.records import RECORD_NAME
-from echocam.runs import RUN_NAME
-from echocam.storage import LocalStore, Store, open_store, read_json
+from echocam.bucket.keys import output_key
+from echocam.bucket.manifest import DETECTIONS_PARQUET, MANIFEST_PARQUET, SUMMARY
+from echocam.bucket.records import RECORD_NAME
+from echocam.bucket.runs import RUN_NAME
+from echocam.bucket.storage import LocalStore, Store, open_store, read_json
 
 #: What the viewer serves from under the run: the outputs echocam writes, nothing else.
 IMAGE_SUFFIXES = (".png", ".jpg", ".webp")
@@ -41,7 +41,7 @@ class BadKey(ValueError):
 
 
 def safe_key(key: str, *, suffixes: tuple[str, ...] = SERVED_SUFFIXES) -> str:
-    """``key`` when it is a relative key with no ``.``/``..``/empty segment, else BadKey.
+    """``key`` when it is a relative key with no ``.``/``..``/empty component, else BadKey.
 
     Rejects absolute keys, backslashes, control characters and names outside ``suffixes``; a
     local store also refuses keys that resolve (symlinks included) outside its root.

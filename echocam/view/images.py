@@ -3,7 +3,7 @@
 A 30-minute recording's images are ~198,000 pixels wide: the browser gets tiles of
 :data:`TILE` pixels at zoom levels that halve the resolution each step (level z shows
 ``TILE * 2**z`` image columns per tile), never the whole image.  An image is one PNG, or (a
-recording wider than ``echocam.outputs.TILE_COLUMNS``) the PNG tiles the run wrote side by
+recording wider than ``echocam.explain.encoder.TILE_COLUMNS``) the PNG tiles the run wrote side by
 side (:class:`Tiled`, from :func:`image_ref`): only the tiles a view spans are decoded.  Decoded
 PNGs are kept for the views that follow (an LRU bounded in pixels), and encoded tiles in a
 byte-bounded LRU.

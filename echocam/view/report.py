@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from html import escape
 from typing import Any
 
-from echocam.manifest import DETECTIONS_PARQUET, MANIFEST_PARQUET
+from echocam.bucket.manifest import DETECTIONS_PARQUET, MANIFEST_PARQUET
 from echocam.view.axes import MelAxis, TimeAxis
 from echocam.view.data import RunData
 from echocam.view.images import Images, image_ref

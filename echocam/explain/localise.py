@@ -1,0 +1,241 @@
+"""Where the evidence is: a display map's peak and evidence box, in seconds and Hertz.
+
+Pure maths on arrays.  A display map (see :func:`echocam.explain.cam.display_maps`) has the shape of
+its window's spectrogram, (n_mels, frames): row 0 is the highest mel band (the image is drawn with
+low frequencies at the bottom) and column c is the STFT frame centred ``c * hop_length`` samples
+after the window's start.
+
+The evidence box is as coarse as the CAM: a layer4 cell is 32 model-image pixels (0.7 s by ~37
+mel bands at the defaults), so it cannot be tighter than about one cell.  The *call box* narrows
+it with the spectrogram: inside the evidence region, the pixels loud against their band's
+background that form the sound nearest the peak (see :func:`call_box`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import cache
+
+import numpy as np
+import torch
+from scipy import ndimage
+
+from echocam.signal import melscale
+
+#: A call's pixels stand at least this far above their band's median over the window (dB)...
+CALL_MIN_EXCESS_DB = 10.0
+#: ...and within this of the loudest such pixel in the evidence region (dB).
+CALL_WITHIN_DB = 20.0
+#: Pixels this close in time (s), and one band apart, belong to one call: a trill's pips join.
+CALL_BRIDGE_S = 0.05
+#: A band's floor is the median of every 4th frame (36 ms apart at the defaults): the same
+#: background level for a quarter of the work.
+FLOOR_STRIDE = 4
+
+
+@dataclass(frozen=True)
+class Axes:
+    """The time (s) and frequency (Hz) of every cell of a window's display map."""
+
+    times_s: np.ndarray  # (frames,) seconds from the window's start
+    freqs_hz: np.ndarray  # (n_mels,) centre frequency of each row, row 0 the highest
+    low_hz: np.ndarray  # (n_mels,) where each row's band meets the one below (its lower edge)
+    high_hz: np.ndarray  # (n_mels,) and the one above: halfway between neighbouring centres
+    frame_s: float  # seconds between frames (a pixel spans half of it either side of its time)
+
+    @classmethod
+    def of(
+        cls,
+        *,
+        frames: int,
+        sample_rate: int,
+        hop_length: int,
+        n_mels: int,
+        fmin: float,
+        fmax: float,
+    ) -> Axes:
+        """The axes of a (n_mels, frames) map at these analysis parameters."""
+        centres = band_centres(n_mels=n_mels, fmin=fmin, fmax=fmax)  # lowest first
+        between = (centres[:-1] + centres[1:]) / 2
+        return cls(
+            times_s=np.arange(frames) * (hop_length / sample_rate),
+            freqs_hz=centres[::-1].copy(),
+            low_hz=np.concatenate([[fmin], between])[::-1].copy(),
+            high_hz=np.concatenate([between, [fmax]])[::-1].copy(),
+            frame_s=hop_length / sample_rate,
+        )
+
+    @classmethod
+    def for_params(cls, params, *, frames: int) -> Axes:
+        """The axes of a window of ``frames`` at ``params`` (an ``echocam.settings.Params``)."""
+        return cls.of(
+            frames=frames,
+            sample_rate=params.sample_rate,
+            hop_length=params.hop_length,
+            n_mels=params.n_mels,
+            fmin=params.fmin,
+            fmax=params.fmax,
+        )
+
+
+@cache
+def band_centres(*, n_mels: int, fmin: float, fmax: float) -> np.ndarray:
+    """Centre frequency (Hz) of each mel band, lowest first: those of ``librosa.filters.mel``.
+
+    The Slaney filterbank's band i is a triangle from edge i to edge i + 2 of ``n_mels + 2``
+    mel-spaced edges; its centre is edge i + 1.
+    """
+    centres = melscale.mel_frequencies(n_mels + 2, fmin=fmin, fmax=fmax)[1:-1]
+    centres.setflags(write=False)
+    return centres
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """A map's peak, the box around it and the call box inside that, in seconds (from the
+    recording's start) and Hz; the call box is NaN where no call was found."""
+
+    peak_time_s: float
+    peak_freq_hz: float
+    box_begin_s: float
+    box_end_s: float
+    box_low_hz: float
+    box_high_hz: float
+    call_begin_s: float = math.nan
+    call_end_s: float = math.nan
+    call_low_hz: float = math.nan
+    call_high_hz: float = math.nan
+
+
+def evidence(
+    display_map: np.ndarray,
+    *,
+    axes: Axes,
+    offset_s: float = 0.0,
+    threshold: float = 0.5,
+    db: np.ndarray | None = None,
+) -> Evidence:
+    """The peak of ``display_map`` (n_mels, frames), its evidence box and, given the window's
+    spectrogram ``db`` (n_mels, frames) in dB with row 0 the *lowest* band (as the front end
+    makes it), its call box.
+
+    The box bounds the connected region (4-connected cells) around the peak where the map is
+    ``>= threshold`` (times of its first and last frames, centres of its lowest and highest
+    bands).  ``offset_s`` is the window's start in the recording.  A constant map (no evidence
+    anywhere) peaks at its first cell and boxes the whole window, as the threshold selects all.
+    """
+    maps = torch.from_numpy(np.ascontiguousarray(display_map))[None]
+    peak, mask = peaks_and_masks(maps, threshold=threshold)
+    floor = None if db is None else band_floor(torch.from_numpy(db)).numpy()
+    return region_evidence(
+        mask[0].numpy(), int(peak[0]), axes=axes, offset_s=offset_s, db=db, floor=floor
+    )
+
+
+def band_floor(db: torch.Tensor) -> torch.Tensor:
+    """Each band's background level: dB (..., n_mels, frames) → its median over every
+    :data:`FLOOR_STRIDE`-th frame (..., n_mels), the lower median of an even count as
+    ``torch.median``.  Calls are brief against a window, so the median is the band's noise."""
+    frames = db[..., ::FLOOR_STRIDE]
+    if db.device.type == "cpu":  # numpy's selection: several times torch's sorting median here
+        k = (frames.shape[-1] - 1) // 2
+        return torch.from_numpy(np.partition(frames.numpy(), k, axis=-1)[..., k])
+    return frames.median(dim=-1).values
+
+
+def peaks_and_masks(maps: torch.Tensor, *, threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Display maps (..., n_mels, frames) on any device → (peak (...) int64, the flat index of each
+    map's first maximum; mask (..., n_mels, frames) bool, where the map is ``>= threshold``, or
+    at its peak where the peak is below).  The batched half of :func:`evidence`, on the device
+    that made the maps; :func:`region_evidence` finishes it on the host."""
+    top, peak = maps.flatten(-2).max(dim=-1)  # first maximum, as np.argmax
+    level = top.clamp_max(threshold)[..., None, None]
+    return peak, maps >= level
+
+
+def region_evidence(
+    mask: np.ndarray,
+    peak: int,
+    *,
+    axes: Axes,
+    offset_s: float,
+    db: np.ndarray | None = None,
+    floor: np.ndarray | None = None,
+) -> Evidence:
+    """The evidence of one map from its ``mask`` (n_mels, frames) bool and the flat index of its
+    ``peak`` (see :func:`peaks_and_masks`): the box of the mask's connected region there, and
+    with the window's ``db`` (n_mels, frames, row 0 the lowest band) and its :func:`band_floor`
+    ``floor`` (n_mels,), the :func:`call_box` inside that region."""
+    row, col = np.unravel_index(peak, mask.shape)
+    # Label only the rows and columns the mask touches: often a small part of the map.
+    r0, r1 = _span(mask.any(axis=1))
+    c0, c1 = _span(mask.any(axis=0))
+    labels, _ = ndimage.label(mask[r0:r1, c0:c1])
+    region = labels[row - r0, col - c0]
+    rows, cols = ndimage.find_objects(labels)[region - 1]
+    call = {}
+    if db is not None and floor is not None:
+        # the region's part of the spectrogram, highest band first as in the map
+        excess = db[::-1][r0:r1, c0:c1] - floor[::-1][r0:r1, None]
+        found = call_box(excess, labels == region, (row - r0, col - c0), frame_s=axes.frame_s)
+        if found is not None:
+            (a, b), (lo, hi) = found
+            call = dict(
+                call_begin_s=float(offset_s + axes.times_s[c0 + a] - axes.frame_s / 2),
+                call_end_s=float(offset_s + axes.times_s[c0 + b] + axes.frame_s / 2),
+                call_low_hz=float(axes.low_hz[r0 + lo]),
+                call_high_hz=float(axes.high_hz[r0 + hi]),
+            )
+    return Evidence(
+        peak_time_s=float(offset_s + axes.times_s[col]),
+        peak_freq_hz=float(axes.freqs_hz[row]),
+        box_begin_s=float(offset_s + axes.times_s[c0 + cols.start]),
+        box_end_s=float(offset_s + axes.times_s[c0 + cols.stop - 1]),
+        box_low_hz=float(axes.freqs_hz[r0 + rows.stop - 1]),
+        box_high_hz=float(axes.freqs_hz[r0 + rows.start]),
+        **call,
+    )
+
+
+def call_box(
+    excess: np.ndarray,
+    region: np.ndarray,
+    peak: tuple[int, int],
+    *,
+    frame_s: float,
+    min_excess_db: float = CALL_MIN_EXCESS_DB,
+    within_db: float = CALL_WITHIN_DB,
+    bridge_s: float = CALL_BRIDGE_S,
+) -> tuple[tuple[int, int], tuple[int, int]] | None:
+    """The call the evidence points at: ((first, last) frame, (lowest, highest) row) or None.
+
+    ``excess`` (rows, frames) is the spectrogram in dB above each band's floor, ``region``
+    (rows, frames) bool the evidence region, ``peak`` the (row, frame) of the map's peak; row 0
+    is the highest band.  A call's pixels are in the region, at least ``min_excess_db`` above
+    their band's floor and within ``within_db`` of the region's loudest; pixels at most
+    ``bridge_s`` apart in time and one band apart join one sound, and the sound with the pixel
+    nearest the peak is the call.  None where no pixel is loud enough (no call in the region).
+    """
+    inside = np.where(region, excess, -np.inf)
+    level = max(min_excess_db, float(inside.max()) - within_db)
+    loud = inside >= level
+    if not loud.any():
+        return None
+    # the loud pixels' bounding box: joining never needs what lies outside it
+    (a0, a1), (b0, b1) = _span(loud.any(axis=1)), _span(loud.any(axis=0))
+    loud = loud[a0:a1, b0:b1]
+    reach = max(1, round(bridge_s / frame_s))
+    joined = ndimage.maximum_filter1d(loud.view(np.uint8), 2 * reach + 1, axis=1)
+    sounds, _ = ndimage.label(ndimage.maximum_filter1d(joined, 3, axis=0))
+    rr, cc = np.nonzero(loud)
+    nearest = np.argmin((rr + a0 - peak[0]) ** 2 + (cc + b0 - peak[1]) ** 2)
+    call = loud & (sounds == sounds[rr[nearest], cc[nearest]])
+    rows, cols = _span(call.any(axis=1)), _span(call.any(axis=0))
+    return (b0 + cols[0], b0 + cols[1] - 1), (a0 + rows[1] - 1, a0 + rows[0])
+
+
+def _span(any_: np.ndarray) -> tuple[int, int]:
+    """[first, last + 1) of the True entries of a 1-d bool array (which has one: callers check)."""
+    hits = np.flatnonzero(any_)
+    return int(hits[0]), int(hits[-1]) + 1

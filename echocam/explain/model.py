@@ -1,0 +1,183 @@
+"""ResNet-18 with its ``layer4`` features exposed, and the weights it can be loaded with."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+from torchvision.models import ResNet18_Weights, resnet18
+
+from echocam.errors import WeightsUnavailable
+from echocam.settings import Settings
+
+
+class HookedResNet18(nn.Module):
+    """torchvision ``resnet18`` in eval mode; ``forward`` returns (logits, layer4 features).
+
+    The features come from a forward hook on ``layer4``,
+    registered for the duration of one call so no tensor outlives the batch on the module.
+    """
+
+    def __init__(self, num_classes: int = 1000):
+        super().__init__()
+        self.net = resnet18(weights=None, num_classes=num_classes)
+        self.eval()
+
+    @property
+    def fc_weight(self) -> torch.Tensor:
+        """(classes, 512) weights of the final linear layer: the CAM's class weights."""
+        return self.net.fc.weight
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        captured: list[torch.Tensor] = []
+        handle = self.net.layer4.register_forward_hook(lambda _m, _i, out: captured.append(out))
+        try:
+            logits = self.net(x)
+        finally:
+            handle.remove()
+        return logits, captured[0]
+
+
+@dataclass
+class LoadedModel:
+    """A model ready to explain with: its identity travels into every output."""
+
+    net: HookedResNet18
+    class_names: list[str]
+    sha256: str
+    weights: str  # "imagenet", "random", a path or an s3:// URI
+    weights_kind: str  # "imagenet" | "random" | "checkpoint"
+    # The analysis parameters (``Params.to_dict()``) a trained checkpoint carries: inference
+    # must use its model-input fields (``echocam.settings.params_for_model``).  None: any.
+    params: dict | None = None
+
+    @property
+    def identity(self) -> dict[str, object]:
+        return {
+            "arch": "resnet18",
+            "sha256": self.sha256,
+            "weights": self.weights,
+            "weights_kind": self.weights_kind,
+            "random_weights": self.weights_kind == "random",
+        }
+
+
+def state_dict_sha256(state_dict: dict[str, torch.Tensor]) -> str:
+    """sha256 over (name, dtype, shape, bytes) of every tensor, in name order."""
+    h = hashlib.sha256()
+    for name in sorted(state_dict):
+        t = state_dict[name].detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def save_checkpoint(path: str | os.PathLike, state_dict: dict, class_names: list[str]) -> None:
+    """Write the checkpoint format ``load_model`` reads: a state dict and its class names."""
+    torch.save({"state_dict": state_dict, "class_names": list(class_names)}, path)
+
+
+def load_model(weights: str, *, seed: int = 0, read_bytes=None) -> LoadedModel:
+    """Build the hooked ResNet-18 on the CPU from ``weights``.
+
+    ``weights`` is ``imagenet`` (torchvision IMAGENET1K_V1, from the torch hub cache or the
+    network), ``random`` (seeded by ``seed``; marked as such in every output), a checkpoint
+    path, or an ``s3://bucket/key`` URI read with ``read_bytes(uri) -> bytes``.  A checkpoint
+    holds ``{"state_dict", "class_names"}`` and, when ``echocam train`` wrote it, ``"params"``
+    (the analysis parameters it was trained with; see ``LoadedModel.params``) and more; the fc
+    layer is sized from the state dict.
+    """
+    trained = None
+    if weights == "imagenet":
+        state, names, kind = _imagenet_state_dict(), _imagenet_classes(), "imagenet"
+    elif weights == "random":
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            state = resnet18(weights=None).state_dict()
+        names, kind = [f"class_{i}" for i in range(1000)], "random"
+    else:
+        state, names, trained = _checkpoint(weights, read_bytes)
+        kind = "checkpoint"
+    num_classes = state["fc.weight"].shape[0]
+    if len(names) != num_classes:
+        raise WeightsUnavailable(
+            f"{weights}: {len(names)} class names for an fc layer of {num_classes} classes"
+        )
+    net = HookedResNet18(num_classes)
+    try:
+        net.net.load_state_dict(state)
+    except RuntimeError as e:
+        raise WeightsUnavailable(f"{weights}: not a ResNet-18 state dict: {e}") from None
+    net.requires_grad_(False)
+    return LoadedModel(net, list(names), state_dict_sha256(state), weights, kind, trained)
+
+
+def load_model_from(settings: Settings) -> LoadedModel:
+    """The model ``settings.weights`` names (seeded by ``settings.seed``); checkpoints may live
+    in S3, read with the settings' S3 client."""
+
+    def read_bytes(uri: str) -> bytes:
+        from echocam.bucket.storage import S3Store, client_factory
+
+        store = S3Store(uri.rsplit("/", 1)[0], client_factory(settings)())
+        return store.get(uri.rsplit("/", 1)[1])[0]
+
+    return load_model(settings.weights, seed=settings.seed, read_bytes=read_bytes)
+
+
+def _imagenet_classes() -> list[str]:
+    return list(ResNet18_Weights.IMAGENET1K_V1.meta["categories"])
+
+
+def imagenet_cache_path() -> Path:
+    url = ResNet18_Weights.IMAGENET1K_V1.url
+    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(url)
+
+
+def _imagenet_state_dict() -> dict[str, torch.Tensor]:
+    path = imagenet_cache_path()
+    if path.exists():
+        return torch.load(path, map_location="cpu", weights_only=True)
+    url = ResNet18_Weights.IMAGENET1K_V1.url
+    try:
+        return torch.hub.load_state_dict_from_url(
+            url, map_location="cpu", progress=False, check_hash=True
+        )
+    except Exception as e:  # URLError, timeouts, proxies: all mean "not available here"
+        raise WeightsUnavailable(
+            f"ImageNet ResNet-18 weights are not cached and cannot be downloaded ({e}). "
+            f"Download {url} on a machine that is online and put it at {path} "
+            f"(or set TORCH_HOME to a directory holding hub/checkpoints/{path.name}), "
+            f"or pass a checkpoint with --weights PATH / ECHOCAM_WEIGHTS."
+        ) from None
+
+
+def _checkpoint(weights: str, read_bytes) -> tuple[dict[str, torch.Tensor], list[str], dict | None]:
+    try:
+        if weights.startswith("s3://"):
+            if read_bytes is None:
+                raise WeightsUnavailable(f"{weights}: no S3 reader given")
+            blob = torch.load(
+                io.BytesIO(read_bytes(weights)), map_location="cpu", weights_only=True
+            )
+        else:
+            blob = torch.load(weights, map_location="cpu", weights_only=True)
+    except WeightsUnavailable:
+        raise
+    except Exception as e:
+        raise WeightsUnavailable(f"cannot load weights {weights!r}: {e}") from None
+    trained = None
+    if isinstance(blob, dict) and "state_dict" in blob:
+        state, names, trained = blob["state_dict"], blob.get("class_names"), blob.get("params")
+    else:
+        state, names = blob, None
+    if not isinstance(state, dict) or "fc.weight" not in state:
+        raise WeightsUnavailable(f"{weights}: expected a ResNet-18 state dict with fc.weight")
+    if names is None:
+        names = [f"class_{i}" for i in range(state["fc.weight"].shape[0])]
+    return state, list(names), trained

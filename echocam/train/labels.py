@@ -1,0 +1,158 @@
+"""Labelled examples: one folder per class or a labels CSV; the split by recording; a summary.
+
+An *example* is a recording (or an annotated span of one) with a class.  A *recording* is a
+source key; every example of one recording goes to the same side of the split.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from echocam.bucket.storage import Store
+
+
+@dataclass(frozen=True)
+class Example:
+    """A labelled stretch of a recording: the whole of it, or ``start_s``..``end_s`` seconds."""
+
+    key: str  # relative to the source's root
+    label: int  # index into the class names
+    start_s: float | None = None
+    end_s: float | None = None
+
+    @property
+    def span(self) -> tuple[float, float] | None:
+        return None if self.start_s is None else (self.start_s, self.end_s)
+
+
+@dataclass
+class Labelled:
+    """A source's examples and the class names their labels index."""
+
+    source: str
+    class_names: list[str]
+    examples: list[Example]
+
+    def recordings(self) -> list[str]:
+        """Distinct source keys, sorted."""
+        return sorted({e.key for e in self.examples})
+
+    def keys_sha256(self) -> str:
+        """sha256 of the sorted distinct keys, one per line: the data's identity."""
+        return hashlib.sha256("\n".join(self.recordings()).encode()).hexdigest()
+
+    def summary(self) -> dict:
+        """Per class: examples and recordings; and the keys' sha256."""
+        per: dict[str, dict[str, int]] = {
+            n: {"examples": 0, "recordings": 0} for n in self.class_names
+        }
+        seen: dict[str, set[str]] = defaultdict(set)
+        for e in self.examples:
+            name = self.class_names[e.label]
+            per[name]["examples"] += 1
+            seen[name].add(e.key)
+        for name, keys in seen.items():
+            per[name]["recordings"] = len(keys)
+        return {
+            "source": self.source,
+            "classes": per,
+            "recordings": len(self.recordings()),
+            "examples": len(self.examples),
+            "keys_sha256": self.keys_sha256(),
+        }
+
+
+def list_folders(
+    store: Store,
+    *,
+    extensions: tuple[str, ...],
+    page_size: int = 1000,
+    class_names: Sequence[str] | None = None,
+) -> Labelled:
+    """Every audio object under ``store`` as an example of the class its top folder names.
+
+    Objects directly under the root (no folder) are not examples.  ``class_names`` fixes the
+    classes and their order (a validation source must use the training classes; an object of
+    another class raises ValueError); otherwise they are the folder names, sorted.  Keys are
+    streamed from the store (only the key strings are kept).
+    """
+    pairs = [
+        (info.key, info.key.split("/", 1)[0])
+        for info in store.list(suffixes=extensions, page_size=page_size)
+        if "/" in info.key
+    ]
+    names = list(class_names) if class_names is not None else sorted({c for _, c in pairs})
+    return Labelled(store.uri, names, _examples(((k, c, None, None) for k, c in pairs), names))
+
+
+def read_labels(text: str, *, source: str, class_names: Sequence[str] | None = None) -> Labelled:
+    """Examples from a CSV with a header ``key,label[,start_s,end_s]``.
+
+    ``key`` is relative to the source; a row without ``start_s``/``end_s`` (or with them empty)
+    labels the whole recording.  A recording may have several rows (spans of several classes).
+    """
+    rows = list(csv.DictReader(io.StringIO(text)))
+    if not rows or not {"key", "label"} <= set(rows[0]):
+        raise ValueError("a labels CSV needs a header with the columns key,label[,start_s,end_s]")
+    parsed = []
+    for i, row in enumerate(rows, start=2):
+        start, end = (row.get("start_s") or "").strip(), (row.get("end_s") or "").strip()
+        if bool(start) != bool(end):
+            raise ValueError(f"labels CSV line {i}: give both start_s and end_s, or neither")
+        span = (float(start), float(end)) if start else (None, None)
+        if start and not 0 <= span[0] < span[1]:
+            raise ValueError(f"labels CSV line {i}: need 0 <= start_s < end_s, got {span}")
+        parsed.append((row["key"].strip(), row["label"].strip(), *span))
+    names = list(class_names) if class_names is not None else sorted({r[1] for r in parsed})
+    return Labelled(source, names, _examples(parsed, names))
+
+
+def _examples(
+    rows: Iterable[tuple[str, str, float | None, float | None]], names: Sequence[str]
+) -> list[Example]:
+    index = {n: i for i, n in enumerate(names)}
+    out = []
+    for key, label, start, end in rows:
+        if label not in index:
+            raise ValueError(f"{key}: class {label!r} is not one of the model's {list(names)}")
+        out.append(Example(key, index[label], start, end))
+    out.sort(key=lambda e: (e.key, e.start_s or 0.0))
+    return out
+
+
+def split_by_recording(
+    labelled: Labelled, *, val_fraction: float, seed: int
+) -> tuple[Labelled, Labelled]:
+    """(train, validation): whole recordings, ``val_fraction`` of each class's recordings.
+
+    A recording's class for stratification is the label of its first example.  Each class with
+    at least two recordings gives at least one to validation; the choice is a seeded shuffle of
+    the sorted keys, so the same data and seed give the same split.
+    """
+    if not 0.0 <= val_fraction < 1.0:
+        raise ValueError("val_fraction must be within [0, 1)")
+    first: dict[str, int] = {}
+    for e in labelled.examples:
+        first.setdefault(e.key, e.label)
+    by_class: dict[int, list[str]] = defaultdict(list)
+    for key in sorted(first):
+        by_class[first[key]].append(key)
+    rng = np.random.default_rng(seed)
+    val_keys: set[str] = set()
+    for label in sorted(by_class):
+        keys = by_class[label]
+        n = round(val_fraction * len(keys))
+        if val_fraction > 0 and len(keys) >= 2:
+            n = min(max(n, 1), len(keys) - 1)
+        val_keys.update(keys[i] for i in rng.permutation(len(keys))[:n])
+    train = [e for e in labelled.examples if e.key not in val_keys]
+    val = [e for e in labelled.examples if e.key in val_keys]
+    names = labelled.class_names
+    return Labelled(labelled.source, names, train), Labelled(labelled.source, names, val)

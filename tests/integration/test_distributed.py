@@ -1,0 +1,335 @@
+"""The distributed path end to end: real Redis, a real S3 server, real worker processes."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import re
+import struct
+import time
+import zipfile
+import zlib
+from urllib.parse import quote, quote_plus
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from devtools.services import RedisServer, SeaweedS3
+from devtools.stack import Worker, echocam
+from tests.corpus import MAX_BYTES, MAX_DURATION_S, corpus
+from tests.corpus import SKIPPED as CORPUS_SKIPPED
+from tests.helpers import SPECIES, available, chirp, recording, wav_bytes
+
+pytestmark = pytest.mark.slow
+
+# Without ../shared, those samples/ holds (spinetail_44k.wav): the module still runs end to end.
+GOOD = available(
+    [
+        "spinetail_44k.wav",
+        "S4A03895_20190522_000000.wav",
+        "S4A03895_20190522_050000.wav",
+        "S4A03895_20190522_070000.wav",
+        "XC563936_soundscape_48k.mp3",
+    ]
+)
+assert GOOD, "no real recording in ../shared nor samples/"
+BAD = {
+    "bad/empty.wav": (b"", "empty"),
+    "bad/random.mp3": (np.random.default_rng(5).bytes(4000), "undecodable"),
+    "bad/silent.flac": (wav_bytes(np.zeros(22050, np.float32), 22050, fmt="FLAC"), "silent"),
+}
+SKIPPED = {"site a/notes.txt": b"field notes: not audio"}
+INPUT, OUTPUT = "s3://field-audio/survey 2019", "s3://cams-out/runs/one"
+OUT = "runs/one"  # OUTPUT's prefix in the bucket
+COMMON = ["--task-size", "2", "--page-size", "2"]
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory, species_checkpoint):
+    """Redis + SeaweedFS + one worker; input and output in different buckets."""
+    d = tmp_path_factory.mktemp("stack")
+    with RedisServer(password="redis pw/with:odd@chars") as redis_srv, SeaweedS3() as s3:
+        s3.create_bucket("field-audio")
+        s3.create_bucket("cams-out")
+        client = s3.client()
+        for i, name in enumerate(GOOD):
+            key = f"survey 2019/site {'ab'[i % 2]}/{name}"
+            client.put_object(Bucket="field-audio", Key=key, Body=recording(name).read_bytes())
+        for key, data in {**{k: v for k, (v, _) in BAD.items()}, **SKIPPED}.items():
+            client.put_object(Bucket="field-audio", Key=f"survey 2019/{key}", Body=data)
+        env = {
+            **os.environ,
+            **s3.env(),
+            "ECHOCAM_BROKER_URL": redis_srv.url,
+            "ECHOCAM_QUEUE": "echocam-test",
+            "ECHOCAM_WEIGHTS": str(species_checkpoint),
+            "ECHOCAM_THREADS": "1",
+            "ECHOCAM_BATCH_SIZE": "8",
+        }
+        worker = Worker(env, name="w1", log_dir=d).start()
+        try:
+            worker.wait_ready()
+            # every CLI run's stdout and stderr, searched for credentials at the end
+            cli_output: list[str] = []
+            yield {
+                "env": env,
+                "s3": client,
+                "redis": redis_srv,
+                "worker": worker,
+                "cli_output": cli_output,
+            }
+        finally:
+            worker.stop()
+
+
+def cli(stack, *args: str):
+    """``echocam *args`` with the stack's environment; its output kept for the credentials test."""
+    proc = echocam(stack["env"], *args)
+    stack["cli_output"].append(f"$ echocam {' '.join(args)}\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def produce(stack, *args: str, source: str = INPUT, out: str = OUTPUT) -> tuple[int, str]:
+    proc = cli(
+        stack,
+        "produce",
+        source,
+        "--out",
+        out,
+        "--wait",
+        "--timeout",
+        "600",
+        *COMMON,
+        *args,
+    )
+    assert proc.returncode == 0, proc.stderr + "\n" + stack["worker"].log_tail()
+    enqueued = int(re.search(r"enqueued (\d+) recordings", proc.stdout).group(1))
+    return enqueued, proc.stdout
+
+
+def manifest(client, prefix="runs/one"):
+    body = client.get_object(Bucket="cams-out", Key=f"{prefix}/manifest.jsonl")["Body"].read()
+    return [json.loads(line) for line in body.decode().splitlines()]
+
+
+def get(client, key: str) -> bytes:
+    return client.get_object(Bucket="cams-out", Key=key)["Body"].read()
+
+
+def test_end_to_end_every_input_once_with_outputs_or_error_code(stack):
+    enqueued, out = produce(stack)
+    assert enqueued == len(GOOD) + len(BAD)
+    rows = manifest(stack["s3"])
+    expected = sorted([f"site {'ab'[i % 2]}/{n}" for i, n in enumerate(GOOD)] + list(BAD))
+    assert sorted(r["source_key"] for r in rows) == expected
+    by_key = {r["source_key"]: r for r in rows}
+    for key, (_, code) in BAD.items():
+        assert by_key[key]["status"] == "failed" and by_key[key]["error_code"] == code
+    for row in rows:
+        if row["status"] != "ok":
+            continue
+        rec = json.loads(get(stack["s3"], f"runs/one/{row['record_key']}"))
+        png = Image.open(io.BytesIO(get(stack["s3"], f"runs/one/{row['overlay_key']}")))
+        assert png.size == tuple(rec["image_sizes"]["overlay"][::-1]) and png.size[1] == 260
+        with np.load(io.BytesIO(get(stack["s3"], f"runs/one/{row['cam_key']}"))) as npz:
+            assert npz["cams"].shape == (rec["n_windows"], 1, 7, 7)
+        assert rec["source_etag"] and rec["run_id"]
+    summary = json.loads(get(stack["s3"], "runs/one/summary.json"))
+    assert summary["by_status"] == {"ok": len(GOOD), "failed": len(BAD)}
+    # the model's class names once per run, as the workers reported them
+    assert json.loads(get(stack["s3"], "runs/one/run.json"))["class_names"] == SPECIES
+    assert summary["model"]["weights_kind"] == "checkpoint"
+    status = cli(stack, "status", OUTPUT, "--json")
+    state = json.loads(status.stdout)
+    assert state["finished"] and state["ok"] == len(GOOD) and state["failed"] == len(BAD)
+
+
+def test_resume_change_force_and_parameter_change(stack):
+    before = {r["source_key"]: r["finished_at"] for r in manifest(stack["s3"])}
+    assert produce(stack)[0] == 0  # everything is done
+    # change one source object: only that one is redone
+    changed = "site a/spinetail_44k.wav"
+    y = chirp(3.0, 22050)
+    stack["s3"].put_object(
+        Bucket="field-audio", Key=f"survey 2019/{changed}", Body=wav_bytes(y, 22050)
+    )
+    assert produce(stack)[0] == 1
+    after = {r["source_key"]: r["finished_at"] for r in manifest(stack["s3"])}
+    assert [k for k in after if after[k] != before[k]] == [changed]
+    # --force redoes all; a parameter change gives a new fingerprint and redoes all
+    assert produce(stack, "--force")[0] == len(GOOD) + len(BAD)
+    fp = {r["fingerprint"] for r in manifest(stack["s3"])}
+    assert produce(stack, "--top-k", "2")[0] == len(GOOD) + len(BAD)
+    fp2 = {r["fingerprint"] for r in manifest(stack["s3"])}
+    assert len(fp) == len(fp2) == 1 and fp != fp2
+
+
+def test_local_mode_writes_the_same_records(stack):
+    """`echocam run` over the same bucket gives the records the workers gave (but timings)."""
+    produce(stack, "--top-k", "2")  # current state of runs/one: top-k 2
+    proc = cli(
+        stack,
+        "run",
+        INPUT,
+        "--out",
+        "s3://cams-out/runs/local",
+        "--top-k",
+        "2",
+        "--batch-size",
+        "8",
+        "--threads",
+        "1",
+    )
+    assert proc.returncode == 0, proc.stderr
+    volatile = {"timings_s", "finished_at", "run_id"}
+    dist = {r["source_key"]: r for r in manifest(stack["s3"])}
+    local = {r["source_key"]: r for r in manifest(stack["s3"], "runs/local")}
+    assert dist.keys() == local.keys()
+    for key, row in dist.items():
+        a = json.loads(get(stack["s3"], f"runs/one/{row['record_key']}"))
+        b = json.loads(get(stack["s3"], f"runs/local/{row['record_key']}"))
+        assert {k: v for k, v in a.items() if k not in volatile} == {
+            k: v for k, v in b.items() if k not in volatile
+        }, key
+        if row["status"] == "ok":
+            assert get(stack["s3"], f"runs/one/{row['overlay_key']}") == get(
+                stack["s3"], f"runs/local/{row['overlay_key']}"
+            )
+
+
+def test_bad_input_corpus_gives_one_record_each_with_stable_codes(stack):
+    """Every kind of bad, odd and valid input: a record each; the worker never dies."""
+    client = stack["s3"]
+    for key, data, _ in corpus():
+        client.put_object(Bucket="field-audio", Key=f"corpus/{key}", Body=data)
+    for key, data in CORPUS_SKIPPED:
+        client.put_object(Bucket="field-audio", Key=f"corpus/{key}", Body=data)
+    caps = ["--max-duration-s", str(MAX_DURATION_S), "--max-bytes", str(MAX_BYTES)]
+    enqueued, _ = produce(
+        stack, *caps, source="s3://field-audio/corpus", out="s3://cams-out/runs/corpus"
+    )
+    assert enqueued == len(corpus())
+    rows = {r["source_key"]: r for r in manifest(client, "runs/corpus")}
+    assert len(rows) == len(corpus())
+    for key, _, expected in corpus():
+        got = rows[key]["status"] if expected == "ok" else rows[key]["error_code"]
+        assert got == expected, (key, rows[key])
+        if expected != "ok":
+            assert rows[key]["error_message"]
+    assert stack["worker"].proc.poll() is None  # still alive
+    # nothing retries forever: a second produce finds everything current
+    assert (
+        produce(stack, *caps, source="s3://field-audio/corpus", out="s3://cams-out/runs/corpus")[0]
+        == 0
+    )
+
+
+def test_pickled_message_is_rejected_not_deserialised(stack, tmp_path):
+    from celery import Celery
+
+    marker = tmp_path / "unpickled"
+
+    class Exploit:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    app = Celery("attacker", broker=stack["redis"].url)
+    app.conf.task_serializer = "pickle"
+    app.send_task("echocam.process", args=[Exploit()], queue="echocam-test", serializer="pickle")
+    deadline = time.monotonic() + 60
+    while b"Refusing to deserialize" not in stack["worker"].log_path.read_bytes():
+        assert time.monotonic() < deadline, stack["worker"].log_tail()
+        time.sleep(0.2)
+    assert not marker.exists()
+    assert stack["worker"].proc.poll() is None
+    _, out = produce(stack)  # the worker still serves the queue: the run finishes
+    assert " 0 remaining" in out
+
+
+def secrets(stack) -> dict[str, str]:
+    """Every secret the run had, in the forms it could be written: the AWS keys, and the Redis
+    password as typed and URL-encoded (as the broker URL carries it, any case of hex digits)."""
+    password = stack["redis"].password
+    found = {
+        "AWS_ACCESS_KEY_ID": stack["env"]["AWS_ACCESS_KEY_ID"],
+        "AWS_SECRET_ACCESS_KEY": stack["env"]["AWS_SECRET_ACCESS_KEY"],
+        "redis password": password,
+    }
+    for form in {quote(password, safe=""), quote(password), quote_plus(password)}:
+        found[f"redis password as {form}"] = form
+        found[f"redis password as {form.lower()}"] = re.sub(
+            "%[0-9A-F]{2}", lambda m: m.group().lower(), form
+        )
+    assert quote(password, safe="") in stack["env"]["ECHOCAM_BROKER_URL"]
+    assert len(set(found.values())) >= 5  # the password needs encoding: its forms differ
+    return found
+
+
+def byte_views(key: str, data: bytes) -> dict[str, bytes]:
+    """An object's bytes, plus what compression hides: zip (NPZ) members, PNG image and text
+    chunks, Parquet values."""
+    views = {key: data}
+    if data.startswith(b"PK\x03\x04"):
+        with zipfile.ZipFile(io.BytesIO(data)) as z:
+            views |= {f"{key}:{name}": z.read(name) for name in z.namelist()}
+    elif data.startswith(b"\x89PNG\r\n\x1a\n"):
+        pos, idat = 8, b""
+        while pos < len(data):
+            length, kind = struct.unpack(">I4s", data[pos : pos + 8])
+            chunk = data[pos + 8 : pos + 8 + length]
+            if kind == b"IDAT":
+                idat += chunk
+            else:  # zTXt and iTXt text may be deflated: inflate every zlib stream in it
+                for i in (i for i in range(len(chunk)) if chunk[i] == 0x78):
+                    with contextlib.suppress(zlib.error):
+                        views[f"{key}:{kind.decode()}@{i}"] = zlib.decompress(chunk[i:])
+            pos += 12 + length
+        views[f"{key}:IDAT"] = zlib.decompress(idat)
+    elif data.startswith(b"PAR1"):
+        import pyarrow.parquet as pq
+
+        table = pq.read_table(io.BytesIO(data))
+        views[f"{key}:values"] = json.dumps(table.to_pylist(), default=str).encode()
+    return views
+
+
+def leaks(where: str, data: bytes, found: dict[str, str]) -> list[str]:
+    """Which secrets ``data`` holds, in UTF-8, UTF-16 or UTF-32 (numpy's str arrays in NPZ)."""
+    return [
+        f"{name} in {where} ({encoding})"
+        for name, value in found.items()
+        for encoding in ("utf-8", "utf-16-le", "utf-32-le")
+        if value.encode(encoding) in data
+    ]
+
+
+def test_no_credentials_in_any_output_log_or_cli_output(stack):
+    """Last in the module: every object the runs above wrote to the output bucket (binary ones
+    too), every CLI run's output and the worker's log, for every secret of the run."""
+    if "Contents" not in stack["s3"].list_objects_v2(Bucket="cams-out", Prefix=f"{OUT}/summary"):
+        produce(stack)  # run alone, it still has a run to look at
+    found = secrets(stack)
+    client, problems, keys = stack["s3"], [], []
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket="cams-out"):
+        for obj in page.get("Contents", []):
+            keys.append(obj["Key"])
+            for where, data in byte_views(obj["Key"], get(client, obj["Key"])).items():
+                problems += leaks(where, data, found)
+    names = {k.rsplit("/", 1)[-1] for k in keys if k.startswith("runs/one/")}
+    assert names >= {
+        "spectrogram.png",
+        "overlay.jpg",
+        "cam.npz",
+        "record.json",
+        "run.json",
+        "manifest.jsonl",
+        "manifest.parquet",
+        "summary.json",
+    }, names
+    for i, text in enumerate(stack["cli_output"]):
+        problems += leaks(f"CLI output {i} ({text.splitlines()[0]})", text.encode(), found)
+    problems += leaks("worker log", stack["worker"].log_path.read_bytes(), found)
+    assert not problems, "\n".join(problems)

@@ -1,0 +1,166 @@
+"""CAM against independent oracles: the logit identity, captum's LayerGradCam, and display maps
+against where the network's receptive fields really are (input gradients)."""
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+from echocam.explain.cam import class_activation_maps, display_maps, explain
+from echocam.settings import Params
+from echocam.signal.audio import decode
+from echocam.signal.colormaps import table
+from echocam.signal.image import model_image, normalise, spectrogram_rgb
+from echocam.signal.spectrogram import MelSpectrogramDB
+from echocam.signal.windows import frame, window_starts
+from tests.helpers import recordings
+
+
+@pytest.fixture(autouse=True)
+def exact_float32():
+    old = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    yield
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = old
+
+
+@pytest.fixture(scope="module")
+def images():
+    """Model inputs from a real recording (spinetail, also in samples/): 4 windows of 5 s."""
+    p = Params()
+    mel = MelSpectrogramDB.from_params(p)
+    if not recordings():
+        pytest.skip("shared recordings not found")
+    y = decode(
+        recordings()[-1].read_bytes(),
+        sample_rate=p.sample_rate,
+        min_samples=p.n_fft,
+        max_duration_s=600,
+        max_bytes=10**9,
+    ).samples
+    wins = frame(
+        y, window_starts(len(y), window=5 * p.sample_rate, hop=5 * p.sample_rate), 5 * p.sample_rate
+    )[:4]
+    rgb = spectrogram_rgb(mel(torch.from_numpy(np.ascontiguousarray(wins))), lut=table("magma"))
+    return normalise(model_image(rgb))
+
+
+def test_cam_mean_plus_bias_is_the_logit(species_model, images):
+    net = species_model.net
+    ex = explain(net, images, top_k=3)
+    fc = net.net.fc
+    recon = ex.cams.mean(dim=(-2, -1)) + fc.bias[ex.class_ids]
+    torch.testing.assert_close(recon, ex.logits.gather(1, ex.class_ids), rtol=1e-4, atol=1e-4)
+    # top-k is sorted by probability
+    assert (ex.probs.gather(1, ex.class_ids).diff(dim=1) <= 0).all()
+
+
+def test_raw_cam_equals_captum_layer_gradcam_times_hw(species_model, images):
+    from captum.attr import LayerGradCam
+
+    net = species_model.net
+    ex = explain(net, images, top_k=1)
+    target = ex.class_ids[:, 0]
+    gc = LayerGradCam(lambda x: net(x)[0], net.net.layer4)
+    with torch.enable_grad():
+        ref = gc.attribute(
+            images.clone().requires_grad_(True), target=target, relu_attributions=False
+        )
+    h, w = ex.cams.shape[-2:]
+    torch.testing.assert_close(ex.cams[:, 0], ref[:, 0] * h * w, rtol=1e-4, atol=1e-4)
+
+
+def test_display_map_keeps_each_cell_value_at_its_receptive_field_centre():
+    """At 224 × 224 (the model image) pixel (32i, 32j) is where layer4 cell (i, j) is centred:
+    the display map there is the cell's ReLU'd, min-max-scaled value, exactly."""
+    cams = torch.randn(3, 2, 7, 7)
+    maps = display_maps(cams, size=(224, 224))
+    at_centres = maps[..., ::32, ::32]
+    ref = cams.relu()
+    lo, hi = ref.amin((-2, -1), keepdim=True), ref.amax((-2, -1), keepdim=True)
+    torch.testing.assert_close(at_centres, (ref - lo) / (hi - lo), rtol=0, atol=1e-6)
+    # On a spectrogram-sized map (260 mels × 552 frames) a one-cell CAM peaks at the same
+    # place as a fraction of the image, within a pixel.
+    one = torch.zeros(1, 1, 7, 7)
+    one[0, 0, 2, 4] = 1
+    peak = divmod(int(display_maps(one, size=(260, 552)).argmax()), 552)
+    assert abs(peak[0] + 0.5 - (32 * 2 + 0.5) * 260 / 224) <= 1
+    assert abs(peak[1] + 0.5 - (32 * 4 + 0.5) * 552 / 224) <= 1
+
+
+def test_cell_receptive_fields_are_centred_where_display_maps_draw_them():
+    """The claim behind display_maps' resampling, checked on the network itself: the input
+    gradient of layer4 cell j is centred on pixel 32j (not on 32j + 16, where bilinear
+    upsampling with align_corners=False draws the cell).  Gradient energy of a seeded random
+    ResNet-18 over random images, centroid within ±40 px of the cell's centre."""
+    from torchvision.models import resnet18
+
+    torch.manual_seed(0)
+    body = torch.nn.Sequential(*list(resnet18(weights=None).eval().children())[:-2])
+    x = torch.randn(8, 3, 224, 224, requires_grad=True)
+    features = body(x)
+    pixel = torch.arange(224, dtype=torch.float64) + 0.5
+    for i, j in [(3, 2), (3, 4), (2, 3), (4, 3)]:
+        (grad,) = torch.autograd.grad(features[:, :, i, j].sum(), x, retain_graph=True)
+        energy = (grad.double() ** 2).sum((0, 1))  # (224, 224)
+        for profile, cell in ((energy.sum(1), i), (energy.sum(0), j)):
+            near = (pixel - (32 * cell + 0.5)).abs() <= 40
+            centroid = float((profile * pixel)[near].sum() / profile[near].sum())
+            assert abs(centroid - (32 * cell + 0.5)) < 4, (i, j, cell, centroid)
+        one = torch.zeros(1, 1, 7, 7)
+        one[0, 0, i, j] = 1
+        assert divmod(int(display_maps(one, size=(224, 224)).argmax()), 224) == (32 * i, 32 * j)
+
+
+def test_cams_for_named_classes_are_one_einsum():
+    feats = torch.randn(2, 512, 7, 7)
+    w = torch.randn(5, 512)
+    ids = torch.tensor([[4, 1], [0, 2]])
+    cams = class_activation_maps(feats, w, ids)
+    for b in range(2):
+        for k in range(2):
+            ref = (w[ids[b, k]][:, None, None] * feats[b]).sum(0)
+            torch.testing.assert_close(cams[b, k], ref, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    "device",
+    [
+        "cpu",
+        pytest.param(
+            "cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA")
+        ),
+    ],
+)
+def test_cams_are_float32_from_the_features_under_bf16_autocast(species_model, images, device):
+    """The CUDA path runs the forward under bf16 autocast: layer4's features come out in bf16, but
+    the CAM over them (a sum over 512 channels) must be computed in float32.  So it is compared,
+    on every image and class, at float32 tolerances with a float64 einsum of the *same* features
+    (taken by a second hook on layer4), not with an fp32 forward's maps.  Summed in bf16 and
+    converted afterwards, the maps are off by ~4e-3 on maps of magnitude ~1 (this check: 1e-5
+    of the largest value; float32 gives ~4e-7)."""
+    net = copy.deepcopy(species_model.net).to(device)
+    x = images.to(device)
+    every_class = torch.arange(net.fc_weight.shape[0], device=device)
+    seen = []
+    hook = net.net.layer4.register_forward_hook(lambda _m, _i, out: seen.append(out))
+    try:
+        with torch.inference_mode(), torch.autocast(device, dtype=torch.bfloat16):
+            ex = explain(net, x, class_ids=every_class)
+    finally:
+        hook.remove()
+    (features,) = seen
+    assert features.dtype == torch.bfloat16  # the forward really ran in bf16
+    assert {ex.cams.dtype, ex.logits.dtype, ex.probs.dtype} == {torch.float32}
+    weights = net.fc_weight.detach().double()[ex.class_ids]  # (b, k, 512)
+    ref = torch.einsum("bkc,bchw->bkhw", weights, features.double())
+    assert ex.cams.shape == ref.shape == (x.shape[0], len(every_class), 7, 7)
+    scale = ref.abs().max().item()
+    torch.testing.assert_close(ex.cams.double(), ref, rtol=1e-4, atol=1e-5 * scale)
+    # The bf16 forward still draws the fp32 forward's picture (measured: at most 0.035 apart).
+    with torch.inference_mode():
+        fp32 = explain(net, x, class_ids=every_class)
+    size = (Params().n_mels, 552)
+    diff = (display_maps(ex.cams, size=size) - display_maps(fp32.cams, size=size)).abs()
+    assert diff.amax().item() < 0.1

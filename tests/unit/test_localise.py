@@ -1,0 +1,173 @@
+"""Peak and evidence box of a display map, in seconds and Hz, on hand-made maps."""
+
+from __future__ import annotations
+
+import librosa
+import numpy as np
+import pytest
+import torch
+from scipy import ndimage
+
+from echocam.explain.localise import (
+    FLOOR_STRIDE,
+    Axes,
+    band_centres,
+    band_floor,
+    call_box,
+    evidence,
+    peaks_and_masks,
+    region_evidence,
+)
+from echocam.settings import Params
+
+P = Params()
+FRAMES = 1 + P.window_samples // P.hop_length  # 552 at the defaults
+AXES = Axes.of(
+    frames=FRAMES,
+    sample_rate=P.sample_rate,
+    hop_length=P.hop_length,
+    n_mels=P.n_mels,
+    fmin=P.fmin,
+    fmax=P.fmax,
+)
+
+
+def test_band_centres_are_the_filterbanks_peaks():
+    fb = librosa.filters.mel(sr=P.sample_rate, n_fft=P.n_fft, n_mels=40, fmin=0, fmax=8000)
+    bins = librosa.fft_frequencies(sr=P.sample_rate, n_fft=P.n_fft)
+    peaks = bins[fb.argmax(axis=1)]  # each triangle is highest at a bin beside its centre
+    centres = band_centres(n_mels=40, fmin=0, fmax=8000)
+    np.testing.assert_allclose(centres, peaks, atol=bins[1])
+    assert np.all(np.diff(centres) > 0)
+
+
+def test_axes_put_low_frequencies_at_the_bottom_and_frames_at_their_centres():
+    assert AXES.freqs_hz[0] > AXES.freqs_hz[-1]  # row 0 is the highest band
+    assert AXES.times_s[0] == 0 and AXES.times_s[100] == pytest.approx(100 * 200 / 22050)
+
+
+def test_peak_and_box_of_a_rectangle_with_a_hot_spot():
+    m = np.zeros((P.n_mels, FRAMES), np.float32)
+    m[100:150, 200:300] = 0.6  # the region above threshold
+    m[120, 250] = 1.0  # its peak
+    m[10:20, 10:20] = 0.9  # another region, not connected: not in the box
+    ev = evidence(m, axes=AXES, offset_s=5.0, threshold=0.5)
+    assert ev.peak_time_s == pytest.approx(5.0 + 250 * 200 / 22050)
+    assert ev.peak_freq_hz == pytest.approx(AXES.freqs_hz[120])
+    assert ev.box_begin_s == pytest.approx(5.0 + 200 * 200 / 22050)
+    assert ev.box_end_s == pytest.approx(5.0 + 299 * 200 / 22050)
+    assert ev.box_high_hz == pytest.approx(AXES.freqs_hz[100])
+    assert ev.box_low_hz == pytest.approx(AXES.freqs_hz[149])
+    assert ev.box_low_hz < ev.peak_freq_hz < ev.box_high_hz
+
+
+def test_threshold_shrinks_the_box_to_the_core():
+    rows, cols = np.mgrid[0 : P.n_mels, 0:FRAMES]
+    m = np.exp(-(((rows - 80) / 20.0) ** 2) - ((cols - 300) / 50.0) ** 2)  # a Gaussian blob
+    wide = evidence(m, axes=AXES, threshold=0.2)
+    narrow = evidence(m, axes=AXES, threshold=0.8)
+    assert wide.box_begin_s < narrow.box_begin_s < narrow.box_end_s < wide.box_end_s
+    assert wide.box_low_hz < narrow.box_low_hz < narrow.box_high_hz < wide.box_high_hz
+    # the half-maximum box of a Gaussian: +-sigma*sqrt(ln 2) around the centre, in cells
+    half = evidence(m, axes=AXES, threshold=0.5)
+    assert (half.box_end_s - half.box_begin_s) / (200 / 22050) == pytest.approx(
+        2 * 50 * np.sqrt(np.log(2)), abs=2
+    )
+
+
+def test_a_constant_map_boxes_the_whole_window():
+    ev = evidence(np.zeros((P.n_mels, FRAMES)), axes=AXES, threshold=0.5)
+    assert ev.box_begin_s == 0 and ev.box_end_s == pytest.approx(AXES.times_s[-1])
+    assert ev.box_low_hz == AXES.freqs_hz[-1] and ev.box_high_hz == AXES.freqs_hz[0]
+
+
+def test_the_batched_half_and_the_host_half_give_the_evidence_of_each_map():
+    """``peaks_and_masks`` on a batch of maps (the device stage) then ``region_evidence`` per map
+    (the finish stage) is ``evidence`` map by map; the label runs on the mask's bounding rows
+    and columns only, which must not move the box."""
+    rng = np.random.default_rng(5)
+    rows, cols = np.mgrid[0 : P.n_mels, 0:FRAMES]
+    maps = []
+    for _ in range(6):
+        r, c = rng.uniform(0, P.n_mels), rng.uniform(0, FRAMES)
+        m = np.exp(-(((rows - r) / 30.0) ** 2) - ((cols - c) / 80.0) ** 2)
+        m[rng.integers(0, P.n_mels), rng.integers(0, FRAMES)] = 0.95  # a far, lone hot cell
+        maps.append(m / m.max())
+    maps.append(np.zeros((P.n_mels, FRAMES)))  # constant: the whole window
+    batch = torch.from_numpy(np.stack(maps).astype(np.float32)).view(7, 1, P.n_mels, FRAMES)
+    peaks, masks = peaks_and_masks(batch, threshold=0.5)
+    assert peaks.shape == (7, 1) and masks.shape == batch.shape and masks.dtype == torch.bool
+    for m, peak, mask in zip(batch[:, 0].numpy(), peaks[:, 0], masks[:, 0].numpy(), strict=True):
+        got = region_evidence(mask, int(peak), axes=AXES, offset_s=2.0)
+        assert got == evidence(m, axes=AXES, offset_s=2.0, threshold=0.5)
+        # and what a label of the whole map gives
+        row, col = np.unravel_index(int(np.argmax(m)), m.shape)
+        labels, _ = ndimage.label(m >= min(0.5, m[row, col]))
+        box_rows, box_cols = ndimage.find_objects(labels)[labels[row, col] - 1]
+        assert got.box_begin_s == pytest.approx(2.0 + AXES.times_s[box_cols.start])
+        assert got.box_end_s == pytest.approx(2.0 + AXES.times_s[box_cols.stop - 1])
+        assert got.box_high_hz == AXES.freqs_hz[box_rows.start]
+        assert got.box_low_hz == AXES.freqs_hz[box_rows.stop - 1]
+
+
+# -- the call box: the spectrogram's loud pixels inside the evidence region ------------------
+
+FRAME_S = P.hop_length / P.sample_rate
+
+
+def _background(seed: int = 0) -> np.ndarray:
+    """A noisy spectrogram in dB (n_mels, frames), row 0 the lowest band as the front end's:
+    2 dB of spread, never 10 dB above a band's median (5 standard deviations)."""
+    return -60 + 2 * np.random.default_rng(seed).standard_normal((P.n_mels, FRAMES))
+
+
+def test_the_call_box_bounds_the_loud_pixels_not_the_cam_region():
+    db = _background()
+    db[20:25, 100:181] += 40  # a whistle-like call in bands 20-24 (low ones), frames 100-180
+    m = np.zeros((P.n_mels, FRAMES), np.float32)
+    m[P.n_mels - 60 :, 40:260] = 0.7  # a coarse evidence region (map rows: highest first)
+    m[P.n_mels - 23, 140] = 1.0
+    ev = evidence(m, axes=AXES, offset_s=5.0, threshold=0.5, db=db)
+    centres = band_centres(n_mels=P.n_mels, fmin=P.fmin, fmax=P.fmax)  # lowest first
+    assert ev.call_begin_s == pytest.approx(5.0 + 100 * FRAME_S - FRAME_S / 2)
+    assert ev.call_end_s == pytest.approx(5.0 + 180 * FRAME_S + FRAME_S / 2)
+    assert ev.call_low_hz == pytest.approx((centres[19] + centres[20]) / 2)  # band 20's edges
+    assert ev.call_high_hz == pytest.approx((centres[24] + centres[25]) / 2)
+    assert ev.box_begin_s < ev.call_begin_s < ev.call_end_s < ev.box_end_s  # much tighter
+    assert ev.box_low_hz < ev.call_low_hz < ev.call_high_hz < ev.box_high_hz
+
+
+def test_a_trills_pips_join_and_the_sound_nearest_the_peak_is_the_call():
+    excess = np.zeros((40, 400))
+    for start in range(100, 160, 12):  # pips of 4 frames every 12 (36 ms gaps): one trill
+        excess[5:30, start : start + 4] = 30
+    excess[10:15, 300:340] = 35  # a louder, separate sound in the same region
+    region = np.ones_like(excess, bool)
+    (a, b), (lo, hi) = call_box(excess, region, (20, 130), frame_s=FRAME_S)
+    assert (a, b) == (100, 151) and (hi, lo) == (5, 29)  # the whole trill, not one pip
+    (a, b), (lo, hi) = call_box(excess, region, (12, 320), frame_s=FRAME_S)
+    assert (a, b) == (300, 339) and (hi, lo) == (10, 14)
+    # outside the region nothing counts
+    only_trill = np.zeros_like(region)
+    only_trill[:, :200] = True
+    assert call_box(excess, only_trill, (12, 320), frame_s=FRAME_S)[0] == (100, 151)
+
+
+def test_no_call_box_where_nothing_stands_above_the_band_floor():
+    db = _background(1)
+    m = np.zeros((P.n_mels, FRAMES), np.float32)
+    m[30:60, 100:200] = 1.0
+    ev = evidence(m, axes=AXES, threshold=0.5, db=db)  # noise only: nothing 10 dB above the floor
+    assert np.isnan([ev.call_begin_s, ev.call_end_s, ev.call_low_hz, ev.call_high_hz]).all()
+    assert not np.isnan(ev.box_begin_s)
+
+
+def test_the_band_floor_is_each_bands_median_over_time():
+    db = _background(2)
+    db[7, :100] += 50  # a call for less than half the window does not move the floor much
+    floor = band_floor(torch.from_numpy(db)).numpy()
+    np.testing.assert_allclose(floor, np.median(db, axis=1), atol=2.5)
+    assert floor[7] < -55
+    # the CPU's selection gives what torch.median gives on a GPU: the lower median
+    frames = torch.from_numpy(db)[None, :, ::FLOOR_STRIDE]
+    assert torch.equal(band_floor(torch.from_numpy(db)[None]), frames.median(dim=-1).values)
