@@ -216,15 +216,15 @@ class LocalMode:
     """Local mode's pipeline over copies of ``paths`` in a scratch folder, with a warm explainer.
 
     ``run()`` is what ``echocam run`` does after loading the model: ``run_chunks`` over chunks of
-    ``task_size`` recordings from a ``LocalStore`` to a fresh ``LocalStore`` (outputs and records
+    ``chunk_size`` recordings from a ``LocalStore`` to a fresh ``LocalStore`` (outputs and records
     written to disk), minus the manifest.  Repeated paths become distinct recordings.
     """
 
-    def __init__(self, explainer, paths: Sequence[Path], *, task_size: int, pool):
+    def __init__(self, explainer, paths: Sequence[Path], *, chunk_size: int, pool):
         from echocam.bucket.storage import LocalStore
         from echocam.settings import Settings
 
-        self.explainer, self.task_size, self.pool = explainer, task_size, pool
+        self.explainer, self.chunk_size, self.pool = explainer, chunk_size, pool
         self.work = Path(tempfile.mkdtemp(prefix="echocam-bench-"))
         (self.work / "in").mkdir()
         for i, p in enumerate(paths):
@@ -241,7 +241,7 @@ class LocalMode:
         out = self.work / "out"
         shutil.rmtree(out, ignore_errors=True)
         outcomes = run_chunks(
-            chunked(self.items, self.task_size),
+            chunked(self.items, self.chunk_size),
             src=self.src,
             dst=LocalStore(out),
             explainer=self.explainer,

@@ -106,14 +106,14 @@ def replay_device(ex: Explainer) -> None:
     ex.compute = compute
 
 
-def local_mode(ex: Explainer, chosen: list[Path], pool, task_size: int):
+def local_mode(ex: Explainer, chosen: list[Path], pool, chunk_size: int):
     """``C.LocalMode`` for the ``echocam`` under test (9a3dfff: ``batch.run_batch``)."""
     try:
         import echocam.run.runner  # noqa: F401
 
-        return C.LocalMode(ex, chosen, task_size=task_size, pool=pool)
+        return C.LocalMode(ex, chosen, chunk_size=chunk_size, pool=pool)
     except ImportError:
-        return OldLocalMode(ex, chosen, task_size=task_size, pool=pool)
+        return OldLocalMode(ex, chosen, chunk_size=chunk_size, pool=pool)
 
 
 class OldLocalMode(C.LocalMode):
@@ -126,7 +126,7 @@ class OldLocalMode(C.LocalMode):
         out = self.work / "out"
         shutil.rmtree(out, ignore_errors=True)
         return run_batch(
-            batched(self.items, self.task_size),
+            batched(self.items, self.chunk_size),
             src=self.src,
             dst=LocalStore(out),
             explainer=self.explainer,
@@ -175,7 +175,7 @@ def run(args: argparse.Namespace) -> dict:
     blocks_ = blocks(ex.compute(decoded))  # the device stage, once
     pools = {k: ThreadPoolExecutor(k, thread_name_prefix="echocam-io") for k in (1, 2)}
     replay_device(ex)
-    local = local_mode(ex, chosen, pools[2], args.task_size)
+    local = local_mode(ex, chosen, pools[2], args.chunk_size)
     work = Path(tempfile.mkdtemp(prefix="echocam-threads-"))
     best: dict[int, dict[str, float]] = {k: {} for k in pools}
     try:
@@ -242,7 +242,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--windows", type=int, default=256, help="5-s windows in the selection")
     ap.add_argument("--recordings", default=None, help="a folder of recordings (default samples/)")
     ap.add_argument("--batch", type=int, default=32, help="windows per forward")
-    ap.add_argument("--task-size", type=int, default=16, help="local mode's recordings a chunk")
+    ap.add_argument("--chunk-size", type=int, default=16, help="local mode's recordings a chunk")
     ap.add_argument("--repeats", type=int, default=5, help="timed runs per thread count (best)")
     ap.add_argument("--json", default=None, help="write the results here")
     args = ap.parse_args(argv)

@@ -1,7 +1,7 @@
 """Local path: per-stage cost and end-to-end windows/s of local mode on CPU.
 
 Real recordings in a folder, 5-s windows, batch 32, at torch threads 1 and 2.  End to end is
-local mode's pipeline (``run_chunks`` over chunks of ``--task-size`` recordings: read + decode,
+local mode's pipeline (``run_chunks`` over chunks of ``--chunk-size`` recordings: read + decode,
 device, encode + write overlapped, outputs and records written to disk), with the explainer
 built and warm.  Next to it, the bare torchvision ResNet-18 forward on the same batch and
 threads: the ratio end-to-end / bare says how much the rest of the path (decode, spectrogram,
@@ -157,7 +157,7 @@ def run(args: argparse.Namespace) -> dict:
     # as `echocam run` builds it: reads, decoding, encoding and writes on io threads
     pool = ThreadPoolExecutor(Settings().io_threads)
     ex = Explainer(model, params, device="cpu", batch_size=args.batch, pool=pool)
-    local = C.LocalMode(ex, chosen, task_size=args.task_size, pool=pool)
+    local = C.LocalMode(ex, chosen, chunk_size=args.chunk_size, pool=pool)
 
     from torchvision.models import resnet18
 
@@ -173,7 +173,7 @@ def run(args: argparse.Namespace) -> dict:
         "recordings": len(chosen),
         "recording_mix": {p.name: chosen.count(p) for p in dict.fromkeys(chosen)},
         "batch": args.batch,
-        "task_size": args.task_size,
+        "chunk_size": args.chunk_size,
         "by_threads": {},
     }
     for threads in args.threads:
@@ -238,7 +238,7 @@ def report(res: dict) -> str:
         header += [f"ms/window t={t}", f"% t={t}"]
     lines = [
         f"{res['windows']} windows from {res['recordings']} real recordings, batch {res['batch']}, "
-        f"chunks of {res['task_size']} recordings",
+        f"chunks of {res['chunk_size']} recordings",
         C.table(rows, header),
         "",
     ]
@@ -277,7 +277,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--windows", type=int, default=128, help="5-s windows in the selection")
     ap.add_argument("--batch", type=int, default=32, help="windows per forward")
-    ap.add_argument("--task-size", type=int, default=Settings().task_size, help="recs per chunk")
+    ap.add_argument("--chunk-size", type=int, default=Settings().chunk_size, help="recs per chunk")
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="torch threads")
     ap.add_argument("--repeats", type=int, default=3, help="timed runs (median reported)")
     ap.add_argument("--json", default=None, help="write the results here")

@@ -232,11 +232,11 @@ def full_path(
     sources = [Source(f"{i:04d}_{p.name}", p.read_bytes()) for i, p in enumerate(chosen)]
     model = load_model("random")
     pool = ThreadPoolExecutor(os.cpu_count() or 8, thread_name_prefix="echocam-io")
-    task_size = Settings().task_size
+    chunk_size = Settings().chunk_size
     rows = []
     for batch, compiled in [(b, False) for b in batches] + [(compile_batch, True)]:
         row: dict = {"batch": batch, "compile": compiled, "recordings": len(sources)}
-        row.update(io_threads=pool._max_workers, task_size=task_size)
+        row.update(io_threads=pool._max_workers, chunk_size=chunk_size)
         local = None
         try:
             ex = Explainer(model, params, device=str(device), batch_size=batch,
@@ -252,7 +252,7 @@ def full_path(
             row.update(windows=n_windows, device_stage_windows_per_s=n_windows / stage_s)
             if not compiled and batch == batches[-1]:
                 row["device_stage_profile"] = profile(device_stage, device)
-            local = C.LocalMode(ex, chosen, task_size=task_size, pool=pool)
+            local = C.LocalMode(ex, chosen, chunk_size=chunk_size, pool=pool)
             local.run()  # warm-up: the last batch sizes of each chunk
             best, outcomes = None, []
             for _ in range(iters):
@@ -329,7 +329,7 @@ def _process_run(device: str, paths: list[str], n: int, barrier, results) -> Non
         threads = set_threads(0, processes=n)
         pool = ThreadPoolExecutor(threads)
         ex = Explainer(load_model("random"), Params(), device=device, pool=pool)
-        local = C.LocalMode(ex, [Path(p) for p in paths], task_size=16, pool=pool)
+        local = C.LocalMode(ex, [Path(p) for p in paths], chunk_size=16, pool=pool)
         ex.explain([Source(p.name, p.read_bytes()) for p in map(Path, paths[:4])])  # warm-up
         barrier.wait(timeout=300)
         start = time.time()

@@ -200,13 +200,14 @@ class Settings:
     """Where things are and how to run: never part of the fingerprint."""
 
     weights: str = _f("imagenet", "imagenet | random | PATH | s3://bucket/key (checkpoint)")
-    seed: int = _f(0, "seed for --weights random")
+    weights_seed: int = _f(0, "seed of --weights random")
     device: str = _f("auto", "auto | cpu | cuda | cuda:N")
     batch_size: int = _f(0, "windows per forward pass (0: 256 on CUDA, 32 on CPU)")
     compile: bool = _f(False, "torch.compile the model (faster on GPUs; first batches compile)")
     threads: int = _f(0, "torch threads per process (0: cores / worker processes)")
     io_threads: int = _f(8, "threads for downloads, decoding, PNG/NPZ encoding and uploads")
-    task_size: int = _f(16, "recordings per task (distributed) or per batch (local)")
+    task_size: int = _f(16, "recordings per task (distributed)")
+    chunk_size: int = _f(16, "recordings read, explained and written together (local mode)")
     broker_url: str = _f("redis://127.0.0.1:6379/0", "Celery broker (Redis) URL")
     s3_endpoint_url: str = _f("", "S3 endpoint (MinIO, SeaweedFS, ...); empty: AWS")
     s3_region: str = _f("", "S3 region; empty: from the AWS configuration")

@@ -118,8 +118,8 @@ def load_model(weights: str, *, seed: int = 0, read_bytes=None) -> LoadedModel:
 
 
 def load_model_from(settings: Settings) -> LoadedModel:
-    """The model ``settings.weights`` names (seeded by ``settings.seed``); checkpoints may live
-    in S3, read with the settings' S3 client."""
+    """The model ``settings.weights`` names (seeded by ``settings.weights_seed``); checkpoints may
+    live in S3, read with the settings' S3 client."""
 
     def read_bytes(uri: str) -> bytes:
         from echocam.bucket.storage import S3Store, client_factory
@@ -127,7 +127,7 @@ def load_model_from(settings: Settings) -> LoadedModel:
         store = S3Store(uri.rsplit("/", 1)[0], client_factory(settings)())
         return store.get(uri.rsplit("/", 1)[1])[0]
 
-    return load_model(settings.weights, seed=settings.seed, read_bytes=read_bytes)
+    return load_model(settings.weights, seed=settings.weights_seed, read_bytes=read_bytes)
 
 
 def _imagenet_classes() -> list[str]:

@@ -72,7 +72,7 @@ def run_local(
                 settings=settings,
                 redo=redo,
                 pool=pool,
-                chunk=settings.task_size,
+                chunk=settings.chunk_size,
                 limit=limit,
             )
             for d in decisions:
@@ -87,7 +87,7 @@ def run_local(
 
         explainer = Explainer.from_settings(model, params, settings, pool=pool)
         run_chunks(
-            chunked(todo(), settings.task_size),
+            chunked(todo(), settings.chunk_size),
             src=src,
             dst=dst,
             explainer=explainer,
@@ -125,7 +125,7 @@ def dry_run(
         settings=settings,
         redo=redo,
         limit=limit,
-        chunk=settings.task_size,
+        chunk=settings.chunk_size,
     )
 
 

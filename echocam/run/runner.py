@@ -1,7 +1,7 @@
 """Run chunks of source objects from one store into another: the unit of work.
 
 Words: an *item* is one source object, a *chunk* the items that go through the stages together
-(local mode: ``--task-size`` items; a worker task: half of its items), a *batch* the windows of
+(local mode: ``--chunk-size`` items; a worker task: half of its items), a *batch* the windows of
 one forward pass and a *block* the batches that go through compute and finish together
 (``pipeline``).  ``echocam run`` (local mode) and the Celery task both call
 :func:`run_chunks`, so both write the same outputs and records.  Outputs are written first and

@@ -511,7 +511,7 @@ def random_run(tmp_path_factory):
     (src / "bad" / "empty.wav").write_bytes(b"")
     (src / "bad" / "silent.wav").write_bytes(wav_bytes(np.zeros(22050, np.float32), 22050))
     out = tmp_path_factory.mktemp("random-out")
-    args = ["--weights", "random", "--seed", "7", "--top-k", "2", "--task-size", "2"]
+    args = ["--weights", "random", "--weights-seed", "7", "--top-k", "2", "--chunk-size", "2"]
     args += ["--batch-size", "8", "--threads", "2"]
     proc = cli("run", str(src), "--out", str(out), *args)
     assert proc.returncode == 0, proc.stderr

@@ -72,7 +72,7 @@ def test_run_starts_before_the_listing_ends_and_resume_still_sees_content(tmp_pa
     n = 40
     for i in range(n):
         (src / f"rec_{i:03d}.wav").write_bytes(clip(i, 0.5))
-    proc = echocam("run", str(src), "--out", str(out), "--task-size", "2", *local_args)
+    proc = echocam("run", str(src), "--out", str(out), "--chunk-size", "2", *local_args)
     assert proc.returncode == 0, proc.stderr
     bars = [
         (int(m.group(1)), int(m.group(2)))
@@ -92,7 +92,7 @@ def test_run_starts_before_the_listing_ends_and_resume_still_sees_content(tmp_pa
     data[-2:] = b"\x01\x01" if data[-2:] != b"\x01\x01" else b"\x02\x02"
     changed.write_bytes(bytes(data))
     os.utime(changed, ns=(stat.st_atime_ns, stat.st_mtime_ns))
-    proc = echocam("run", str(src), "--out", str(out), "--task-size", "2", *local_args)
+    proc = echocam("run", str(src), "--out", str(out), "--chunk-size", "2", *local_args)
     assert proc.returncode == 0, proc.stderr
     after = {k: r["finished_at"] for k, r in records(out).items()}
     assert [k for k in after if after[k] != before[k]] == ["rec_007.wav"]
@@ -126,12 +126,12 @@ def test_run_local_writes_its_first_records_before_listing_the_last_file(
 
     src, out = tmp_path / "in", tmp_path / "out"
     src.mkdir()
-    task_size = 2
-    n = (plan.LIST_AHEAD + 8) * task_size
+    chunk_size = 2
+    n = (plan.LIST_AHEAD + 8) * chunk_size
     for i in range(n):
         (src / f"rec_{i:03d}.wav").write_bytes(clip(i, 0.5))
     settings = Settings(
-        weights=str(species_checkpoint), threads=1, batch_size=8, task_size=task_size
+        weights=str(species_checkpoint), threads=1, batch_size=8, chunk_size=chunk_size
     )
     run_local(
         WatchedSource(src), WatchedDest(out), params=Params(), settings=settings, progress=False

@@ -90,7 +90,7 @@ def run_dir(tmp_path_factory, checkpoint):
         "8",
         "--threads",
         "2",
-        "--task-size",
+        "--chunk-size",
         "3",
     ]
     proc = echocam("run", *args)
