@@ -25,43 +25,54 @@ DEFAULT_OUTPUTS = ("spectrogram", "overlay", "cam", "detections")
 OVERLAY_FORMATS = ("jpeg", "webp", "png")
 
 
-def _f(default: Any, help: str) -> Any:
+def option(default: Any = dataclasses.MISSING, help: str = "", *, factory: Any = None) -> Any:
+    """A dataclass field that is also a command-line flag: ``help`` is the flag's help text
+    (and the configuration reference's); the default is written here and nowhere else."""
+    if factory is not None:
+        return dataclasses.field(default_factory=factory, metadata={"help": help})
     return dataclasses.field(default=default, metadata={"help": help})
+
+
+def default_of(f: dataclasses.Field) -> Any:
+    """A field's default value (its factory's product for a mutable default)."""
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return f.default
 
 
 @dataclass(frozen=True)
 class Params:
     """Everything that changes a recording's outputs (with the model's sha256: the fingerprint)."""
 
-    sample_rate: int = _f(22050, "analysis sample rate, Hz (recordings are resampled to it)")
-    n_fft: int = _f(2048, "STFT frame length, samples")
-    hop_length: int = _f(200, "STFT hop, samples")
-    n_mels: int = _f(260, "mel bands")
-    fmin: float = _f(0.0, "lowest mel frequency, Hz")
-    fmax: float = _f(13000.0, "highest mel frequency, Hz (bands above Nyquist stay empty)")
-    top_db: float = _f(80.0, "dynamic range below each window's maximum, dB")
-    window_seconds: float = _f(5.0, "analysis window, seconds")
-    hop_seconds: float = _f(0.0, "window hop, seconds (0: equal to the window)")
-    top_k: int = _f(1, "classes predicted (and explained, unless --classes) per window")
-    classes: tuple[str, ...] = _f((), "explain these class names (comma-separated) instead")
-    alpha: float = _f(0.5, "opacity of the CAM over the spectrogram")
-    box_threshold: float = _f(
+    sample_rate: int = option(22050, "analysis sample rate, Hz (recordings are resampled to it)")
+    n_fft: int = option(2048, "STFT frame length, samples")
+    hop_length: int = option(200, "STFT hop, samples")
+    n_mels: int = option(260, "mel bands")
+    fmin: float = option(0.0, "lowest mel frequency, Hz")
+    fmax: float = option(13000.0, "highest mel frequency, Hz (bands above Nyquist stay empty)")
+    top_db: float = option(80.0, "dynamic range below each window's maximum, dB")
+    window_seconds: float = option(5.0, "analysis window, seconds")
+    hop_seconds: float = option(0.0, "window hop, seconds (0: equal to the window)")
+    top_k: int = option(1, "classes predicted (and explained, unless --classes) per window")
+    classes: tuple[str, ...] = option((), "explain these class names (comma-separated) instead")
+    alpha: float = option(0.5, "opacity of the CAM over the spectrogram")
+    box_threshold: float = option(
         0.5, "evidence box: the region around the CAM's peak where its display map is >= this"
     )
-    min_probability: float = _f(
+    min_probability: float = option(
         0.0, "detections below this stay out of selections, labels and detection tables"
     )
-    png_compress_level: int = _f(1, "PNG deflate level (ISA-L), 0 (fastest) to 3 (smallest)")
-    outputs: tuple[str, ...] = _f(
+    png_compress_level: int = option(1, "PNG deflate level (ISA-L), 0 (fastest) to 3 (smallest)")
+    outputs: tuple[str, ...] = option(
         DEFAULT_OUTPUTS,
         "files per recording (comma-separated): spectrogram, overlay, cam, db (the float16 dB "
         "spectrogram in cam.npz), detections (selections.txt, labels.txt)",
     )
-    overlay_format: str = _f("jpeg", "overlay image: jpeg or webp (lossy) or png (lossless)")
-    overlay_quality: int = _f(85, "JPEG/WebP quality of the overlay, 1 to 100")
-    save_inputs: bool = _f(False, "also save each window's 224x224 model-input PNG")
-    max_duration_s: float = _f(1800.0, "longest recording accepted, seconds")
-    max_bytes: int = _f(1024**3, "largest object accepted, bytes")
+    overlay_format: str = option("jpeg", "overlay image: jpeg or webp (lossy) or png (lossless)")
+    overlay_quality: int = option(85, "JPEG/WebP quality of the overlay, 1 to 100")
+    save_inputs: bool = option(False, "also save each window's 224x224 model-input PNG")
+    max_duration_s: float = option(1800.0, "longest recording accepted, seconds")
+    max_bytes: int = option(1024**3, "largest object accepted, bytes")
 
     def __post_init__(self) -> None:
         if self.window_seconds <= 0 or self.hop_seconds < 0:
@@ -199,31 +210,31 @@ def _mismatch_message(params: Params, differ: dict[str, Any]) -> str:
 class Settings:
     """Where things are and how to run: never part of the fingerprint."""
 
-    weights: str = _f("imagenet", "imagenet | random | PATH | s3://bucket/key (checkpoint)")
-    weights_seed: int = _f(0, "seed of --weights random")
-    device: str = _f("auto", "auto | cpu | cuda | cuda:N")
-    batch_size: int = _f(0, "windows per forward pass (0: 256 on CUDA, 32 on CPU)")
-    compile: bool = _f(False, "torch.compile the model (faster on GPUs; first batches compile)")
-    threads: int = _f(0, "torch threads per process (0: cores / worker processes)")
-    io_threads: int = _f(8, "threads for downloads, decoding, PNG/NPZ encoding and uploads")
-    task_size: int = _f(16, "recordings per task (distributed)")
-    chunk_size: int = _f(16, "recordings read, explained and written together (local mode)")
-    broker_url: str = _f("redis://127.0.0.1:6379/0", "Celery broker (Redis) URL")
-    s3_endpoint_url: str = _f("", "S3 endpoint (MinIO, SeaweedFS, ...); empty: AWS")
-    s3_region: str = _f("", "S3 region; empty: from the AWS configuration")
-    s3_max_attempts: int = _f(8, "attempts per S3 request (backoff with jitter between)")
-    queue: str = _f("echocam", "Celery queue name")
-    task_soft_time_limit: int = _f(600, "seconds before a task's recordings fail with timeout")
-    task_time_limit: int = _f(720, "seconds before a task's process is killed")
-    compaction_time_limit: int = _f(
+    weights: str = option("imagenet", "imagenet | random | PATH | s3://bucket/key (checkpoint)")
+    weights_seed: int = option(0, "seed of --weights random")
+    device: str = option("auto", "auto | cpu | cuda | cuda:N")
+    batch_size: int = option(0, "windows per forward pass (0: 256 on CUDA, 32 on CPU)")
+    compile: bool = option(False, "torch.compile the model (faster on GPUs; first batches compile)")
+    threads: int = option(0, "torch threads per process (0: cores / worker processes)")
+    io_threads: int = option(8, "threads for downloads, decoding, PNG/NPZ encoding and uploads")
+    task_size: int = option(16, "recordings per task (distributed)")
+    chunk_size: int = option(16, "recordings read, explained and written together (local mode)")
+    broker_url: str = option("redis://127.0.0.1:6379/0", "Celery broker (Redis) URL")
+    s3_endpoint_url: str = option("", "S3 endpoint (MinIO, SeaweedFS, ...); empty: AWS")
+    s3_region: str = option("", "S3 region; empty: from the AWS configuration")
+    s3_max_attempts: int = option(8, "attempts per S3 request (backoff with jitter between)")
+    queue: str = option("echocam", "Celery queue name")
+    task_soft_time_limit: int = option(600, "seconds before a task's recordings fail with timeout")
+    task_time_limit: int = option(720, "seconds before a task's process is killed")
+    compaction_time_limit: int = option(
         0,
         "seconds before a run-end compaction is stopped (`echocam manifest` redoes it; 0: nine"
         " tenths of visibility_timeout)",
     )
-    visibility_timeout: int = _f(7200, "seconds before Redis redelivers an unacked task")
-    max_deliveries: int = _f(3, "deliveries of a task that kills its worker before it fails")
-    page_size: int = _f(1000, "keys per ListObjectsV2 page")
-    extensions: tuple[str, ...] = _f(AUDIO_EXTENSIONS, "audio file extensions to process")
+    visibility_timeout: int = option(7200, "seconds before Redis redelivers an unacked task")
+    max_deliveries: int = option(3, "deliveries of a task that kills its worker before it fails")
+    page_size: int = option(1000, "keys per ListObjectsV2 page")
+    extensions: tuple[str, ...] = option(AUDIO_EXTENSIONS, "audio file extensions to process")
 
     def __post_init__(self) -> None:
         if not 0 < self.task_soft_time_limit < self.task_time_limit < self.visibility_timeout:

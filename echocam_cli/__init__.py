@@ -11,26 +11,37 @@ import argparse
 import json
 import sys
 from dataclasses import fields
-from typing import Any, get_type_hints
+from typing import Any, get_args, get_type_hints
 
 from echocam.bucket.records import version
-from echocam.settings import Params, Settings, env_name, parse
+from echocam.settings import Params, Settings, default_of, env_name, parse
 
 PARAM_FIELDS = [f.name for f in fields(Params)]
 
 
-def _add_fields(parser: argparse.ArgumentParser, cls: type, names: list[str], title: str) -> None:
+def _add_fields(
+    parser: argparse.ArgumentParser, cls: type, names: list[str], title: str, *, env: bool = True
+) -> None:
+    """A flag for each of ``cls``'s fields ``names``, its help and default from the field (and
+    its ``ECHOCAM_*`` variable, with ``env``).  A field that is not a plain value (training's
+    ``augment``) is a ``--x/--no-x`` switch between its default and its ``off()``."""
     group = parser.add_argument_group(title)
     hints = get_type_hints(cls)
     by_name = {f.name: f for f in fields(cls)}
     for name in names:
-        f, hint = by_name[name], hints[name]
+        f, hint = by_name[name], _plain(hints[name])
         flag = "--" + name.replace("_", "-")
-        default = f.default
+        switch = hint is bool or hint not in (int, float, str, tuple[str, ...])
+        default = default_of(f)
         shown = ",".join(default) if isinstance(default, tuple) else default
+        if switch and not isinstance(default, bool):
+            shown = "on"
+        elif default is None:
+            shown = "none"
+        where = f"{env_name(name)}; " if env else ""
         # argparse formats help with %: a literal one in a field's help must be doubled
-        help_ = f"{f.metadata['help']} [{env_name(name)}; default {shown!s}]".replace("%", "%%")
-        if hint is bool:
+        help_ = f"{f.metadata['help']} [{where}default {shown!s}]".replace("%", "%%")
+        if switch:
             group.add_argument(
                 flag, action=argparse.BooleanOptionalAction, default=None, help=help_
             )
@@ -42,6 +53,12 @@ def _add_fields(parser: argparse.ArgumentParser, cls: type, names: list[str], ti
                 type=lambda raw, h=hint, n=flag: parse(h, raw, n),
                 help=help_,
             )
+
+
+def _plain(hint: Any) -> Any:
+    """``X`` of ``X | None``; any other type hint as it is."""
+    args = [a for a in get_args(hint) if a is not type(None)]
+    return args[0] if type(None) in get_args(hint) and len(args) == 1 else hint
 
 
 def _pick(args: argparse.Namespace, cls: type) -> dict[str, Any]:
@@ -254,29 +271,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     from echocam.train.loop import TrainConfig, TrainInterrupted, train
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    config = TrainConfig(
-        source=args.source,
-        out=args.out,
-        labels=args.labels,
-        val=args.val,
-        val_labels=args.val_labels,
-        background=args.background,
-        init=args.init,
-        epochs=args.epochs,
-        batch_size=args.batch_size or 0,
-        lr=args.lr,
-        weight_decay=args.weight_decay,
-        warmup_epochs=args.warmup_epochs,
-        label_smoothing=args.label_smoothing,
-        val_fraction=args.val_fraction,
-        patience=args.patience,
-        target_f1=args.target_f1,
-        target_epochs=args.target_epochs,
-        epoch_windows=args.epoch_windows,
-        seed=args.seed or 0,
-        prefetch=args.prefetch,
-        augment=Augment() if args.augment else Augment.off(),
-    )
+    given = {k: v for k, v in _pick(args, TrainConfig).items() if v is not None}
+    if "augment" in given:  # a switch: the default augmentation, or none
+        given["augment"] = Augment() if given["augment"] else Augment.off()
+    config = TrainConfig(**{**given, "source": args.source, "out": args.out})
     try:
         result = train(
             config,
@@ -328,6 +326,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def _add_train(sub) -> None:
     from echocam.settings import MODEL_INPUT_FIELDS
+    from echocam.train.loop import TrainConfig
 
     analysis = [*MODEL_INPUT_FIELDS, "hop_seconds", "max_duration_s", "max_bytes"]
     storage = ["s3_endpoint_url", "s3_region", "s3_max_attempts", "page_size", "extensions"]
@@ -341,41 +340,12 @@ def _add_train(sub) -> None:
     )
     tr.add_argument("source", metavar="SOURCE", help="directory or s3://bucket/prefix")
     tr.add_argument("--out", required=True, metavar="CHECKPOINT", help="path or s3://bucket/key")
-    tr.add_argument("--labels", metavar="CSV", help="key,label[,start_s,end_s] rows (path/s3://)")
-    tr.add_argument("--val", metavar="SOURCE", help="validation source instead of a split")
-    tr.add_argument("--val-labels", metavar="CSV", help="labels CSV of --val")
-    tr.add_argument("--background", metavar="SOURCE", help="unlabelled recordings to mix in")
-    tr.add_argument(
-        "--init", default="imagenet", help="imagenet | random | PATH | s3://... [default imagenet]"
-    )
-    tr.add_argument("--epochs", type=int, default=30, help="most epochs [default 30]")
-    tr.add_argument("--batch-size", type=int, default=0, help="0: 256 on CUDA, 32 on CPU")
-    tr.add_argument("--lr", type=float, default=1e-3, help="AdamW peak learning rate [1e-3]")
-    tr.add_argument("--weight-decay", type=float, default=0.01, help="AdamW weight decay [0.01]")
-    tr.add_argument("--warmup-epochs", type=float, default=1.0, help="linear warm-up [1]")
-    tr.add_argument("--label-smoothing", type=float, default=0.1, help="[default 0.1]")
-    tr.add_argument(
-        "--val-fraction", type=float, default=0.2, help="recordings per class to validate [0.2]"
-    )
-    tr.add_argument("--patience", type=int, default=5, help="epochs without gain before stop [5]")
-    tr.add_argument(
-        "--target-f1",
-        type=float,
-        default=0.0,
-        metavar="F",
-        help="stop once validation macro-F1 >= F for --target-epochs epochs [0: off]",
-    )
-    tr.add_argument("--target-epochs", type=int, default=2, help="see --target-f1 [2]")
-    tr.add_argument(
-        "--epoch-windows", type=int, default=0, help="windows per epoch (0: one per example)"
-    )
-    tr.add_argument("--seed", type=int, default=0, help="seed: a CPU run is reproducible [0]")
-    tr.add_argument("--prefetch", type=int, default=4, help="batches decoded ahead [4]")
-    tr.add_argument(
-        "--augment",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="shift, background mix, gain, time/frequency masks [default on]",
+    _add_fields(
+        tr,
+        TrainConfig,
+        [f.name for f in fields(TrainConfig) if f.name not in ("source", "out")],
+        "training",
+        env=False,
     )
     tr.add_argument("--resume", action="store_true", help="continue an interrupted run")
     tr.add_argument("--quiet", action="store_true", help="no progress bars")

@@ -14,7 +14,7 @@ import json
 import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, BinaryIO
 
 import numpy as np
@@ -28,6 +28,7 @@ from echocam.explain.npz import NpzWriter
 from echocam.settings import Params
 from echocam.signal import colormaps
 from echocam.signal.audio import Audio
+from echocam.signal.spectrogram import frame_count
 
 SPECTROGRAM, OVERLAY, CAM = "spectrogram", "overlay", "cam.npz"  # images: .png, .jpg, .webp
 SELECTIONS, LABELS = "selections.txt", "labels.txt"
@@ -78,32 +79,64 @@ def spool(data: bytes) -> Blob:
     return f
 
 
-@dataclass
-class Windows:
-    """Consecutive windows of one recording after the device stage, from window ``first`` on.
+@dataclass(frozen=True)
+class WindowArrays:
+    """What the device stage hands the encoder, per window: ``field[i]`` is window ``i``'s array
+    (a row of a batch's host array, or a list of such rows: views, not copies).
 
-    ``arrays[name]`` holds output ``name`` of each window in time order: ``spectrogram_db``
-    (n_mels, t) float32, ``spectrogram_rgb`` (n_mels, t, 3) uint8, ``overlay`` (k, n_mels, t, 3)
-    uint8, ``cams`` (k, h, w) float32, ``class_ids``/``logits``/``probabilities`` (k,),
-    ``top_ids``/``top_probs`` (top_k,), the evidence's device half (``peak`` (k,) int64 and
-    ``evidence_mask`` (k, n_mels, t) bool: :func:`echocam.explain.localise.peaks_and_masks` of the
-    overlay's display maps; ``floor_db`` (n_mels,), :func:`echocam.explain.localise.band_floor`)
-    and, with ``save_inputs``, ``inputs`` (3, 224, 224) uint8.
+    ``k`` is the number of explained classes, ``t`` the window's frames, ``h × w`` the CAM grid.
     """
 
-    first: int
-    arrays: dict[str, list[np.ndarray]]
+    spectrogram_db: Sequence[np.ndarray]  # (n_mels, t) float32, dB re the window's maximum
+    spectrogram_rgb: Sequence[np.ndarray]  # (n_mels, t, 3) uint8, magma, row 0 the highest band
+    overlay: Sequence[np.ndarray]  # (k, n_mels, t, 3) uint8: a band per explained class
+    class_ids: Sequence[np.ndarray]  # (k,) int64, the explained classes
+    logits: Sequence[np.ndarray]  # (k,) float32
+    probabilities: Sequence[np.ndarray]  # (k,) float32
+    top_ids: Sequence[np.ndarray]  # (top_k,) int64, the predicted classes
+    top_probs: Sequence[np.ndarray]  # (top_k,) float32
+    cams: Sequence[np.ndarray]  # (k, h, w) float32, raw CAMs
+    # the evidence's device half, from the display maps the overlay drew
+    # (:func:`echocam.explain.localise.peaks_and_masks`, ``band_floor``):
+    peak: Sequence[np.ndarray]  # (k,) int64, flat index of each map's peak
+    evidence_mask: Sequence[np.ndarray]  # (k, n_mels, t) bool, the map >= box_threshold
+    floor_db: Sequence[np.ndarray]  # (n_mels,) float32, each band's median over the window
+    inputs: Sequence[np.ndarray] | None = None  # (3, 224, 224) uint8, with save_inputs
 
     def __len__(self) -> int:
-        return len(self.arrays["cams"])
+        return len(self.cams)
+
+    @classmethod
+    def gather(cls, rows: Sequence[tuple[WindowArrays, int]]) -> WindowArrays:
+        """Window ``i`` of each ``(arrays, i)`` in ``rows``, in that order."""
+        first = rows[0][0]
+        return cls(
+            **{
+                f.name: None
+                if getattr(first, f.name) is None
+                else [getattr(arrays, f.name)[i] for arrays, i in rows]
+                for f in fields(cls)
+            }
+        )
+
+
+@dataclass(frozen=True)
+class WindowBlock:
+    """Consecutive windows of one recording after the device stage, from window ``first`` on."""
+
+    first: int
+    arrays: WindowArrays
+
+    def __len__(self) -> int:
+        return len(self.arrays)
 
 
 class Encoder:
     """The files ``params.outputs`` names and the ok record of one recording, from its windows
-    a :class:`Windows` part at a time.
+    a :class:`WindowBlock` at a time.
 
-    Parts must arrive in time order and cover every window once; the outputs are the same
-    whatever the parts (tested byte for byte).  ``seconds`` is the time spent encoding.
+    Blocks must arrive in time order and cover every window once; the outputs are the same
+    whatever the blocks (tested byte for byte).  ``seconds`` is the time spent encoding.
     """
 
     def __init__(
@@ -119,73 +152,72 @@ class Encoder:
     ):
         self.audio, self.starts, self.length, self.base = audio, starts, length, base
         self.params, self.names, self.model_sha256 = params, class_names, model_sha256
+        self.want = set(params.outputs)
+        n, k = len(starts), len(params.classes) or params.top_k
+        self.frames = frame_count(length, hop_length=params.hop_length)
         self.columns = np.rint(starts / params.hop_length).astype(np.int64)
         self.starts_s = starts / params.sample_rate
-        self.want = set(params.outputs)
+        self.width = int(self.columns[-1]) + self.frames
+        self.tiled = self.width > TILE_COLUMNS
+        tile = TILE_COLUMNS if self.tiled else self.width
+        self.rows = {"spectrogram": params.n_mels, "overlay": k * params.n_mels}
+        self.spectrogram = render.Tiles(width=self.width, tile=tile)
+        self.overlay = render.Tiles(width=self.width, tile=tile)
+        self.tiles: dict[str, list[str]] = {SPECTROGRAM: [], OVERLAY: []}
+        # the per-window arrays of cam.npz and the record, stacked once every window is in
+        self.small: dict[str, list[np.ndarray]] = {name: [] for name in PER_WINDOW}
+        self.evidence = {name: np.empty((n, k)) for name in detections.EVIDENCE}
+        self.npz_file: BinaryIO | None = None
+        self.npz: NpzWriter | None = None
+        if "cam" in self.want:
+            self.npz_file = tempfile.SpooledTemporaryFile(max_size=SPOOL_BYTES)  # noqa: SIM115
+            self.npz = NpzWriter(self.npz_file)
+        if "db" in self.want:  # float16: within 0.032 dB of float32 from -80 to 0 dB
+            shape = (n, params.n_mels, self.frames)
+            self.npz.begin("spectrogram_db", shape=shape, dtype=np.float16)
         self.files: dict[str, Blob] = {}
         self.inputs: list[str] = []
         self.seen = 0  # windows added
         self.seconds = 0.0
 
-    def add(self, part: Windows) -> None:
+    def add(self, part: WindowBlock) -> None:
         """Encode the windows of ``part`` (the next ones in time)."""
         t0 = time.perf_counter()
         if part.first != self.seen:
             raise ValueError(f"windows from {part.first} arrived after {self.seen} of them")
-        if not self.seen:
-            self._begin(part)
         p, key, a = self.params, self.base["source_key"], part.arrays
+        if a.spectrogram_db[0].shape != (p.n_mels, self.frames):
+            raise ValueError(
+                f"windows of {a.spectrogram_db[0].shape} for a recording of "
+                f"{(p.n_mels, self.frames)} (n_mels, frames)"
+            )
         for i in range(len(part)):
             j = part.first + i
             col = int(self.columns[j])
             if "spectrogram" in self.want:
-                for t, tile in self.spectrogram.add(a["spectrogram_rgb"][i], col):
+                for t, tile in self.spectrogram.add(a.spectrogram_rgb[i], col):
                     self._image(SPECTROGRAM, t, tile)
             if "overlay" in self.want:
-                for t, tile in self.overlay.add(a["overlay"][i], col):
+                for t, tile in self.overlay.add(a.overlay[i], col):
                     self._image(OVERLAY, t, tile)
             if "db" in self.want:
-                self.npz.write(a["spectrogram_db"][i].astype(np.float16))
+                self.npz.write(a.spectrogram_db[i].astype(np.float16))
             for name in PER_WINDOW:
-                self.small[name][j] = a[name][i]
+                self.small[name].append(getattr(a, name)[i])
             if p.save_inputs:
                 self.inputs.append(output_key(key, f"inputs/window_{j:05d}.png"))
-                img = a["inputs"][i].transpose(1, 2, 0)
+                img = a.inputs[i].transpose(1, 2, 0)
                 self.files[self.inputs[-1]] = render.encode_png(
                     img, compress_level=p.png_compress_level
                 )
         j0, j1 = part.first, part.first + len(part)
         ev = _evidence(
-            a["peak"], a["evidence_mask"], a["spectrogram_db"], a["floor_db"],
-            self.starts_s[j0:j1], params=p,
-        )  # fmt: skip
+            a.peak, a.evidence_mask, a.spectrogram_db, a.floor_db, self.starts_s[j0:j1], params=p
+        )
         for name, values in ev.items():
             self.evidence[name][j0:j1] = values
         self.seen = j1
         self.seconds += time.perf_counter() - t0
-
-    def _begin(self, part: Windows) -> None:
-        n = len(self.starts)
-        db = part.arrays["spectrogram_db"][0]
-        self.width = width = int(self.columns[-1]) + db.shape[-1]
-        self.tiled = width > TILE_COLUMNS
-        tile = TILE_COLUMNS if self.tiled else width
-        ov = part.arrays["overlay"][0]  # (k, n_mels, t, 3): a band per explained class
-        self.rows = {"spectrogram": db.shape[0], "overlay": ov.shape[0] * ov.shape[1]}
-        self.spectrogram = render.Tiles(width=width, tile=tile)
-        self.overlay = render.Tiles(width=width, tile=tile)
-        self.tiles: dict[str, list[str]] = {SPECTROGRAM: [], OVERLAY: []}
-        self.small = {
-            name: np.empty((n, *part.arrays[name][0].shape), part.arrays[name][0].dtype)
-            for name in PER_WINDOW
-        }
-        k = self.small["cams"].shape[1]
-        self.evidence = {name: np.empty((n, k)) for name in detections.EVIDENCE}
-        if "cam" in self.want:
-            self.npz_file = tempfile.SpooledTemporaryFile(max_size=SPOOL_BYTES)  # noqa: SIM115
-            self.npz = NpzWriter(self.npz_file)
-        if "db" in self.want:  # float16: within 0.032 dB of float32 from -80 to 0 dB
-            self.npz.begin("spectrogram_db", shape=(n, *db.shape), dtype=np.float16)
 
     def _image(self, name: str, t: int, tile: np.ndarray) -> None:
         """Encode tile ``t`` of image ``name`` (the whole image when not tiled): the spectrogram
@@ -219,7 +251,8 @@ class Encoder:
         if "overlay" in self.want:
             for t, tile in self.overlay.close():
                 self._image(OVERLAY, t, tile)
-        p, names, key, h = self.params, self.names, self.base["source_key"], self.small
+        p, names, key = self.params, self.names, self.base["source_key"]
+        h = {name: np.stack(arrays) for name, arrays in self.small.items()}
         keys = {name: output_key(key, name) for name in (CAM, SELECTIONS, LABELS)}
         written: dict[str, Any] = {}
         if "cam" in self.want:

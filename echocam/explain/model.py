@@ -5,8 +5,9 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -77,9 +78,56 @@ def state_dict_sha256(state_dict: dict[str, torch.Tensor]) -> str:
     return h.hexdigest()
 
 
+@dataclass
+class Checkpoint:
+    """What a checkpoint file holds: ``torch.save`` of :meth:`to_dict`, a dict of plain values
+    that ``torch.load(weights_only=True)`` reads back.
+
+    A species model needs ``state_dict`` and ``class_names``; ``echocam train`` adds the rest.
+    """
+
+    state_dict: dict[str, torch.Tensor]
+    class_names: list[str]
+    #: ``Params.to_dict()`` of the training run: inference must use its model-input fields
+    #: (``echocam.settings.params_for_model``).
+    params: dict[str, Any] | None = None
+    #: the training run's summary: best epoch, validation scores, history, skipped files
+    metrics: dict[str, Any] | None = None
+    #: ``TrainConfig.to_dict()`` and what the run used (device, threads, versions)
+    train_config: dict[str, Any] | None = None
+    #: the data it learnt from: source, examples and recordings per class, keys' sha256
+    data: dict[str, Any] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The fields that are set, as saved."""
+        return {f.name: v for f in fields(self) if (v := getattr(self, f.name)) is not None}
+
+    def to_bytes(self) -> bytes:
+        buf = io.BytesIO()
+        torch.save(self.to_dict(), buf)
+        return buf.getvalue()
+
+    @classmethod
+    def from_blob(cls, blob: Any, *, source: str) -> Checkpoint:
+        """A loaded checkpoint file: this dict, or a bare ResNet-18 state dict (class names
+        ``class_<i>``)."""
+        if isinstance(blob, dict) and "state_dict" in blob:
+            known = {f.name for f in fields(cls)}
+            kw = {k: v for k, v in blob.items() if k in known}
+        else:
+            kw = {"state_dict": blob, "class_names": None}
+        state = kw["state_dict"]
+        if not isinstance(state, dict) or "fc.weight" not in state:
+            raise WeightsUnavailable(f"{source}: expected a ResNet-18 state dict with fc.weight")
+        if kw.get("class_names") is None:
+            kw["class_names"] = [f"class_{i}" for i in range(state["fc.weight"].shape[0])]
+        kw["class_names"] = list(kw["class_names"])
+        return cls(**kw)
+
+
 def save_checkpoint(path: str | os.PathLike, state_dict: dict, class_names: list[str]) -> None:
-    """Write the checkpoint format ``load_model`` reads: a state dict and its class names."""
-    torch.save({"state_dict": state_dict, "class_names": list(class_names)}, path)
+    """Write a species model's checkpoint: a state dict and its class names."""
+    Path(path).write_bytes(Checkpoint(state_dict, list(class_names)).to_bytes())
 
 
 def load_model(weights: str, *, seed: int = 0, read_bytes=None) -> LoadedModel:
@@ -87,10 +135,9 @@ def load_model(weights: str, *, seed: int = 0, read_bytes=None) -> LoadedModel:
 
     ``weights`` is ``imagenet`` (torchvision IMAGENET1K_V1, from the torch hub cache or the
     network), ``random`` (seeded by ``seed``; marked as such in every output), a checkpoint
-    path, or an ``s3://bucket/key`` URI read with ``read_bytes(uri) -> bytes``.  A checkpoint
-    holds ``{"state_dict", "class_names"}`` and, when ``echocam train`` wrote it, ``"params"``
-    (the analysis parameters it was trained with; see ``LoadedModel.params``) and more; the fc
-    layer is sized from the state dict.
+    path, or an ``s3://bucket/key`` URI read with ``read_bytes(uri) -> bytes`` (a
+    :class:`Checkpoint`, whose ``params`` become ``LoadedModel.params``); the fc layer is sized
+    from the state dict.
     """
     trained = None
     if weights == "imagenet":
@@ -101,8 +148,8 @@ def load_model(weights: str, *, seed: int = 0, read_bytes=None) -> LoadedModel:
             state = resnet18(weights=None).state_dict()
         names, kind = [f"class_{i}" for i in range(1000)], "random"
     else:
-        state, names, trained = _checkpoint(weights, read_bytes)
-        kind = "checkpoint"
+        ckpt = _checkpoint(weights, read_bytes)
+        state, names, trained, kind = ckpt.state_dict, ckpt.class_names, ckpt.params, "checkpoint"
     num_classes = state["fc.weight"].shape[0]
     if len(names) != num_classes:
         raise WeightsUnavailable(
@@ -157,7 +204,7 @@ def _imagenet_state_dict() -> dict[str, torch.Tensor]:
         ) from None
 
 
-def _checkpoint(weights: str, read_bytes) -> tuple[dict[str, torch.Tensor], list[str], dict | None]:
+def _checkpoint(weights: str, read_bytes) -> Checkpoint:
     try:
         if weights.startswith("s3://"):
             if read_bytes is None:
@@ -171,13 +218,4 @@ def _checkpoint(weights: str, read_bytes) -> tuple[dict[str, torch.Tensor], list
         raise
     except Exception as e:
         raise WeightsUnavailable(f"cannot load weights {weights!r}: {e}") from None
-    trained = None
-    if isinstance(blob, dict) and "state_dict" in blob:
-        state, names, trained = blob["state_dict"], blob.get("class_names"), blob.get("params")
-    else:
-        state, names = blob, None
-    if not isinstance(state, dict) or "fc.weight" not in state:
-        raise WeightsUnavailable(f"{weights}: expected a ResNet-18 state dict with fc.weight")
-    if names is None:
-        names = [f"class_{i}" for i in range(state["fc.weight"].shape[0])]
-    return state, list(names), trained
+    return Checkpoint.from_blob(blob, source=weights)

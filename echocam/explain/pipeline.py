@@ -27,7 +27,7 @@ from echocam.errors import EchoCamError
 from echocam.explain import render
 from echocam.explain.cam import display_maps, explain
 from echocam.explain.device import resolve_device
-from echocam.explain.encoder import Encoder, Result, Windows
+from echocam.explain.encoder import Encoder, Result, WindowArrays, WindowBlock
 from echocam.explain.localise import band_floor, peaks_and_masks
 from echocam.explain.model import LoadedModel
 from echocam.settings import Params, Settings, check_model_params, fingerprint
@@ -74,7 +74,7 @@ class Computed:
     """A block of a chunk after the device stage: some windows of some of its recordings."""
 
     decoded: Decoded
-    parts: dict[int, Windows]  # recording position (in decoded.recordings) → windows
+    parts: dict[int, WindowBlock]  # recording position (in decoded.recordings) → windows
     ended: dict[int, tuple[np.ndarray, float]]  # recordings whose last window is here →
     # (mean class probabilities over all their windows, their compute seconds)
     last: bool  # the chunk's last block
@@ -191,7 +191,7 @@ class Explainer:
         step = max(1, self.block_batches)
         for s0 in range(0, len(batches), step):
             # (recording, window) → (its batch's host arrays, its row there): views, not copies
-            rows: dict[int, dict[int, tuple[dict[str, np.ndarray], int]]] = defaultdict(dict)
+            rows: dict[int, dict[int, tuple[WindowArrays, int]]] = defaultdict(dict)
             for length, batch in batches[s0 : s0 + step]:
                 t0 = time.perf_counter()
                 host = self._batch(recordings, batch, length, prob_sum)
@@ -201,9 +201,8 @@ class Explainer:
                     compute_s[r] += share
             parts = {}
             for r, got in rows.items():  # a recording's windows here are consecutive
-                in_order = [got[j] for j in sorted(got)]
-                arrays = {name: [h[name][i] for h, i in in_order] for name in in_order[0][0]}
-                parts[r] = Windows(first=min(got), arrays=arrays)
+                arrays = WindowArrays.gather([got[j] for j in sorted(got)])
+                parts[r] = WindowBlock(first=min(got), arrays=arrays)
                 left[r] -= len(got)
             ended = [r for r in parts if not left[r]]
             sums = prob_sum[ended].cpu().numpy() if ended else []
@@ -254,7 +253,7 @@ class Explainer:
         batch: list[tuple[int, int]],
         length: int,
         prob_sum: torch.Tensor,
-    ) -> dict[str, np.ndarray]:
+    ) -> WindowArrays:
         """One batch of (recording, window) pairs, waveforms to overlays; its host arrays."""
         p = self.params
         # Gathered straight into pinned memory on CUDA: one host copy, then an async upload.
@@ -291,7 +290,7 @@ class Explainer:
         }
         if p.save_inputs:
             out["inputs"] = img8
-        return self._to_host(out)
+        return WindowArrays(**self._to_host(out))
 
     def _to_host(self, tensors: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
         """The one host copy per batch (CPU tensors are already there: no copy at all).

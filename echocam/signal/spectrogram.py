@@ -23,6 +23,11 @@ SLICE_FRAMES = 128
 MEL_BLOCKS = 16
 
 
+def frame_count(samples: int, *, hop_length: int) -> int:
+    """STFT frames of ``samples`` samples (``center=True``): one every ``hop_length``."""
+    return 1 + samples // hop_length
+
+
 class MelSpectrogramDB(nn.Module):
     """``power_to_db(melspectrogram(y), ref=max, top_db)`` per row of a batch of waveforms.
 
@@ -87,7 +92,7 @@ class MelSpectrogramDB(nn.Module):
         import scipy.fft  # deferred, as librosa: only the CPU kernel needs it
 
         b, n = waves.shape
-        pad, frames = self.n_fft // 2, 1 + n // self.hop_length
+        pad, frames = self.n_fft // 2, frame_count(n, hop_length=self.hop_length)
         padded = np.zeros((b, n + 2 * pad), np.float32)  # center=True, zero padding
         padded[:, pad : pad + n] = waves.detach().numpy()
         window = self.window.numpy()

@@ -34,12 +34,12 @@ from tqdm import tqdm
 from echocam.bucket.records import version
 from echocam.bucket.storage import Store, client_factory, open_store
 from echocam.explain.device import resolve_device, set_threads
-from echocam.explain.model import load_model_from
-from echocam.settings import Params, Settings
+from echocam.explain.model import Checkpoint, load_model_from
+from echocam.settings import Params, Settings, option
 from echocam.signal.frontend import FrontEnd
 from echocam.train import scores
 from echocam.train.augment import Augment
-from echocam.train.dataset import Backgrounds, Loader, balanced_order, model_inputs
+from echocam.train.dataset import Backgrounds, Loader, Skipped, balanced_order, model_inputs
 from echocam.train.labels import Labelled, list_folders, read_labels, split_by_recording
 from echocam.train.predict import predict
 
@@ -48,31 +48,42 @@ METRICS_NAME, CONFUSION_NAME = "metrics.json", "confusion.png"
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """What to train on and how (the analysis ``Params`` and runtime ``Settings`` apart)."""
+    """What to train on and how (the analysis ``Params`` and runtime ``Settings`` apart).
+
+    Every field but ``source`` and ``out`` is an ``echocam train`` flag, generated from its
+    ``help`` as the settings' flags are.
+    """
 
     source: str  # directory or s3:// prefix, one folder per class (or keys of --labels)
     out: str  # checkpoint path or s3://bucket/key
-    labels: str | None = None  # CSV key,label[,start_s,end_s] (path or s3:// URI)
-    val: str | None = None  # a validation source instead of a split
-    val_labels: str | None = None  # its labels CSV
-    background: str | None = None  # unlabelled recordings to mix in
-    init: str = "imagenet"  # imagenet | random | checkpoint path or s3:// URI
-    epochs: int = 30
-    batch_size: int = 0  # 0: 256 on CUDA, 32 on the CPU
-    lr: float = 1e-3  # AdamW peak learning rate
-    weight_decay: float = 0.01
-    warmup_epochs: float = 1.0
-    min_lr_fraction: float = 0.01  # the cosine decays to lr * this
-    label_smoothing: float = 0.1
-    val_fraction: float = 0.2  # of each class's recordings, when no --val
-    patience: int = 5  # epochs without a better validation macro-F1 before stopping
-    target_f1: float = 0.0  # stop once validation macro-F1 >= this for target_epochs (0: off)
-    target_epochs: int = 2
-    epoch_windows: int = 0  # training windows per epoch (0: one per training example)
-    bn_windows: int = 32  # batch-norm statistics: the average over the last training windows
-    seed: int = 0
-    prefetch: int = 4  # batches decoded ahead of the device
-    augment: Augment = field(default_factory=Augment)
+    labels: str | None = option(None, "CSV of key,label[,start_s,end_s] rows (path or s3://)")
+    val: str | None = option(None, "a validation source instead of a split")
+    val_labels: str | None = option(None, "labels CSV of --val")
+    background: str | None = option(None, "unlabelled recordings to mix in")
+    init: str = option("imagenet", "imagenet | random | PATH | s3://bucket/key (checkpoint)")
+    epochs: int = option(30, "most epochs")
+    batch_size: int = option(0, "windows per step (0: 256 on CUDA, 32 on the CPU)")
+    lr: float = option(1e-3, "AdamW peak learning rate")
+    weight_decay: float = option(0.01, "AdamW weight decay")
+    warmup_epochs: float = option(1.0, "linear warm-up, epochs")
+    min_lr_fraction: float = option(0.01, "the cosine decays to lr times this")
+    label_smoothing: float = option(0.1, "label smoothing of the cross-entropy")
+    val_fraction: float = option(0.2, "recordings of each class that validate, without --val")
+    patience: int = option(5, "epochs without a better validation macro-F1 before stopping")
+    target_f1: float = option(
+        0.0, "stop once validation macro-F1 >= this for --target-epochs epochs (0: off)"
+    )
+    target_epochs: int = option(2, "see --target-f1")
+    epoch_windows: int = option(0, "training windows per epoch (0: one per training example)")
+    bn_windows: int = option(
+        32, "batch-norm statistics: the average over an epoch's last training windows"
+    )
+    seed: int = option(0, "seed of the split, the order, the augmentation and a random init")
+    prefetch: int = option(4, "batches decoded ahead of the device")
+    augment: Augment = option(
+        help="shift, background mix, gain, time and frequency masks (--no-augment: none)",
+        factory=Augment,
+    )
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -82,6 +93,55 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
         return cls(**{**d, "augment": Augment.from_dict(d["augment"])})
+
+
+@dataclass
+class Best:
+    """The best epoch so far: the weights the checkpoint holds and their validation scores."""
+
+    epoch: int
+    rank: tuple[float, float]  # (validation macro-F1, -validation loss): the larger, the better
+    state_dict: dict[str, torch.Tensor]
+    val: dict[str, Any] | None  # ``scores.summarise`` of the validation set; None without one
+
+
+@dataclass
+class TrainState:
+    """Where a training run stands after its last complete epoch: what ``--resume`` restores,
+    beside the weights, the optimiser and the schedule."""
+
+    epoch: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)  # a row per epoch
+    best: Best | None = None
+    windows_drawn: dict[str, int] = field(default_factory=dict)  # training windows per class
+    skipped: dict[str, Skipped] = field(default_factory=dict)  # files that failed, by key
+
+    def to_resume(self, *, net, opt, sched, config, params, keys_sha256) -> dict[str, Any]:
+        """The resume file's contents (plain values: ``torch.load(weights_only=True)``)."""
+        return {
+            "epoch": self.epoch,
+            "history": self.history,
+            "best": dataclasses.asdict(self.best) if self.best else None,
+            "windows_drawn": self.windows_drawn,
+            "skipped_objects": {k: [s.code, s.message] for k, s in self.skipped.items()},
+            "net": {k: v.detach().cpu() for k, v in net.state_dict().items()},
+            "optimizer": opt.state_dict(),
+            "scheduler": sched.state_dict(),
+            "train_config": config.to_dict(),
+            "params": params.to_dict(),
+            "keys_sha256": keys_sha256,
+        }
+
+    @classmethod
+    def from_resume(cls, saved: dict[str, Any]) -> TrainState:
+        best = saved["best"]
+        return cls(
+            epoch=saved["epoch"],
+            history=saved["history"],
+            best=Best(**{**best, "rank": tuple(best["rank"])}) if best else None,
+            windows_drawn=saved["windows_drawn"],
+            skipped={k: Skipped(k, c, m) for k, (c, m) in saved["skipped_objects"].items()},
+        )
 
 
 class TrainInterrupted(Exception):
@@ -240,18 +300,12 @@ def train(
         ),
     )
     data = {"train": train_set.summary(), "val": val_set.summary()}
-    state: dict[str, Any] = {
-        "epoch": 0,
-        "history": [],
-        "best": None,
-        "skipped": {},
-        "windows_drawn": dict.fromkeys(names, 0),
-    }
+    state = TrainState(windows_drawn=dict.fromkeys(names, 0))
     if resume:
         state = _resume(
             out_store, state_name, config=config, data=data, net=net, opt=opt, sched=sched
         )
-        log(f"resuming after epoch {state['epoch']} (best so far: epoch {state['best']['epoch']})")
+        log(f"resuming after epoch {state.epoch} (best so far: epoch {state.best.epoch})")
 
     fe = FrontEnd(params, device)
     frames_per_s = params.sample_rate / params.hop_length
@@ -275,9 +329,9 @@ def train(
             seed=config.seed,
             backgrounds=backgrounds_src,
         )
-        loader.skipped.update(state.pop("skipped_objects", {}))
+        loader.skipped.update(state.skipped)
         with _StopFlag(log) as stop:
-            for epoch in range(state["epoch"] + 1, config.epochs + 1):
+            for epoch in range(state.epoch + 1, config.epochs + 1):
                 row = _epoch(
                     net,
                     opt,
@@ -292,33 +346,26 @@ def train(
                     frames_per_s=frames_per_s,
                     stop=stop,
                     progress=progress,
-                    drawn=state["windows_drawn"],
+                    drawn=state.windows_drawn,
                     names=names,
                 )
                 if row is None:
                     raise TrainInterrupted(
                         f"stopped during epoch {epoch}; {config.out} holds epoch "
-                        f"{state['epoch']}'s result (continue with --resume)"
+                        f"{state.epoch}'s result (continue with --resume)"
                     )
                 val = _validate(
                     net, fe, val_src, val_set, params=params, pool=pool, batch_size=batch_size
                 )
                 row.update(val["row"])
-                state["history"].append(row)
-                state["epoch"] = epoch
-                best = state["best"]
+                state.history.append(row)
+                state.epoch = epoch
                 rank = (row.get("val_macro_f1", 0.0), -row.get("val_loss", row["loss"]))
-                improved = best is None or rank > tuple(best["rank"])
+                improved = state.best is None or rank > state.best.rank
                 if improved:
-                    state["best"] = {
-                        "epoch": epoch,
-                        "rank": list(rank),
-                        "state_dict": {
-                            k: v.detach().cpu().clone() for k, v in net.state_dict().items()
-                        },
-                        "val": val["scores"],
-                    }
-                skipped = {**loader.skipped, **val["skipped"]}
+                    weights = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
+                    state.best = Best(epoch, rank, weights, val["scores"])
+                state.skipped = {**loader.skipped, **val["skipped"]}
                 result = _write(
                     out_store,
                     out_name=out_name,
@@ -331,18 +378,17 @@ def train(
                     params=params,
                     names=names,
                     data=data,
-                    skipped=skipped,
                     started_from=started_from,
                     device=device,
                     threads=threads,
                     batch_size=batch_size,
                 )
                 log(_line(row, epochs=config.epochs, best=improved))
-                since_best = epoch - state["best"]["epoch"]
+                since_best = epoch - state.best.epoch
                 if val["scores"] is not None and since_best >= config.patience:
                     log(f"early stop: no better validation macro-F1 for {since_best} epochs")
                     break
-                if _reached(state["history"], config):
+                if _reached(state.history, config):
                     log(
                         f"early stop: validation macro-F1 >= {config.target_f1} for "
                         f"{config.target_epochs} epochs"
@@ -392,11 +438,12 @@ class BatchNormAverage:
     """Batch-norm running statistics as the equal-weight average over an epoch's last batches.
 
     The default running averages (momentum 0.1) lag behind weights that change fast, which a
-    short run never outgrows: validation then sees statistics of older weights (it predicted
-    one class until this).  Re-estimating them on extra forward passes with the final weights
-    ("precise BN", Wu and Johnson 2021) cost a third of the training time on a CPU; here the
-    last training batches' own statistics are averaged instead (cumulative average, momentum
-    None, from :meth:`start`), which costs nothing and is as current as those few steps.
+    short run never outgrows: validation then sees statistics of older weights, and a model
+    whose weights are fine can predict one class for everything.  Re-estimating them on extra
+    forward passes with the final weights ("precise BN", Wu and Johnson 2021) cost a third of the
+    training time on a CPU; here the last training batches' own statistics are averaged instead
+    (cumulative average, momentum None, from :meth:`start`), which costs nothing and is as current
+    as those few steps.
     """
 
     def __init__(self, net: nn.Module):
@@ -551,33 +598,32 @@ def _skipped_counts(skipped: dict) -> dict[str, int]:
 def _write(
     out_store: Store,
     *,
-    out_name,
-    state_name,
-    state,
-    net,
-    opt,
-    sched,
-    config,
-    params,
-    names,
-    data,
-    skipped,
-    started_from,
-    device,
-    threads,
-    batch_size,
+    out_name: str,
+    state_name: str,
+    state: TrainState,
+    net: nn.Module,
+    opt: torch.optim.Optimizer,
+    sched: torch.optim.lr_scheduler.LRScheduler,
+    config: TrainConfig,
+    params: Params,
+    names: list[str],
+    data: dict[str, Any],
+    started_from: str,
+    device: torch.device,
+    threads: int,
+    batch_size: int,
 ) -> dict[str, Any]:
     """Checkpoint (best epoch), metrics.json, confusion.png, then the resume state."""
-    best = state["best"]
+    best = state.best
     summary = {
-        "best_epoch": best["epoch"],
-        "epochs_completed": state["epoch"],
-        "val": best["val"],
-        "history": state["history"],
-        "skipped": _skipped_counts(skipped),
-        "skipped_keys": {k: [s.code, s.message] for k, s in sorted(skipped.items())[:1000]},
+        "best_epoch": best.epoch,
+        "epochs_completed": state.epoch,
+        "val": best.val,
+        "history": state.history,
+        "skipped": _skipped_counts(state.skipped),
+        "skipped_keys": {k: [s.code, s.message] for k, s in sorted(state.skipped.items())[:1000]},
     }
-    data_out = {**copy.deepcopy(data), "windows_drawn": dict(state["windows_drawn"])}
+    data_out = {**copy.deepcopy(data), "windows_drawn": dict(state.windows_drawn)}
     train_config = {
         **config.to_dict(),
         "started_from": started_from,
@@ -587,62 +633,53 @@ def _write(
         "echocam_version": version(),
         "torch": str(torch.__version__),
     }
-    blob = {
-        "state_dict": best["state_dict"],
-        "class_names": list(names),
-        "params": params.to_dict(),
-        "metrics": summary,
-        "train_config": train_config,
-        "data": data_out,
-    }
-    out_store.put(out_name, _blob(blob))
+    checkpoint = Checkpoint(
+        state_dict=best.state_dict,
+        class_names=list(names),
+        params=params.to_dict(),
+        metrics=summary,
+        train_config=train_config,
+        data=data_out,
+    )
+    out_store.put(out_name, checkpoint.to_bytes())
     out_store.put(
         METRICS_NAME,
         (
             json.dumps({**summary, "data": data_out, "train_config": train_config}, indent=1) + "\n"
         ).encode(),
     )
-    if best["val"] is not None:
-        conf = np.array(best["val"]["confusion"])
-        title = f"validation, epoch {best['epoch']}: macro-F1 {best['val']['macro_f1']:.3f}"
+    if best.val is not None:
+        conf = np.array(best.val["confusion"])
+        title = f"validation, epoch {best.epoch}: macro-F1 {best.val['macro_f1']:.3f}"
         out_store.put(CONFUSION_NAME, scores.confusion_png(conf, names, title=title))
-    resume = {
-        "epoch": state["epoch"],
-        "history": state["history"],
-        "best": best,
-        "windows_drawn": state["windows_drawn"],
-        "skipped_objects": {k: [s.code, s.message] for k, s in skipped.items()},
-        "net": {k: v.detach().cpu() for k, v in net.state_dict().items()},
-        "optimizer": opt.state_dict(),
-        "scheduler": sched.state_dict(),
-        "train_config": config.to_dict(),
-        "params": params.to_dict(),
-        "keys_sha256": [data["train"]["keys_sha256"], data["val"]["keys_sha256"]],
-    }
+    resume = state.to_resume(
+        net=net,
+        opt=opt,
+        sched=sched,
+        config=config,
+        params=params,
+        keys_sha256=_keys_sha256(data),
+    )
     out_store.put(state_name, _blob(resume))
     return summary
 
 
-def _resume(out_store: Store, state_name: str, *, config, data, net, opt, sched) -> dict[str, Any]:
-    from echocam.train.dataset import Skipped
+def _keys_sha256(data: dict[str, Any]) -> list[str]:
+    """What says the training and validation data are those of the interrupted run."""
+    return [data["train"]["keys_sha256"], data["val"]["keys_sha256"]]
 
+
+def _resume(out_store: Store, state_name: str, *, config, data, net, opt, sched) -> TrainState:
     try:
         raw, _ = out_store.get(state_name)
     except FileNotFoundError:
         raise FileNotFoundError(f"--resume: no {state_name} beside the checkpoint") from None
     saved = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
-    keys = [data["train"]["keys_sha256"], data["val"]["keys_sha256"]]
-    if saved["keys_sha256"] != keys:
+    if saved["keys_sha256"] != _keys_sha256(data):
         raise ValueError(
             "--resume: the training or validation data differ from the interrupted run's"
         )
     net.load_state_dict(saved["net"])
     opt.load_state_dict(saved["optimizer"])
     sched.load_state_dict(saved["scheduler"])
-    return {
-        "epoch": saved["epoch"],
-        "history": saved["history"],
-        "best": saved["best"],
-        "windows_drawn": saved["windows_drawn"],
-        "skipped_objects": {k: Skipped(k, c, m) for k, (c, m) in saved["skipped_objects"].items()},
-    }
+    return TrainState.from_resume(saved)
