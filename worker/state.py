@@ -45,8 +45,8 @@ def init_process() -> None:
     n = set_threads(settings.threads, processes=processes)
     heap.return_large_blocks()
     ex = explainer(Params.from_dict(model.params or {}))  # a species model's own front end
-    # One second of noise at 22 kHz: warms decoding, resampling (librosa's numba code), the
-    # device kernels and the PNG encoder before the first real task.
+    # One second of noise at 22 kHz: warms decoding, resampling, the device kernels and the
+    # encoders before the first real task.
     noise = np.random.default_rng(0).standard_normal(22000).astype(np.float32) * 0.1
     buf = io.BytesIO()
     sf.write(buf, noise, 22000, format="WAV")

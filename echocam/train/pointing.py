@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from echocam.explain.localise import Evidence
 from echocam.settings import Params
+from echocam.signal.melscale import hz_to_mel
 
 
 @dataclass(frozen=True)
@@ -24,9 +25,7 @@ class Tolerance:
 
     @classmethod
     def half_cell(cls, params: Params, *, grid: int = 7) -> Tolerance:
-        import librosa
-
-        span = float(librosa.hz_to_mel(params.fmax) - librosa.hz_to_mel(params.fmin))
+        span = float(hz_to_mel(params.fmax) - hz_to_mel(params.fmin))
         row = span / (params.n_mels + 1)  # mel between adjacent band centres
         return cls(params.window_seconds / (2 * grid), row * params.n_mels / (2 * grid))
 
@@ -41,13 +40,11 @@ def hit(
 
     Times are in the same frame (seconds from the recording's start).
     """
-    import librosa
-
     start, end, low, high = box
     t = ev.peak_time_s
     in_time = start - tolerance.seconds <= t <= end + tolerance.seconds
-    mel = float(librosa.hz_to_mel(ev.peak_freq_hz))
-    lo, hi = float(librosa.hz_to_mel(low)), float(librosa.hz_to_mel(high))
+    mel = float(hz_to_mel(ev.peak_freq_hz))
+    lo, hi = float(hz_to_mel(low)), float(hz_to_mel(high))
     return in_time and lo - tolerance.mel <= mel <= hi + tolerance.mel
 
 

@@ -40,6 +40,14 @@ MODEL_STACK = (
     "sklearn",
     "numpy",
 )
+#: The whole torch-free layer: every module of ``echocam.bucket``, found on disk, not listed.
+BUCKET_MODULES = tuple(
+    sorted(
+        f"echocam.bucket.{p.stem}"
+        for p in (ROOT / "echocam" / "bucket").glob("*.py")
+        if p.stem != "__init__"
+    )
+)
 PRODUCER_MODULES = (
     "producer.enqueue",
     "producer.status",
@@ -47,16 +55,7 @@ PRODUCER_MODULES = (
     "producer.exporter",
     "worker.app",
     "echocam_cli",
-    "echocam.bucket.protocol",
-    "echocam.bucket.plan",
-    "echocam.bucket.progress",
-    "echocam.bucket.faults",
-    "echocam.bucket.manifest",
-    "echocam.bucket.runs",
-    "echocam.bucket.storage",
-    "echocam.bucket.records",
-    "echocam.bucket.keys",
-    "echocam.bucket.chunking",
+    *BUCKET_MODULES,
     "echocam.errors",
     "echocam.settings",
 )
@@ -92,6 +91,40 @@ def test_producer_path_does_not_import_torch():
     proc = python(code)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "[]", f"the producer path imported {proc.stdout.strip()}"
+
+
+def test_the_bucket_package_is_whole_and_imports_no_other_echocam_package():
+    """``echocam.bucket`` stands on ``errors`` and ``settings`` alone: no signal, model, run,
+    training or viewer code, so the producer's image needs none of their dependencies."""
+    assert len(BUCKET_MODULES) >= 12 and "echocam.bucket.index" in BUCKET_MODULES
+    code = (
+        "import sys\n"
+        f"for m in {BUCKET_MODULES!r}: __import__(m)\n"
+        "print(sorted({m.split('.')[1] for m in sys.modules if m.startswith('echocam.')}))\n"
+    )
+    proc = python(code)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "['bucket', 'errors', 'settings']", proc.stdout
+
+
+def test_no_echocam_module_needs_librosa_at_run_time():
+    """librosa is a test oracle only: every module imports, and the pointing game's mel
+    arithmetic runs, with librosa (and numba) unimportable."""
+    code = (
+        "import pkgutil, sys\n"
+        "for name in ('librosa', 'numba'):\n"
+        "    sys.modules[name] = None\n"
+        "import echocam\n"
+        "names = [m.name for m in pkgutil.walk_packages(echocam.__path__, 'echocam.')]\n"
+        "for m in names: __import__(m)\n"
+        "from echocam.settings import Params\n"
+        "from echocam.train.pointing import Tolerance\n"
+        "print(len(names), Tolerance.half_cell(Params()).mel > 0)\n"
+    )
+    proc = python(code)
+    assert proc.returncode == 0, proc.stderr
+    n, ok = proc.stdout.split()
+    assert int(n) > 40 and ok == "True", proc.stdout
 
 
 def test_producer_package_imports_nothing_from_worker():
