@@ -201,10 +201,9 @@ def cmd_produce(args: argparse.Namespace) -> int:
         return 0
     class_names = names if isinstance(names, list) else None
     result = enqueue.produce(src, dst, app=app, show=True, class_names=class_names, **common)
-    why = "not failed, or already done" if redo.failed else "already done"
     print(
         f"run {result.run['run_id']}: enqueued {result.recordings} recordings in {result.tasks} "
-        f"tasks; skipped {result.skipped} {why} (fingerprint "
+        f"tasks; skipped {result.skipped} {redo.skipped} (fingerprint "
         f"{result.run['fingerprint'][:12]}, model {model['sha256'][:12]})"
     )
     if args.wait:

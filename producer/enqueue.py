@@ -52,9 +52,8 @@ def _older_objects_frozen() -> Iterator[None]:
 
     The listing and the decisions allocate a few objects per key, so full collections come
     every few thousand keys, each over the ~140k objects of the imported modules and
-    botocore's service models.  In ``produce`` they took ~90 ms apiece here (gc callbacks;
-    two per 10k-key re-run, 0.1-0.15 s of the process's CPU), 2-5 ms with those objects
-    frozen (CPython's ``gc.freeze``; undone after, and left alone if the caller froze).
+    botocore's service models: tens of milliseconds each, a few with those objects frozen
+    (CPython's ``gc.freeze``; undone after, and left alone if the caller froze).
     """
     if gc.get_freeze_count():
         yield
@@ -97,6 +96,7 @@ def produce(
         output_uri=dst.uri,
         mode="distributed",
         class_names=class_names,
+        redo=redo,
     )
     runs.save(dst, run)
     message = protocol.run_message(run, redo)
@@ -189,12 +189,7 @@ def produce(
         flush()
         bar.set_postfix(enqueued=out.recordings, skipped=out.skipped)
     if progress.producer_done(r, run["run_id"]):  # every task done already, or none enqueued
-        app.send_task(
-            protocol.COMPACTION_TASK,
-            args=protocol.compaction_args(run, wrote=out.tasks > 0),
-            queue=settings.queue,
-        )
-        progress.compaction_sent(r, run["run_id"])
+        protocol.send_compaction(app, r, run, wrote=out.tasks > 0, queue=settings.queue)
     return out
 
 

@@ -11,6 +11,7 @@ import redis
 from tqdm import tqdm
 
 from echocam.bucket import progress
+from echocam.bucket.protocol import Redo
 
 
 def summarise(
@@ -37,6 +38,7 @@ def summarise(
         "ok": counters.get("ok", 0),
         "failed": counters.get("failed", 0),
         "skipped": counters.get("skipped", 0),
+        "skipped_are": Redo.from_dict(run.get("redo") or {}).skipped,
         "remaining": remaining,
         "errors": {k[6:]: v for k, v in counters.items() if k.startswith("error:")},
         "windows": counters.get("windows", 0),
@@ -53,7 +55,7 @@ def line(s: dict[str, Any]) -> str:
     eta = f"{s['eta_s']:.0f} s" if s["eta_s"] is not None else "?"
     return (
         f"run {s['run_id'][:12]}: {s['ok']} ok, {s['failed']} failed, {s['remaining']} remaining "
-        f"of {s['enqueued']} enqueued ({s['skipped']} skipped: done, or not selected); "
+        f"of {s['enqueued']} enqueued ({s['skipped']} skipped: {s['skipped_are']}); "
         f"{s['rate_per_s']:.2f} rec/s, ETA {eta}"
         + (f"; errors {s['errors']}" if s["errors"] else "")
         + ("" if s["producer_done"] else "; producer still enqueueing")

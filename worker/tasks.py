@@ -152,12 +152,7 @@ def process(self, items: list[list], message: dict) -> dict:
     counts = {s: sum(o.status == s for o in outcomes) for s in ("ok", "failed")}
     log.info("echocam: task %s: %s", task_id, counts)
     if ends_run:  # the run's last task: its manifest is written next, by whichever worker
-        app.send_task(
-            protocol.COMPACTION_TASK,
-            args=protocol.compaction_args(run, wrote=True),
-            queue=settings.queue,
-        )
-        progress.compaction_sent(r, run["run_id"])
+        protocol.send_compaction(app, r, run, wrote=True, queue=settings.queue)
     return counts
 
 

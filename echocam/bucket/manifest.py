@@ -418,9 +418,9 @@ def _consolidate(store: Store, kept: Path, consumed: list[str], *, pool) -> str 
     return key
 
 
-#: Delete requests of up to 1000 keys in flight at once.  A request takes ~0.6 s here (SeaweedFS,
-#: whose own work bounds it: 8 at once saved only 10 %), and a million markers are a thousand
-#: requests: against S3, where a request is mostly waiting, they overlap.
+#: Delete requests of up to 1000 keys in flight at once: a million markers are a thousand
+#: requests, and against S3, where a request is mostly waiting, they overlap (a server that is
+#: itself the bound, as a single SeaweedFS, gains little from more).
 DELETES_IN_FLIGHT = 8
 
 

@@ -98,17 +98,23 @@ def plan(
     page_size: int = 1000,
     limit: int | None = None,
     report_extension: bool = False,
+    max_bytes: int | None = None,
 ) -> Iterator[Decision]:
     """A :class:`Decision` for each audio object under ``src``, in listing order.
 
     Decided ``chunk`` at a time (records read on ``pool``).  With ``limit``, stops after that many
     recordings that need work.  With ``report_extension``, objects whose extension is not in
-    ``extensions`` are listed too, as skipped (``--dry-run``; a local listing then reads them).
+    ``extensions`` are listed too, as skipped (``--dry-run``).  A local listing reads neither
+    those nor recordings above ``max_bytes`` (they fail ``too_large`` unread).
     """
     if limit is not None and limit <= 0:
         return
     suffixes = () if report_extension else extensions
-    listing = src.list(suffixes=suffixes, page_size=page_size)
+
+    def read(key: str, size: int) -> bool:
+        return (max_bytes is None or size <= max_bytes) and suffix_matches(key, extensions)
+
+    listing = src.list(suffixes=suffixes, page_size=page_size, read=read)
     needs_records = protocol.needs_records(redo)
     # The index is opened (its first listing page can be slow: SeaweedFS walks its empty
     # folders) while the sources list, and they list up to LIST_AHEAD chunks ahead meanwhile.
@@ -167,6 +173,7 @@ def for_run(
         page_size=settings.page_size,
         limit=limit,
         report_extension=report_extension,
+        max_bytes=run["params"]["max_bytes"],
     )
 
 
@@ -186,7 +193,12 @@ def dry_run(
     Every listed object is reported, other extensions included (``--dry-run``).
     """
     run = runs.describe(
-        model=model, params=params, input_uri=src.uri, output_uri=dst.uri, mode="dry-run"
+        model=model,
+        params=params,
+        input_uri=src.uri,
+        output_uri=dst.uri,
+        mode="dry-run",
+        redo=redo,
     )
     with ThreadPoolExecutor(settings.io_threads) as pool:
         yield from for_run(

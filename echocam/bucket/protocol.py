@@ -21,6 +21,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from echocam.bucket import progress
 from echocam.bucket.storage import ObjectInfo
 from echocam.errors import TRANSIENT_CODES
 
@@ -66,6 +67,16 @@ class Redo:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Redo:
         return cls(bool(d.get("force")), bool(d.get("failed")), tuple(d.get("codes") or ()))
+
+    @property
+    def skipped(self) -> str:
+        """What the recordings a run with these flags skips are, in a user's words."""
+        if self.failed:
+            codes = f" with {','.join(self.codes)}" if self.codes else ""
+            return f"not selected (not failed{codes}, or no record yet)"
+        if self.force:
+            return "already written by this run"
+        return "already done"
 
 
 #: Redo nothing that is done (a plain run resumes).
@@ -156,6 +167,14 @@ def decode_run(message: dict[str, Any]) -> tuple[dict[str, Any], Redo]:
 def task_args(items: Iterable[ObjectInfo], message: dict[str, Any]) -> list[Any]:
     """The positional arguments of a :data:`TASK_NAME` task."""
     return [encode_items(items), message]
+
+
+def send_compaction(app: Any, r: Any, run: dict[str, Any], *, wrote: bool, queue: str) -> None:
+    """Enqueue the run's :data:`COMPACTION_TASK` on ``app`` (a Celery app: anything with
+    ``send_task``) and note in its counters (Redis ``r``) that it went out.  Called by whichever
+    of the producer and the run's last task ends the run (``progress`` decides, exactly once)."""
+    app.send_task(COMPACTION_TASK, args=compaction_args(run, wrote=wrote), queue=queue)
+    progress.compaction_sent(r, run["run_id"])
 
 
 def compaction_args(run: dict[str, Any], *, wrote: bool) -> list[Any]:

@@ -7,6 +7,7 @@ import uuid
 from typing import Any
 
 from echocam.bucket.index import COMPLETE
+from echocam.bucket.protocol import RESUME, Redo
 from echocam.bucket.records import now_iso, version
 from echocam.bucket.storage import Store, read_json
 from echocam.settings import Params, fingerprint
@@ -22,11 +23,13 @@ def describe(
     output_uri: str,
     mode: str,
     class_names: list[str] | None = None,
+    redo: Redo = RESUME,
 ) -> dict[str, Any]:
     """A new run: ``model`` is the model identity (``LoadedModel.identity``).
 
     ``class_names``, the model's classes in id order, are kept once per run here (records and
     ``cam.npz`` name only the classes they mention); None when unknown (``--model-sha256``).
+    ``redo`` (``--force``, ``--retry-failed``) says what the run's skipped recordings are.
     """
     run = {
         "run_id": uuid.uuid4().hex,
@@ -38,6 +41,7 @@ def describe(
         "mode": mode,
         "created_at": now_iso(),
         "echocam_version": version(),
+        "redo": redo.to_dict(),
     }
     if class_names is not None:
         run["class_names"] = list(class_names)

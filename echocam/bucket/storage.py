@@ -31,14 +31,25 @@ class ObjectInfo(NamedTuple):
     etag: str | None
 
 
+#: Which listed objects a local listing may read to give them an md5 ETag: ``(key, size)`` →
+#: bool.  The others get :func:`unread_etag`: a file above the size cap is never read.
+ReadFilter = Callable[[str, int], bool]
+
+
 class Store(Protocol):
     uri: str
 
     def list(
-        self, *, suffixes: tuple[str, ...] = (), page_size: int = 1000, under: str = ""
+        self,
+        *,
+        suffixes: tuple[str, ...] = (),
+        page_size: int = 1000,
+        under: str = "",
+        read: ReadFilter | None = None,
     ) -> Iterator[ObjectInfo]:
         """Objects under the root (or its folder ``under``, ending in ``/``) whose key ends with
-        one of ``suffixes`` (any, if empty); keys stay relative to the root."""
+        one of ``suffixes`` (any, if empty); keys stay relative to the root.  ``read`` (None:
+        every object) says which a local store hashes for their ETag; S3 lists ETags free."""
         ...
 
     def keys(self, *, page_size: int = 1000, under: str = "") -> Iterator[str]:
@@ -88,6 +99,12 @@ def md5_etag(data: bytes) -> str:
     return f'"{hashlib.md5(data, usedforsecurity=False).hexdigest()}"'
 
 
+def unread_etag(stat: os.stat_result) -> str:
+    """The ETag of a local file that is not read: its size and modification time.  It changes
+    when the file is rewritten, so a new version is never skipped as done."""
+    return f'"unread-{stat.st_size}-{stat.st_mtime_ns}"'
+
+
 def file_md5_etag(path: str | os.PathLike) -> str:
     """:func:`md5_etag` of a file's bytes, read in blocks: constant memory for any size."""
     with open(path, "rb") as f:
@@ -103,8 +120,8 @@ class LocalStore:
         self.only = only
         self.uri = str(self.root)
         # mkstemp makes 0600; outputs follow the umask as it is when the store is made, read
-        # once: read per file (/proc/self/status, parsed in Python) it was ~15 % of local
-        # mode's writing (py-spy)
+        # once: reading it per file (/proc/self/status, parsed in Python) costs about as much
+        # as a small file's write
         self.mode = 0o666 & ~_umask()
 
     def _path(self, key: str) -> Path:
@@ -123,12 +140,22 @@ class LocalStore:
             yield p, p.relative_to(self.root).as_posix()
 
     def list(
-        self, *, suffixes: tuple[str, ...] = (), page_size: int = 1000, under: str = ""
+        self,
+        *,
+        suffixes: tuple[str, ...] = (),
+        page_size: int = 1000,
+        under: str = "",
+        read: ReadFilter | None = None,
     ) -> Iterator[ObjectInfo]:
         for p, key in self._files(under):
             if suffix_matches(key, suffixes):
-                # The md5 ETag an S3 single-part upload would get: records match across stores.
-                yield ObjectInfo(key, p.stat().st_size, file_md5_etag(p))
+                stat = p.stat()
+                if read is None or read(key, stat.st_size):
+                    # The md5 ETag an S3 single-part upload would get: records match across
+                    # stores.
+                    yield ObjectInfo(key, stat.st_size, file_md5_etag(p))
+                else:
+                    yield ObjectInfo(key, stat.st_size, unread_etag(stat))
 
     def keys(self, *, page_size: int = 1000, under: str = "") -> Iterator[str]:
         return (key for _, key in self._files(under))
@@ -287,7 +314,12 @@ class S3Store:
         return join(self.prefix, key)
 
     def list(
-        self, *, suffixes: tuple[str, ...] = (), page_size: int = 1000, under: str = ""
+        self,
+        *,
+        suffixes: tuple[str, ...] = (),
+        page_size: int = 1000,
+        under: str = "",
+        read: ReadFilter | None = None,
     ) -> Iterator[ObjectInfo]:
         pages = self.client.get_paginator("list_objects_v2").paginate(
             Bucket=self.bucket,

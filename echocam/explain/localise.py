@@ -138,7 +138,7 @@ def band_floor(db: torch.Tensor) -> torch.Tensor:
     :data:`FLOOR_STRIDE`-th frame (..., n_mels), the lower median of an even count as
     ``torch.median``.  Calls are brief against a window, so the median is the band's noise."""
     frames = db[..., ::FLOOR_STRIDE]
-    if db.device.type == "cpu":  # numpy's selection: several times torch's sorting median here
+    if db.device.type == "cpu":  # numpy's selection is linear; torch's CPU median sorts
         k = (frames.shape[-1] - 1) // 2
         return torch.from_numpy(np.partition(frames.numpy(), k, axis=-1)[..., k])
     return frames.median(dim=-1).values

@@ -138,8 +138,8 @@ def _inverse(palette: bytes) -> tuple[tuple[int, int, int], np.ndarray]:
     """Weights (1, b, c) of the smallest weighted sum R + b·G + c·B that tells the palette's
     colours apart, and the uint8 table from that sum to the colour's index.
 
-    A table of a few thousand entries, where the packed 24-bit colour would need 16 MB: the
-    lookup costs ~1 ms per 5-s window (260 x 552 pixels; 2-core AMD EPYC).
+    A table of a few thousand entries, where the packed 24-bit colour would need 16 MB: it stays
+    in cache, so the lookup costs about as much as reading the pixels.
     """
     colours = np.frombuffer(palette, np.uint8).reshape(-1, 3).astype(np.int64)
     for b, c in sorted(itertools.product(range(1, 64), repeat=2), key=lambda bc: max(bc)):
@@ -181,8 +181,8 @@ def _anonymous_file() -> BinaryIO:
     """A new file in memory (``memfd_create``; elsewhere a temporary file), opened w+b.
 
     Pillow encodes into a file with a descriptor with the GIL released, but into a BytesIO a
-    block at a time with it held: a JPEG overlay held a decoding or encoding pool's GIL ~1 ms
-    a window (py-spy --gil).  The bytes are the same.
+    block at a time with it held, which serialises the encoding pool's threads.  The bytes are
+    the same.
     """
     if hasattr(os, "memfd_create"):
         return open(os.memfd_create("echocam-image"), "w+b")  # noqa: SIM115 (caller closes)

@@ -54,6 +54,7 @@ def run_local(
         output_uri=dst.uri,
         mode="local",
         class_names=model.class_names,
+        redo=redo,
     )
     runs.save(dst, run)
     with (

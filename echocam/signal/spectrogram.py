@@ -17,7 +17,8 @@ from torch import nn
 from echocam.signal import melscale
 
 #: frames per slice of the CPU kernel: 128 x 2048 float32 frames and their spectrum (~2 MB) stay
-#: in cache; slices of 92 and 138 ran alike, of 32 and 64 ~15 % slower, whole windows 4x slower.
+#: in a core's cache, where smaller slices pay more calls and a whole window (552 frames) does
+#: not fit (``benchmarks/bench_host.py`` times the kernel).
 SLICE_FRAMES = 128
 #: blocks of consecutive mel bands in the CPU kernel's product, each over the bins it touches
 MEL_BLOCKS = 16

@@ -362,22 +362,43 @@ def test_the_local_done_index_is_listed_without_reading_its_segments(tmp_path):
     assert str(seg) not in opened
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="LocalStore.list reads every file (in blocks) to compute its md5 ETag, so local mode "
-    "reads an object above max_bytes before the cap is checked",
-)
-def test_local_mode_never_opens_a_file_above_max_bytes(tmp_path, species_model):
-    src = tmp_path / "in"
+def test_local_mode_never_opens_a_file_above_max_bytes_nor_a_file_it_does_not_explain(
+    tmp_path, species_checkpoint
+):
+    """A recording above ``max_bytes`` fails ``too_large`` without being opened, on the first
+    run and on the re-run that skips it; ``--dry-run`` opens no file of another extension (their
+    ETags come from their size and modification time); a rewritten big file is tried again."""
+    from echocam.run.local import dry_run, run_local
+    from echocam.settings import Settings
+
+    src, out = tmp_path / "in", tmp_path / "out"
     src.mkdir()
     shutil.copy(SAMPLES / CLIPS[0], src / "big.wav")
+    shutil.copy(SAMPLES / CLIPS[1], src / "small.wav")
+    (src / "notes.txt").write_text("not audio")
+    big, notes = str(src / "big.wav"), str(src / "notes.txt")
+    cap = (src / "big.wav").stat().st_size - 1
+    (src / "small.wav").write_bytes((src / "small.wav").read_bytes()[:cap])  # under the cap
+    params = Params(max_bytes=cap)
+    settings = Settings(weights=str(species_checkpoint), threads=1, io_threads=2)
     opened: list[str] = []
     with audit_opens(opened):
-        _, outcomes = explain_into(
-            LocalStore(src), LocalStore(tmp_path / "out"), species_model, run_id="c", max_bytes=1000
-        )
-    assert outcomes[0].error_code == "too_large"
-    assert str(src / "big.wav") not in opened
+        first = run_local(str(src), str(out), params=params, settings=settings, progress=False)
+        again = list(dry_run(str(src), str(out), params=params, settings=settings))
+        second = run_local(str(src), str(out), params=params, settings=settings, progress=False)
+    assert first["by_error_code"] == {"too_large": 1} and first["by_status"]["ok"] == 1, first
+    reasons = {d.item.key: d.reason for d in again}
+    assert reasons == {"big.wav": "done (current record)", "small.wav": "done (current record)",
+                       "notes.txt": "extension"}, reasons  # fmt: skip
+    assert second["recordings"] == 2, second
+    assert big not in opened and notes not in opened
+    assert str(src / "small.wav") in opened  # the hook does see the files that are read
+    record = read_json(LocalStore(out), output_dir("big.wav") + "/record.json")
+    assert record["error_code"] == "too_large" and record["source_etag"].startswith('"unread-')
+    os.utime(src / "big.wav", ns=(1, 1))  # rewritten: a new modification time
+    rerun = dry_run(str(src), str(out), params=params, settings=settings)
+    decisions = {d.item.key: d.reason for d in rerun}
+    assert decisions["big.wav"] is None  # to do again, and still unread when it runs
 
 
 _audit_sinks: list[list[str]] = []

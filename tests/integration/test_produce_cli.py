@@ -229,6 +229,10 @@ def test_retry_failed_redoes_failed_records_only(svc, worker):
 
     proc = produce(svc, "retry", "--retry-failed", "--codes", "empty")
     assert enqueued(proc) == 1
+    # what the three skipped recordings are, in produce's line and in the run's status
+    why = "not selected (not failed with empty, or no record yet)"
+    assert f"skipped 3 {why} (fingerprint" in proc.stdout, proc.stdout
+    assert f"(3 skipped: {why})" in proc.stdout, proc.stdout
     run_id = json.loads(run_json(svc, "retry"))["run_id"]
     second = records(svc, "retry")
     # The worker redid it (a current failed record, which it would otherwise skip as done).
@@ -245,7 +249,8 @@ def test_retry_failed_redoes_failed_records_only(svc, worker):
     assert third["ok.wav"] == first["ok.wav"]
     assert "new.wav" not in third
     # A plain run still skips current failures, and does the new recording.
-    assert enqueued(produce(svc, "retry")) == 1
+    proc = produce(svc, "retry")
+    assert enqueued(proc) == 1 and "(3 skipped: already done)" in proc.stdout, proc.stdout
     assert records(svc, "retry")["junk.wav"] == third["junk.wav"]
 
 
