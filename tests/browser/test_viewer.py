@@ -677,6 +677,33 @@ def test_hostile_paths_never_leave_the_run(run_dir, server, tmp_path):
         (src / "unlisted.wav").unlink()
 
 
+def test_the_route_table_answers_its_paths_and_404s_the_rest(server):
+    for target in ("/", "/detections", "/failed", "/static/view.css", "/colourbar/magma.png"):
+        status, headers, body = get(server, target)
+        assert status == 200 and body, target
+        status, head, body = get(server, target, method="HEAD")  # HEAD is GET without the body
+        assert status == 200 and body == b"", target
+        assert head["content-length"] == headers["content-length"], target
+    for target in (
+        "/nope",
+        "/gallery",
+        "/detections/",
+        "/index.html",
+        "/static/",
+        "/static/view.css/x",
+        "/static/layout.html",
+        "/colourbar/jet.png",
+        "/colourbar/magma",
+        "/file/",
+        "/rec",
+        "/rec?key=",
+        "/audio",
+        "/tile",
+    ):
+        assert get(server, target)[0] == 404, target
+    assert get(server, "/", method="POST")[0] == 501  # GET and HEAD only
+
+
 def test_only_loopback_hosts_and_with_a_token_only_its_holders(run_dir):
     srv = make_server(str(run_dir[1]), port=0, token="s3cr3t-token", quiet=True)
     start_in_thread(srv)
