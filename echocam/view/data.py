@@ -8,7 +8,6 @@ when the object's size or ETag changes.  Queries filter, sort and page on the se
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 import threading
@@ -334,8 +333,3 @@ class RunData:
 def audio_type(key: str) -> str | None:
     """The Content-Type of a source recording, or None when it is no audio echocam reads."""
     return AUDIO_TYPES.get(os.path.splitext(key.lower())[1])
-
-
-def dumps(obj: Any) -> str:
-    """JSON for a ``<script type="application/json">`` block (no ``</`` inside)."""
-    return json.dumps(obj, ensure_ascii=False).replace("</", "<\\/")

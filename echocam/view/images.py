@@ -210,7 +210,8 @@ def _png(im) -> bytes:
 
 def lut(name: str) -> list[tuple[int, int, int]]:
     """Colormap ``name``'s 256 RGB entries from echocam's table (.npy, read without numpy)."""
-    data = resources.files("echocam").joinpath(f"colormaps/{name}.npy").read_bytes()
+    # through echocam.signal (a bare package): echocam.signal.colormaps itself imports torch
+    data = resources.files("echocam.signal").joinpath(f"colormaps/{name}.npy").read_bytes()
     if data[:6] != b"\x93NUMPY":
         raise ValueError(f"{name}.npy is not an .npy file")
     header_len = struct.unpack("<H", data[8:10])[0]

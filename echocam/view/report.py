@@ -2,39 +2,23 @@
 
 Counts by status and error code, a class histogram, the top detections with thumbnails of their
 evidence (PNG data URIs) and the failed recordings by error code: inline CSS, no script, no
-link that needs a server, so it opens from a bucket or a synced folder.
+link that needs a server, so it opens from a bucket or a synced folder. The markup is
+``templates/report.html``; this module gathers its values.
 """
 
 from __future__ import annotations
 
 import base64
+from collections import Counter
 from datetime import UTC, datetime
-from html import escape
-from typing import Any
 
 from echocam.bucket.manifest import DETECTIONS_PARQUET, MANIFEST_PARQUET
 from echocam.view.axes import MelAxis, TimeAxis
 from echocam.view.data import RunData
 from echocam.view.images import Images, image_ref
+from echocam.view.templating import render
 
 REPORT_NAME = "report.html"
-
-CSS = """
-body{font-family:system-ui,sans-serif;margin:1.5em;color:#1c1e24;background:#fafafa;font-size:14px}
-h1{font-size:20px}h2{font-size:16px;margin-top:1.6em;border-bottom:1px solid #ddd}
-table{border-collapse:collapse}td,th{padding:.25em .6em;border-bottom:1px solid #e4e4e4;
-text-align:left;vertical-align:top}th{font-weight:500;color:#666;font-size:12px}
-td.num{text-align:right;font-variant-numeric:tabular-nums}.bar{background:#e8902a;height:10px;
-display:inline-block;vertical-align:middle}.bar.bad{background:#d9534f}.muted{color:#777}
-.det{display:grid;grid-template-columns:repeat(auto-fill,minmax(260px,1fr));gap:.8em}
-.det figure{margin:0;background:#fff;border:1px solid #ddd;padding:6px;border-radius:5px}
-.det img{width:240px;display:block}.det figcaption{font-size:12px;word-break:break-all}
-code{font-size:12px}
-"""
-
-
-def e(value: Any) -> str:
-    return escape("" if value is None else str(value), quote=True)
 
 
 def detection_crop(
@@ -73,24 +57,12 @@ def detection_crop(
     return None
 
 
-def _bar(n: float, most: float, *, bad: bool = False, width: int = 240) -> str:
-    px = 0 if not most else max(1, round(width * n / most))
-    return f'<span class="bar{" bad" if bad else ""}" style="width:{px}px"></span>'
-
-
 def build(data: RunData, *, top: int = 24, per_recording: int = 2, per_code: int = 20) -> str:
     """The report's HTML."""
     run, summary, params = data.run(), data.summary(), data.params()
     counts = data.counts()
     manifest = data.table(MANIFEST_PARQUET)
     dets = data.table(DETECTIONS_PARQUET)
-    out = [
-        "<!doctype html><html lang=en><head><meta charset=utf-8>",
-        f"<title>echocam report · {e(run.get('run_id', '')[:12])}</title>",
-        f"<style>{CSS}</style></head><body>",
-        f"<h1>echocam report: run <code>{e(run.get('run_id'))}</code></h1>",
-        "<table>",
-    ]
     model = run.get("model") or {}
     facts = [
         ("input", run.get("input")),
@@ -105,44 +77,21 @@ def build(data: RunData, *, top: int = 24, per_recording: int = 2, per_code: int
         ("parameters", ", ".join(f"{k}={v}" for k, v in sorted(params.items()))),
         ("report written", datetime.now(UTC).isoformat(timespec="seconds")),
     ]  # fmt: skip
-    out += [f"<tr><th>{e(k)}</th><td>{e(v)}</td></tr>" for k, v in facts]
-    out.append("</table>")
 
-    out.append('<h2 id="status">Recordings by status and error code</h2><table>')
-    most = max([c["n"] for c in counts["status"]] or [0])
-    for c in counts["status"]:
-        bad = c["name"] != "ok"
-        out.append(
-            f'<tr><th>{e(c["name"])}</th><td class="num">{c["n"]}</td>'
-            f"<td>{_bar(c['n'], most, bad=bad)}</td></tr>"
-        )
-    for c in counts["code"]:
-        out.append(
-            f'<tr><td>&nbsp;&nbsp;<code>{e(c["name"])}</code></td><td class="num">{c["n"]}</td>'
-            f"<td>{_bar(c['n'], most, bad=True)}</td></tr>"
-        )
-    out.append("</table>")
-
-    out.append('<h2 id="classes">Classes</h2>')
     top_classes = {c["name"]: c["n"] for c in data.classes()}
     det_classes = {c["name"]: c for c in data.detection_classes()}
     names = sorted(set(top_classes) | set(det_classes), key=lambda n: -top_classes.get(n, 0))
-    most = max(list(top_classes.values()) or [0])
-    out.append(
-        "<table><tr><th>class</th><th>recordings (top class)</th><th></th><th>detections</th>"
-        "<th>mean p</th><th>max p</th></tr>"
-    )
-    for name in names:
-        d = det_classes.get(name, {})
-        n = top_classes.get(name, 0)
-        out.append(
-            f'<tr><td>{e(name)}</td><td class="num">{n}</td><td>{_bar(n, most)}</td>'
-            f'<td class="num">{d.get("n", 0)}</td><td class="num">{_p(d.get("mean_p"))}</td>'
-            f'<td class="num">{_p(d.get("max_p"))}</td></tr>'
-        )
-    out.append("</table>")
+    classes = [
+        {
+            "name": name,
+            "n": top_classes.get(name, 0),
+            "detections": det_classes.get(name, {}).get("n", 0),
+            "mean_p": det_classes.get(name, {}).get("mean_p"),
+            "max_p": det_classes.get(name, {}).get("max_p"),
+        }
+        for name in names
+    ]
 
-    out.append(f'<h2 id="top">Top detections (at most {per_recording} per recording)</h2>')
     rows = []
     if dets is not None:
         rows = data.query(
@@ -152,23 +101,12 @@ def build(data: RunData, *, top: int = 24, per_recording: int = 2, per_code: int
             [str(dets), per_recording, top],
         )
     images = Images(data.get)
-    figures = []
+    figures = []  # (detection, its evidence as base64 PNG or None)
     for d in rows:
         record = data.record(d["source_key"])
         png = record and detection_crop(images, record, params, d["begin_s"], d["class_id"])
-        img = (
-            f'<img alt="evidence" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
-            if png
-            else '<p class="muted">(no image)</p>'
-        )
-        figures.append(
-            f"<figure>{img}<figcaption><b>{e(d['class_name'])}</b> p={d['probability']:.3f}"
-            f"<br>{e(d['source_key'])}<br>{d['box_begin_s']:.2f}–{d['box_end_s']:.2f} s, "
-            f"{d['box_low_hz']:.0f}–{d['box_high_hz']:.0f} Hz</figcaption></figure>"
-        )
-    out.append(f'<div class="det">{"".join(figures)}</div>' if figures else "<p>none</p>")
+        figures.append((d, base64.b64encode(png).decode() if png else None))
 
-    out.append('<h2 id="failed">Failed recordings</h2>')
     failed = []
     if manifest is not None:
         failed = data.query(
@@ -177,32 +115,24 @@ def build(data: RunData, *, top: int = 24, per_recording: int = 2, per_code: int
             "WHERE status <> 'ok') WHERE rank <= ? ORDER BY error_code, source_key",
             [str(manifest), per_code],
         )
-    if failed:
-        out.append("<table><tr><th>error code</th><th>recording</th><th>message</th></tr>")
-        totals = {c["name"]: c["n"] for c in counts["code"]}
-        shown: dict[str, int] = {}
-        for r in failed:
-            shown[r["error_code"]] = shown.get(r["error_code"], 0) + 1
-            out.append(
-                f"<tr><td><code>{e(r['error_code'])}</code></td><td>{e(r['source_key'])}</td>"
-                f"<td>{e(r['error_message'])}</td></tr>"
-            )
-        out.append("</table>")
-        more = [
-            f"{code}: {totals[code] - k} more"
-            for code, k in shown.items()
-            if totals.get(code, 0) > k
-        ]
-        if more:
-            out.append(f'<p class="muted">not listed: {e("; ".join(more))}</p>')
-    else:
-        out.append("<p>none</p>")
-    out.append("</body></html>\n")
-    return "".join(out)
+    totals = {c["name"]: c["n"] for c in counts["code"]}
+    shown = Counter(r["error_code"] for r in failed)
+    more = [
+        f"{code}: {totals[code] - k} more" for code, k in shown.items() if totals.get(code, 0) > k
+    ]
 
-
-def _p(value: float | None) -> str:
-    return "" if value is None else f"{value:.3f}"
+    return render(
+        "report.html",
+        run_id=run.get("run_id") or "",
+        facts=facts,
+        counts=counts,
+        classes=classes,
+        most_classes=max(top_classes.values(), default=0),
+        per_recording=per_recording,
+        figures=figures,
+        failed=failed,
+        more=more,
+    )
 
 
 def write(uri: str, *, client_factory=None) -> str:

@@ -1,6 +1,6 @@
 """``echocam view``: the standard library's threading HTTP server over one run.
 
-Routes (GET and HEAD only):
+Routes (GET and HEAD only; the table is :attr:`Handler.ROUTES`, anything else is a 404):
 
 ``/``, ``/detections``, ``/failed``, ``/rec?key=SOURCE``
     pages (:mod:`echocam.view.pages`);
@@ -28,13 +28,15 @@ import re
 import sys
 import threading
 import traceback
+from collections.abc import Callable
 from http import HTTPStatus
 from http.cookies import SimpleCookie
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
 
+from echocam.errors import UnsafeKey
 from echocam.view import pages
 from echocam.view.data import AUDIO_TYPES, IMAGE_SUFFIXES, BadKey, RunData, audio_type, safe_key
 from echocam.view.images import Images, Tiled, colour_bar, image_ref
@@ -83,6 +85,15 @@ def parse_range(header: str, size: int) -> tuple[int, int] | None | str:
     if start >= size:
         return "unsatisfiable"
     return start, stop
+
+
+class Route(NamedTuple):
+    """A row of :attr:`Handler.ROUTES`: ``handler(handler, query, **named groups)`` answers a
+    ``method`` request whose path matches ``pattern`` in full."""
+
+    method: str
+    pattern: str  # a regular expression
+    handler: Callable[..., None]
 
 
 class ViewServer(ThreadingHTTPServer):
@@ -155,7 +166,7 @@ class Handler(BaseHTTPRequestHandler):
             self._route()
         except (BrokenPipeError, ConnectionResetError):
             pass  # the browser went away (media elements abort requests all the time)
-        except (BadKey, FileNotFoundError, KeyError, IndexError):
+        except (BadKey, UnsafeKey, FileNotFoundError, KeyError, IndexError):
             self.fail(HTTPStatus.NOT_FOUND)
         except ValueError:  # a malformed number in the query
             self.fail(HTTPStatus.BAD_REQUEST)
@@ -206,50 +217,56 @@ class Handler(BaseHTTPRequestHandler):
         return path, query.partition("#")[0]
 
     def _route(self) -> None:
+        """Answer with the handler of the first row of ``ROUTES`` that matches; else 404."""
         path, raw_query = self._target()
         query = dict(parse_qsl(raw_query, keep_blank_values=True))
         query.pop("token", None)
-        data = self.server.data
-        html = "text/html; charset=utf-8"
-        if path == "/":
-            self.send(200, pages.gallery(data, query), html)
-        elif path == "/detections":
-            self.send(200, pages.detections(data, query), html)
-        elif path == "/failed":
-            self.send(200, pages.failed(data, query), html)
-        elif path == "/rec":
-            body = pages.recording(data, query.get("key", ""))
-            if body is None:
-                self.fail(HTTPStatus.NOT_FOUND, "no record for that key in this run")
-            else:
-                self.send(200, body, html)
-        elif path.startswith("/file/"):
-            self._file(unquote(path[len("/file/") :]))
-        elif path == "/tile":
-            body = self.server.images.tile(self._image(query), int(query["z"]), int(query["i"]))
-            self.send(200, body, "image/png", Cache_Control="private, max-age=3600")
-        elif path == "/thumb":
-            key = safe_key(query["key"], suffixes=IMAGE_SUFFIXES)
-            cols = int(query.get("cols", "3308"))
-            body = self.server.images.thumbnail(key, columns=cols)
-            self.send(200, body, "image/png", Cache_Control="private, max-age=3600")
-        elif path == "/crop":
-            self._crop(query)
-        elif path == "/audio":
-            self._audio(query.get("key", ""))
-        elif path.startswith("/colourbar/") and path.endswith(".png"):
-            name = path[len("/colourbar/") : -4]
-            if name not in ("magma", "plasma"):
-                raise KeyError(name)
-            self.send(200, colour_bar(name), "image/png", Cache_Control="max-age=86400")
-        elif path.startswith("/static/") and path[len("/static/") :] in STATIC:
-            name = path[len("/static/") :]
-            body = resources.files(__package__).joinpath("static", name).read_bytes()
-            self.send(200, body, STATIC[name])
-        else:
-            self.fail(HTTPStatus.NOT_FOUND)
+        method = "GET" if self.command == "HEAD" else self.command  # send() drops HEAD's body
+        for route in self.ROUTES:
+            match = re.fullmatch(route.pattern, path)
+            if match and route.method == method:
+                route.handler(self, query, **match.groupdict())
+                return
+        self.fail(HTTPStatus.NOT_FOUND)
 
-    def _file(self, key: str) -> None:
+    # handlers: (query, the pattern's named groups)
+    def _page(self, body: bytes | None) -> None:
+        if body is None:
+            self.fail(HTTPStatus.NOT_FOUND, "no record for that key in this run")
+        else:
+            self.send(200, body, "text/html; charset=utf-8")
+
+    def _gallery(self, query: dict[str, str]) -> None:
+        self._page(pages.gallery(self.server.data, query))
+
+    def _detections(self, query: dict[str, str]) -> None:
+        self._page(pages.detections(self.server.data, query))
+
+    def _failed(self, query: dict[str, str]) -> None:
+        self._page(pages.failed(self.server.data, query))
+
+    def _recording(self, query: dict[str, str]) -> None:
+        self._page(pages.recording(self.server.data, query["key"]))
+
+    def _tile(self, query: dict[str, str]) -> None:
+        body = self.server.images.tile(self._image(query), int(query["z"]), int(query["i"]))
+        self.send(200, body, "image/png", Cache_Control="private, max-age=3600")
+
+    def _thumb(self, query: dict[str, str]) -> None:
+        key = safe_key(query["key"], suffixes=IMAGE_SUFFIXES)
+        cols = int(query.get("cols", "3308"))
+        body = self.server.images.thumbnail(key, columns=cols)
+        self.send(200, body, "image/png", Cache_Control="private, max-age=3600")
+
+    def _colour_bar(self, query: dict[str, str], *, name: str) -> None:
+        self.send(200, colour_bar(name), "image/png", Cache_Control="max-age=86400")
+
+    def _static(self, query: dict[str, str], *, name: str) -> None:
+        body = resources.files(__package__).joinpath("static", name).read_bytes()
+        self.send(200, body, STATIC[name])
+
+    def _file(self, query: dict[str, str], *, key: str) -> None:
+        key = unquote(key)
         body = self.server.data.get(safe_key(key))
         ext = "." + key.rsplit(".", 1)[-1].lower()
         ctype = CONTENT_TYPES.get(ext, "application/octet-stream")
@@ -286,8 +303,9 @@ class Handler(BaseHTTPRequestHandler):
             raise KeyError("no such detection")
         self.send(200, body, "image/png", Cache_Control="private, max-age=3600")
 
-    def _audio(self, source_key: str) -> None:
+    def _audio(self, query: dict[str, str]) -> None:
         """Stream the source of one of this run's records, honouring a byte range."""
+        source_key = query["key"]
         ctype = audio_type(source_key)
         if ctype is None:
             raise KeyError(source_key)
@@ -316,6 +334,22 @@ class Handler(BaseHTTPRequestHandler):
             return
         for at in range(start, stop, _STREAM_CHUNK):
             self.wfile.write(store.get_range(source_key, at, min(stop, at + _STREAM_CHUNK)))
+
+    # Method and path (a full match of the still percent-encoded path) → handler; the first row
+    # that matches answers, and a request that matches none is a 404. HEAD is answered as GET.
+    ROUTES = (
+        Route("GET", r"/", _gallery),
+        Route("GET", r"/detections", _detections),
+        Route("GET", r"/failed", _failed),
+        Route("GET", r"/rec", _recording),
+        Route("GET", r"/file/(?P<key>.+)", _file),
+        Route("GET", r"/tile", _tile),
+        Route("GET", r"/thumb", _thumb),
+        Route("GET", r"/crop", _crop),
+        Route("GET", r"/audio", _audio),
+        Route("GET", r"/colourbar/(?P<name>magma|plasma)\.png", _colour_bar),
+        Route("GET", r"/static/(?P<name>" + "|".join(map(re.escape, STATIC)) + ")", _static),
+    )
 
 
 def _ascii(name: str) -> str:

@@ -7,6 +7,7 @@ Screenshots are kept under the session's pytest temporary directory (path printe
 from __future__ import annotations
 
 import base64
+import html.parser
 import http.client
 import io
 import json
@@ -30,7 +31,7 @@ from devtools.services import free_port, wait_for
 from echocam.view.axes import MelAxis
 from echocam.view.images import TILE, Images, zoom_levels
 from echocam.view.server import make_server, parse_range, start_in_thread
-from tests.helpers import ROOT, chirp, wav_bytes
+from tests.helpers import ROOT, SPECIES, chirp, wav_bytes
 
 SAMPLES = sorted((ROOT / "samples").glob("*.wav"))
 BAD = {"bad/empty.wav": (b"", "empty"), "bad/text.wav": (b"not audio\n" * 30, "undecodable")}
@@ -392,6 +393,138 @@ def test_pages_escape_and_quote_odd_keys(run_dir, server):
     assert status == 200 and data == (run_dir[0] / UNICODE_KEY).read_bytes()
 
 
+HOSTILE = "<script>alert(1)</script>\"onmouseover=alert(2) x='"  # markup, and out of an attribute
+PAGE_SCRIPTS = {"/static/view.js", "application/json"}  # the only scripts a viewer page has
+
+
+@pytest.fixture(scope="module")
+def hostile_run(tmp_path_factory) -> tuple[Path, str]:
+    """A run whose recording keys and class names are HTML: a model shipped with hostile class
+    names, over a recording (and a broken one) whose keys are hostile too; its report.html."""
+    import torch
+    from torchvision.models import resnet18
+
+    from echocam.explain.model import save_checkpoint
+
+    root = tmp_path_factory.mktemp("hostile")
+    torch.manual_seed(1234)
+    names = [f"{HOSTILE} {s}" for s in SPECIES]
+    save_checkpoint(root / "model.pt", resnet18(num_classes=len(names)).state_dict(), names)
+    key = f"{HOSTILE}.wav"  # its "/" makes a folder: the key is still the whole string
+    (root / "in" / key).parent.mkdir(parents=True)
+    shutil.copy(SAMPLES[0], root / "in" / key)
+    (root / "in" / "bad" / key).parent.mkdir(parents=True)
+    (root / "in" / "bad" / key).write_bytes(b"not audio\n" * 30)
+    proc = echocam(
+        "run", str(root / "in"), "--out", str(root / "out"), "--weights", str(root / "model.pt"),
+        "--top-k", "2", "--threads", "2",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    proc = echocam("report", str(root / "out"))
+    assert proc.returncode == 0, proc.stderr
+    return root / "out", key
+
+
+class Markup(html.parser.HTMLParser):
+    """What a browser makes of a page: its elements' attributes, script tags and text."""
+
+    def __init__(self, page: str):
+        super().__init__(convert_charrefs=True)
+        self.attrs: list[tuple[str, str | None]] = []
+        self.scripts: list[str] = []
+        self.text = ""
+        self.feed(page)
+        self.close()
+
+    def handle_starttag(self, tag, attrs):
+        self.attrs += attrs
+        if tag == "script":
+            found = dict(attrs)
+            self.scripts.append(found.get("src") or found.get("type") or "inline")
+
+    def handle_data(self, data):
+        self.text += data
+
+
+def hostile_pages(base: str, key: str) -> dict[str, str]:
+    q = urllib.parse.urlencode
+    return {
+        "gallery": f"{base}/",
+        "recording": f"{base}/rec?{q({'key': key})}",
+        "detections": f"{base}/detections",
+        "failed": f"{base}/failed",
+    }
+
+
+def test_hostile_keys_and_class_names_come_out_escaped(hostile_run):
+    out, key = hostile_run
+    srv = make_server(str(out), port=0, quiet=True)
+    start_in_thread(srv)
+    base = f"http://127.0.0.1:{srv.server_address[1]}"
+    try:
+        pages = {}
+        for name, url in hostile_pages(base, key).items():
+            status, _, body = get(base, url.removeprefix(base))
+            assert status == 200, name
+            pages[name] = body.decode()
+    finally:
+        srv.shutdown()
+        srv.server_close()
+    pages["report.html"] = (out / "report.html").read_text()
+    for name, page in pages.items():
+        assert "<script>alert" not in page and HOSTILE not in page, name
+        # the recording page's data block: JSON with no "<" (it cannot close its script element)
+        data = re.findall(r'<script type="application/json" id="rec-data">(.*?)</script>', page)
+        assert all("<" not in d for d in data), name
+        if data:  # and the names in it as they were
+            view = json.loads(data[0])
+            labels = {c["name"] for w in view["windows"] for c in w["explained"]}
+            assert labels and all(label.startswith(HOSTILE) for label in labels)
+        doc = Markup(page)
+        assert not any(a.startswith("on") for a, _ in doc.attrs), name  # no handler got out
+        allowed = PAGE_SCRIPTS if name != "report.html" else set()
+        assert set(doc.scripts) <= allowed, (name, doc.scripts)
+        assert HOSTILE in doc.text, name  # shown, as text
+    # the class name where each page shows it, the key where it links or describes it
+    assert f"{HOSTILE} " in Markup(pages["gallery"]).text
+    assert any(v and HOSTILE in v for _, v in Markup(pages["gallery"]).attrs)  # alt, escaped
+
+
+def test_hostile_names_run_no_script_in_the_browser(hostile_run, browser):
+    """The pages and report.html in Chromium: no alert, no handler attribute, no console error
+    (a viewer page's CSP reports an inline script it blocked as one)."""
+    out, key = hostile_run
+    srv = make_server(str(out), port=0, quiet=True)
+    start_in_thread(srv)
+    base = f"http://127.0.0.1:{srv.server_address[1]}"
+    spy = browser.execute_cdp_cmd(  # alert() recorded instead of opening a dialog
+        "Page.addScriptToEvaluateOnNewDocument",
+        {"source": "window.__alerts = []; window.alert = (m) => window.__alerts.push(String(m));"},
+    )
+    try:
+        urls = {**hostile_pages(base, key), "report.html": (out / "report.html").as_uri()}
+        for name, url in urls.items():
+            browser.get_log("browser")
+            browser.get(url)
+            seen = browser.execute_script(
+                "return {alerts: window.__alerts,"
+                " handlers: document.querySelectorAll('[onmouseover]').length,"
+                " scripts: [...document.scripts].map(s => s.getAttribute('src') || s.type),"
+                " text: document.body.textContent}"
+            )
+            assert seen["alerts"] == [] and seen["handlers"] == 0, (name, seen)
+            allowed = PAGE_SCRIPTS if name != "report.html" else set()
+            assert set(seen["scripts"]) <= allowed, (name, seen["scripts"])
+            assert HOSTILE in seen["text"], name
+            assert console_errors(browser) == [], name
+    finally:
+        browser.execute_cdp_cmd(
+            "Page.removeScriptToEvaluateOnNewDocument", {"identifier": spy["identifier"]}
+        )
+        srv.shutdown()
+        srv.server_close()
+
+
 @pytest.mark.parametrize(
     ("outputs", "images"),
     [("spectrogram,cam", ["spectrogram.png"]), ("overlay", ["overlay.webp"]), ("cam", [])],
@@ -542,6 +675,33 @@ def test_hostile_paths_never_leave_the_run(run_dir, server, tmp_path):
             link.unlink()
         shutil.rmtree(out / "leak.wav")
         (src / "unlisted.wav").unlink()
+
+
+def test_the_route_table_answers_its_paths_and_404s_the_rest(server):
+    for target in ("/", "/detections", "/failed", "/static/view.css", "/colourbar/magma.png"):
+        status, headers, body = get(server, target)
+        assert status == 200 and body, target
+        status, head, body = get(server, target, method="HEAD")  # HEAD is GET without the body
+        assert status == 200 and body == b"", target
+        assert head["content-length"] == headers["content-length"], target
+    for target in (
+        "/nope",
+        "/gallery",
+        "/detections/",
+        "/index.html",
+        "/static/",
+        "/static/view.css/x",
+        "/static/layout.html",
+        "/colourbar/jet.png",
+        "/colourbar/magma",
+        "/file/",
+        "/rec",
+        "/rec?key=",
+        "/audio",
+        "/tile",
+    ):
+        assert get(server, target)[0] == 404, target
+    assert get(server, "/", method="POST")[0] == 501  # GET and HEAD only
 
 
 def test_only_loopback_hosts_and_with_a_token_only_its_holders(run_dir):
@@ -702,7 +862,8 @@ def test_viewer_never_imports_torch(run_dir):
         "q = lambda **kw: urllib.parse.urlencode(kw)\n"
         "for t in ['/', '/failed', '/detections', '/rec?' + q(key=key),\n"
         "          '/tile?' + q(key=key + '/overlay.jpg', z=0, i=0),\n"
-        "          '/crop?' + q(key=key, t=0.0, class_id=0) , '/audio?' + q(key=key)]:\n"
+        "          '/crop?' + q(key=key, t=0.0, class_id=0) , '/audio?' + q(key=key),\n"
+        "          '/colourbar/magma.png', '/colourbar/plasma.png']:\n"
         "    assert urllib.request.urlopen(base + t).status == 200, t\n"
         "report.build(srv.data)\n"
         "print(sorted(m for m in ('torch', 'torchvision', 'librosa') if sys.modules.get(m)))\n"
