@@ -287,6 +287,8 @@ def performance() -> str:
         )
     spec = importlib.util.spec_from_file_location("performance_page", PERFORMANCE_MODULE)
     module = importlib.util.module_from_spec(spec)
+    # registered before it runs: its dataclasses look their module up in sys.modules
+    sys.modules[spec.name] = module
     spec.loader.exec_module(module)
     return module.render(RESULTS)
 
