@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install lint format test browser demo demo-local bench clean
+.PHONY: install lint format test browser docs demo demo-local bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -29,7 +29,12 @@ browser:
 		$(SUDO) apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium chromium-driver; }
 
-test: lint browser
+# The docs site (mkdocs-material) from docs/ into site/. --strict makes mkdocs' warnings errors:
+# a broken link or anchor, or a page docs/hooks.py cannot generate, fails the build.
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
+
+test: lint browser docs
 	$(BIN)/python -m pytest -ra
 
 # Local mode on the shipped sample recordings (weights: ECHOCAM_WEIGHTS, default imagenet).
@@ -46,4 +51,4 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/run_all.py
 
 clean:
-	rm -rf demo-out .demo .pytest_cache .ruff_cache
+	rm -rf demo-out .demo .pytest_cache .ruff_cache site

@@ -29,7 +29,8 @@ EPOCHS = 10
 # perfect three times.  With 36 clips per class the kept model's held-out macro-F1 moved between
 # 0.89 and 0.95 with a 1e-7 change in one background's decoding (the 0.9 floor failed a CI run),
 # and stopping later kept the same model (the lowest validation loss); more clips, not more
-# windows, is what generalises: 0.95 here, 1.00 on 80 held-out clips for two other seeds (README)
+# windows, is what generalises: 0.95 here, 1.00 on 80 held-out clips for two other seeds
+# (docs/guides/training.md)
 TRAIN_ARGS = (
     f"--init random --epochs {EPOCHS} --epoch-windows 96 --batch-size 16 --lr 1e-3 --seed 0 "
     f"--threads 2 --val-fraction 0.15 --patience {EPOCHS} --target-f1 1.0 --target-epochs 3 "

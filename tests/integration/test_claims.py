@@ -1,4 +1,4 @@
-"""README claims checked where they happen: write order, conditional creates, Celery settings,
+"""Claims of the docs checked where they happen: write order, conditional creates, Celery settings,
 ``--classes``, the caps, ``--force``, random-weights flags and the Parquet manifest.
 
 Real stores (a directory, and SeaweedFS for S3), real recordings from ``samples/``, the real CLI.
@@ -214,7 +214,7 @@ def celery_conf(**env: str) -> subprocess.CompletedProcess:
 @pytest.mark.parametrize(
     "env, limits",
     [
-        ({}, (600, 720, 7200)),  # README: 10 min soft, 12 min hard, 2 h visibility
+        ({}, (600, 720, 7200)),  # docs/design/guarantees.md: 10 min soft, 12 min hard, 2 h
         (
             {
                 "ECHOCAM_TASK_SOFT_TIME_LIMIT": "50",
@@ -560,13 +560,15 @@ def test_random_weights_are_flagged_in_every_output_that_readme_lists(random_run
         rec = json.loads((out / row["record_key"]).read_text())
         assert rec["model"] == model, row["source_key"]
         if row["status"] == "ok":
-            # README lists model_sha256 in cam.npz, not weights_kind: the sha is the flag there
+            # docs/reference/outputs.md lists model_sha256 in cam.npz, not weights_kind: the sha
+            # is the flag there
             with np.load(out / row["cam_key"]) as npz:
                 assert str(npz["model_sha256"]) == model["sha256"]
     assert sorted(r["status"] for r in rows) == ["failed", "failed", "ok", "ok"]
 
 
-#: The manifest's columns as README lists them, with the types of echocam.bucket.manifest.SCHEMA.
+#: The manifest's columns as docs/reference/outputs.md lists them (generated from
+#: echocam.bucket.manifest.SCHEMA), with their types.
 MANIFEST_COLUMNS = {
     "source_key": pa.string(),
     "status": pa.string(),

@@ -1,4 +1,4 @@
-"""README's transient error codes, produced by real inputs through a live worker.
+"""Transient error codes (docs/reference/errors.md), produced by real inputs through a live worker.
 
 `model_mismatch`, `download_failed` and `invalid_params`, each from something a user or a bucket
 can really do (the first two are shown to be retried by the next run, the third not), and

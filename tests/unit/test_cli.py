@@ -46,7 +46,8 @@ def test_version_is_the_installed_distribution():
 
 
 def test_worker_concurrency_help_matches_the_compose_default():
-    """`worker --help` gives the processes per GPU that docker-compose.yml (and README) use."""
+    """`worker --help` gives the processes per GPU that docker-compose.yml (and
+    docs/deployment/scaling.md) use."""
     compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
     command = compose["services"]["worker"]["command"]
     per_gpu = re.fullmatch(
