@@ -508,7 +508,7 @@ def test_producer_requirements_follow_pyproject():
         "isal",
         "scipy",
     }
-    viewer = {"duckdb"}  # echocam view/report run from a full install (they cut tiles with Pillow)
+    viewer = {"duckdb", "jinja2"}  # echocam view/report run from a full install (Pillow tiles)
     assert set(deps) - set(slim) == model_stack | viewer, "decide: slim image or model stack?"
 
 
