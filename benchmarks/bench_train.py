@@ -64,7 +64,7 @@ def measure(
     from echocam.bucket.storage import LocalStore
     from echocam.settings import Params
     from echocam.signal.frontend import FrontEnd
-    from echocam.train.augment import Augment
+    from echocam.train.config import Augment
     from echocam.train.dataset import Loader, balanced_order, model_inputs
     from echocam.train.labels import list_folders
     from echocam.train.loop import train_step

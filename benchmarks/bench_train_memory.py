@@ -69,7 +69,7 @@ def child(path: str, source: str, *, io_threads: int, prefetch: int, batch: int)
     from echocam.bucket.storage import LocalStore
     from echocam.settings import Params
     from echocam.signal.frontend import FrontEnd, windowed
-    from echocam.train.augment import Augment
+    from echocam.train.config import Augment
     from echocam.train.dataset import Backgrounds, Loader, balanced_order, model_inputs
     from echocam.train.labels import list_folders, split_by_recording
 

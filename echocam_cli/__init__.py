@@ -266,8 +266,8 @@ def cmd_view(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     import logging
 
-    from echocam.train.augment import Augment
-    from echocam.train.loop import TrainConfig, TrainInterrupted, train
+    from echocam.train.config import Augment, TrainConfig
+    from echocam.train.loop import TrainInterrupted, train
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     given = {k: v for k, v in _pick(args, TrainConfig).items() if v is not None}
@@ -325,7 +325,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def _add_train(sub) -> None:
     from echocam.settings import MODEL_INPUT_FIELDS
-    from echocam.train.loop import TrainConfig
+    from echocam.train.config import TrainConfig
 
     analysis = [*MODEL_INPUT_FIELDS, "hop_seconds", "max_duration_s", "max_bytes"]
     storage = ["s3_endpoint_url", "s3_region", "s3_max_attempts", "page_size", "extensions"]

@@ -8,37 +8,10 @@ is exactly the inference input of the same samples.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-
 import numpy as np
 import torch
 
-
-@dataclass(frozen=True)
-class Augment:
-    """What to randomise; every probability in [0, 1], every range (low, high)."""
-
-    shift: bool = True  # random window position inside the recording (or around the span)
-    background_p: float = 0.5  # chance of mixing in a background recording
-    snr_db: tuple[float, float] = (0.0, 20.0)  # window RMS over background RMS, dB
-    gain_db: tuple[float, float] = (-6.0, 6.0)  # on the mix
-    mask_p: float = 0.8  # chance that a window gets its masks
-    time_masks: int = 2  # stripes across all bands, each up to time_mask_s wide
-    time_mask_s: float = 0.4
-    freq_masks: int = 2  # stripes across all frames, each up to freq_mask_frac of the bands
-    freq_mask_frac: float = 0.08
-
-    @classmethod
-    def off(cls) -> Augment:
-        """No augmentation: the centred window, no mixing, no gain, no masks."""
-        return cls(shift=False, background_p=0.0, gain_db=(0.0, 0.0), mask_p=0.0)
-
-    def to_dict(self) -> dict:
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
-
-    @classmethod
-    def from_dict(cls, d: dict) -> Augment:
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+from echocam.train.config import Augment
 
 
 def crop_start(

@@ -22,7 +22,8 @@ from echocam.bucket.storage import Store
 from echocam.errors import EchoCamError
 from echocam.settings import Params
 from echocam.signal.frontend import FrontEnd, windowed
-from echocam.train.augment import Augment, apply_gain, crop_start, mask_db, mix_background
+from echocam.train.augment import apply_gain, crop_start, mask_db, mix_background
+from echocam.train.config import Augment
 from echocam.train.labels import Example
 
 

@@ -35,64 +35,15 @@ from echocam.bucket.records import version
 from echocam.bucket.storage import Store, client_factory, open_store
 from echocam.explain.device import resolve_device, set_threads
 from echocam.explain.model import Checkpoint, load_model_from
-from echocam.settings import Params, Settings, option
+from echocam.settings import Params, Settings
 from echocam.signal.frontend import FrontEnd
 from echocam.train import scores
-from echocam.train.augment import Augment
+from echocam.train.config import TrainConfig
 from echocam.train.dataset import Backgrounds, Loader, Skipped, balanced_order, model_inputs
 from echocam.train.labels import Labelled, list_folders, read_labels, split_by_recording
 from echocam.train.predict import predict
 
 METRICS_NAME, CONFUSION_NAME = "metrics.json", "confusion.png"
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """What to train on and how (the analysis ``Params`` and runtime ``Settings`` apart).
-
-    Every field but ``source`` and ``out`` is an ``echocam train`` flag, generated from its
-    ``help`` as the settings' flags are.
-    """
-
-    source: str  # directory or s3:// prefix, one folder per class (or keys of --labels)
-    out: str  # checkpoint path or s3://bucket/key
-    labels: str | None = option(None, "CSV of key,label[,start_s,end_s] rows (path or s3://)")
-    val: str | None = option(None, "a validation source instead of a split")
-    val_labels: str | None = option(None, "labels CSV of --val")
-    background: str | None = option(None, "unlabelled recordings to mix in")
-    init: str = option("imagenet", "imagenet | random | PATH | s3://bucket/key (checkpoint)")
-    epochs: int = option(30, "most epochs")
-    batch_size: int = option(0, "windows per step (0: 256 on CUDA, 32 on the CPU)")
-    lr: float = option(1e-3, "AdamW peak learning rate")
-    weight_decay: float = option(0.01, "AdamW weight decay")
-    warmup_epochs: float = option(1.0, "linear warm-up, epochs")
-    min_lr_fraction: float = option(0.01, "the cosine decays to lr times this")
-    label_smoothing: float = option(0.1, "label smoothing of the cross-entropy")
-    val_fraction: float = option(0.2, "recordings of each class that validate, without --val")
-    patience: int = option(5, "epochs without a better validation macro-F1 before stopping")
-    target_f1: float = option(
-        0.0, "stop once validation macro-F1 >= this for --target-epochs epochs (0: off)"
-    )
-    target_epochs: int = option(2, "see --target-f1")
-    epoch_windows: int = option(0, "training windows per epoch (0: one per training example)")
-    bn_windows: int = option(
-        32, "batch-norm statistics: the average over an epoch's last training windows"
-    )
-    seed: int = option(0, "seed of the split, the order, the augmentation and a random init")
-    prefetch: int = option(4, "batches decoded ahead of the device")
-    augment: Augment = option(
-        help="shift, background mix, gain, time and frequency masks (--no-augment: none)",
-        factory=Augment,
-    )
-
-    def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d["augment"] = self.augment.to_dict()
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
-        return cls(**{**d, "augment": Augment.from_dict(d["augment"])})
 
 
 @dataclass

@@ -30,7 +30,17 @@ def test_wheel_contains_the_colormap_tables_and_every_package(tmp_path):
     (wheel,) = tmp_path.glob("echo_cam-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
     assert {"echocam/signal/colormaps/magma.npy", "echocam/signal/colormaps/plasma.npy"} <= names
-    for package in ("echocam", "echocam/colormaps", "worker", "producer", "echocam_cli"):
-        assert f"{package}/__init__.py" in names
+    packages = [  # every package of the source tree, found on disk
+        init.parent.relative_to(ROOT).as_posix()
+        for top in ("echocam", "worker", "producer", "echocam_cli")
+        for init in (ROOT / top).rglob("__init__.py")
+    ]
+    assert {"echocam/bucket", "echocam/signal", "echocam/explain", "echocam/run"} <= set(packages)
+    for package in packages:
+        assert f"{package}/__init__.py" in names, package
+    for data in ("templates", "static"):  # the viewer's files
+        shipped = {n for n in names if n.startswith(f"echocam/view/{data}/")}
+        on_disk = {f.relative_to(ROOT).as_posix() for f in (ROOT / "echocam/view" / data).iterdir()}
+        assert shipped == on_disk, data
     entry = next(n for n in names if n.endswith("entry_points.txt"))
     assert "echocam = echocam_cli:main" in zipfile.ZipFile(wheel).read(entry).decode()

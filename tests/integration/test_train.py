@@ -39,7 +39,7 @@ def test_training_window_input_equals_inference_input(tmp_path, species_checkpoi
     from echocam.settings import Params
     from echocam.signal.frontend import FrontEnd, windowed
     from echocam.signal.image import normalise
-    from echocam.train.augment import Augment
+    from echocam.train.config import Augment
     from echocam.train.dataset import Loader, model_inputs
     from echocam.train.labels import Example
     from echocam.train.predict import eval_starts
@@ -152,7 +152,8 @@ def test_labels_csv_windows_hold_the_annotated_span():
 
 
 def test_target_f1_stops_after_enough_perfect_epochs():
-    from echocam.train.loop import TrainConfig, _reached
+    from echocam.train.config import TrainConfig
+    from echocam.train.loop import _reached
 
     cfg = TrainConfig(source="s", out="o.pt", target_f1=0.95, target_epochs=2)
     rows = [{"val_macro_f1": f} for f in (0.5, 0.96, 0.9, 0.97)]
@@ -187,7 +188,8 @@ def test_seeded_cpu_training_is_reproducible(species_data, tmp_path):
     """Same seed, same data: the same weights (threads on; windows seeded by position)."""
     from echocam.explain.model import state_dict_sha256
     from echocam.settings import Params, Settings
-    from echocam.train.loop import TrainConfig, train
+    from echocam.train.config import TrainConfig
+    from echocam.train.loop import train
 
     def run(name: str) -> str:
         cfg = TrainConfig(

@@ -1,0 +1,89 @@
+"""What a training run is told: :class:`TrainConfig`, and its :class:`Augment`.
+
+No torch here: ``echocam train --help`` builds its flags from these fields, and the CLI's help
+must work where the model stack is not installed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from echocam.settings import option
+
+
+@dataclass(frozen=True)
+class Augment:
+    """What to randomise; every probability in [0, 1], every range (low, high)."""
+
+    shift: bool = True  # random window position inside the recording (or around the span)
+    background_p: float = 0.5  # chance of mixing in a background recording
+    snr_db: tuple[float, float] = (0.0, 20.0)  # window RMS over background RMS, dB
+    gain_db: tuple[float, float] = (-6.0, 6.0)  # on the mix
+    mask_p: float = 0.8  # chance that a window gets its masks
+    time_masks: int = 2  # stripes across all bands, each up to time_mask_s wide
+    time_mask_s: float = 0.4
+    freq_masks: int = 2  # stripes across all frames, each up to freq_mask_frac of the bands
+    freq_mask_frac: float = 0.08
+
+    @classmethod
+    def off(cls) -> Augment:
+        """No augmentation: the centred window, no mixing, no gain, no masks."""
+        return cls(shift=False, background_p=0.0, gain_db=(0.0, 0.0), mask_p=0.0)
+
+    def to_dict(self) -> dict:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Augment:
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """What to train on and how (the analysis ``Params`` and runtime ``Settings`` apart).
+
+    Every field but ``source`` and ``out`` is an ``echocam train`` flag, generated from its
+    ``help`` as the settings' flags are.
+    """
+
+    source: str  # directory or s3:// prefix, one folder per class (or keys of --labels)
+    out: str  # checkpoint path or s3://bucket/key
+    labels: str | None = option(None, "CSV of key,label[,start_s,end_s] rows (path or s3://)")
+    val: str | None = option(None, "a validation source instead of a split")
+    val_labels: str | None = option(None, "labels CSV of --val")
+    background: str | None = option(None, "unlabelled recordings to mix in")
+    init: str = option("imagenet", "imagenet | random | PATH | s3://bucket/key (checkpoint)")
+    epochs: int = option(30, "most epochs")
+    batch_size: int = option(0, "windows per step (0: 256 on CUDA, 32 on the CPU)")
+    lr: float = option(1e-3, "AdamW peak learning rate")
+    weight_decay: float = option(0.01, "AdamW weight decay")
+    warmup_epochs: float = option(1.0, "linear warm-up, epochs")
+    min_lr_fraction: float = option(0.01, "the cosine decays to lr times this")
+    label_smoothing: float = option(0.1, "label smoothing of the cross-entropy")
+    val_fraction: float = option(0.2, "recordings of each class that validate, without --val")
+    patience: int = option(5, "epochs without a better validation macro-F1 before stopping")
+    target_f1: float = option(
+        0.0, "stop once validation macro-F1 >= this for --target-epochs epochs (0: off)"
+    )
+    target_epochs: int = option(2, "see --target-f1")
+    epoch_windows: int = option(0, "training windows per epoch (0: one per training example)")
+    bn_windows: int = option(
+        32, "batch-norm statistics: the average over an epoch's last training windows"
+    )
+    seed: int = option(0, "seed of the split, the order, the augmentation and a random init")
+    prefetch: int = option(4, "batches decoded ahead of the device")
+    augment: Augment = option(
+        help="shift, background mix, gain, time and frequency masks (--no-augment: none)",
+        factory=Augment,
+    )
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["augment"] = self.augment.to_dict()
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        return cls(**{**d, "augment": Augment.from_dict(d["augment"])})
