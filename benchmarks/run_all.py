@@ -55,11 +55,12 @@ BENCHMARKS: dict[str, tuple[str, str, str]] = {
         "--sizes 8 16 --distinct 4 --paths stream --batch 4 --io-threads 2",
     ),
     "pointing": ("bench_pointing.py", "", "--untrained --heldout 1"),
-    # No GPU here: its CPU dry run checks the script (model + CAM only in the quick form).
+    # No GPU here: its dry run on the CPU checks the script (the quick form without the
+    # processes part, whose spawned processes each import torch).
     "gpu_check": (
         "gpu_check.py",
         "--device cpu --quick",
-        "--device cpu --quick --parts model_cam --batches 2",
+        "--device cpu --quick --parts model_cam full_path local_run training",
     ),
 }
 
@@ -70,15 +71,16 @@ COLUMNS = ["benchmark", "metric", "value", "target", "verdict"]
 
 
 def run_one(
-    name: str, args: list[str], out: Path, timeout: float, *, log: bool = False
+    name: str, args: list[str], out: Path, timeout: float, *, log: bool = False, figures: bool
 ) -> tuple[dict | None, float]:
-    """Run benchmark ``name``; its JSON ends up at ``out/<name>.json``.  Its output goes to the
-    terminal as it runs, or with ``log`` to ``out/<name>.log``, printed when it ends."""
+    """Run benchmark ``name``; its JSON ends up at ``out/<name>.json`` (with ``figures``, its
+    figures too; else where the benchmark puts them).  Its output goes to the terminal as it
+    runs, or with ``log`` to ``out/<name>.log``, printed when it ends."""
     script, *_ = BENCHMARKS[name]
     path = out / f"{name}.json"
     # gpu_check writes a folder: gpu_check.json and its local run's outputs
     extra = ["--out", str(out / name)] if name == "gpu_check" else ["--json", str(path)]
-    if name == "pointing" and "--figure" not in args:
+    if name == "pointing" and figures and "--figure" not in args:
         extra += ["--figure", str(out / "pointing_game.jpg")]
     head = f"\n=== {name}: {script} {' '.join(args)}"
     if not log:
@@ -150,7 +152,9 @@ def main(argv: list[str] | None = None) -> int:
         def one(name: str) -> tuple[dict | None, float]:
             _, full, quick = BENCHMARKS[name]
             given = shlex.split(quick if args.quick else full)
-            return run_one(name, given, out, args.timeout, log=jobs > 1)
+            # a full run without --out keeps its figure in results/, beside latest.json
+            figures = args.quick or args.out is not None
+            return run_one(name, given, out, args.timeout, log=jobs > 1, figures=figures)
 
         # the longest first, so the short ones fill the other lanes
         order = sorted(names, key=lambda n: n not in SLOW) if jobs > 1 else names
