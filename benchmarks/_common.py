@@ -6,12 +6,14 @@ machine: this machine is shared, so absolute seconds move from run to run while 
 
 from __future__ import annotations
 
+import datetime
 import io
 import json
 import os
 import platform
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -42,12 +44,20 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def gpu_name() -> str:
+    """The first CUDA device's name, or "none"."""
+    import torch
+
+    return torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
+
+
 def machine(threads: int | None = None) -> dict[str, Any]:
     import torch
 
     return {
         "cpu": cpu_model(),
         "cores": os.cpu_count(),
+        "gpu": gpu_name(),
         "torch": torch.__version__,
         "torch_threads": threads if threads is not None else torch.get_num_threads(),
         "python": platform.python_version(),
@@ -189,9 +199,41 @@ def _fmt(x: Any) -> str:
     return str(x)
 
 
+def commit() -> str:
+    """The checkout's HEAD, with "+dirty" when tracked files differ from it."""
+
+    def git(*args: str) -> str:
+        proc = subprocess.run(
+            ["git", "-C", str(ROOT), *args], capture_output=True, text=True, check=False
+        )
+        return proc.stdout.strip() if proc.returncode == 0 else ""
+
+    head = git("rev-parse", "HEAD") or "not recorded (no git checkout)"
+    return head + ("+dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
+
+
+def now() -> str:
+    """The current time, ISO 8601 with its UTC offset, to the second."""
+    return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+
+
+def benchmark_name() -> str:
+    """The running script's benchmark: ``bench_host.py`` -> ``host``."""
+    return Path(sys.argv[0]).stem.removeprefix("bench_")
+
+
 def write_json(path: str | os.PathLike | None, data: dict[str, Any]) -> None:
+    """Write ``data`` with what every result carries at its top: ``benchmark``, ``machine``
+    (CPU, cores, GPU, torch, Python), ``date`` and ``commit``; values in ``data`` win."""
     if not path:
         return
+    meta = {
+        "benchmark": data.get("benchmark") or benchmark_name(),
+        "date": data.get("date") or now(),
+        "commit": data.get("commit") or commit(),
+        "machine": {**machine(), **(data.get("machine") or {})},
+    }
+    data = {**meta, **{k: v for k, v in data.items() if k not in meta}}
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")

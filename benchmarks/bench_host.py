@@ -1,7 +1,7 @@
 """Host CPU per window: every stage of the path but the model forward, next to the forward.
 
-Issue 13's target 2: on the CPU, everything but the forward <= 0.4 x the forward, per window, at
-one thread.  Real recordings (every decoder path), 5-s windows, batch 32, the explainer built
+The target: on the CPU, everything but the forward <= 0.4 x the forward, per window, at one
+thread.  Real recordings (every decoder path), 5-s windows, batch 32, the explainer built
 and warm, on one thread (``--threads``), no overlap.  Each repeat, interleaved so a busy
 neighbour slows every row alike:
 

@@ -16,12 +16,9 @@ recordings with a pool of 1 and of 2 threads (the device stage once beforehand, 
 
 Reported per stage: windows/s on 1 and on 2 threads and the scaling (2-thread / 1-thread: ~1.0
 for a stage that holds the GIL, up to ~2 for one that releases it, on 2 free cores), best of
-``--repeats`` runs, 1 and 2 threads interleaved so a busy neighbour slows both alike.  Runs
-against any commit's ``echocam`` on ``PYTHONPATH`` since session 2 (9a3dfff: ``compute``
-returned the chunk; now it yields blocks), so one run of each compares commits:
+``--repeats`` runs, 1 and 2 threads interleaved so a busy neighbour slows both alike.
 
     python benchmarks/bench_host_threads.py [--windows 256] [--repeats 5] [--json F]
-    PYTHONPATH=/tmp/old python benchmarks/bench_host_threads.py   # a worktree of another commit
 """
 
 from __future__ import annotations
@@ -29,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import subprocess
 import tempfile
 import time
 from collections.abc import Iterable
@@ -39,31 +35,11 @@ from pathlib import Path
 import _common as C
 import torch
 
-import echocam
 from echocam.explain.model import load_model
-from echocam.explain.pipeline import Explainer, Source
+from echocam.explain.pipeline import Computed, Explainer, Source
 from echocam.settings import Params
 
 STAGES = ("decode", "finish", "write", "local")
-
-
-def commit() -> str:
-    """The commit of the ``echocam`` package under test (its checkout's HEAD)."""
-    where = Path(echocam.__file__).resolve().parent.parent
-    proc = subprocess.run(
-        ["git", "-C", str(where), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
-    )
-    dirty = subprocess.run(
-        ["git", "-C", str(where), "status", "--porcelain", "--", "echocam"],
-        capture_output=True,
-        text=True,
-    ).stdout.strip()
-    return proc.stdout.strip() + ("+changes" if dirty else "") + f" ({where})"
-
-
-def blocks(computed) -> list:
-    """The device stage's output as a list: one chunk (9a3dfff) or its blocks (now)."""
-    return list(computed) if isinstance(computed, Iterable) else [computed]
 
 
 def files_of(result) -> Iterable[tuple[str, bytes]]:
@@ -89,50 +65,11 @@ def replay_device(ex: Explainer) -> None:
 
     def compute(decoded):
         key = tuple(b["source_key"] for b in decoded.bases)
-        if hasattr(decoded, "recs"):  # 9a3dfff: compute fills the chunk's recordings in place
-            if key not in cache:
-                real(decoded)
-                cache[key] = ([(r.rows, r.compute_s) for r in decoded.recs], decoded.prob_sum)
-            rows, decoded.prob_sum = cache[key]
-            for r, (got, seconds) in zip(decoded.recs, rows, strict=True):
-                r.rows, r.compute_s = got, seconds
-            return decoded
-        from echocam.explain.pipeline import Computed
-
         if key not in cache:
             cache[key] = [(c.parts, c.ended, c.last) for c in real(decoded)]
         return (Computed(decoded, *seg) for seg in cache[key])
 
     ex.compute = compute
-
-
-def local_mode(ex: Explainer, chosen: list[Path], pool, chunk_size: int):
-    """``C.LocalMode`` for the ``echocam`` under test (9a3dfff: ``batch.run_batch``)."""
-    try:
-        import echocam.run.runner  # noqa: F401
-
-        return C.LocalMode(ex, chosen, chunk_size=chunk_size, pool=pool)
-    except ImportError:
-        return OldLocalMode(ex, chosen, chunk_size=chunk_size, pool=pool)
-
-
-class OldLocalMode(C.LocalMode):
-    def run(self) -> list:
-        from echocam.batch import run_batch
-
-        from echocam.bucket.chunking import batched
-        from echocam.bucket.storage import LocalStore
-
-        out = self.work / "out"
-        shutil.rmtree(out, ignore_errors=True)
-        return run_batch(
-            batched(self.items, self.chunk_size),
-            src=self.src,
-            dst=LocalStore(out),
-            explainer=self.explainer,
-            run_id="bench",
-            pool=self.pool,
-        )
 
 
 def one_pass(ex: Explainer, sources: list[Source], blocks_: list, out: Path, pool, local) -> dict:
@@ -170,12 +107,11 @@ def run(args: argparse.Namespace) -> dict:
     torch.set_num_threads(2)
     ex = Explainer(load_model("random"), params, device="cpu", batch_size=args.batch)
     decoded = ex.decode(sources)
-    n = sum(len(r.starts if hasattr(r, "starts") else r.windowed.starts) for r in
-            getattr(decoded, "recs", None) or decoded.recordings)  # fmt: skip
-    blocks_ = blocks(ex.compute(decoded))  # the device stage, once
+    n = sum(len(r.windowed.starts) for r in decoded.recordings)
+    blocks_ = list(ex.compute(decoded))  # the device stage, once
     pools = {k: ThreadPoolExecutor(k, thread_name_prefix="echocam-io") for k in (1, 2)}
     replay_device(ex)
-    local = local_mode(ex, chosen, pools[2], args.chunk_size)
+    local = C.LocalMode(ex, chosen, chunk_size=args.chunk_size, pool=pools[2])
     work = Path(tempfile.mkdtemp(prefix="echocam-threads-"))
     best: dict[int, dict[str, float]] = {k: {} for k in pools}
     try:
@@ -210,8 +146,8 @@ def run(args: argparse.Namespace) -> dict:
         "ms_per_window_1_thread": 1000 * host[1] / n,
     }
     return {
-        "benchmark": "bench_host_threads",
-        "commit": commit(),
+        "benchmark": "host_threads",
+        "commit": C.commit(),
         "windows": n,
         "recordings": len(chosen),
         "recording_mix": {p.name: chosen.count(p) for p in dict.fromkeys(chosen)},
@@ -230,7 +166,7 @@ def report(res: dict) -> str:
     return "\n".join(
         [
             C.machine_line(res["machine"]),
-            f"echocam at {res['commit']}: {res['windows']} windows from {res['recordings']} "
+            f"commit {res['commit']}: {res['windows']} windows from {res['recordings']} "
             f"recordings, best of {res['repeats']}",
             C.table(rows, ["stage", "ms/window 1 thr", "win/s 1 thr", "win/s 2 thr", "2/1"]),
         ]

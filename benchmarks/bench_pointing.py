@@ -14,6 +14,7 @@ clips over recordings the training never heard:
 
     python benchmarks/bench_pointing.py                       # trains first (a few minutes)
     python benchmarks/bench_pointing.py --checkpoint species.pt --heldout 20
+    python benchmarks/bench_pointing.py --untrained --heldout 1   # checks the script only
 """
 
 from __future__ import annotations
@@ -112,6 +113,9 @@ def figure(model, clips, hits, *, params, path: Path, per_row: int = 3, n: int =
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--checkpoint", default=None, help="a trained model (else one is trained)")
+    ap.add_argument(
+        "--untrained", action="store_true", help="random weights over the species: no training"
+    )
     ap.add_argument("--train-per-class", type=int, default=72)
     ap.add_argument("--epochs", type=int, default=10)
     ap.add_argument("--epoch-windows", type=int, default=96, help="training windows per epoch")
@@ -134,7 +138,16 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="echocam-bench-pointing-") as tmp:
         tmp = Path(tmp)
         ckpt = args.checkpoint
-        if ckpt is None:
+        if args.untrained:
+            from torchvision.models import resnet18
+
+            from echocam.explain.model import save_checkpoint
+
+            names = sorted([*synthetic.SPECIES, synthetic.NOISE_CLASS])
+            ckpt = str(tmp / "untrained.pt")
+            torch.manual_seed(0)
+            save_checkpoint(ckpt, resnet18(num_classes=len(names)).state_dict(), names)
+        elif ckpt is None:
             synthetic.write_species(
                 tmp / "train",
                 per_class=args.train_per_class,

@@ -15,12 +15,8 @@ For each size N: N small objects are uploaded under a prefix, then, each in a fr
   written in bulk with the workers' record and marker formats, with the run's fingerprint), the
   done index still all folder markers: what a run cut off before its end leaves (a run that ends
   is compacted by a worker);
-- ``rerun-by-record``: the old decision path as a control: the listing plus one record GET per
-  key on ``io_threads`` threads (what ``produce`` did before the done index);
 - ``compact``: compaction of the done prefix, as a worker runs it when a run ends and as
-  ``echocam manifest`` does (index listing + shards; it folds the markers into one segment),
-  against ``compact-by-record``: listing every record.json and reading each (the old
-  compaction's I/O);
+  ``echocam manifest`` does (index listing + shards; it folds the markers into one segment);
 - ``rerun-compacted``: ``produce`` again after ``compact`` (source listing + one segment);
 - ``list-index``: the bare paginator over the folded index (one segment object; on SeaweedFS,
   also the walk of the empty folders the index's sources left, one per distinct source folder);
@@ -33,6 +29,9 @@ Each child reports its wall time, its peak RSS above its post-import baseline, a
 load average when it ended.  The machine is shared: its load drifts within minutes, so each
 repeat of ``first`` and of the re-runs follows a bare listing of the same keys, and their ratio
 to the listing is also given as the median of those pairs' ratios.
+
+Target: ``produce`` (first run, and a re-run after a run that ended) at >= 0.8 x the bare
+listing's keys/s.
 
     python benchmarks/bench_producer.py [--sizes 10000 100000] [--json out.json]
 """
@@ -64,9 +63,7 @@ def _status(field: str) -> int:
 
 def child(what: str, n: int) -> dict:
     from echocam.bucket import manifest
-    from echocam.bucket.chunking import chunked
-    from echocam.bucket.records import RECORD_NAME
-    from echocam.bucket.storage import client_factory, open_store, read_json
+    from echocam.bucket.storage import client_factory, open_store
     from echocam.settings import Params, Settings
     from producer.enqueue import produce
     from worker.app import app
@@ -93,20 +90,11 @@ def child(what: str, n: int) -> dict:
         res = produce(src, dst, app=app, model=model, params=Params(), settings=settings)
         count = res.recordings + res.skipped
         extra = {"enqueued": res.recordings, "skipped": res.skipped, "tasks": res.tasks}
-    elif what == "rerun-by-record":
-        count = 0
-        with ThreadPoolExecutor(settings.io_threads) as pool:
-            listing = src.list(suffixes=settings.extensions, page_size=settings.page_size)
-            for some in chunked(listing, settings.page_size):
-                found = pool.map(lambda it: read_json(dst, f"{it.key}/{RECORD_NAME}"), some)
-                count += sum(1 for r in found if r is not None)
     elif what == "compact":
         shards = sum(1 for _ in dst.list(under=manifest.SHARDS))
         summary = manifest.compact(dst, page_size=settings.page_size)
         count = summary["recordings"]
         extra = {"shards_read": shards, "index_pages": -(-n // settings.page_size)}
-    elif what == "compact-by-record":
-        count = sum(1 for _ in manifest.iter_records(dst, threads=16))
     else:
         raise SystemExit(f"unknown {what}")
     seconds = time.perf_counter() - t0
@@ -287,9 +275,8 @@ def report(res: dict) -> str:
 # In this order: compact folds the index that rerun reads, rerun-compacted reads its segment,
 # settle waits for the server to remove what compaction emptied.
 PATHS = [
-    "list", "list-default", "list-frozen", "first", "rerun", "rerun-by-record", "compact",
-    "rerun-compacted", "list-index", "compact-by-record", "settle", "rerun-compacted-later",
-    "list-index-later",
+    "list", "list-default", "list-frozen", "first", "rerun", "compact", "rerun-compacted",
+    "list-index", "settle", "rerun-compacted-later", "list-index-later",
 ]  # fmt: skip
 #: Each repeat of these follows a bare listing of the same keys; their ratio to the listing is
 #: the median of the pairs' ratios (the load of the machine's neighbours drifts within minutes).

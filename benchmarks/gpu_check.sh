@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
-# gpu_check.sh: a short (about 1-2 minutes, capped at 5) check of echo-cam on one NVIDIA GPU.
+# gpu_check.sh: a short (3-4 minutes on an H100 host, capped at 290 s) check of echo-cam on one
+# NVIDIA GPU.
 #
 #   bash benchmarks/gpu_check.sh                 # from anywhere, on a copy of the repository
 #   OUT=/some/dir bash benchmarks/gpu_check.sh   # results go to $OUT (default ./benchmarks/results)
 #
-# Prints the device (nvidia-smi, torch.cuda.get_device_name), times model + CAM at batch
-# 64/256/1024 in fp32 and bf16 autocast (channels_last), the full on-device path
-# (Explainer.explain) and `echocam run samples --out $OUT/gpu-run --weights random --device cuda`,
-# and writes $OUT/gpu_check.json.  Exit status: 0 ok, 1 a part failed, 2 no GPU / no CUDA torch.
+# Runs gpu_check.py (its docstring lists the parts: device, model + CAM, the device stage and
+# local mode, `echocam run samples`, processes sharing the GPU, training) and writes
+# $OUT/gpu_check.json.  Exit status: 0 ok, 1 a part failed, 2 no GPU / no CUDA torch.
 #
 # Python: $PYTHON if set; else .venv/bin/python if it has the dependencies; else python3 if it
 # has them (a preinstalled CUDA torch); else it makes the venv itself:
