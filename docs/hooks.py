@@ -110,7 +110,8 @@ def takes_flag(sub: argparse.ArgumentParser, field: str) -> bool:
 
 
 def configuration() -> str:
-    from echocam.settings import Params, Settings, env_name
+    from echocam.settings import Params, Settings, default_of, env_name
+    from echocam.train.config import Augment, TrainConfig
     from echocam_cli import build_parser
 
     subs = subparsers(build_parser())
@@ -140,6 +141,23 @@ def configuration() -> str:
                 f"| {cell(f.metadata['help'])} | {where} |"
             )
         out.append("")
+    out += [
+        "## Training",
+        "",
+        "The flags of [`echocam train`](cli.md#echocam-train) alone (no variables), from "
+        "`TrainConfig`'s fields (`echocam/train/config.py`); the analysis parameters a model is "
+        "trained at are the ones above, and stored in its checkpoint.",
+        "",
+        "| flag | default | meaning |",
+        "| --- | --- | --- |",
+    ]
+    for f in dataclasses.fields(TrainConfig):
+        if "help" in f.metadata:
+            value = default_of(f)
+            value = "on" if isinstance(value, Augment) else shown(value)
+            flag = "--" + f.name.replace("_", "-")
+            out.append(f"| `{flag}` | `{cell(value)}` | {cell(f.metadata['help'])} |")
+    out.append("")
     return "\n".join(out)
 
 
