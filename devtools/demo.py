@@ -212,6 +212,9 @@ def main(argv: list[str] | None = None) -> int:
         say("interrupted; everything the demo started is stopped")
         return 130
     except subprocess.CalledProcessError as e:
+        if e.returncode == 130:  # it saw the Ctrl-C first
+            say("interrupted; everything the demo started is stopped")
+            return 130
         say(f"{e.cmd} failed (exit status {e.returncode})")
         return 1
     if rc == 0:
