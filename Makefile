@@ -37,15 +37,15 @@ docs: $(STAMP)
 test: lint browser docs
 	$(BIN)/python -m pytest -ra
 
-# Local mode on the shipped sample recordings (weights: ECHOCAM_WEIGHTS, default imagenet).
-demo-local: $(STAMP)
-	rm -rf demo-out/local
-	$(BIN)/echocam run samples --out demo-out/local
-	@echo "open demo-out/local/*/overlay.jpg; manifest: demo-out/local/manifest.jsonl"
-
-# The distributed path: Redis + SeaweedFS + a worker + the producer, all started and stopped here.
+# The distributed path (Redis + SeaweedFS + a worker + the producer, all started and stopped here)
+# on samples/ and synthetic calls, with a demo species model trained once (about 2 minutes on 2
+# cores) and cached in .demo-cache/; ECHOCAM_WEIGHTS overrides the model.
 demo: $(STAMP)
-	$(BIN)/python -m devtools.demo
+	@$(BIN)/python -m devtools.demo
+
+# The same input and model in local mode (echocam run).
+demo-local: $(STAMP)
+	@$(BIN)/python -m devtools.demo --local
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run_all.py
