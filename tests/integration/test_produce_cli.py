@@ -54,9 +54,10 @@ def svc(services, request):
 
 def start(svc) -> Worker:
     """The test's worker, on its queue (stopped at the test's end); not waited for."""
-    name = svc["request"].node.name[:40]
-    svc["worker"] = start_worker(svc["request"], svc["env"], name=name, log_dir=svc["dir"],
-                                 ready=False)  # fmt: skip
+    request = svc["request"]
+    svc["worker"] = start_worker(
+        request, svc["env"], name=request.node.name[:40], log_dir=svc["dir"], ready=False
+    )
     return svc["worker"]
 
 
