@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -131,8 +132,6 @@ def _guarded_popen_init(self, args, *rest, **kwargs) -> None:
 def _guard_training_in_process() -> None:
     """Check ``echocam.train.loop.train`` too, from the time a test has imported it (importing
     it here would cost every run the model stack's import)."""
-    import sys
-
     loop = sys.modules.get("echocam.train.loop")
     if loop is None or getattr(loop.train, "guarded", False):
         return
