@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install lint format test browser docs demo demo-local bench clean
+.PHONY: install lint format test test-fast browser docs demo demo-local bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -34,8 +34,14 @@ browser:
 docs: $(STAMP)
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
 
+# The whole suite, in a random order (pytest-randomly; the seed is printed at the start and the
+# end, to replay an order: pytest -p randomly --randomly-seed=SEED).
 test: lint browser docs
-	$(BIN)/python -m pytest -ra
+	$(BIN)/python -m pytest -ra -p randomly
+
+# The fast loop: tests/unit (no Redis, S3, worker, browser nor training) without the slow tests.
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest tests/unit -m "not slow" -q -p randomly
 
 # The distributed path (Redis + SeaweedFS + a worker + the producer, all started and stopped here)
 # on samples/ and synthetic calls, with a demo species model trained once (about 2 minutes on 2

@@ -42,6 +42,9 @@ REGION = "us-east-1"
 # range (32768-60999 by default) so that neither port can be taken by an outgoing connection.
 _GRPC_OFFSET = 10000
 _WEED_PORT_RANGE = (12000, 22000)
+# Its own generator: a test runner that reseeds `random` before each test (pytest-randomly) would
+# otherwise have every session with the same seed try the same ports in the same order.
+_port_rng = random.Random()
 
 
 def free_port() -> int:
@@ -64,7 +67,7 @@ def _free_ports_with_grpc(count: int) -> list[int]:
     """``count`` distinct ports P such that P and P + 10000 are both free."""
     ports: list[int] = []
     for _ in range(1000):
-        port = random.randrange(*_WEED_PORT_RANGE)
+        port = _port_rng.randrange(*_WEED_PORT_RANGE)
         taken = {p for q in ports for p in (q, q + _GRPC_OFFSET)}
         if port in taken or port + _GRPC_OFFSET in taken:
             continue

@@ -9,12 +9,42 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import ClassVar
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def _group_members(pgid: int) -> list[int]:
+    """The live processes of process group ``pgid`` (zombies, which only wait to be reaped by
+    whoever adopted them, left out); on systems without ``/proc``, the group's existence."""
+    if not os.path.isdir("/proc/self"):
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return []
+        return [pgid]
+    members = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()  # after the command name
+        except OSError:  # gone meanwhile
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            members.append(int(entry))
+    return members
+
+
 class Worker:
-    """``echocam worker`` as a subprocess (its own process group, ended by PID)."""
+    """``echocam worker`` as a subprocess (its own process group, ended by PID).
+
+    Every worker this process starts is kept in ``Worker.started``, so that whoever started
+    them (a test session, the demo) can check that none is left running: see :meth:`alive`.
+    """
+
+    started: ClassVar[list[Worker]] = []
 
     def __init__(self, env: dict[str, str], *, name: str, log_dir: Path, args: list[str] = ()):
         self.env, self.name, self.args = env, name, list(args)
@@ -22,26 +52,40 @@ class Worker:
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> Worker:
-        log = self.log_path.open("ab")
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "echocam_cli",
-                "worker",
-                "--hostname",
-                f"{self.name}@%h",
-                "--loglevel",
-                "INFO",
-                *self.args,
-            ],
-            env=self.env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            cwd=ROOT,
-        )
+        with self.log_path.open("ab") as log:  # the worker holds its own copy
+            self.proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "echocam_cli",
+                    "worker",
+                    "--hostname",
+                    f"{self.name}@%h",
+                    "--loglevel",
+                    "INFO",
+                    *self.args,
+                ],
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                cwd=ROOT,
+            )
+        Worker.started.append(self)
         return self
+
+    @property
+    def queue(self) -> str:
+        """The Celery queue this worker consumes (its ``ECHOCAM_QUEUE``)."""
+        return self.env.get("ECHOCAM_QUEUE", "echocam")
+
+    def alive(self) -> bool:
+        """Whether any process of the worker's group is left: its main process, or a pool
+        process that outlived it."""
+        if self.proc is None:
+            return False
+        self.proc.poll()  # reap an exited main process
+        return bool(_group_members(self.proc.pid))
 
     def wait_ready(self, timeout: float = 180.0) -> None:
         deadline = time.monotonic() + timeout
@@ -60,14 +104,29 @@ class Worker:
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
 
     def stop(self, sig: signal.Signals = signal.SIGTERM, timeout: float = 60.0) -> None:
-        if self.proc is None or self.proc.poll() is not None:
+        """End the worker with ``sig`` (SIGKILL after ``timeout`` s), then any pool process
+        left in its group (a main process killed first orphans them); returns once the whole
+        group is gone."""
+        if self.proc is None:
             return
-        os.killpg(self.proc.pid, sig)
-        try:
-            self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(10)
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(10)
+        deadline = time.monotonic() + 10
+        while self.alive():
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                break
+            if time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"worker {self.name}: processes of group {self.proc.pid} live on"
+                )
+            time.sleep(0.1)
 
 
 def echocam(

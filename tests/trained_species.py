@@ -20,6 +20,7 @@ import pytest
 
 from devtools import synthetic
 from devtools.stack import ROOT
+from tests.helpers import marks
 
 SPECIES = list(synthetic.SPECIES)
 CLASSES = sorted([*SPECIES, synthetic.NOISE_CLASS])  # and a class of clips without calls
@@ -96,6 +97,7 @@ def _wait_for(path: Path, text: str, proc: subprocess.Popen, timeout: float) -> 
 
 
 @pytest.fixture(scope="session")
+@marks("training", "slow")
 def trained_species(species_data, tmp_path_factory) -> dict:
     """`echocam train` from random weights, SIGTERMed after epoch 1, then `--resume`d."""
     out = tmp_path_factory.mktemp("model")

@@ -31,7 +31,7 @@ from devtools.services import free_port, wait_for
 from echocam.view.axes import MelAxis
 from echocam.view.images import TILE, Images, zoom_levels
 from echocam.view.server import make_server, parse_range, start_in_thread
-from tests.helpers import ROOT, SPECIES, chirp, wav_bytes
+from tests.helpers import ROOT, SPECIES, chirp, marks, wav_bytes
 
 SAMPLES = sorted((ROOT / "samples").glob("*.wav"))
 BAD = {"bad/empty.wav": (b"", "empty"), "bad/text.wav": (b"not audio\n" * 30, "undecodable")}
@@ -139,6 +139,7 @@ def screenshots(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
+@marks("browser")
 def browser():
     chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
     if not (chromium and driver):
@@ -896,6 +897,7 @@ def test_package_data_ships_templates_and_static_files():
 
 
 @pytest.mark.slow
+@pytest.mark.s3
 def test_bucket_run_streams_ranges_and_never_shows_credentials(run_dir):
     """The local run's outputs and recordings in SeaweedFS; `echocam view s3://...` with the
     credentials in its environment: 206 answers from the bucket, and no page, file or header

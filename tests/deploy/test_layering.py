@@ -23,7 +23,7 @@ import pytest
 import yaml
 
 from devtools.services import RedisServer, free_port, wait_for
-from devtools.stack import Worker
+from tests.helpers import marks, own_queue, start_worker
 
 ROOT = Path(__file__).resolve().parents[2]
 # What the worker image has and the slim image does not (pyproject dependencies and their own).
@@ -190,6 +190,7 @@ def _get(url: str, auth: str | None = None) -> tuple[int, str]:
 
 
 @pytest.fixture(scope="module")
+@marks("redis")
 def redis_srv():
     with RedisServer(password="layering-pw") as srv:
         yield srv
@@ -273,22 +274,18 @@ def _healthcheck_argv() -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def live_worker(redis_srv, species_checkpoint, tmp_path_factory):
+@marks("worker")
+def live_worker(redis_srv, species_checkpoint, tmp_path_factory, request):
     """A worker as the image starts it: node name Celery's default, celery@<host name>."""
     env = {
         **os.environ,
         "ECHOCAM_BROKER_URL": redis_srv.url,
         "ECHOCAM_WEIGHTS": str(species_checkpoint),
-        "ECHOCAM_QUEUE": "layering-healthcheck",
+        "ECHOCAM_QUEUE": own_queue(request),
         "ECHOCAM_THREADS": "1",
     }
     log_dir = tmp_path_factory.mktemp("worker")
-    worker = Worker(env, name="celery", log_dir=log_dir, args=["--device", "cpu"]).start()
-    try:
-        worker.wait_ready()
-        yield worker
-    finally:
-        worker.stop()
+    return start_worker(request, env, name="celery", log_dir=log_dir, args=["--device", "cpu"])
 
 
 def test_worker_healthcheck_command_passes_for_a_live_worker(redis_srv, live_worker, tmp_path):

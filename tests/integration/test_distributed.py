@@ -1,4 +1,7 @@
-"""The distributed path end to end: real Redis, a real S3 server, real worker processes."""
+"""The distributed path end to end: real Redis, a real S3 server, real worker processes.
+
+One stack for the module (its worker on the module's own queue); each test writes under its
+own output prefix, and a test that changes inputs works on its own copy of them."""
 
 from __future__ import annotations
 
@@ -18,10 +21,19 @@ import pytest
 from PIL import Image
 
 from devtools.services import RedisServer, SeaweedS3
-from devtools.stack import Worker, echocam
+from devtools.stack import echocam
 from tests.corpus import MAX_BYTES, MAX_DURATION_S, corpus
 from tests.corpus import SKIPPED as CORPUS_SKIPPED
-from tests.helpers import SPECIES, available, chirp, recording, wav_bytes
+from tests.helpers import (
+    SPECIES,
+    available,
+    chirp,
+    marks,
+    own_queue,
+    recording,
+    start_worker,
+    wav_bytes,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -42,14 +54,15 @@ BAD = {
     "bad/silent.flac": (wav_bytes(np.zeros(22050, np.float32), 22050, fmt="FLAC"), "silent"),
 }
 SKIPPED = {"site a/notes.txt": b"field notes: not audio"}
-INPUT, OUTPUT = "s3://field-audio/survey 2019", "s3://cams-out/runs/one"
-OUT = "runs/one"  # OUTPUT's prefix in the bucket
+INPUT = "s3://field-audio/survey 2019"  # read only: a test that changes inputs copies them
 COMMON = ["--task-size", "2", "--page-size", "2"]
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory, species_checkpoint):
-    """Redis + SeaweedFS + one worker; input and output in different buckets."""
+@marks("redis", "s3", "worker")
+def stack(tmp_path_factory, species_checkpoint, request):
+    """Redis + SeaweedFS + one worker; input and output in different buckets.  Once every test
+    of the module is done, no secret is in anything they wrote or printed."""
     d = tmp_path_factory.mktemp("stack")
     with RedisServer(password="redis pw/with:odd@chars") as redis_srv, SeaweedS3() as s3:
         s3.create_bucket("field-audio")
@@ -64,25 +77,20 @@ def stack(tmp_path_factory, species_checkpoint):
             **os.environ,
             **s3.env(),
             "ECHOCAM_BROKER_URL": redis_srv.url,
-            "ECHOCAM_QUEUE": "echocam-test",
+            "ECHOCAM_QUEUE": own_queue(request),
             "ECHOCAM_WEIGHTS": str(species_checkpoint),
             "ECHOCAM_THREADS": "1",
             "ECHOCAM_BATCH_SIZE": "8",
         }
-        worker = Worker(env, name="w1", log_dir=d).start()
+        worker = start_worker(request, env, name="w1", log_dir=d)
+        # every CLI run's stdout and stderr, searched for credentials
+        stack = {"env": env, "s3": client, "redis": redis_srv, "worker": worker, "cli_output": []}
         try:
-            worker.wait_ready()
-            # every CLI run's stdout and stderr, searched for credentials at the end
-            cli_output: list[str] = []
-            yield {
-                "env": env,
-                "s3": client,
-                "redis": redis_srv,
-                "worker": worker,
-                "cli_output": cli_output,
-            }
+            yield stack
         finally:
-            worker.stop()
+            worker.stop()  # before its broker goes
+        problems = credentials_anywhere(stack)
+        assert not problems, "\n".join(problems)
 
 
 def cli(stack, *args: str):
@@ -92,7 +100,7 @@ def cli(stack, *args: str):
     return proc
 
 
-def produce(stack, *args: str, source: str = INPUT, out: str = OUTPUT) -> tuple[int, str]:
+def produce(stack, *args: str, out: str, source: str = INPUT) -> tuple[int, str]:
     proc = cli(
         stack,
         "produce",
@@ -110,7 +118,20 @@ def produce(stack, *args: str, source: str = INPUT, out: str = OUTPUT) -> tuple[
     return enqueued, proc.stdout
 
 
-def manifest(client, prefix="runs/one"):
+def copy_inputs(stack, prefix: str) -> str:
+    """A copy of the module's inputs under ``prefix`` of the input bucket: its URI."""
+    client, old = stack["s3"], "survey 2019/"
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket="field-audio", Prefix=old):
+        for obj in page["Contents"]:
+            client.copy_object(
+                Bucket="field-audio",
+                Key=f"{prefix}/{obj['Key'][len(old) :]}",
+                CopySource={"Bucket": "field-audio", "Key": obj["Key"]},
+            )
+    return f"s3://field-audio/{prefix}"
+
+
+def manifest(client, prefix: str):
     body = client.get_object(Bucket="cams-out", Key=f"{prefix}/manifest.jsonl")["Body"].read()
     return [json.loads(line) for line in body.decode().splitlines()]
 
@@ -120,9 +141,9 @@ def get(client, key: str) -> bytes:
 
 
 def test_end_to_end_every_input_once_with_outputs_or_error_code(stack):
-    enqueued, out = produce(stack)
+    enqueued, out = produce(stack, out="s3://cams-out/runs/one")
     assert enqueued == len(GOOD) + len(BAD)
-    rows = manifest(stack["s3"])
+    rows = manifest(stack["s3"], "runs/one")
     expected = sorted([f"site {'ab'[i % 2]}/{n}" for i, n in enumerate(GOOD)] + list(BAD))
     assert sorted(r["source_key"] for r in rows) == expected
     by_key = {r["source_key"]: r for r in rows}
@@ -142,34 +163,34 @@ def test_end_to_end_every_input_once_with_outputs_or_error_code(stack):
     # the model's class names once per run, as the workers reported them
     assert json.loads(get(stack["s3"], "runs/one/run.json"))["class_names"] == SPECIES
     assert summary["model"]["weights_kind"] == "checkpoint"
-    status = cli(stack, "status", OUTPUT, "--json")
+    status = cli(stack, "status", "s3://cams-out/runs/one", "--json")
     state = json.loads(status.stdout)
     assert state["finished"] and state["ok"] == len(GOOD) and state["failed"] == len(BAD)
 
 
 def test_resume_change_force_and_parameter_change(stack):
-    before = {r["source_key"]: r["finished_at"] for r in manifest(stack["s3"])}
-    assert produce(stack)[0] == 0  # everything is done
+    src, out = copy_inputs(stack, "resume"), "s3://cams-out/runs/resume"
+    assert produce(stack, source=src, out=out)[0] == len(GOOD) + len(BAD)
+    before = {r["source_key"]: r["finished_at"] for r in manifest(stack["s3"], "runs/resume")}
+    assert produce(stack, source=src, out=out)[0] == 0  # everything is done
     # change one source object: only that one is redone
     changed = "site a/spinetail_44k.wav"
     y = chirp(3.0, 22050)
-    stack["s3"].put_object(
-        Bucket="field-audio", Key=f"survey 2019/{changed}", Body=wav_bytes(y, 22050)
-    )
-    assert produce(stack)[0] == 1
-    after = {r["source_key"]: r["finished_at"] for r in manifest(stack["s3"])}
+    stack["s3"].put_object(Bucket="field-audio", Key=f"resume/{changed}", Body=wav_bytes(y, 22050))
+    assert produce(stack, source=src, out=out)[0] == 1
+    after = {r["source_key"]: r["finished_at"] for r in manifest(stack["s3"], "runs/resume")}
     assert [k for k in after if after[k] != before[k]] == [changed]
     # --force redoes all; a parameter change gives a new fingerprint and redoes all
-    assert produce(stack, "--force")[0] == len(GOOD) + len(BAD)
-    fp = {r["fingerprint"] for r in manifest(stack["s3"])}
-    assert produce(stack, "--top-k", "2")[0] == len(GOOD) + len(BAD)
-    fp2 = {r["fingerprint"] for r in manifest(stack["s3"])}
+    assert produce(stack, "--force", source=src, out=out)[0] == len(GOOD) + len(BAD)
+    fp = {r["fingerprint"] for r in manifest(stack["s3"], "runs/resume")}
+    assert produce(stack, "--top-k", "2", source=src, out=out)[0] == len(GOOD) + len(BAD)
+    fp2 = {r["fingerprint"] for r in manifest(stack["s3"], "runs/resume")}
     assert len(fp) == len(fp2) == 1 and fp != fp2
 
 
 def test_local_mode_writes_the_same_records(stack):
     """`echocam run` over the same bucket gives the records the workers gave (but timings)."""
-    produce(stack, "--top-k", "2")  # current state of runs/one: top-k 2
+    produce(stack, "--top-k", "2", out="s3://cams-out/runs/dist")
     proc = cli(
         stack,
         "run",
@@ -185,17 +206,17 @@ def test_local_mode_writes_the_same_records(stack):
     )
     assert proc.returncode == 0, proc.stderr
     volatile = {"timings_s", "finished_at", "run_id"}
-    dist = {r["source_key"]: r for r in manifest(stack["s3"])}
+    dist = {r["source_key"]: r for r in manifest(stack["s3"], "runs/dist")}
     local = {r["source_key"]: r for r in manifest(stack["s3"], "runs/local")}
     assert dist.keys() == local.keys()
     for key, row in dist.items():
-        a = json.loads(get(stack["s3"], f"runs/one/{row['record_key']}"))
+        a = json.loads(get(stack["s3"], f"runs/dist/{row['record_key']}"))
         b = json.loads(get(stack["s3"], f"runs/local/{row['record_key']}"))
         assert {k: v for k, v in a.items() if k not in volatile} == {
             k: v for k, v in b.items() if k not in volatile
         }, key
         if row["status"] == "ok":
-            assert get(stack["s3"], f"runs/one/{row['overlay_key']}") == get(
+            assert get(stack["s3"], f"runs/dist/{row['overlay_key']}") == get(
                 stack["s3"], f"runs/local/{row['overlay_key']}"
             )
 
@@ -238,14 +259,16 @@ def test_pickled_message_is_rejected_not_deserialised(stack, tmp_path):
 
     app = Celery("attacker", broker=stack["redis"].url)
     app.conf.task_serializer = "pickle"
-    app.send_task("echocam.process", args=[Exploit()], queue="echocam-test", serializer="pickle")
+    queue = stack["env"]["ECHOCAM_QUEUE"]
+    app.send_task("echocam.process", args=[Exploit()], queue=queue, serializer="pickle")
     deadline = time.monotonic() + 60
     while b"Refusing to deserialize" not in stack["worker"].log_path.read_bytes():
         assert time.monotonic() < deadline, stack["worker"].log_tail()
         time.sleep(0.2)
     assert not marker.exists()
     assert stack["worker"].proc.poll() is None
-    _, out = produce(stack)  # the worker still serves the queue: the run finishes
+    # the worker still serves the queue: the run finishes
+    _, out = produce(stack, out="s3://cams-out/runs/pickled")
     assert " 0 remaining" in out
 
 
@@ -306,19 +329,29 @@ def leaks(where: str, data: bytes, found: dict[str, str]) -> list[str]:
     ]
 
 
-def test_no_credentials_in_any_output_log_or_cli_output(stack):
-    """Last in the module: every object the runs above wrote to the output bucket (binary ones
-    too), every CLI run's output and the worker's log, for every secret of the run."""
-    if "Contents" not in stack["s3"].list_objects_v2(Bucket="cams-out", Prefix=f"{OUT}/summary"):
-        produce(stack)  # run alone, it still has a run to look at
+def credentials_anywhere(stack) -> list[str]:
+    """Every secret of the stack found in any object of the output bucket (binary ones too),
+    any CLI run's output or the worker's log."""
     found = secrets(stack)
-    client, problems, keys = stack["s3"], [], []
+    client, problems = stack["s3"], []
     for page in client.get_paginator("list_objects_v2").paginate(Bucket="cams-out"):
         for obj in page.get("Contents", []):
-            keys.append(obj["Key"])
             for where, data in byte_views(obj["Key"], get(client, obj["Key"])).items():
                 problems += leaks(where, data, found)
-    names = {k.rsplit("/", 1)[-1] for k in keys if k.startswith("runs/one/")}
+    for i, text in enumerate(stack["cli_output"]):
+        problems += leaks(f"CLI output {i} ({text.splitlines()[0]})", text.encode(), found)
+    problems += leaks("worker log", stack["worker"].log_path.read_bytes(), found)
+    return problems
+
+
+def test_no_credentials_in_any_output_log_or_cli_output(stack):
+    """A run of its own (every kind of output) and whatever the module's tests wrote so far:
+    every object of the output bucket, every CLI run's output and the worker's log, for every
+    secret of the run.  The stack checks the same once every test is done."""
+    produce(stack, out="s3://cams-out/runs/credentials")
+    cli(stack, "status", "s3://cams-out/runs/credentials")
+    listed = stack["s3"].list_objects_v2(Bucket="cams-out", Prefix="runs/credentials/")
+    names = {o["Key"].rsplit("/", 1)[-1] for o in listed["Contents"]}
     assert names >= {
         "spectrogram.png",
         "overlay.jpg",
@@ -329,7 +362,5 @@ def test_no_credentials_in_any_output_log_or_cli_output(stack):
         "manifest.parquet",
         "summary.json",
     }, names
-    for i, text in enumerate(stack["cli_output"]):
-        problems += leaks(f"CLI output {i} ({text.splitlines()[0]})", text.encode(), found)
-    problems += leaks("worker log", stack["worker"].log_path.read_bytes(), found)
+    problems = credentials_anywhere(stack)
     assert not problems, "\n".join(problems)

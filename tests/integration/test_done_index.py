@@ -22,6 +22,7 @@ from echocam.bucket import index, manifest, plan, records
 from echocam.bucket.protocol import DONE, RESUME, Redo
 from echocam.bucket.storage import LocalStore, ObjectInfo, S3Store, s3_client
 from echocam.run import runner
+from tests.helpers import marks
 
 BUCKET = "index-test"
 FP, OTHER_FP = "a" * 64, "b" * 64
@@ -166,6 +167,7 @@ def test_segments_read_back_their_markers_and_doubt_any_line_they_cannot_parse(t
 
 
 @pytest.fixture(scope="module")
+@marks("s3")
 def s3():
     with SeaweedS3() as server, pytest.MonkeyPatch.context() as mp:
         server.create_bucket(BUCKET)

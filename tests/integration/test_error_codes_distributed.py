@@ -16,12 +16,11 @@ import pytest
 import soundfile as sf
 
 from devtools.services import RedisServer, SeaweedS3
-from devtools.stack import Worker, echocam
-from tests.helpers import ROOT, wav_bytes
+from devtools.stack import echocam
+from tests.helpers import ROOT, marks, own_queue, start_worker, wav_bytes
 
 pytestmark = pytest.mark.slow
 BUCKET = "claims-dist"
-QUEUE = "echocam-claims"
 
 
 def clips(n: int) -> list[bytes]:
@@ -35,7 +34,8 @@ def clips(n: int) -> list[bytes]:
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory, species_checkpoint):
+@marks("redis", "s3", "worker")
+def stack(tmp_path_factory, species_checkpoint, request):
     d = tmp_path_factory.mktemp("claims-stack")
     with RedisServer() as redis_srv, SeaweedS3() as s3:
         s3.create_bucket(BUCKET)
@@ -43,16 +43,15 @@ def stack(tmp_path_factory, species_checkpoint):
         env.update(
             s3.env(),
             ECHOCAM_BROKER_URL=redis_srv.url,
-            ECHOCAM_QUEUE=QUEUE,
+            ECHOCAM_QUEUE=own_queue(request),
             ECHOCAM_WEIGHTS=str(species_checkpoint),
             ECHOCAM_THREADS="1",
             ECHOCAM_BATCH_SIZE="8",
         )
         # an unexpected error in tasks holding such a key (echocam/bucket/faults.py): internal
         worker_env = {**env, "ECHOCAM_FAULTS": json.dumps({"raise": "raise-internal"})}
-        worker = Worker(worker_env, name="claims", log_dir=d).start()
+        worker = start_worker(request, worker_env, name="claims", log_dir=d)
         try:
-            worker.wait_ready()
             yield {"env": env, "s3": s3.client(), "redis": redis_srv, "worker": worker}
         finally:
             worker.stop()
@@ -115,7 +114,7 @@ def test_download_failed_when_an_object_vanishes_before_the_worker_reads_it(stac
 
     data = dict(zip(["kept.wav", "gone.wav"], clips(2), strict=True))
     upload(stack, "vanish", data)
-    parked = QUEUE + "-parked"  # no worker consumes it yet: the task waits in Redis
+    parked = stack["env"]["ECHOCAM_QUEUE"] + "-parked"  # no worker consumes it yet: it waits
     n = produce(
         stack, "vanish", "--queue", parked, "--model-sha256", species_model.sha256, wait=False
     )

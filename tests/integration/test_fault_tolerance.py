@@ -25,11 +25,10 @@ import soundfile as sf
 from devtools.faultproxy import FaultProxy, Rule
 from devtools.services import RedisServer, SeaweedS3, wait_for
 from devtools.stack import ROOT, Worker, echocam
-from tests.helpers import recordings, wav_bytes
+from tests.helpers import marks, own_queue, recordings, start_worker, wav_bytes
 
 pytestmark = pytest.mark.slow
 BUCKET = "faults"
-QUEUE = "echocam-faults"
 
 
 def clips(n: int, seconds: float = 3.0) -> list[bytes]:
@@ -44,7 +43,9 @@ def clips(n: int, seconds: float = 3.0) -> list[bytes]:
 
 
 @pytest.fixture(scope="module")
-def svc(tmp_path_factory, species_checkpoint):
+@marks("redis", "s3")
+def services(tmp_path_factory, species_checkpoint):
+    """Redis (persistent: it is crashed and restarted) and SeaweedFS for the module."""
     d = tmp_path_factory.mktemp("faults")
     with RedisServer(appendonly=True, password="fault-pw") as redis_srv, SeaweedS3() as s3:
         s3.create_bucket(BUCKET)
@@ -52,7 +53,6 @@ def svc(tmp_path_factory, species_checkpoint):
             **os.environ,
             **s3.env(),
             "ECHOCAM_BROKER_URL": redis_srv.url,
-            "ECHOCAM_QUEUE": QUEUE,
             "ECHOCAM_WEIGHTS": str(species_checkpoint),
             "ECHOCAM_THREADS": "1",
             # short limits so a lost message comes back within the test
@@ -63,15 +63,27 @@ def svc(tmp_path_factory, species_checkpoint):
         yield {"env": env, "s3": s3, "client": s3.client(), "redis": redis_srv, "dir": d}
 
 
+def own(services: dict, request) -> dict:
+    """The services with the queue of the test or fixture ``request`` serves: its producer and
+    the workers it starts (stopped at its end) serve it alone."""
+    env = {**services["env"], "ECHOCAM_QUEUE": own_queue(request)}
+    return {**services, "env": env, "request": request}
+
+
+@pytest.fixture
+@marks("worker")
+def svc(services, request):
+    return own(services, request)
+
+
 def upload(svc, prefix: str, items: dict[str, bytes]) -> None:
     for name, data in items.items():
         svc["client"].put_object(Bucket=BUCKET, Key=f"{prefix}/{name}", Body=data)
 
 
 def worker(svc, name: str, **env: str) -> Worker:
-    w = Worker({**svc["env"], **env}, name=name, log_dir=svc["dir"]).start()
-    w.wait_ready()
-    return w
+    """A worker of this test, on its queue, ready."""
+    return start_worker(svc["request"], {**svc["env"], **env}, name=name, log_dir=svc["dir"])
 
 
 def produce(svc, prefix: str, *args: str, wait: bool = False) -> subprocess.CompletedProcess:
@@ -415,8 +427,12 @@ def test_a_manifest_that_cannot_be_written_is_reported_and_echocam_manifest_writ
 
 
 @pytest.fixture(scope="module")
-def poison_run(svc):
-    """A task that crashes its process every time, one that hangs, and ordinary ones."""
+@marks("worker")
+def poison_run(services, request):
+    """A task that crashes its process every time, one that hangs, and ordinary ones, run by
+    a worker of this fixture's own (stopped once the run is done): the recordings, the
+    manifest's rows, whether the worker lived to the run's end, and its log."""
+    svc = own(services, request)
     names = {f"clip-{i:02d}.wav": b for i, b in enumerate(clips(4))}
     names["poison.wav"], names["hang.wav"] = clips(2, seconds=2.0)
     upload(svc, "poison", names)
@@ -428,22 +444,21 @@ def poison_run(svc):
         ECHOCAM_TASK_TIME_LIMIT="10",
         ECHOCAM_MAX_DELIVERIES="2",
     )
-    try:
-        produce(svc, "poison", "--task-size", "1", wait=True)
-        yield names, manifest(svc, "poison"), w
-    finally:
-        w.stop()
+    produce(svc, "poison", "--task-size", "1", wait=True)
+    rows, lived = manifest(svc, "poison"), w.proc.poll() is None
+    w.stop()
+    return names, rows, lived, w.log_path.read_text()
 
 
 def test_poison_task_is_failed_after_bounded_deliveries(poison_run):
-    names, rows, w = poison_run
+    names, rows, lived, log = poison_run
     assert_exactly_once(rows, names, {"poison.wav": "worker_lost", "hang.wav": "timeout"})
-    assert w.proc.poll() is None  # the worker lives on
-    assert w.log_path.read_text().count("crashing pool process") == 2  # max_deliveries
+    assert lived  # the worker lives on
+    assert log.count("crashing pool process") == 2  # max_deliveries
 
 
 def test_task_over_the_soft_time_limit_fails_with_timeout(poison_run):
-    names, rows, w = poison_run
+    names, rows, _, _ = poison_run
     row = next(r for r in rows if r["source_key"] == "hang.wav")
     assert row["error_code"] == "timeout" and "soft time limit" in row["error_message"]
     assert sum(r["status"] == "ok" for r in rows) == len(names) - 2
@@ -466,8 +481,7 @@ def test_producer_killed_halfway_then_restarted(svc, species_checkpoint):
     upload(svc, "many", names)
     sha = load_model(str(species_checkpoint)).sha256
     r = svc["redis"].client()
-    queue = "echocam-many"  # its own queue: only this test's worker consumes it
-    env = {**svc["env"], "ECHOCAM_QUEUE": queue}
+    env, queue = svc["env"], svc["env"]["ECHOCAM_QUEUE"]  # only this test's worker consumes it
     args = [
         sys.executable,
         "-m",
@@ -506,7 +520,7 @@ def test_producer_killed_halfway_then_restarted(svc, species_checkpoint):
     first_keys = [key for raw in queued for key in task_keys(raw)[1]]
     assert len(set(first_keys)) == len(first_keys) == len(queued)
 
-    w = worker(svc, "many", ECHOCAM_QUEUE=queue)
+    w = worker(svc, "many")
     try:
         # the first run's tasks, all of them and nothing else, are done before the restart
         tasks = f"echocam:run:{first_run}:tasks"

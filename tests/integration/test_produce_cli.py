@@ -15,11 +15,10 @@ import pytest
 
 from devtools.services import RedisServer, SeaweedS3
 from devtools.stack import ROOT, Worker, echocam
-from tests.helpers import chirp, wav_bytes
+from tests.helpers import chirp, marks, own_queue, start_worker, wav_bytes
 
 pytestmark = pytest.mark.slow
 BUCKET = "produce-cli"
-QUEUE = "echocam-produce-cli"
 
 
 def clip(i: int) -> bytes:
@@ -28,8 +27,9 @@ def clip(i: int) -> bytes:
 
 
 @pytest.fixture(scope="module")
-def svc(tmp_path_factory, species_checkpoint):
-    """Redis + SeaweedFS; the worker is started by the first test that needs one."""
+@marks("redis", "s3")
+def services(tmp_path_factory, species_checkpoint):
+    """Redis + SeaweedFS for the module; each test starts its own worker."""
     d = tmp_path_factory.mktemp("produce-cli")
     with RedisServer(password="produce-pw") as redis_srv, SeaweedS3() as s3:
         s3.create_bucket(BUCKET)
@@ -37,25 +37,35 @@ def svc(tmp_path_factory, species_checkpoint):
             **os.environ,
             **s3.env(),
             "ECHOCAM_BROKER_URL": redis_srv.url,
-            "ECHOCAM_QUEUE": QUEUE,
             "ECHOCAM_WEIGHTS": str(species_checkpoint),
             "ECHOCAM_THREADS": "1",
             "ECHOCAM_TASK_SIZE": "2",
         }
-        state = {"env": env, "client": s3.client(), "redis": redis_srv, "dir": d, "worker": None}
-        try:
-            yield state
-        finally:
-            if state["worker"] is not None:
-                state["worker"].stop()
+        yield {"env": env, "client": s3.client(), "redis": redis_srv, "dir": d}
+
+
+@pytest.fixture
+@marks("worker")
+def svc(services, request):
+    """The services with this test's own queue, and (once started) its worker."""
+    env = {**services["env"], "ECHOCAM_QUEUE": own_queue(request)}
+    return {**services, "env": env, "request": request, "worker": None}
+
+
+def start(svc) -> Worker:
+    """The test's worker, on its queue (stopped at the test's end); not waited for."""
+    request = svc["request"]
+    svc["worker"] = start_worker(
+        request, svc["env"], name=request.node.name[:40], log_dir=svc["dir"], ready=False
+    )
+    return svc["worker"]
 
 
 @pytest.fixture
 def worker(svc) -> Worker:
-    if svc["worker"] is None:
-        svc["worker"] = Worker(svc["env"], name="w1", log_dir=svc["dir"]).start()
-    svc["worker"].wait_ready()
-    return svc["worker"]
+    w = start(svc)
+    w.wait_ready()
+    return w
 
 
 def upload(svc, prefix: str, items: dict[str, bytes]) -> None:
@@ -99,7 +109,7 @@ def records(svc, prefix: str) -> dict[str, dict]:
 
 
 def test_produce_keeps_asking_until_a_worker_that_starts_later_answers(svc):
-    """Item 6: produce first, worker second; produce enqueues once the worker is up."""
+    """Produce first, worker second; produce enqueues once the worker is up."""
     assert svc["worker"] is None, "this test needs to start the first worker itself"
     upload(svc, "late", {"a.wav": clip(0), "b.wav": clip(1)})
     log = (svc["dir"] / "produce-late.log").open("w")
@@ -110,7 +120,7 @@ def test_produce_keeps_asking_until_a_worker_that_starts_later_answers(svc):
     try:
         time.sleep(4)  # produce has broadcast (at least once) to no one
         assert proc.poll() is None, (svc["dir"] / "produce-late.log").read_text()
-        w = svc["worker"] = Worker(svc["env"], name="w1", log_dir=svc["dir"]).start()
+        w = start(svc)
         answered = None  # when the worker's consumer was up and could answer
         while proc.poll() is None:
             if answered is None and b" ready." in w.log_path.read_bytes():
@@ -149,7 +159,7 @@ def bars(stderr: str) -> list[tuple[int, int, int]]:
 
 
 def test_produce_shows_listed_enqueued_skipped_while_it_works(svc, worker):
-    """Item 7: a bar on stderr from the first key on, not one line at the end."""
+    """A bar on stderr from the first key on, not one line at the end."""
     upload(svc, "progress", {f"r{i}.wav": clip(10 + i) for i in range(3)})
     upload(svc, "progress", {"notes.txt": b"not audio"})
     produce(svc, "progress")
@@ -181,7 +191,7 @@ def lines(proc: subprocess.CompletedProcess) -> set[tuple[str, ...]]:
 
 
 def test_dry_run_writes_nothing_and_limit_takes_a_subset(svc, worker):
-    """Item 8: --dry-run says what would be enqueued and skipped, and why; --limit N."""
+    """--dry-run says what would be enqueued and skipped, and why; --limit N."""
     upload(svc, "dry", {"a0.wav": clip(20), "a1.wav": clip(21), "bad.wav": b"not audio at all"})
     upload(svc, "dry", {"notes.txt": b"field notes"})
     produce(svc, "dry")
@@ -218,7 +228,7 @@ def test_dry_run_writes_nothing_and_limit_takes_a_subset(svc, worker):
 
 
 def test_retry_failed_redoes_failed_records_only(svc, worker):
-    """Item 9: failed records (current ones too) are redone by the workers; ok recordings and
+    """Failed records (current ones too) are redone by the workers; ok recordings and
     recordings with no record are left alone; --codes narrows to those codes."""
     upload(svc, "retry", {"ok.wav": clip(30), "empty.wav": b"", "junk.wav": b"no audio here"})
     produce(svc, "retry")
@@ -255,7 +265,7 @@ def test_retry_failed_redoes_failed_records_only(svc, worker):
 
 
 def test_reruns_and_compaction_read_listings_not_records(svc, worker):
-    """Issue 16: through the fault proxy, which logs every request of `produce` and `manifest`:
+    """Through the fault proxy, which logs every request of `produce` and `manifest`:
     a re-run skips everything and a changed object or parameter is redone, without reading one
     record; compaction reads shards, not records."""
     from devtools.faultproxy import FaultProxy

@@ -7,23 +7,27 @@ import pytest
 
 from devtools.services import SeaweedS3
 from echocam.bucket.storage import LocalStore, S3Store
+from tests.helpers import marks
 
 DATA = bytes(range(256)) * 40 + b"tail"
 
 
 @pytest.fixture(scope="module")
+@marks("s3")
 def s3():
     with SeaweedS3() as server:
         server.create_bucket("ranges")
         yield server
 
 
-@pytest.fixture(params=["local", "s3"])
+@pytest.fixture(params=["local", pytest.param("s3", marks=pytest.mark.s3)])
 def store(request, tmp_path):
+    """An empty store of the test's own: a directory, or a prefix of a SeaweedFS bucket."""
     if request.param == "local":
         store = LocalStore(tmp_path)
     else:
-        store = S3Store("s3://ranges/some prefix", request.getfixturevalue("s3").client())
+        uri = f"s3://ranges/some prefix/{request.node.name}"
+        store = S3Store(uri, request.getfixturevalue("s3").client())
     store.put("a/b.bin", DATA)
     return store
 

@@ -22,7 +22,7 @@ import torch
 
 from devtools import synthetic
 from devtools.stack import echocam
-from tests.helpers import RECORDINGS, needs_shared
+from tests.helpers import RECORDINGS, marks, needs_shared, own_queue, start_worker
 from tests.trained_species import CLASSES, EPOCHS, HELDOUT_PER_CLASS, SPECIES, TRAIN_PER_CLASS
 
 pytestmark = [needs_shared]
@@ -184,6 +184,7 @@ def test_init_imagenet_uses_the_cache_and_fails_clearly_offline(tmp_path, monkey
     assert torch.equal(net.state_dict()["layer4.1.conv2.weight"], fake["layer4.1.conv2.weight"])
 
 
+@pytest.mark.training
 def test_seeded_cpu_training_is_reproducible(species_data, tmp_path):
     """Same seed, same data: the same weights (threads on; windows seeded by position)."""
     from echocam.explain.model import state_dict_sha256
@@ -358,7 +359,7 @@ def _iou(a, b, *, scale=lambda f: f) -> float:
 
 
 def test_evidence_boxes_find_the_calls_of_heldout_clips(heldout_run, species_data):
-    """Issue 11's localisation, end to end from the detections table `echocam run` wrote, for the
+    """Localisation, end to end from the detections table `echocam run` wrote, for the
     true species of each held-out clip: the peak lies in a call's box within half a CAM cell
     (the pointing game; measured 87-90 %), the evidence box overlaps a call (measured 100 %),
     and the call box (the loud pixels inside the evidence region nearest the peak) matches a
@@ -404,6 +405,7 @@ def test_evidence_boxes_find_the_calls_of_heldout_clips(heldout_run, species_dat
 
 
 @pytest.fixture(scope="module")
+@marks("s3")
 def s3():
     """One SeaweedFS S3 server for this module's tests."""
     from devtools.services import SeaweedS3
@@ -416,6 +418,7 @@ def s3():
 
 
 @pytest.fixture(scope="module")
+@marks("training")
 def annotated(species_data, s3, tmp_path_factory):
     """Long recordings in a bucket (one per class, calls at known times) with a labels CSV of
     their annotated spans, a validation folder, and a 1-epoch `echocam train` on them into
@@ -504,10 +507,10 @@ def test_weights_from_s3_load_the_trained_checkpoint(annotated, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def species_stack(trained_species, species_data, s3, tmp_path_factory):
+@marks("redis", "worker")
+def species_stack(trained_species, species_data, s3, tmp_path_factory, request):
     """Redis + SeaweedFS + one worker holding the trained checkpoint, read from the bucket."""
     from devtools.services import RedisServer
-    from devtools.stack import Worker
 
     with RedisServer() as redis_srv:
         s3.create_bucket("species")
@@ -520,14 +523,14 @@ def species_stack(trained_species, species_data, s3, tmp_path_factory):
             **os.environ,
             **s3.env(),
             "ECHOCAM_BROKER_URL": redis_srv.url,
-            "ECHOCAM_QUEUE": "echocam-train-test",
+            "ECHOCAM_QUEUE": own_queue(request),
             "ECHOCAM_WEIGHTS": "s3://species/models/species.pt",
             "ECHOCAM_THREADS": "2",
             "ECHOCAM_BATCH_SIZE": "16",
         }
-        worker = Worker(env, name="species", log_dir=tmp_path_factory.mktemp("worker")).start()
+        log_dir = tmp_path_factory.mktemp("worker")
+        worker = start_worker(request, env, name="species", log_dir=log_dir)
         try:
-            worker.wait_ready()
             yield {"env": env, "s3": client, "worker": worker}
         finally:
             worker.stop()

@@ -89,6 +89,7 @@ def test_display_map_keeps_each_cell_value_at_its_receptive_field_centre():
     assert abs(peak[1] + 0.5 - (32 * 4 + 0.5) * 552 / 224) <= 1
 
 
+@pytest.mark.slow
 def test_cell_receptive_fields_are_centred_where_display_maps_draw_them():
     """The claim behind display_maps' resampling, checked on the network itself: the input
     gradient of layer4 cell j is centred on pixel 32j (not on 32j + 16, where bilinear

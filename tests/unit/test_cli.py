@@ -65,8 +65,9 @@ def local_args(species_checkpoint):
     return ["--weights", str(species_checkpoint), "--threads", "1", "--batch-size", "8"]
 
 
+@pytest.mark.slow
 def test_run_starts_before_the_listing_ends_and_resume_still_sees_content(tmp_path, local_args):
-    """Item 7: the bar moves while files are still being listed (and hashed); a file whose
+    """The bar moves while files are still being listed (and hashed); a file whose
     bytes change but whose size and mtime do not is still redone."""
     src, out = tmp_path / "in", tmp_path / "out"
     src.mkdir()
@@ -99,6 +100,7 @@ def test_run_starts_before_the_listing_ends_and_resume_still_sees_content(tmp_pa
     assert [k for k in after if after[k] != before[k]] == ["rec_007.wav"]
 
 
+@pytest.mark.slow
 def test_run_local_writes_its_first_records_before_listing_the_last_file(
     tmp_path, species_checkpoint
 ):
@@ -147,6 +149,7 @@ def lines(proc: subprocess.CompletedProcess) -> set[tuple[str, ...]]:
     return {tuple(line.split("\t")) for line in proc.stdout.splitlines() if "\t" in line}
 
 
+@pytest.mark.slow
 def test_run_dry_run_limit_and_retry_failed(tmp_path, local_args):
     """Items 8 and 9 in local mode: the same rule and code path as `produce`."""
     src, out = tmp_path / "in", tmp_path / "out"

@@ -18,6 +18,7 @@ from devtools.stack import ROOT
 from echocam.bucket import detections
 from echocam.bucket.detections import RAVEN_COLUMNS, Selection
 from echocam.settings import Params
+from tests.helpers import marks
 
 HOP_S = 200 / 22050
 NAME = "Ninox boobook – ‘Mopoke’ 鸮"  # unicode, a dash and quotes: must survive every writer
@@ -125,6 +126,7 @@ MIN_P = 0.3334
 
 
 @pytest.fixture(scope="module")
+@marks("slow")
 def run(tmp_path_factory, species_checkpoint):
     out = tmp_path_factory.mktemp("det")
     proc = subprocess.run(

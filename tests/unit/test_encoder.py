@@ -1,5 +1,5 @@
 """What a recording's outputs hold at the defaults and under --outputs / --overlay-format: the
-lossless palette spectrogram, the lossy overlay, the lean cam.npz, and their size (issue 13)."""
+lossless palette spectrogram, the lossy overlay, the lean cam.npz, and their size."""
 
 import io
 import json
@@ -184,9 +184,10 @@ def test_outputs_and_formats_are_checked():
     assert Params.from_dict(env.to_dict()) == env
 
 
+@pytest.mark.slow
 def test_default_outputs_weigh_less_than_the_recordings(species_model):
-    """Issue 13's target: output bytes <= input bytes at the defaults (measured ~0.42 on the
-    shared recordings; benchmarks/bench_outputs.py has the ratio per kind and format)."""
+    """The outputs' size target: output bytes <= input bytes at the defaults (benchmarks/
+    bench_outputs.py has the ratio per kind and format)."""
     inputs = outputs = 0
     for path in recordings():
         record, files = explain(species_model, path)

@@ -72,6 +72,7 @@ def test_short_clip_matches_librosa(mel):
         for n in ("spinetail_44k.wav", "XC563936_soundscape_48k.mp3")
     ],
 )
+@pytest.mark.slow
 def test_front_end_from_the_file_matches_librosa(name, species_checkpoint):
     """The whole front end from the file: the pipeline's ``spectrogram_db`` (cam.npz) against the
     notebook's ``librosa.load`` → ``melspectrogram`` → ``power_to_db`` on the same windows."""
@@ -134,6 +135,7 @@ def test_melscale_is_librosas_filterbank_and_band_edges_bit_for_bit(sr, n_fft, n
     )
 
 
+@pytest.mark.slow
 def test_explaining_never_imports_librosa(tmp_path):
     """librosa brings numba and scipy.signal (~100 MB per process) for two tables we compute."""
 

@@ -33,6 +33,7 @@ def test_put_follows_the_umask(tmp_path, umask, mask, mode):
         assert stat.S_IMODE((tmp_path / "a" / name).stat().st_mode) == mode, name
 
 
+@pytest.mark.slow
 def test_local_mode_outputs_are_readable_by_the_group_and_others(tmp_path, species_checkpoint):
     out = tmp_path / "out"
     proc = subprocess.run(

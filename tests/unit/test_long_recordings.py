@@ -51,6 +51,7 @@ def comparable(record: dict) -> dict:
     return {k: v for k, v in record.items() if k != "timings_s"}
 
 
+@pytest.mark.slow
 def test_outputs_are_byte_equal_whatever_the_blocks(species_model, long_wav, monkeypatch):
     """One batch per block, three, and the whole recording in one block (what the pipeline
     did before blocks): the same files, byte for byte, and the same record.  Tiles of 4096
@@ -70,6 +71,7 @@ def test_outputs_are_byte_equal_whatever_the_blocks(species_model, long_wav, mon
     assert rec["outputs"]["overlay"] == rec["outputs"]["overlay_tiles"][0]
 
 
+@pytest.mark.slow
 def test_tiles_are_the_whole_image_cut_and_the_npz_holds_every_window(
     species_model, long_wav, monkeypatch
 ):
@@ -157,6 +159,7 @@ def test_npz_members_in_parts_read_back_and_a_wrong_row_count_fails():
         short.write(big[:2])
 
 
+@pytest.mark.slow
 def test_large_outputs_wait_in_temporary_files_and_the_store_writes_them(
     species_model, long_wav, tmp_path, monkeypatch
 ):
@@ -175,6 +178,7 @@ def test_large_outputs_wait_in_temporary_files_and_the_store_writes_them(
     assert all(blob.closed for k, blob in result.files.items() if k in spooled)
 
 
+@pytest.mark.slow
 def test_the_viewer_serves_a_tiled_recording_as_it_serves_one_image(
     species_checkpoint, long_wav, tmp_path
 ):
