@@ -100,8 +100,8 @@ def encode_png(rgb: np.ndarray, *, compress_level: int) -> bytes:
     Every row uses PNG's Sub filter (each byte minus the one a pixel to its left: spectrograms
     change slowly along time), then ISA-L deflates the rows (levels 0 fastest ... 3 smallest).
     Written by hand because Pillow and libpng deflate with zlib (or zlib-ng), which is several
-    times slower on our images at a similar size (``benchmarks/notes/png-writer.md``), and encoding is
-    the largest CPU cost after the forward.  Any PNG reader decodes it.
+    times slower on our images at a similar size (``benchmarks/notes/png-writer.md``), and encoding
+    is the largest CPU cost after the forward.  Any PNG reader decodes it.
     """
     h, w, _ = rgb.shape
     rows = np.ascontiguousarray(rgb, dtype=np.uint8).reshape(h, 3 * w)

@@ -25,6 +25,9 @@ def benchmark_names() -> list[str]:
 
 
 @pytest.mark.slow
+@pytest.mark.redis
+@pytest.mark.s3
+@pytest.mark.worker  # run_all.py starts them in its own children, out of the check's sight
 def test_every_benchmark_runs_at_smoke_size_and_writes_its_figures(tmp_path):
     out = tmp_path / "bench"
     proc = subprocess.run(
