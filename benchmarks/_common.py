@@ -21,6 +21,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from performance_page import fmt  # the figures as the docs print them
+
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # devtools/ is not installed; the tests reach it the same way
     sys.path.insert(0, str(ROOT))
@@ -169,7 +171,7 @@ def wav_bytes(samples, sample_rate: int) -> bytes:
 
 def table(rows: Sequence[Sequence[Any]], header: Sequence[str]) -> str:
     """A plain-text table: right-aligned numbers, left-aligned text."""
-    cells = [[_fmt(c) for c in row] for row in [header, *rows]]
+    cells = [[fmt(c) for c in row] for row in [header, *rows]]
     widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
     lines = []
     for n, row in enumerate(cells):
@@ -185,18 +187,6 @@ def table(rows: Sequence[Sequence[Any]], header: Sequence[str]) -> str:
 
 def _is_number(x: Any) -> bool:
     return isinstance(x, int | float) and not isinstance(x, bool)
-
-
-def _fmt(x: Any) -> str:
-    if isinstance(x, float):
-        if x == 0:
-            return "0"
-        if abs(x) >= 100:
-            return f"{x:.0f}"
-        if abs(x) >= 1:
-            return f"{x:.2f}"
-        return f"{x:.3g}"
-    return str(x)
 
 
 def commit() -> str:

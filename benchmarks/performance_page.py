@@ -427,7 +427,7 @@ def render(results_dir: Path) -> str:
             first = f"[{r.name}](#{anchor}) | {_day(r.date)} | {_commit(r.commit)}"
             for i, row in enumerate(headline(r.name, r.data)):
                 lines.append(
-                    f"| {first if i == 0 else ' |  | '} | {row.metric} | {_fmt(row.value)} | "
+                    f"| {first if i == 0 else ' |  | '} | {row.metric} | {fmt(row.value)} | "
                     f"{row.target} | {row.verdict} |"
                 )
         lines.append("")
@@ -461,7 +461,8 @@ def _commit(commit: str) -> str:
     return head + plus + rest
 
 
-def _fmt(x: Any) -> str:
+def fmt(x: Any) -> str:
+    """A figure as the tables show it: three significant digits, thousands grouped."""
     if isinstance(x, bool) or not isinstance(x, int | float):
         return str(x)
     if x == 0:
