@@ -63,7 +63,8 @@ class ListingStub:
     def __init__(self, n: int):
         self.n = n
 
-    def list(self, *, suffixes: tuple[str, ...] = (), page_size: int = 1000):
+    def list(self, *, suffixes: tuple[str, ...] = (), page_size: int = 1000, under="", read=None):
+        """S3's listing: ETags come with it, nothing is read (``read`` is a local store's)."""
         from echocam.bucket.storage import ObjectInfo
 
         for i in range(self.n):
@@ -78,7 +79,7 @@ class NothingDoneStore:
 
     uri = "s3://stub-out/cams"
 
-    def list(self, *, suffixes=(), page_size: int = 1000, under: str = ""):
+    def list(self, *, suffixes=(), page_size: int = 1000, under: str = "", read=None):
         return iter(())
 
     def keys(self, *, page_size: int = 1000, under: str = ""):
