@@ -103,8 +103,8 @@ def staged_pass(ex: Explainer, sources: list[Source]) -> dict[str, float]:
             starts = cuts[r].starts[part.first : part.first + len(part)] / p.sample_rate
             t0 = time.perf_counter()
             a = part.arrays
-            encoder._evidence(a["peak"], a["evidence_mask"], a["spectrogram_db"], a["floor_db"],
-                              starts, params=p)  # fmt: skip
+            ev = (a.peak, a.evidence_mask, a.spectrogram_db, a.floor_db)
+            encoder._evidence(*ev, starts, params=p)
             clock("evidence_boxes", t0)
     t0 = time.perf_counter()
     for computed in blocks:
