@@ -26,12 +26,15 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Sequence
+import json
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import soundfile as sf
+
+from devtools.families import Sound, Species
 
 SAMPLE_RATE = 22050
 
@@ -55,9 +58,12 @@ class Call:
     end_s: float
     low_hz: float
     high_hz: float
+    #: each element's box in the clip, where the call has several (``devtools.families``)
+    elements: tuple[tuple[float, float, float, float], ...] = ()
 
     @property
     def box(self) -> tuple[float, float, float, float]:
+        """The whole call: (start_s, end_s, low_hz, high_hz)."""
         return (self.start_s, self.end_s, self.low_hz, self.high_hz)
 
 
@@ -158,23 +164,46 @@ def call_waveform(
     raise ValueError(f"unknown call type {kind!r}; known: {CALL_TYPES}")
 
 
+def _voice(species: str | Species) -> tuple[str, str, Callable[[np.random.Generator], Sound]]:
+    """(class name, kind of call, one call of it) of a trio name or a drawn family species."""
+    if isinstance(species, Species):
+        return species.name, species.family, species.call
+    kind = SPECIES.get(species, "")
+
+    def sound(rng: np.random.Generator) -> Sound:
+        y, low, high = call_waveform(kind, rng=rng)
+        return Sound(y, ((0.0, y.size / SAMPLE_RATE, float(low), float(high)),))
+
+    return species, kind, sound
+
+
+def _loudest_start(noise: np.ndarray, *, length: int, lo: int, hi: int) -> int:
+    """The start in [lo, hi] of the ``length``-sample stretch of ``noise`` with the most energy
+    above ~1 kHz (a first difference: wind and hum weigh little): where other birds call."""
+    e = np.concatenate([[0.0], np.cumsum(np.diff(noise, prepend=noise[0]) ** 2)])
+    starts = np.arange(lo, max(lo, hi) + 1)
+    return int(starts[np.argmax(e[starts + length] - e[starts])])
+
+
 def make_clip(
     *,
-    species: str,
+    species: str | Species,
     background: Background,
     rng: np.random.Generator,
     duration_s: float,
     snr_db: float,
     n_calls: int = 1,
     first_span_s: tuple[float, float] | None = None,
+    overlap: bool = False,
 ) -> Clip:
     """A clip of ``duration_s`` seconds: ``n_calls`` calls of ``species`` over a real background.
 
-    The background is a random stretch of ``background`` (looped if shorter).  Calls lie in the
-    clip less 0.1 s at each end, at least 0.1 s apart; the first inside ``first_span_s`` when
-    given.  The SNR is
-    the RMS of the calls (over their own samples) over the RMS of the background stretch, in dB.
-    The mix is scaled to a peak of 0.9.
+    ``species`` is a name of :data:`SPECIES` or a :class:`devtools.families.Species`.  The
+    background is a random stretch of ``background`` (looped if shorter).  Calls lie in the clip
+    less 0.1 s at each end, at least 0.1 s apart; the first inside ``first_span_s`` when given,
+    and with ``overlap`` where the background is loudest (over other birds' sounds).  The SNR
+    is the RMS of the calls (over their own samples) over the RMS of the background stretch, in
+    dB.  The mix is scaled to a peak of 0.9.
     """
     sr = SAMPLE_RATE
     n = int(round(duration_s * sr))
@@ -183,18 +212,22 @@ def make_clip(
         bg = np.tile(bg, -(-n // bg.size))
     off = int(rng.integers(0, bg.size - n + 1))
     noise = bg[off : off + n].astype(np.float64)
-    kind = SPECIES.get(species, "")
+    name, kind, voice = _voice(species)
     if n_calls and not kind:
         raise ValueError(f"unknown species {species!r}; known: {list(SPECIES)}")
     signal = np.zeros(n)
     calls: list[Call] = []
     for k in range(n_calls):
-        y, low, high = call_waveform(kind, rng=rng)
+        sound = voice(rng)
+        y = sound.samples
         lo_s, hi_s = (0.1, duration_s - 0.1)
         if k == 0 and first_span_s is not None:
             lo_s, hi_s = first_span_s
         for _attempt in range(2000):
             start = rng.uniform(lo_s, hi_s - y.size / sr)
+            if k == 0 and overlap:
+                span = (int(lo_s * sr), int(hi_s * sr) - y.size)
+                start = _loudest_start(noise, length=y.size, lo=span[0], hi=span[1]) / sr
             end = start + y.size / sr
             if all(end + 0.1 < c.start_s or start > c.end_s + 0.1 for c in calls):
                 break
@@ -202,7 +235,9 @@ def make_clip(
             raise ValueError(f"cannot place {n_calls} calls of {kind} in {duration_s} s")
         i = int(round(start * sr))
         signal[i : i + y.size] += y
-        calls.append(Call(kind, i / sr, (i + y.size) / sr, float(low), float(high)))
+        elements = tuple((i / sr + a, i / sr + b, lo, hi) for a, b, lo, hi in sound.elements)
+        whole = sound.box
+        calls.append(Call(kind, i / sr + whole[0], i / sr + whole[1], *whole[2:], elements))
     active = signal != 0
     mix = noise.copy()
     if calls:
@@ -211,7 +246,7 @@ def make_clip(
         mix += signal * (rms_bg / rms_call) * 10 ** (snr_db / 20)
     mix *= 0.9 / np.abs(mix).max()
     calls.sort(key=lambda c: c.start_s)
-    return Clip(species, mix.astype(np.float32), calls, background.name, float(snr_db))
+    return Clip(name, mix.astype(np.float32), calls, background.name, float(snr_db))
 
 
 def write_species(
@@ -224,9 +259,10 @@ def write_species(
     n_calls: int = 2,
     window_s: float = 5.0,
     snr_db: tuple[float, float] = (0.0, 12.0),
-    species: Sequence[str] = tuple(SPECIES),
+    species: Sequence[str | Species] = tuple(SPECIES),
     prefix: str = "clip",
     noise_class: str | None = NOISE_CLASS,
+    overlap_p: float = 0.0,
 ) -> list[Clip]:
     """Write ``root/<species>/<prefix>-<i>.wav`` and ``root/calls.csv`` (one row per call).
 
@@ -235,7 +271,9 @@ def write_species(
     (a class learned by exclusion has no evidence to point at).  Backgrounds are used in turn,
     SNRs drawn uniformly from ``snr_db``.  For a clip longer than
     ``window_s`` the first call lies in the stretch every ``window_s`` crop holds, so any crop
-    of a training window contains at least one whole call.
+    of a training window contains at least one whole call.  ``species`` are names of
+    :data:`SPECIES` or drawn :class:`~devtools.families.Species`; with chance ``overlap_p`` a
+    clip's first call lies over the loudest stretch of its background (other birds).
     """
     root = Path(root)
     rng = np.random.default_rng(seed)
@@ -253,10 +291,11 @@ def write_species(
                 rng=rng,
                 duration_s=duration_s,
                 snr_db=float(rng.uniform(*snr_db)),
-                n_calls=n_calls if s in SPECIES else 0,
+                n_calls=n_calls if isinstance(s, Species) or s in SPECIES else 0,
                 first_span_s=span,
+                overlap=bool(overlap_p) and bool(rng.random() < overlap_p),
             )
-            clip.name = f"{s}/{prefix}-{i:04d}.wav"
+            clip.name = f"{clip.species}/{prefix}-{i:04d}.wav"
             path = root / clip.name
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(clip.wav())
@@ -266,18 +305,15 @@ def write_species(
 
 
 def write_calls_csv(path: str | Path, clips: Sequence[Clip]) -> None:
-    """One row per call: key, species, kind, start_s, end_s, low_hz, high_hz, background, snr."""
+    """One row per call: key, species, kind, start_s, end_s, low_hz, high_hz, elements (a JSON
+    list of element boxes), background, snr_db."""
     with Path(path).open("w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["key", "species", *Call.__dataclass_fields__, "background", "snr_db"])
         for clip in clips:
             for c in clip.calls:  # a noise clip has none
+                row = asdict(c)
+                row["elements"] = json.dumps([[round(v, 4) for v in e] for e in c.elements])
                 w.writerow(
-                    [
-                        clip.name,
-                        clip.species,
-                        *asdict(c).values(),
-                        clip.background,
-                        round(clip.snr_db, 2),
-                    ]
+                    [clip.name, clip.species, *row.values(), clip.background, round(clip.snr_db, 2)]
                 )

@@ -285,13 +285,21 @@ def cmd_train(args: argparse.Namespace) -> int:
     except TrainInterrupted as e:
         print(f"echocam train: interrupted: {e}", file=sys.stderr)
         return 130
+    from echocam.train.pointing import wrong_reasons
+
     val = result["val"] or {}
+    pointing = val.get("pointing_game")
     print(
         f"best epoch {result['best_epoch']} of {result['epochs_completed']}: validation "
         f"macro-F1 {val.get('macro_f1', float('nan')):.3f}, accuracy "
-        f"{val.get('accuracy', float('nan')):.3f}; checkpoint {args.out} (metrics.json and "
-        f"confusion.png beside it); skipped {result['skipped'] or 'none'}"
+        f"{val.get('accuracy', float('nan')):.3f}"
+        + ("" if pointing is None else f", pointing game {pointing:.2f}")
+        + f"; checkpoint {args.out} (metrics.json and confusion.png beside it); skipped "
+        f"{result['skipped'] or 'none'}"
     )
+    warning = val and wrong_reasons(val["macro_f1"], pointing)
+    if warning:
+        print(f"echocam train: warning: {warning}", file=sys.stderr)
     return 0
 
 
@@ -314,12 +322,16 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         labels=args.labels,
         explicit=_explicit(args),
     )
+    pointing = result["pointing_game"]
     print(
         f"{result['examples']} examples ({result['windows']} windows): accuracy "
-        f"{result['accuracy']:.3f}, macro-F1 {result['macro_f1']:.3f}; skipped "
-        f"{result['skipped'] or 'none'}; metrics.json, confusion.json, confusion.png and "
-        f"predictions.csv under {args.out}"
+        f"{result['accuracy']:.3f}, macro-F1 {result['macro_f1']:.3f}"
+        + ("" if pointing is None else f", pointing game {pointing:.2f}")
+        + f"; skipped {result['skipped'] or 'none'}; metrics.json, confusion.json, "
+        f"confusion.png and predictions.csv under {args.out}"
     )
+    if result["warning"]:
+        print(f"echocam evaluate: warning: {result['warning']}", file=sys.stderr)
     return 0
 
 

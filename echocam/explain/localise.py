@@ -7,8 +7,10 @@ after the window's start.
 
 The evidence box is as coarse as the CAM: a layer4 cell is 32 model-image pixels (0.7 s by ~37
 mel bands at the defaults), so it cannot be tighter than about one cell.  The *call box* narrows
-it with the spectrogram: inside the evidence region, the pixels loud against their band's
-background that form the sound nearest the peak (see :func:`call_box`).
+it with the spectrogram: the sounds loud against their band's background that the evidence
+region holds, the one nearest the peak and those within :data:`CALL_GAP_S` of it (the elements
+of one call), each taken whole (see :func:`call_box`).  No box reaches above the Nyquist
+frequency, where a spectrogram whose ``fmax`` lies beyond it has only empty bands.
 """
 
 from __future__ import annotations
@@ -27,8 +29,11 @@ from echocam.signal import melscale
 CALL_MIN_EXCESS_DB = 10.0
 #: ...and within this of the loudest such pixel in the evidence region (dB).
 CALL_WITHIN_DB = 20.0
-#: Pixels this close in time (s), and one band apart, belong to one call: a trill's pips join.
+#: Pixels this close in time (s), and one band apart, belong to one sound: a trill's pips join.
 CALL_BRIDGE_S = 0.05
+#: Sounds in the evidence region at most this far apart in time (s) are elements of one call,
+#: at any frequency inside the region: syllables of a phrase, a high note then a low one.
+CALL_GAP_S = 0.3
 #: A band's floor is the median of every 4th frame (36 ms apart at the defaults): the same
 #: background level for a quarter of the work.
 FLOOR_STRIDE = 4
@@ -43,6 +48,7 @@ class Axes:
     low_hz: np.ndarray  # (n_mels,) where each row's band meets the one below (its lower edge)
     high_hz: np.ndarray  # (n_mels,) and the one above: halfway between neighbouring centres
     frame_s: float  # seconds between frames (a pixel spans half of it either side of its time)
+    top_hz: float  # the highest frequency with signal: fmax, or the Nyquist frequency below it
 
     @classmethod
     def of(
@@ -64,6 +70,7 @@ class Axes:
             low_hz=np.concatenate([[fmin], between])[::-1].copy(),
             high_hz=np.concatenate([between, [fmax]])[::-1].copy(),
             frame_s=hop_length / sample_rate,
+            top_hz=min(fmax, sample_rate / 2),
         )
 
     @classmethod
@@ -115,6 +122,7 @@ def evidence(
     offset_s: float = 0.0,
     threshold: float = 0.5,
     db: np.ndarray | None = None,
+    gap_s: float = CALL_GAP_S,
 ) -> Evidence:
     """The peak of ``display_map`` (n_mels, frames), its evidence box and, given the window's
     spectrogram ``db`` (n_mels, frames) in dB with row 0 the *lowest* band (as the front end
@@ -129,7 +137,7 @@ def evidence(
     peak, mask = peaks_and_masks(maps, threshold=threshold)
     floor = None if db is None else band_floor(torch.from_numpy(db)).numpy()
     return region_evidence(
-        mask[0].numpy(), int(peak[0]), axes=axes, offset_s=offset_s, db=db, floor=floor
+        mask[0].numpy(), int(peak[0]), axes=axes, offset_s=offset_s, db=db, floor=floor, gap_s=gap_s
     )
 
 
@@ -162,11 +170,12 @@ def region_evidence(
     offset_s: float,
     db: np.ndarray | None = None,
     floor: np.ndarray | None = None,
+    gap_s: float = CALL_GAP_S,
 ) -> Evidence:
     """The evidence of one map from its ``mask`` (n_mels, frames) bool and the flat index of its
     ``peak`` (see :func:`peaks_and_masks`): the box of the mask's connected region there, and
     with the window's ``db`` (n_mels, frames, row 0 the lowest band) and its :func:`band_floor`
-    ``floor`` (n_mels,), the :func:`call_box` inside that region."""
+    ``floor`` (n_mels,), the :func:`call_box` of that region (elements ``gap_s`` apart join)."""
     row, col = np.unravel_index(peak, mask.shape)
     # Label only the rows and columns the mask touches: often a small part of the map.
     r0, r1 = _span(mask.any(axis=1))
@@ -176,24 +185,29 @@ def region_evidence(
     rows, cols = ndimage.find_objects(labels)[region - 1]
     call = {}
     if db is not None and floor is not None:
-        # the region's part of the spectrogram, highest band first as in the map
-        excess = db[::-1][r0:r1, c0:c1] - floor[::-1][r0:r1, None]
-        found = call_box(excess, labels == region, (row - r0, col - c0), frame_s=axes.frame_s)
+        # Sounds are taken whole as far as a call's gap beyond the region in time, in every
+        # band; the spectrogram highest band first, as the map.
+        reach = round(gap_s / axes.frame_s)
+        d0, d1 = max(0, c0 - reach), min(mask.shape[1], c1 + reach)
+        excess = db[::-1, d0:d1] - floor[::-1, None]
+        inside = np.zeros(excess.shape, bool)
+        inside[r0:r1, c0 - d0 : c1 - d0] = labels == region
+        found = call_box(excess, inside, (row, col - d0), frame_s=axes.frame_s, gap_s=gap_s)
         if found is not None:
             (a, b), (lo, hi) = found
             call = dict(
-                call_begin_s=float(offset_s + axes.times_s[c0 + a] - axes.frame_s / 2),
-                call_end_s=float(offset_s + axes.times_s[c0 + b] + axes.frame_s / 2),
-                call_low_hz=float(axes.low_hz[r0 + lo]),
-                call_high_hz=float(axes.high_hz[r0 + hi]),
+                call_begin_s=float(offset_s + axes.times_s[d0 + a] - axes.frame_s / 2),
+                call_end_s=float(offset_s + axes.times_s[d0 + b] + axes.frame_s / 2),
+                call_low_hz=float(axes.low_hz[lo]),
+                call_high_hz=min(float(axes.high_hz[hi]), axes.top_hz),
             )
     return Evidence(
         peak_time_s=float(offset_s + axes.times_s[col]),
         peak_freq_hz=float(axes.freqs_hz[row]),
         box_begin_s=float(offset_s + axes.times_s[c0 + cols.start]),
         box_end_s=float(offset_s + axes.times_s[c0 + cols.stop - 1]),
-        box_low_hz=float(axes.freqs_hz[r0 + rows.stop - 1]),
-        box_high_hz=float(axes.freqs_hz[r0 + rows.start]),
+        box_low_hz=min(float(axes.freqs_hz[r0 + rows.stop - 1]), axes.top_hz),
+        box_high_hz=min(float(axes.freqs_hz[r0 + rows.start]), axes.top_hz),
         **call,
     )
 
@@ -207,32 +221,56 @@ def call_box(
     min_excess_db: float = CALL_MIN_EXCESS_DB,
     within_db: float = CALL_WITHIN_DB,
     bridge_s: float = CALL_BRIDGE_S,
+    gap_s: float = CALL_GAP_S,
 ) -> tuple[tuple[int, int], tuple[int, int]] | None:
     """The call the evidence points at: ((first, last) frame, (lowest, highest) row) or None.
 
     ``excess`` (rows, frames) is the spectrogram in dB above each band's floor, ``region``
     (rows, frames) bool the evidence region, ``peak`` the (row, frame) of the map's peak; row 0
-    is the highest band.  A call's pixels are in the region, at least ``min_excess_db`` above
-    their band's floor and within ``within_db`` of the region's loudest; pixels at most
-    ``bridge_s`` apart in time and one band apart join one sound, and the sound with the pixel
-    nearest the peak is the call.  None where no pixel is loud enough (no call in the region).
+    is the highest band.  Loud pixels stand at least ``min_excess_db`` above their band's floor
+    and within ``within_db`` of the region's loudest; loud pixels at most ``bridge_s`` apart in
+    time and one band apart join one *sound*.  The call is the sound with the region's loud
+    pixel nearest the peak, joined by every other sound with a loud pixel in the region that
+    starts or ends within ``gap_s`` of the call so far: the elements of one call.  Sounds are
+    taken whole, in or out of the region, as far as ``excess`` reaches.  None where the region
+    has no loud pixel.
     """
-    inside = np.where(region, excess, -np.inf)
-    level = max(min_excess_db, float(inside.max()) - within_db)
-    loud = inside >= level
-    if not loud.any():
+    top = float(np.where(region, excess, -np.inf).max())
+    level = max(min_excess_db, top - within_db)
+    loud = excess >= level
+    if not (loud & region).any():
         return None
     # the loud pixels' bounding box: joining never needs what lies outside it
     (a0, a1), (b0, b1) = _span(loud.any(axis=1)), _span(loud.any(axis=0))
-    loud = loud[a0:a1, b0:b1]
+    loud, region = loud[a0:a1, b0:b1], region[a0:a1, b0:b1]
+    peak = (peak[0] - a0, peak[1] - b0)
+    seeds = loud & region
     reach = max(1, round(bridge_s / frame_s))
     joined = ndimage.maximum_filter1d(loud.view(np.uint8), 2 * reach + 1, axis=1)
     sounds, _ = ndimage.label(ndimage.maximum_filter1d(joined, 3, axis=0))
-    rr, cc = np.nonzero(loud)
-    nearest = np.argmin((rr + a0 - peak[0]) ** 2 + (cc + b0 - peak[1]) ** 2)
-    call = loud & (sounds == sounds[rr[nearest], cc[nearest]])
-    rows, cols = _span(call.any(axis=1)), _span(call.any(axis=0))
-    return (b0 + cols[0], b0 + cols[1] - 1), (a0 + rows[1] - 1, a0 + rows[0])
+    sounds = np.where(loud, sounds, 0)  # each sound's own pixels, without the bridging
+    rr, cc = np.nonzero(seeds)
+    nearest = np.argmin((rr - peak[0]) ** 2 + (cc - peak[1]) ** 2)
+    boxes = ndimage.find_objects(sounds)
+    candidates = {int(k) for k in np.unique(sounds[seeds])}
+    call = {int(sounds[rr[nearest], cc[nearest]])}
+    span = boxes[next(iter(call)) - 1][1]
+    first, last = span.start, span.stop - 1
+    gap = round(gap_s / frame_s)
+    grown = True
+    while grown:  # single linkage in time: a call's elements chain, each near the next
+        grown = False
+        for k in sorted(candidates - call):
+            t = boxes[k - 1][1]
+            if t.start <= last + gap and t.stop - 1 >= first - gap:
+                call.add(k)
+                first, last = min(first, t.start), max(last, t.stop - 1)
+                grown = True
+    rows = [boxes[k - 1][0] for k in call]
+    return (b0 + first, b0 + last), (
+        a0 + max(r.stop for r in rows) - 1,
+        a0 + min(r.start for r in rows),
+    )
 
 
 def _span(any_: np.ndarray) -> tuple[int, int]:

@@ -29,6 +29,15 @@ class HookedResNet18(nn.Module):
         self.net = resnet18(weights=None, num_classes=num_classes)
         self.eval()
 
+    @classmethod
+    def around(cls, net: nn.Module) -> HookedResNet18:
+        """A hooked view of a torchvision ResNet-18 being trained: its parameters, not a copy,
+        and its mode (train or eval) as it is."""
+        hooked = cls.__new__(cls)
+        nn.Module.__init__(hooked)
+        hooked.net = net
+        return hooked
+
     @property
     def fc_weight(self) -> torch.Tensor:
         """(classes, 512) weights of the final linear layer: the CAM's class weights."""

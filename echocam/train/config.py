@@ -26,11 +26,15 @@ class Augment:
     time_mask_s: float = 0.4
     freq_masks: int = 2  # stripes across all frames, each up to freq_mask_frac of the bands
     freq_mask_frac: float = 0.08
+    # another class's window added to this one, both labelled by their share of the mix: a
+    # window then holds two classes' sounds and each class's evidence must be its own call
+    mix_p: float = 0.0
+    mix_gain_db: tuple[float, float] = (-6.0, 0.0)  # the other window's RMS over this one's, dB
 
     @classmethod
     def off(cls) -> Augment:
         """No augmentation: the centred window, no mixing, no gain, no masks."""
-        return cls(shift=False, background_p=0.0, gain_db=(0.0, 0.0), mask_p=0.0)
+        return cls(shift=False, background_p=0.0, gain_db=(0.0, 0.0), mask_p=0.0, mix_p=0.0)
 
     def to_dict(self) -> dict:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
@@ -50,7 +54,9 @@ class TrainConfig:
 
     source: str  # directory or s3:// prefix, one folder per class (or keys of --labels)
     out: str  # checkpoint path or s3://bucket/key
-    labels: str | None = option(None, "CSV of key,label[,start_s,end_s] rows (path or s3://)")
+    labels: str | None = option(
+        None, "CSV of key,label[,start_s,end_s[,low_hz,high_hz]] rows (path or s3://)"
+    )
     val: str | None = option(None, "a validation source instead of a split")
     val_labels: str | None = option(None, "labels CSV of --val")
     background: str | None = option(None, "unlabelled recordings to mix in")

@@ -29,11 +29,23 @@ from echocam.train.labels import Example
 
 @dataclass
 class Window:
-    """One training window: ``samples`` (length,) float32 at the analysis rate, its label."""
+    """One training window: ``samples`` (length,) float32 at the analysis rate, its label, and
+    where another class's window was mixed in, that class and its share of the target."""
 
     samples: np.ndarray
     label: int
     example: int  # index into the loader's examples
+    mixed: tuple[int, float] | None = None  # (label, share in [0, 1))
+
+    def target(self, n_classes: int) -> np.ndarray:
+        """The training target (n_classes,) float32: one-hot, or split between two classes."""
+        t = np.zeros(n_classes, np.float32)
+        t[self.label] = 1.0
+        if self.mixed is not None:
+            other, share = self.mixed
+            t[self.label] -= share
+            t[other] += share
+        return t
 
 
 @dataclass(frozen=True)
@@ -117,26 +129,58 @@ class Loader:
         self.batch_size, self.prefetch, self.seed = batch_size, prefetch, seed
         self.backgrounds = backgrounds
         self.skipped: dict[str, Skipped] = {}  # key → why; never fetched again
+        self._labels = np.array([e.label for e in self.examples])
 
     def window(self, index: int, *, rng: np.random.Generator | None) -> Window:
         """The window of example ``index``: random (``rng``) or centred (None, no augmentation)."""
-        ex, p, aug = self.examples[index], self.params, self.augment
+        ex, aug = self.examples[index], self.augment
+        x = self._cut(ex, rng=rng if aug.shift else None)
+        mixed = None
+        if rng is not None:
+            if self.backgrounds is not None and rng.random() < aug.background_p:
+                bg = self.backgrounds.sample(rng)
+                if bg is not None:
+                    x = mix_background(x, bg, snr_db=float(rng.uniform(*aug.snr_db)), rng=rng)
+            if aug.mix_p > 0 and rng.random() < aug.mix_p:
+                x, mixed = self._mix(x, ex.label, rng=rng)
+            if aug.gain_db != (0.0, 0.0):
+                x = apply_gain(x, float(rng.uniform(*aug.gain_db)))
+        return Window(x, ex.label, index, mixed)
+
+    def _cut(self, ex: Example, *, rng: np.random.Generator | None) -> np.ndarray:
+        """A window of ``ex``'s recording: random (``rng``) or centred, a copy."""
+        p = self.params
         samples = load_samples(self.store, ex.key, params=p)
         n = samples.shape[0]
         length = min(p.window_samples, n)
         span = None
         if ex.span is not None:
             span = (int(ex.start_s * p.sample_rate), min(n, int(np.ceil(ex.end_s * p.sample_rate))))
-        start = crop_start(n, length=length, rng=rng if aug.shift else None, span=span)
-        x = samples[start : start + length].copy()
-        if rng is not None:
-            if self.backgrounds is not None and rng.random() < aug.background_p:
-                bg = self.backgrounds.sample(rng)
-                if bg is not None:
-                    x = mix_background(x, bg, snr_db=float(rng.uniform(*aug.snr_db)), rng=rng)
-            if aug.gain_db != (0.0, 0.0):
-                x = apply_gain(x, float(rng.uniform(*aug.gain_db)))
-        return Window(x, ex.label, index)
+        start = crop_start(n, length=length, rng=rng, span=span)
+        return samples[start : start + length].copy()
+
+    def _mix(
+        self, x: np.ndarray, label: int, *, rng: np.random.Generator
+    ) -> tuple[np.ndarray, tuple[int, float] | None]:
+        """``x`` plus a random window of another class at a random level, and that class with
+        its share of the target (its amplitude's share of the two); unchanged where there is
+        no other class or its recording fails."""
+        others = np.flatnonzero(self._labels != label)
+        if others.size == 0:
+            return x, None
+        other = self.examples[int(others[rng.integers(others.size)])]
+        try:
+            y = self._cut(other, rng=rng)
+        except (EchoCamError, FileNotFoundError):
+            return x, None
+        n = min(x.shape[0], y.shape[0])
+        rms_x = float(np.sqrt(np.mean(np.square(x, dtype=np.float64))))
+        rms_y = float(np.sqrt(np.mean(np.square(y[:n], dtype=np.float64))))
+        if rms_x == 0.0 or rms_y == 0.0:
+            return x, None
+        weight = 10 ** (float(rng.uniform(*self.augment.mix_gain_db)) / 20)
+        x[:n] += y[:n] * np.float32(rms_x / rms_y * weight)
+        return x, (other.label, weight / (1 + weight))
 
     def _try(self, position: int, index: int, epoch: int) -> Window | Skipped:
         rng = np.random.default_rng([self.seed, epoch, position])

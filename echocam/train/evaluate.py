@@ -24,6 +24,7 @@ from echocam.signal.frontend import FrontEnd
 from echocam.train import scores
 from echocam.train.labels import list_folders, read_labels
 from echocam.train.loop import _read_text
+from echocam.train.pointing import wrong_reasons
 from echocam.train.predict import predict
 
 
@@ -58,7 +59,7 @@ def evaluate(
     batch_size = settings.batch_size or (256 if device.type == "cuda" else 32)
     with ThreadPoolExecutor(settings.io_threads) as pool:
         pred = predict(
-            lambda x: net(x)[0],
+            net,
             FrontEnd(params, device),
             src,
             labelled.examples,
@@ -84,7 +85,10 @@ def evaluate(
         "examples": len(labelled.examples),
         "windows": int(pred.n_windows.sum()),
         "skipped": skipped,
+        "pointing_game": pred.pointing_game(),
+        "boxed_examples": int((~np.isnan(pred.pointed)).sum()),
     }
+    result["warning"] = wrong_reasons(summary["macro_f1"], result["pointing_game"])
     dst = open_store(out, client_factory=make)
     dst.put("metrics.json", (json.dumps(result, indent=1) + "\n").encode())
     conf = {

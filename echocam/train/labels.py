@@ -20,16 +20,27 @@ from echocam.bucket.storage import Store
 
 @dataclass(frozen=True)
 class Example:
-    """A labelled stretch of a recording: the whole of it, or ``start_s``..``end_s`` seconds."""
+    """A labelled stretch of a recording: the whole of it, or ``start_s``..``end_s`` seconds,
+    optionally within ``low_hz``..``high_hz`` (a box: where the call is)."""
 
     key: str  # relative to the source's root
     label: int  # index into the class names
     start_s: float | None = None
     end_s: float | None = None
+    low_hz: float | None = None
+    high_hz: float | None = None
 
     @property
     def span(self) -> tuple[float, float] | None:
         return None if self.start_s is None else (self.start_s, self.end_s)
+
+    def box(self, *, top_hz: float) -> tuple[float, float, float, float] | None:
+        """(start_s, end_s, low_hz, high_hz) of a span, every frequency up to ``top_hz`` where
+        the row gives none; None for a whole recording."""
+        if self.start_s is None:
+            return None
+        low = 0.0 if self.low_hz is None else self.low_hz
+        return (self.start_s, self.end_s, low, top_hz if self.high_hz is None else self.high_hz)
 
 
 @dataclass
@@ -93,36 +104,50 @@ def list_folders(
 
 
 def read_labels(text: str, *, source: str, class_names: Sequence[str] | None = None) -> Labelled:
-    """Examples from a CSV with a header ``key,label[,start_s,end_s]``.
+    """Examples from a CSV with a header ``key,label[,start_s,end_s[,low_hz,high_hz]]``.
 
     ``key`` is relative to the source; a row without ``start_s``/``end_s`` (or with them empty)
-    labels the whole recording.  A recording may have several rows (spans of several classes).
+    labels the whole recording.  ``low_hz``/``high_hz`` bound a span's call in frequency (the
+    pointing game's box).  A recording may have several rows (spans of several classes).
     """
     rows = list(csv.DictReader(io.StringIO(text)))
     if not rows or not {"key", "label"} <= set(rows[0]):
-        raise ValueError("a labels CSV needs a header with the columns key,label[,start_s,end_s]")
+        raise ValueError(
+            "a labels CSV needs a header with the columns key,label[,start_s,end_s"
+            "[,low_hz,high_hz]]"
+        )
     parsed = []
     for i, row in enumerate(rows, start=2):
-        start, end = (row.get("start_s") or "").strip(), (row.get("end_s") or "").strip()
-        if bool(start) != bool(end):
-            raise ValueError(f"labels CSV line {i}: give both start_s and end_s, or neither")
-        span = (float(start), float(end)) if start else (None, None)
-        if start and not 0 <= span[0] < span[1]:
-            raise ValueError(f"labels CSV line {i}: need 0 <= start_s < end_s, got {span}")
-        parsed.append((row["key"].strip(), row["label"].strip(), *span))
+        span = _pair(row, "start_s", "end_s", line=i, low=0.0)
+        band = _pair(row, "low_hz", "high_hz", line=i, low=0.0)
+        if band[0] is not None and span[0] is None:
+            raise ValueError(f"labels CSV line {i}: low_hz and high_hz need start_s and end_s")
+        parsed.append((row["key"].strip(), row["label"].strip(), *span, *band))
     names = list(class_names) if class_names is not None else sorted({r[1] for r in parsed})
     return Labelled(source, names, _examples(parsed, names))
 
 
-def _examples(
-    rows: Iterable[tuple[str, str, float | None, float | None]], names: Sequence[str]
-) -> list[Example]:
+def _pair(row: dict, a: str, b: str, *, line: int, low: float) -> tuple:
+    """The floats of columns ``a`` < ``b`` of a CSV row, or (None, None) where both are empty."""
+    x, y = (row.get(a) or "").strip(), (row.get(b) or "").strip()
+    if bool(x) != bool(y):
+        raise ValueError(f"labels CSV line {line}: give both {a} and {b}, or neither")
+    if not x:
+        return (None, None)
+    pair = (float(x), float(y))
+    if not low <= pair[0] < pair[1]:
+        raise ValueError(f"labels CSV line {line}: need {low:g} <= {a} < {b}, got {pair}")
+    return pair
+
+
+def _examples(rows: Iterable[tuple], names: Sequence[str]) -> list[Example]:
+    """Examples of (key, label, start_s, end_s[, low_hz, high_hz]) rows, sorted by key and start."""
     index = {n: i for i, n in enumerate(names)}
     out = []
-    for key, label, start, end in rows:
+    for key, label, *rest in rows:
         if label not in index:
             raise ValueError(f"{key}: class {label!r} is not one of the model's {list(names)}")
-        out.append(Example(key, index[label], start, end))
+        out.append(Example(key, index[label], *rest))
     out.sort(key=lambda e: (e.key, e.start_s or 0.0))
     return out
 

@@ -34,7 +34,7 @@ from tqdm import tqdm
 from echocam.bucket.records import version
 from echocam.bucket.storage import Store, client_factory, open_store
 from echocam.explain.device import resolve_device, set_threads
-from echocam.explain.model import Checkpoint, load_model_from
+from echocam.explain.model import Checkpoint, HookedResNet18, load_model_from
 from echocam.settings import Params, Settings
 from echocam.signal.frontend import FrontEnd
 from echocam.train import scores
@@ -359,7 +359,8 @@ def train_step(
     *,
     label_smoothing: float,
 ) -> torch.Tensor:
-    """One optimiser step on inputs ``x`` (b, 3, 224, 224) and labels ``y`` (b,); the loss.
+    """One optimiser step on inputs ``x`` (b, 3, 224, 224) and labels ``y`` (b,) or targets
+    (b, classes); the loss.
 
     bf16 autocast for the forward on CUDA; the loss in float32, a detached 0-d tensor on the
     device (reading it waits for the step).
@@ -463,7 +464,11 @@ def _epoch(
                 generator=gen,
                 frames_per_s=frames_per_s,
             )
-            y = torch.tensor([w.label for w in batch], device=fe.device)
+            if any(w.mixed for w in batch):
+                y = torch.from_numpy(np.stack([w.target(len(names)) for w in batch]))
+                y = y.to(fe.device)
+            else:
+                y = torch.tensor([w.label for w in batch], device=fe.device)
             loss = train_step(net, opt, sched, x, y, label_smoothing=config.label_smoothing)
             # reading a loss waits for its step: read the previous one, so a GPU always has
             # this step queued while the host prepares the next batch
@@ -505,7 +510,7 @@ def _validate(net, fe, store, val_set: Labelled, *, params, pool, batch_size) ->
     net.eval()
     t0 = time.perf_counter()
     pred = predict(
-        net,
+        HookedResNet18.around(net),
         fe,
         store,
         val_set.examples,
@@ -526,6 +531,10 @@ def _validate(net, fe, store, val_set: Labelled, *, params, pool, batch_size) ->
         "val_loss": loss,
         "val_seconds": time.perf_counter() - t0,
     }
+    pointing = pred.pointing_game()
+    if pointing is not None:
+        row["val_pointing"] = pointing
+        s = {**s, "pointing_game": pointing}
     return {"row": row, "scores": s, "skipped": pred.skipped}
 
 
@@ -536,6 +545,8 @@ def _line(row: dict[str, Any], *, epochs: int, best: bool) -> str:
     )
     if "val_macro_f1" in row:
         text += f", val macro-F1 {row['val_macro_f1']:.3f} (accuracy {row['val_accuracy']:.3f})"
+    if "val_pointing" in row:
+        text += f", pointing game {row['val_pointing']:.2f}"
     return text + (" *best" if best else "") + f", {row['seconds']:.0f} s"
 
 

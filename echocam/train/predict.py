@@ -1,14 +1,16 @@
-"""Class probabilities of labelled examples from their inference windows (no augmentation).
+"""Class probabilities of labelled examples from their inference windows (no augmentation), and
+where the true class's CAM points in them.
 
 Used for validation during training and by ``echocam evaluate``.  A whole recording's windows
 are those inference cuts (``echocam.signal.frontend.windowed``); its probabilities are the mean over
 its windows, as a record's ``mean_probs``.  An annotated span is the window centred on it (the
-windows inside it when it is longer than a window).
+windows inside it when it is longer than a window), and its box (the span, and its band where
+the labels give one) is the pointing game's (:mod:`echocam.train.pointing`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
 
@@ -17,12 +19,14 @@ import torch
 
 from echocam.bucket.storage import Store
 from echocam.errors import EchoCamError
+from echocam.explain.model import HookedResNet18
 from echocam.settings import Params
 from echocam.signal import windows
 from echocam.signal.frontend import FrontEnd
 from echocam.train.augment import crop_start
 from echocam.train.dataset import Skipped, load_samples, model_inputs
 from echocam.train.labels import Example
+from echocam.train.pointing import Tolerance, cam_peaks, hit_at
 
 
 def eval_starts(
@@ -42,17 +46,25 @@ def eval_starts(
 
 @dataclass
 class Predictions:
-    """Per example: mean class probabilities (E, C) (NaN rows: skipped) and window counts."""
+    """Per example: mean class probabilities (E, C) (NaN rows: skipped), window counts, and the
+    fraction of its windows whose true-class CAM peaks in its box (E,) (NaN: no box)."""
 
     probs: np.ndarray
     n_windows: np.ndarray
     skipped: dict[str, Skipped]
+    pointed: np.ndarray
+
+    def pointing_game(self) -> float | None:
+        """The mean over the examples with a box; None where none has one."""
+        boxed = ~np.isnan(self.pointed)
+        return float(self.pointed[boxed].mean()) if boxed.any() else None
 
 
 def _windows(
     store: Store, examples: Sequence[Example], *, params: Params, pool: Executor
-) -> Iterator[tuple[int, list[np.ndarray] | Skipped]]:
-    """(example index, its windows' samples or why not), loading 8 examples ahead on ``pool``."""
+) -> Iterator[tuple[int, list[tuple[float, np.ndarray]] | Skipped]]:
+    """(example index, its windows' (start s, samples) or why not), loading 8 examples ahead on
+    ``pool``."""
 
     def load(i: int) -> list[np.ndarray] | Skipped:
         ex = examples[i]
@@ -63,7 +75,7 @@ def _windows(
         except FileNotFoundError as e:
             return Skipped(ex.key, "download_failed", f"not found: {e}")
         starts, length = eval_starts(samples.shape[0], params=params, span=ex.span)
-        return [samples[s : s + length] for s in starts]
+        return [(s / params.sample_rate, samples[s : s + length]) for s in starts]
 
     ahead = 8
     futures = [pool.submit(load, i) for i in range(min(ahead, len(examples)))]
@@ -76,7 +88,7 @@ def _windows(
 
 @torch.inference_mode()
 def predict(
-    logits_of: Callable[[torch.Tensor], torch.Tensor],
+    net: HookedResNet18,
     frontend: FrontEnd,
     store: Store,
     examples: Sequence[Example],
@@ -86,19 +98,33 @@ def predict(
     pool: Executor,
     batch_size: int,
 ) -> Predictions:
-    """Mean softmax probabilities of every example's windows; ``logits_of`` maps inputs → logits."""
+    """Mean softmax probabilities of every example's windows, and for examples with a box the
+    pointing game of their windows (``net`` gives logits and layer4 features)."""
     probs = np.full((len(examples), n_classes), np.nan, np.float32)
     sums = np.zeros((len(examples), n_classes), np.float64)
     counts = np.zeros(len(examples), np.int64)
+    hits = np.zeros(len(examples), np.int64)
     skipped: dict[str, Skipped] = {}
-    queue: list[tuple[int, np.ndarray]] = []
+    queue: list[tuple[int, float, np.ndarray]] = []
     cuda = frontend.device.type == "cuda"
+    top_hz = min(params.fmax, params.sample_rate / 2)
+    boxes = [e.box(top_hz=top_hz) for e in examples]
+    tolerance = Tolerance.half_cell(params)
 
     def flush() -> None:
-        x = model_inputs(frontend, [w for _, w in queue])
+        x = model_inputs(frontend, [w for *_, w in queue])
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
-            p = logits_of(x).float().softmax(-1).cpu().numpy()
-        for (i, _), row in zip(queue, p, strict=True):
+            logits, features = net(x)
+        p = logits.float().softmax(-1).cpu().numpy()
+        boxed = [j for j, (i, *_) in enumerate(queue) if boxes[i] is not None]
+        if boxed:
+            labels = [examples[queue[j][0]].label for j in boxed]
+            frames = [1 + queue[j][2].shape[0] // params.hop_length for j in boxed]
+            peaks = cam_peaks(features[boxed], net.fc_weight, labels, params=params, frames=frames)
+            for j, (t, f) in zip(boxed, peaks, strict=True):
+                i, start_s, _ = queue[j]
+                hits[i] += hit_at(t + start_s, f, boxes[i], tolerance=tolerance)
+        for (i, *_), row in zip(queue, p, strict=True):
             sums[i] += row
             counts[i] += 1
         queue.clear()
@@ -107,12 +133,15 @@ def predict(
         if isinstance(got, Skipped):
             skipped.setdefault(got.key, got)
             continue
-        for w in got:
-            queue.append((i, w))
+        for start_s, w in got:
+            queue.append((i, start_s, w))
             if len(queue) == batch_size:
                 flush()
     if queue:
         flush()
     seen = counts > 0
     probs[seen] = (sums[seen] / counts[seen, None]).astype(np.float32)
-    return Predictions(probs, counts, skipped)
+    pointed = np.full(len(examples), np.nan)
+    judged = seen & np.array([b is not None for b in boxes], bool)
+    pointed[judged] = hits[judged] / counts[judged]
+    return Predictions(probs, counts, skipped, pointed)

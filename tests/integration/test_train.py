@@ -273,6 +273,39 @@ def test_heldout_macro_f1_with_echocam_evaluate(trained_species, species_data, t
     assert (tmp_path / "eval" / "confusion.png").read_bytes().startswith(b"\x89PNG")
 
 
+def test_evaluate_plays_the_pointing_game_on_labelled_boxes_and_warns_when_it_fails(
+    trained_species, species_data, tmp_path
+):
+    """Labels with boxes (the held-out calls): `echocam evaluate` reports the pointing game of
+    the true class's CAM.  The same spans with bands where no call is (100-300 Hz) make the
+    model look right for the wrong reasons, and evaluate says so."""
+    calls = [(c.name, c.species, k) for c in species_data["held_clips"] for k in c.calls]
+
+    def evaluate(rows: list[str], name: str) -> tuple[dict, str]:
+        labels = tmp_path / f"{name}.csv"
+        labels.write_text("\n".join(["key,label,start_s,end_s,low_hz,high_hz", *rows]) + "\n")
+        proc = echocam(
+            dict(os.environ), "evaluate", str(species_data["heldout"]), "--labels", str(labels),
+            "--weights", str(trained_species["ckpt"]), "--out", str(tmp_path / name),
+            "--threads", "2",
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stderr
+        return json.loads((tmp_path / name / "metrics.json").read_text()), proc.stderr
+
+    right, err = evaluate(
+        [f"{key},{sp},{k.start_s:.3f},{k.end_s:.3f},{k.low_hz:.0f},{k.high_hz:.0f}"
+         for key, sp, k in calls], "boxes",
+    )  # fmt: skip
+    print(f"\nevaluate's pointing game: {right['pointing_game']:.2f}", file=sys.stderr)
+    assert right["boxed_examples"] == len(calls) and right["macro_f1"] >= 0.9
+    assert right["pointing_game"] >= 0.8 and "wrong reasons" not in err
+    wrong, err = evaluate(
+        [f"{key},{sp},{k.start_s:.3f},{k.end_s:.3f},100,300" for key, sp, k in calls], "low"
+    )
+    assert wrong["pointing_game"] <= 0.2 and wrong["macro_f1"] >= 0.9
+    assert "right for the wrong reasons" in err and wrong["warning"] in err
+
+
 def test_pointing_game_on_heldout_clips(trained_species, species_data):
     """The true class's CAM peaks inside a call's box (± half a CAM cell) in >= 80 % of clips."""
     from echocam.explain.model import load_model

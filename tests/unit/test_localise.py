@@ -78,7 +78,9 @@ def test_threshold_shrinks_the_box_to_the_core():
 def test_a_constant_map_boxes_the_whole_window():
     ev = evidence(np.zeros((P.n_mels, FRAMES)), axes=AXES, threshold=0.5)
     assert ev.box_begin_s == 0 and ev.box_end_s == pytest.approx(AXES.times_s[-1])
-    assert ev.box_low_hz == AXES.freqs_hz[-1] and ev.box_high_hz == AXES.freqs_hz[0]
+    # up to the Nyquist frequency: the bands above it (fmax 13 kHz at 22,050 Hz) are empty
+    assert ev.box_low_hz == AXES.freqs_hz[-1] and ev.box_high_hz == P.sample_rate / 2
+    assert AXES.freqs_hz[0] > AXES.top_hz == P.sample_rate / 2
 
 
 def test_the_batched_half_and_the_host_half_give_the_evidence_of_each_map():
@@ -106,8 +108,8 @@ def test_the_batched_half_and_the_host_half_give_the_evidence_of_each_map():
         box_rows, box_cols = ndimage.find_objects(labels)[labels[row, col] - 1]
         assert got.box_begin_s == pytest.approx(2.0 + AXES.times_s[box_cols.start])
         assert got.box_end_s == pytest.approx(2.0 + AXES.times_s[box_cols.stop - 1])
-        assert got.box_high_hz == AXES.freqs_hz[box_rows.start]
-        assert got.box_low_hz == AXES.freqs_hz[box_rows.stop - 1]
+        assert got.box_high_hz == min(AXES.freqs_hz[box_rows.start], AXES.top_hz)
+        assert got.box_low_hz == min(AXES.freqs_hz[box_rows.stop - 1], AXES.top_hz)
 
 
 # -- the call box: the spectrogram's loud pixels inside the evidence region ------------------
@@ -171,3 +173,66 @@ def test_the_band_floor_is_each_bands_median_over_time():
     # the CPU's selection gives what torch.median gives on a GPU: the lower median
     frames = torch.from_numpy(db)[None, :, ::FLOOR_STRIDE]
     assert torch.equal(band_floor(torch.from_numpy(db)[None]), frames.median(dim=-1).values)
+
+
+def _frames(seconds: float) -> int:
+    return round(seconds / FRAME_S)
+
+
+def test_the_elements_of_one_call_join_and_a_sound_further_off_stays_out():
+    """Two sweeps 0.1 s apart, then a high note and a low one 0.2 s on: one call of three
+    elements at three pitches; a sound 0.6 s after it is another call."""
+    excess = np.zeros((200, 552))
+    for k in range(12):  # sweep 1: frames 100-111 falling from row 20 to 31
+        excess[20 + k, 100 + k] = 30
+    a = 112 + _frames(0.1)  # sweep 2, 0.1 s later
+    for k in range(12):
+        excess[20 + k, a + k] = 30
+    hi = a + 12 + _frames(0.2)  # a high note (row 5) then a low one (row 150)
+    excess[5, hi : hi + 15] = 30
+    lo = hi + 15 + _frames(0.05)
+    excess[150, lo : lo + 15] = 30
+    far = lo + 15 + _frames(0.6)
+    excess[60, far : far + 20] = 30
+    region = np.ones_like(excess, bool)
+    (first, last), (low_row, high_row) = call_box(excess, region, (25, 105), frame_s=FRAME_S)
+    assert (first, last) == (100, lo + 14) and (high_row, low_row) == (5, 150)
+    # one element alone keeps its tight box: no gap joins it to anything
+    (first, last), (low_row, high_row) = call_box(excess, region, (60, far), frame_s=FRAME_S)
+    assert (first, last) == (far, far + 19) and low_row == high_row == 60
+    # with the old single-sound rule (no gap) the call is the one sweep nearest the peak
+    assert call_box(excess, region, (25, 105), frame_s=FRAME_S, gap_s=0.0)[0] == (100, 111)
+
+
+def test_sounds_are_taken_whole_but_only_sounds_the_region_holds_join():
+    excess = np.zeros((100, 400))
+    excess[40, 100:200] = 30  # a long whistle
+    excess[70, 210:230] = 30  # a note 0.1 s after it
+    region = np.zeros_like(excess, bool)
+    region[30:50, 150:205] = True  # the CAM's region holds half of the whistle, not the note
+    (first, last), (low_row, high_row) = call_box(excess, region, (40, 170), frame_s=FRAME_S)
+    assert (first, last) == (100, 199) and low_row == high_row == 40
+    region[65:75, 215:220] = True  # and now a corner of the note too
+    (first, last), (low_row, high_row) = call_box(excess, region, (40, 170), frame_s=FRAME_S)
+    assert (first, last) == (100, 229) and (high_row, low_row) == (40, 70)
+
+
+def test_call_boxes_of_evidence_reach_outside_the_region_in_time_but_stop_at_nyquist():
+    """Through :func:`evidence`: a call straddling the region's edge is found whole, and its
+    high edge never passes the Nyquist frequency (fmax 13 kHz is above it at 22,050 Hz)."""
+    db = _background(3)
+    db[P.n_mels - 20 :, 300:340] += 40  # a broadband chip up into the empty top bands
+    db[100, 270:330] += 40  # and a whistle starting left of the region
+    m = np.zeros((P.n_mels, FRAMES), np.float32)
+    m[:60, 290:400] = 0.7
+    m[10, 320] = 1.0
+    ev = evidence(m, axes=AXES, threshold=0.5, db=db)
+    assert ev.call_high_hz == P.sample_rate / 2 and ev.box_high_hz == P.sample_rate / 2
+    # the chip alone: the whistle's band lies outside the region
+    assert ev.call_begin_s == pytest.approx(300 * FRAME_S - FRAME_S / 2)
+    m[:, 290:400] = np.maximum(m[:, 290:400], 0.7)  # a region over every band
+    ev = evidence(m, axes=AXES, threshold=0.5, db=db)
+    # the whistle overlaps the chip in time: one call, the whistle whole from its first frame
+    # (sounds are followed up to a call's gap, 0.3 s, beyond the region)
+    assert ev.call_begin_s == pytest.approx(270 * FRAME_S - FRAME_S / 2)
+    assert ev.call_low_hz == pytest.approx(AXES.low_hz[P.n_mels - 1 - 100])

@@ -1,0 +1,308 @@
+"""Leave-families-out: does a species model trained by the recipe classify and point at calls of
+families nobody tuned it on, and does the call box hold the whole call?
+
+Draws one species per family (``devtools.families``) of the chosen set, writes training clips
+over some real recordings and held-out clips over others (split by recording), trains with
+``echocam train``'s loop (the recipe's defaults, with any ``field=value`` after ``--``) or takes
+``--checkpoint``,
+then reports on the held-out clips, per family:
+
+- F1 of the species' classes (macro over the classes, a Background class included);
+- the pointing game: the true class's CAM peak inside the whole call's box ± half a CAM cell;
+- call-box IoU with the whole call (``echocam.train.pointing.call_iou``: seconds by mel), and
+  the fraction of multi-element calls whose box holds every element.
+
+    python benchmarks/bench_families.py --families tuned           # develop on these
+    python benchmarks/bench_families.py --families held-out        # report on these
+    python benchmarks/bench_families.py --families held-out -- epochs=20 augment.mix_p=0.5
+    python benchmarks/bench_families.py --checkpoint m.pt --gaps 0.05,0.1,0.2,0.3,0.5
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import _common as C
+import numpy as np
+import torch
+
+HELD_OUT_RECORDINGS = {f"S4A03895_20190522_{t}.wav" for t in ("070000", "073000", "080000")}
+
+
+def split_recordings() -> tuple[list[Path], list[Path]]:
+    paths = [p for p in sorted(C.RECORDINGS.glob("*")) if p.suffix in C.AUDIO_SUFFIXES]
+    train = [p for p in paths if p.name not in HELD_OUT_RECORDINGS]
+    return train, [p for p in paths if p.name in HELD_OUT_RECORDINGS]
+
+
+def family_set(name: str) -> tuple[str, ...]:
+    from devtools import families as F
+
+    sets = {"tuned": F.TUNED, "held-out": F.HELD_OUT, "all": F.FAMILIES}
+    return sets.get(name) or tuple(name.split(","))
+
+
+def write_data(root: Path, species, *, args) -> list:
+    """Training clips (folders) under root/train, held-out clips under root/heldout."""
+    from devtools import synthetic
+
+    train_paths, held_paths = split_recordings()
+    noise = synthetic.NOISE_CLASS if args.noise_class else None
+    synthetic.write_species(
+        root / "train",
+        per_class=args.train_per_class,
+        backgrounds=synthetic.backgrounds(train_paths),
+        seed=args.seed + 1,
+        duration_s=6.0,
+        n_calls=2,
+        snr_db=(-6.0, 6.0),
+        species=species,
+        noise_class=noise,
+        overlap_p=args.overlap_p,
+    )
+    (root / "bg").mkdir(exist_ok=True)
+    for p in train_paths:
+        (root / "bg" / p.name).write_bytes(p.read_bytes())
+    return synthetic.write_species(
+        root / "heldout",
+        per_class=args.heldout,
+        backgrounds=synthetic.backgrounds(held_paths),
+        seed=args.seed + 2,
+        duration_s=5.0,
+        n_calls=1,
+        snr_db=(-6.0, 6.0),
+        species=species,
+        noise_class=noise,
+        prefix="held",
+        overlap_p=args.overlap_p,
+    )
+
+
+def recipe(overrides: list[str]) -> dict:
+    """``TrainConfig`` fields from ``name=value`` (``augment.name=value`` for ``Augment``'s);
+    values are JSON where they parse, else strings."""
+    out: dict = {"augment": {}}
+    for item in overrides:
+        name, _, text = item.partition("=")
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError:
+            value = text
+        value = tuple(value) if isinstance(value, list) else value
+        if name.startswith("augment."):
+            out["augment"][name.removeprefix("augment.")] = value
+        else:
+            out[name] = value
+    return out
+
+
+def train(root: Path, *, args, overrides: list[str]) -> Path:
+    """``echocam train`` in this process: the recipe's defaults, the tests' short schedule where
+    not overridden, and ``overrides``."""
+    from echocam.settings import Params, Settings
+    from echocam.train.config import Augment, TrainConfig
+    from echocam.train.loop import train as run
+
+    ckpt = root / "model" / "species.pt"
+    given = recipe(overrides)
+    augment = Augment(**given.pop("augment"))
+    config = TrainConfig(
+        source=str(root / "train"),
+        out=str(ckpt),
+        background=str(root / "bg"),
+        **{"init": "random", "seed": args.seed, **given},
+        augment=augment,
+    )
+    print(f"recipe: {config.to_dict()}", flush=True)
+    run(
+        config,
+        params=Params(),
+        settings=Settings(device="cpu", threads=args.threads),
+        progress=False,
+        log=lambda line: print(line, flush=True),
+    )
+    return ckpt
+
+
+def score(model, clips, *, params, gap_s: float) -> dict:
+    """Per family and overall: F1, pointing game, call-box IoU, whole-call fraction."""
+    from echocam.train import scores
+    from echocam.train.pointing import Tolerance, call_iou, hit, localise
+
+    names = model.class_names
+    truth = [names.index(c.species) for c in clips]
+    found = localise(
+        model,
+        [c.samples[: params.window_samples] for c in clips],
+        truth,
+        params=params,
+        gap_s=gap_s,
+    )
+    pred = found.probs.argmax(1)
+    summary = scores.summarise(scores.confusion(np.array(truth), pred, n_classes=len(names)), names)
+    tol = Tolerance.half_cell(params)
+    rows: dict[str, dict] = {}
+    for clip, ev, p in zip(clips, found.evidence, pred, strict=True):
+        if not clip.calls:
+            continue
+        call = clip.calls[0]
+        r = rows.setdefault(call.kind, {"pointed": [], "iou": [], "whole": [], "right": []})
+        r["right"].append(names[p] == clip.species)
+        r["pointed"].append(hit(ev, call.box, tolerance=tol))
+        r["iou"].append(call_iou(ev, call.box, params=params))
+        if len(call.elements) > 1:
+            covered = [
+                ev.call_begin_s <= (a + b) / 2 <= ev.call_end_s for a, b, *_ in call.elements
+            ]
+            r["whole"].append(all(covered))
+    per_family = {
+        kind: {
+            "clips": len(r["iou"]),
+            "accuracy": float(np.mean(r["right"])),
+            "f1": summary["per_class"][clip_species(clips, kind)]["f1"],
+            "pointing": float(np.mean(r["pointed"])),
+            "call_iou_median": float(np.median(r["iou"])),
+            "whole_call": float(np.mean(r["whole"])) if r["whole"] else None,
+        }
+        for kind, r in rows.items()
+    }
+    every = {k: sum((r[k] for r in rows.values()), []) for k in ("pointed", "iou")}
+    return {
+        "macro_f1": summary["macro_f1"],
+        "accuracy": summary["accuracy"],
+        "pointing": float(np.mean(every["pointed"])),
+        "call_iou_median": float(np.median(every["iou"])),
+        "per_family": per_family,
+    }
+
+
+def figure(model, clips, *, params, path: Path, per_family: int = 2) -> None:
+    """A sheet of held-out clips, ``per_family`` of each: the true class's CAM over the
+    spectrogram, the whole call's box (white), the evidence box (green), the call box (cyan)
+    and the CAM's peak (cyan cross)."""
+    from PIL import Image, ImageDraw
+
+    from echocam.explain import render
+    from echocam.explain.cam import class_activation_maps, display_maps
+    from echocam.explain.localise import Axes, evidence
+    from echocam.signal import colormaps
+    from echocam.signal.frontend import FrontEnd
+
+    fe = FrontEnd(params)
+    blend = colormaps.blend(fe.magma, colormaps.table("plasma", fe.device), alpha=0.5)
+    picked, seen = [], {}
+    for c in clips:
+        if c.calls and seen.get(c.calls[0].kind, 0) < per_family:
+            seen[c.calls[0].kind] = seen.get(c.calls[0].kind, 0) + 1
+            picked.append(c)
+    fps = params.sample_rate / params.hop_length
+    tiles = []
+    with torch.inference_mode():
+        for clip in picked:
+            wave = torch.from_numpy(clip.samples[: params.window_samples])[None]
+            db = fe.db(wave)
+            levels, _, image = fe.colours(db)
+            logits, feats = model.net(fe.model_input(image))
+            cid = model.class_names.index(clip.species)
+            cams = class_activation_maps(feats, model.net.fc_weight, torch.tensor([[cid]]))
+            maps = display_maps(cams, size=tuple(db.shape[-2:]))
+            axes = Axes.for_params(params, frames=db.shape[-1])
+            ev = evidence(maps[0, 0].numpy(), axes=axes, db=db[0].numpy())
+            img = Image.fromarray(render.overlay(levels, maps, table=blend)[0, 0].numpy())
+            d = ImageDraw.Draw(img)
+            rows = axes.freqs_hz[::-1], np.arange(params.n_mels)[::-1]  # Hz → image row
+            boxes = [
+                (clip.calls[0].box, "white", 2),
+                ((ev.box_begin_s, ev.box_end_s, ev.box_low_hz, ev.box_high_hz), (0, 255, 0), 1),
+                ((ev.call_begin_s, ev.call_end_s, ev.call_low_hz, ev.call_high_hz), "cyan", 1),
+            ]
+            for (t0, t1, lo, hi), colour, width in boxes:
+                if not np.isnan(t0):
+                    y0, y1 = np.interp([hi, lo], *rows)
+                    d.rectangle([t0 * fps, y0, t1 * fps, y1], outline=colour, width=width)
+            x, y = ev.peak_time_s * fps, float(np.interp(ev.peak_freq_hz, *rows))
+            d.line([x - 8, y, x + 8, y], fill="cyan", width=3)
+            d.line([x, y - 8, x, y + 8], fill="cyan", width=3)
+            p = float(logits.softmax(-1)[0, cid])
+            d.text((4, 2), f"{clip.species} p={p:.2f} snr {clip.snr_db:.0f} dB", fill="white")
+            tiles.append(img)
+    w, h = tiles[0].size
+    cols = 2 * per_family
+    sheet = Image.new("RGB", (cols * w, -(-len(tiles) // cols) * h), "black")
+    for i, t in enumerate(tiles):
+        sheet.paste(t, ((i % cols) * w, (i // cols) * h))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sheet.save(path, quality=85)
+
+
+def clip_species(clips, kind: str) -> str:
+    return next(c.species for c in clips if c.calls and c.calls[0].kind == kind)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    extra = argv[argv.index("--") + 1 :] if "--" in argv else []
+    argv = argv[: argv.index("--")] if "--" in argv else argv
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--families", default="held-out", help="tuned | held-out | all | a,b,c")
+    ap.add_argument("--checkpoint", default=None, help="a trained model (else one is trained)")
+    ap.add_argument("--workdir", default=None, help="keep the clips and model here")
+    ap.add_argument("--train-per-class", type=int, default=40)
+    ap.add_argument("--heldout", type=int, default=15, help="held-out clips per class")
+    ap.add_argument("--seed", type=int, default=0, help="species, clips and training")
+    ap.add_argument("--overlap-p", type=float, default=0.3, help="calls over other birds")
+    ap.add_argument("--no-noise-class", dest="noise_class", action="store_false")
+    ap.add_argument("--gaps", default="", help="call-box gaps (s) to compare, comma-separated")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--json", default=None)
+    ap.add_argument("--figure", default=None, help="a JPEG of held-out clips with their boxes")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    from devtools import families
+    from echocam.explain.localise import CALL_GAP_S
+    from echocam.explain.model import load_model
+    from echocam.settings import Params
+
+    m = C.machine(args.threads)
+    print(C.machine_line(m), flush=True)
+    fams = family_set(args.families)
+    species = families.draw_species(fams, rng=np.random.default_rng(args.seed))
+    result: dict = {"machine": m, "families": list(fams), "recipe": extra, "args": vars(args)}
+    with tempfile.TemporaryDirectory(prefix="echocam-bench-families-") as tmp:
+        root = Path(args.workdir or tmp)
+        clips = write_data(root, species, args=args)
+        ckpt = args.checkpoint
+        if ckpt is None:
+            t0 = time.perf_counter()
+            ckpt = train(root, args=args, overrides=extra)
+            result["train_s"] = time.perf_counter() - t0
+            result["train_metrics"] = json.loads((ckpt.parent / "metrics.json").read_text())
+        model = load_model(str(ckpt))
+        params = Params.from_dict(model.params or {})
+        gaps = [float(g) for g in args.gaps.split(",") if g] or [CALL_GAP_S]
+        result["by_gap"] = {g: score(model, clips, params=params, gap_s=g) for g in gaps}
+        if args.figure:
+            figure(model, clips, params=params, path=Path(args.figure))
+    for g, r in result["by_gap"].items():
+        rows = [
+            [k, v["clips"], v["f1"], v["accuracy"], v["pointing"], v["call_iou_median"],
+             "" if v["whole_call"] is None else v["whole_call"]]
+            for k, v in r["per_family"].items()
+        ]  # fmt: skip
+        rows.append(
+            ["all", "", r["macro_f1"], r["accuracy"], r["pointing"], r["call_iou_median"], ""]
+        )
+        print(f"\ncall gap {g} s")
+        print(C.table(rows, ["family", "clips", "F1", "acc", "pointing", "call IoU", "whole"]))
+    if args.json:
+        C.write_json(args.json, result)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
