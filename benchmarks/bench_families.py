@@ -121,7 +121,7 @@ def train(root: Path, *, args, overrides: list[str]) -> Path:
     print(f"recipe: {config.to_dict()}", flush=True)
     run(
         config,
-        params=Params(),
+        params=Params(input_size=args.input_size),
         settings=Settings(device="cpu", threads=args.threads),
         progress=False,
         log=lambda line: print(line, flush=True),
@@ -210,7 +210,7 @@ def figure(model, clips, *, params, path: Path, per_family: int = 2) -> None:
             logits, feats = model.net(fe.model_input(image))
             cid = model.class_names.index(clip.species)
             cams = class_activation_maps(feats, model.net.fc_weight, torch.tensor([[cid]]))
-            maps = display_maps(cams, size=tuple(db.shape[-2:]))
+            maps = display_maps(cams, size=tuple(db.shape[-2:]), unresized=params.input_size == 0)
             axes = Axes.for_params(params, frames=db.shape[-1])
             ev = evidence(maps[0, 0].numpy(), axes=axes, db=db[0].numpy())
             img = Image.fromarray(render.overlay(levels, maps, table=blend)[0, 0].numpy())
@@ -259,6 +259,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-noise-class", dest="noise_class", action="store_false")
     ap.add_argument("--gaps", default="", help="call-box gaps (s) to compare, comma-separated")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--input-size", type=int, default=224, help="Params.input_size (0: native)")
     ap.add_argument("--json", default=None)
     ap.add_argument("--figure", default=None, help="a JPEG of held-out clips with their boxes")
     args = ap.parse_args(argv)

@@ -52,6 +52,12 @@ class Params:
     fmax: float = option(13000.0, "highest mel frequency, Hz (bands above Nyquist stay empty)")
     top_db: float = option(80.0, "dynamic range below each window's maximum, dB")
     window_seconds: float = option(5.0, "analysis window, seconds")
+    input_size: int = option(
+        224,
+        "model input, pixels: a square of this size, a multiple of 32 (224: the notebook's, "
+        "what ImageNet models saw), or 0: the spectrogram's own n_mels x frames, unresized "
+        "(finer CAM cells)",
+    )
     hop_seconds: float = option(0.0, "window hop, seconds (0: equal to the window)")
     top_k: int = option(1, "classes predicted (and explained, unless --classes) per window")
     classes: tuple[str, ...] = option((), "explain these class names (comma-separated) instead")
@@ -70,7 +76,7 @@ class Params:
     )
     overlay_format: str = option("jpeg", "overlay image: jpeg or webp (lossy) or png (lossless)")
     overlay_quality: int = option(85, "JPEG/WebP quality of the overlay, 1 to 100")
-    save_inputs: bool = option(False, "also save each window's 224x224 model-input PNG")
+    save_inputs: bool = option(False, "also save each window's model-input PNG")
     max_duration_s: float = option(1800.0, "longest recording accepted, seconds")
     max_bytes: int = option(1024**3, "largest object accepted, bytes")
 
@@ -79,6 +85,8 @@ class Params:
             raise ValueError("window_seconds must be > 0 and hop_seconds >= 0")
         if self.top_k < 1:
             raise ValueError("top_k must be >= 1")
+        if self.input_size < 0 or self.input_size % 32:
+            raise ValueError("input_size must be 0 (the spectrogram's size) or a multiple of 32")
         if not 0 <= self.png_compress_level <= 3:
             raise ValueError("png_compress_level must be 0..3")
         unknown = sorted(set(self.outputs) - set(OUTPUT_KINDS))
@@ -167,6 +175,7 @@ MODEL_INPUT_FIELDS = (
     "fmax",
     "top_db",
     "window_seconds",
+    "input_size",
 )
 
 
@@ -289,7 +298,15 @@ def parse(hint: Any, raw: str, name: str) -> Any:
         raise ValueError(f"{name}={raw!r} is not a valid {getattr(hint, '__name__', hint)}") from e
 
 
+#: Parameters added after runs were first fingerprinted, and the value every earlier run had:
+#: at that value a parameter stays out of the fingerprint, so those runs' outputs stay done.
+LATER_PARAMS = {"input_size": 224}
+
+
 def fingerprint(params: Params, model_sha256: str) -> str:
     """Run fingerprint: sha256 over the model identity and every output-shaping parameter."""
-    blob = json.dumps({"model_sha256": model_sha256, "params": params.to_dict()}, sort_keys=True)
+    shaping = {
+        k: v for k, v in params.to_dict().items() if k not in LATER_PARAMS or v != LATER_PARAMS[k]
+    }
+    blob = json.dumps({"model_sha256": model_sha256, "params": shaping}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()

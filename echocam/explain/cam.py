@@ -39,7 +39,7 @@ def explain(
     top_k: int = 1,
     class_ids: torch.Tensor | None = None,
 ) -> CamBatch:
-    """Forward normalised ``images`` (b, 3, 224, 224) once; CAMs for the top-k or given classes.
+    """Forward normalised ``images`` (b, 3, h, w) once; CAMs for the top-k or given classes.
 
     ``class_ids`` (k,) names the classes to explain in every image; without it the ``top_k``
     most probable classes of each image are explained.
@@ -59,31 +59,36 @@ def explain(
 STRIDE = 32
 
 
-def display_maps(cams: torch.Tensor, *, size: tuple[int, int]) -> torch.Tensor:
+def display_maps(
+    cams: torch.Tensor, *, size: tuple[int, int], unresized: bool = False
+) -> torch.Tensor:
     """Maps for display in [0, 1]: (b, k, h, w) raw CAMs → (b, k, *size).
 
     ReLU (only positive evidence, as Grad-CAM) and per-map min-max (as CAM's authors show it),
     then bilinear resampling that puts each cell's value where its receptive field is centred
     (see :data:`STRIDE`), clamped at the borders.  ``size`` spans the same extent as the model's
-    224 × 224 image.  pytorch-grad-cam and ``F.interpolate(align_corners=False)`` put cell j at
-    the middle of its 32-px block instead, half a cell right of and below its evidence.
+    image: a square of ``STRIDE`` pixels a cell, resized from the spectrogram, or with
+    ``unresized`` the spectrogram itself (``Params.input_size`` 0: ``size`` is the image's).
+    pytorch-grad-cam and ``F.interpolate(align_corners=False)`` put cell j at the middle of its
+    32-px block instead, half a cell right of and below its evidence.
     """
     h, w = cams.shape[-2:]
     maps = minmax(cams.float().relu(), eps=1e-7)
-    rows = _resampling(size[0], h, device=maps.device)
-    cols = _resampling(size[1], w, device=maps.device)
+    image = size if unresized else (h * STRIDE, w * STRIDE)
+    rows = _resampling(size[0], h, image[0], device=maps.device)
+    cols = _resampling(size[1], w, image[1], device=maps.device)
     return minmax(torch.einsum("Hh,bkhw,Ww->bkHW", rows, maps, cols), eps=1e-7)
 
 
 @functools.lru_cache(maxsize=16)  # a run has a few window lengths and one device
-def _resampling(n_out: int, n_in: int, *, device: torch.device) -> torch.Tensor:
+def _resampling(n_out: int, n_in: int, image: int, *, device: torch.device) -> torch.Tensor:
     """(n_out, n_in) linear-interpolation weights from cell values to output pixels (shared:
-    read only).
+    read only), over an ``image`` pixels wide.
 
-    Output pixel y's centre lies at model-image coordinate (y + 0.5) · STRIDE · n_in / n_out;
-    cell j's receptive field is centred on pixel STRIDE · j, whose centre is STRIDE · j + 0.5.
+    Output pixel y's centre lies at model-image coordinate (y + 0.5) · image / n_out; cell j's
+    receptive field is centred on pixel STRIDE · j, whose centre is STRIDE · j + 0.5.
     """
-    u = (torch.arange(n_out, dtype=torch.float64) + 0.5) * n_in / n_out - 0.5 / STRIDE
+    u = ((torch.arange(n_out, dtype=torch.float64) + 0.5) * image / n_out - 0.5) / STRIDE
     u = u.clamp(0, n_in - 1)
     lo = u.floor().long().clamp(max=max(n_in - 2, 0))
     frac = (u - lo).float()

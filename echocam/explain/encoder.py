@@ -101,7 +101,7 @@ class WindowArrays:
     peak: Sequence[np.ndarray]  # (k,) int64, flat index of each map's peak
     evidence_mask: Sequence[np.ndarray]  # (k, n_mels, t) bool, the map >= box_threshold
     floor_db: Sequence[np.ndarray]  # (n_mels,) float32, each band's median over the window
-    inputs: Sequence[np.ndarray] | None = None  # (3, 224, 224) uint8, with save_inputs
+    inputs: Sequence[np.ndarray] | None = None  # (3, h, w) uint8 model inputs, with save_inputs
 
     def __len__(self) -> int:
         return len(self.cams)

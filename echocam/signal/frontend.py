@@ -47,12 +47,14 @@ def windowed(data: bytes, *, params: Params) -> Windowed:
 class FrontEnd:
     """Waveforms (b, n) on ``device`` → dB (b, n_mels, t) → RGB (b, n_mels, t, 3) → input.
 
-    The model input is the RGB image resized to 224x224 (uint8, what :func:`model_image` gives)
-    and ImageNet-normalised (float32, (b, 3, 224, 224)).
+    The model input is the RGB image resized to ``params.input_size`` squared (uint8, what
+    :func:`model_image` gives; 0: not resized, (b, 3, n_mels, t)) and ImageNet-normalised
+    (float32).
     """
 
     def __init__(self, params: Params, device: torch.device | str = "cpu"):
         self.device = torch.device(device)
+        self.input_size = params.input_size
         self.spectrogram = MelSpectrogramDB.from_params(params).to(self.device)
         self.magma = colormaps.table("magma", self.device)
 
@@ -61,7 +63,7 @@ class FrontEnd:
         return self.spectrogram(waves)
 
     def images(self, db: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(RGB (b, n_mels, t, 3), model image (b, 3, 224, 224)), both uint8, of dB (b, m, t)."""
+        """(RGB (b, n_mels, t, 3), model image (b, 3, s, s)), both uint8, of dB (b, m, t)."""
         return self.colours(db)[1:]
 
     def colours(self, db: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -69,7 +71,7 @@ class FrontEnd:
         what an overlay blends over (:func:`echocam.explain.render.overlay`)."""
         levels = spectrogram_levels(db)
         rgb = colormaps.lookup(levels, self.magma)
-        return levels, rgb, model_image(rgb)
+        return levels, rgb, model_image(rgb, size=self.input_size)
 
     def model_input(self, image: torch.Tensor) -> torch.Tensor:
         """The normalised network input of a uint8 model image; channels-last on CUDA."""
@@ -79,5 +81,5 @@ class FrontEnd:
         return x
 
     def __call__(self, waves: torch.Tensor) -> torch.Tensor:
-        """The network input (b, 3, 224, 224) of waveforms (b, n): every step, no augmentation."""
+        """The network input (b, 3, s, s) of waveforms (b, n): every step, no augmentation."""
         return self.model_input(self.images(self.db(waves))[1])

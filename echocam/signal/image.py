@@ -1,4 +1,5 @@
-"""Spectrogram dB → 8-bit magma RGB image → 224x224 ImageNet-normalised model input."""
+"""Spectrogram dB → 8-bit magma RGB image → model input (224 × 224, or the spectrogram's own
+size), ImageNet-normalised."""
 
 from __future__ import annotations
 
@@ -53,7 +54,8 @@ def spectrogram_rgb(db: torch.Tensor, *, lut: torch.Tensor) -> torch.Tensor:
 def model_image(
     rgb: torch.Tensor, *, size: int = MODEL_SIZE, uint8_kernel: bool | None = None
 ) -> torch.Tensor:
-    """uint8 RGB (b, h, w, 3) → uint8 (b, 3, size, size), bilinear with antialiasing.
+    """uint8 RGB (b, h, w, 3) → uint8 (b, 3, size, size), bilinear with antialiasing; ``size``
+    0: (b, 3, h, w), the image itself (a channels-last view).
 
     The result is what the network sees; it is saved with ``--save-inputs``, so the CAM can be
     recomputed from the PNG with torchvision alone.  torch's uint8 kernel (CPU only) is Pillow's
@@ -61,6 +63,8 @@ def model_image(
     path, within a level of it.  ``uint8_kernel`` (default: on the CPU) picks between them.
     """
     x = rgb.permute(0, 3, 1, 2)  # a channels_last view; interpolate keeps that layout
+    if size == 0:
+        return x
     resize = {"size": (size, size), "mode": "bilinear", "align_corners": False, "antialias": True}
     if uint8_kernel is None:
         uint8_kernel = x.device.type == "cpu"

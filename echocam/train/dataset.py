@@ -235,7 +235,7 @@ def model_inputs(
     generator: torch.Generator | None = None,
     frames_per_s: float = 0.0,
 ) -> torch.Tensor:
-    """The network input (b, 3, 224, 224) of waveforms through ``frontend``, optionally masked.
+    """The network input (b, 3, h, w) of waveforms through ``frontend``, optionally masked.
 
     Waveforms of one length go through the front end together (a recording shorter than a
     window is a window of its own length, as at inference); masks (``augment`` and

@@ -359,7 +359,7 @@ def train_step(
     *,
     label_smoothing: float,
 ) -> torch.Tensor:
-    """One optimiser step on inputs ``x`` (b, 3, 224, 224) and labels ``y`` (b,) or targets
+    """One optimiser step on inputs ``x`` (b, 3, h, w) and labels ``y`` (b,) or targets
     (b, classes); the loss.
 
     bf16 autocast for the forward on CUDA; the loss in float32, a detached 0-d tensor on the

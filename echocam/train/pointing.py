@@ -94,7 +94,8 @@ def cam_peaks(
     cams = class_activation_maps(features, fc_weight, ids)
     peaks = []
     for j, n in enumerate(frames):
-        shown = display_maps(cams[j : j + 1], size=(params.n_mels, n))[0, 0]
+        unresized = params.input_size == 0
+        shown = display_maps(cams[j : j + 1], size=(params.n_mels, n), unresized=unresized)[0, 0]
         row, col = divmod(int(shown.flatten().argmax()), n)  # the first maximum, as evidence's
         axes = Axes.for_params(params, frames=n)
         peaks.append((float(axes.times_s[col]), float(axes.freqs_hz[row])))
@@ -143,7 +144,11 @@ def localise(
                 logits, features = net(fe.model_input(fe.images(db)[1]))
                 ids = torch.tensor([class_ids[b0 + i] for i in rows], device=fe.device)[:, None]
                 cams = class_activation_maps(features, net.fc_weight, ids)
-                maps = display_maps(cams, size=tuple(db.shape[-2:])).cpu().numpy()
+                maps = (
+                    display_maps(cams, size=tuple(db.shape[-2:]), unresized=params.input_size == 0)
+                    .cpu()
+                    .numpy()
+                )
                 axes = Axes.for_params(params, frames=db.shape[-1])
                 for j, i in enumerate(rows):
                     ev = evidence(maps[j, 0], axes=axes, db=db[j].cpu().numpy(), gap_s=gap_s)

@@ -165,3 +165,50 @@ def test_cams_are_float32_from_the_features_under_bf16_autocast(species_model, i
     size = (Params().n_mels, 552)
     diff = (display_maps(ex.cams, size=size) - display_maps(fp32.cams, size=size)).abs()
     assert diff.amax().item() < 0.1
+
+
+def test_unresized_inputs_give_finer_cells_drawn_where_their_fields_are():
+    """``input_size`` 0: the model sees the spectrogram itself (260 x 552 at the defaults), a
+    layer4 grid of 9 x 18 cells of 29 bands by 0.28 s (the 224 square's are 37 by 0.72 s), and
+    display maps put cell (i, j) on pixel (32 i, 32 j) of that image, not stretched over 32
+    pixels a cell as a resized square's are."""
+    from echocam.explain.model import HookedResNet18
+    from echocam.signal.frontend import FrontEnd
+
+    p = Params(input_size=0)
+    fe = FrontEnd(p)
+    waves = torch.from_numpy(np.random.default_rng(0).standard_normal((2, p.window_samples)))
+    db = fe.db(waves.float())
+    levels, rgb, image = fe.colours(db)
+    assert image.shape == (2, 3, p.n_mels, db.shape[-1]) == (2, 3, 260, 552)
+    assert torch.equal(image, rgb.permute(0, 3, 1, 2))  # no resize: the RGB itself
+    _, features = HookedResNet18(num_classes=3)(fe.model_input(image))
+    assert features.shape[-2:] == (9, 18)
+    frames = db.shape[-1]
+    for i, j in [(0, 0), (4, 9), (8, 17), (2, 11)]:
+        one = torch.zeros(1, 1, 9, 18)
+        one[0, 0, i, j] = 1
+        shown = display_maps(one, size=(260, frames), unresized=True)
+        row, col = divmod(int(shown.argmax()), frames)
+        assert (row, col) == (min(32 * i, 259), min(32 * j, frames - 1))
+    # a resized square keeps its 32 pixels a cell over the display's extent
+    one = torch.zeros(1, 1, 7, 7)
+    one[0, 0, 3, 3] = 1
+    row, col = divmod(int(display_maps(one, size=(260, frames)).argmax()), frames)
+    # (pixel 96's centre, 96.5 of 224, scaled to the display; within a pixel)
+    assert abs(row + 0.5 - 96.5 * 260 / 224) <= 1 and abs(col + 0.5 - 96.5 * frames / 224) <= 1
+    with pytest.raises(ValueError, match="multiple of 32"):
+        Params(input_size=100)
+
+
+def test_the_fingerprint_of_the_default_input_size_is_that_of_runs_before_it():
+    """Runs fingerprinted before ``input_size`` existed stay done: at 224 it is left out."""
+    from echocam.settings import fingerprint
+
+    assert fingerprint(Params(), "ab" * 32) == (
+        "3e8db27f83a3a989a5dfebba62108eb016651a9f4f14508ef40534f949369c05"
+    )
+    assert fingerprint(Params(top_k=3, n_mels=128), "cd" * 32) == (
+        "76948b8fb8cb34676d008d46c7ee0efa7b87bf502579bfa0fd9f8ec348e64ec5"
+    )
+    assert fingerprint(Params(input_size=0), "ab" * 32) != fingerprint(Params(), "ab" * 32)
