@@ -16,7 +16,7 @@ the default analysis rate):
 ``downsweep``    one falling sweep, as ``upsweep`` mirrored
 ``harmonic``     a stack of 3-5 harmonics of a 0.6-2 kHz fundamental that glides a little
 ``sweep_series`` 2-6 alike sweeps with gaps of 0.03-0.3 s (a repeated syllable)
-``note_series``  2-6 tonal notes with gaps of 0.03-0.3 s, each at its own pitch (jumps)
+``note_series``  2-6 tonal notes with gaps of 0.03-0.3 s, at pitches up to 1.5 octaves apart
 ``am_trill``     a narrow-band tone amplitude-modulated at 15-60 Hz, 0.4-1.5 s
 ``pulse_trill``  6-14 short pips each sweeping down 2-4.5 kHz, at 8-20 pips a second
 ``chips``        1-4 broadband chips (band-limited noise, 5-25 ms, 2-5 kHz wide)
@@ -195,8 +195,8 @@ def _series_traits(rng, *, notes: bool):
         gap=rng.uniform(0.03, 0.3),
         dur=rng.uniform(0.04, 0.2) if notes else rng.uniform(0.04, 0.15),
     )
-    if notes:  # each note its own pitch: a contour of jumps, the same for every call
-        d["pitches"] = list(rng.uniform(1500, 8000, size=6))
+    if notes:  # each note its own pitch within 1.5 octaves: a contour of jumps, every call's
+        d["pitches"] = list(rng.uniform(1500, 4000) * 2 ** rng.uniform(0, 1.5, size=6))
     else:
         lo = rng.uniform(1500, 4500)
         hi = min(lo * 2 ** rng.uniform(0.5, 1.3), 9500.0)

@@ -31,9 +31,11 @@ CALL_MIN_EXCESS_DB = 10.0
 CALL_WITHIN_DB = 20.0
 #: Pixels this close in time (s), and one band apart, belong to one sound: a trill's pips join.
 CALL_BRIDGE_S = 0.05
-#: Sounds in the evidence region at most this far apart in time (s) are elements of one call,
-#: at any frequency inside the region: syllables of a phrase, a high note then a low one.
+#: Sounds in the evidence region at most this far apart in time (s)...
 CALL_GAP_S = 0.3
+#: ...and in frequency (octaves between their bands) are elements of one call: syllables of a
+#: phrase, a high note then a lower one; not a low rumble under a high trill.
+CALL_GAP_OCTAVES = 1.0
 #: A band's floor is the median of every 4th frame (36 ms apart at the defaults): the same
 #: background level for a quarter of the work.
 FLOOR_STRIDE = 4
@@ -192,7 +194,14 @@ def region_evidence(
         excess = db[::-1, d0:d1] - floor[::-1, None]
         inside = np.zeros(excess.shape, bool)
         inside[r0:r1, c0 - d0 : c1 - d0] = labels == region
-        found = call_box(excess, inside, (row, col - d0), frame_s=axes.frame_s, gap_s=gap_s)
+        found = call_box(
+            excess,
+            inside,
+            (row, col - d0),
+            frame_s=axes.frame_s,
+            gap_s=gap_s,
+            freqs_hz=axes.freqs_hz,
+        )
         if found is not None:
             (a, b), (lo, hi) = found
             call = dict(
@@ -222,6 +231,8 @@ def call_box(
     within_db: float = CALL_WITHIN_DB,
     bridge_s: float = CALL_BRIDGE_S,
     gap_s: float = CALL_GAP_S,
+    freqs_hz: np.ndarray | None = None,
+    gap_octaves: float = CALL_GAP_OCTAVES,
 ) -> tuple[tuple[int, int], tuple[int, int]] | None:
     """The call the evidence points at: ((first, last) frame, (lowest, highest) row) or None.
 
@@ -231,9 +242,10 @@ def call_box(
     and within ``within_db`` of the region's loudest; loud pixels at most ``bridge_s`` apart in
     time and one band apart join one *sound*.  The call is the sound with the region's loud
     pixel nearest the peak, joined by every other sound with a loud pixel in the region that
-    starts or ends within ``gap_s`` of the call so far: the elements of one call.  Sounds are
-    taken whole, in or out of the region, as far as ``excess`` reaches.  None where the region
-    has no loud pixel.
+    starts or ends within ``gap_s`` of the call so far and, given each row's centre frequency
+    ``freqs_hz`` (rows,), whose band lies within ``gap_octaves`` of the call's: the elements of
+    one call.  Sounds are taken whole, in or out of the region, as far as ``excess`` reaches.
+    None where the region has no loud pixel.
     """
     top = float(np.where(region, excess, -np.inf).max())
     level = max(min_excess_db, top - within_db)
@@ -253,24 +265,26 @@ def call_box(
     nearest = np.argmin((rr - peak[0]) ** 2 + (cc - peak[1]) ** 2)
     boxes = ndimage.find_objects(sounds)
     candidates = {int(k) for k in np.unique(sounds[seeds])}
-    call = {int(sounds[rr[nearest], cc[nearest]])}
-    span = boxes[next(iter(call)) - 1][1]
-    first, last = span.start, span.stop - 1
+    seed = int(sounds[rr[nearest], cc[nearest]])
+    call = {seed}
+    (top, bottom), (first, last) = [(sl.start, sl.stop - 1) for sl in boxes[seed - 1]]
     gap = round(gap_s / frame_s)
+    octave = None if freqs_hz is None else np.log2(np.maximum(freqs_hz[a0:a1], 1.0))
     grown = True
-    while grown:  # single linkage in time: a call's elements chain, each near the next
+    while grown:  # single linkage: a call's elements chain, each near the next
         grown = False
         for k in sorted(candidates - call):
-            t = boxes[k - 1][1]
-            if t.start <= last + gap and t.stop - 1 >= first - gap:
+            rows, t = boxes[k - 1]
+            near = t.start <= last + gap and t.stop - 1 >= first - gap
+            if near and octave is not None:  # rows run from high to low frequencies
+                below = octave[bottom] - octave[rows.start]
+                near = max(below, octave[rows.stop - 1] - octave[top]) <= gap_octaves
+            if near:
                 call.add(k)
                 first, last = min(first, t.start), max(last, t.stop - 1)
+                top, bottom = min(top, rows.start), max(bottom, rows.stop - 1)
                 grown = True
-    rows = [boxes[k - 1][0] for k in call]
-    return (b0 + first, b0 + last), (
-        a0 + max(r.stop for r in rows) - 1,
-        a0 + min(r.start for r in rows),
-    )
+    return (b0 + first, b0 + last), (a0 + bottom, a0 + top)
 
 
 def _span(any_: np.ndarray) -> tuple[int, int]:

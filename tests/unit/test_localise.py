@@ -202,6 +202,13 @@ def test_the_elements_of_one_call_join_and_a_sound_further_off_stays_out():
     assert (first, last) == (far, far + 19) and low_row == high_row == 60
     # with the old single-sound rule (no gap) the call is the one sweep nearest the peak
     assert call_box(excess, region, (25, 105), frame_s=FRAME_S, gap_s=0.0)[0] == (100, 111)
+    # in Hz (rows 10 kHz down to 500 Hz), the low note lies 2.6 octaves below the sweeps: not
+    # an element of their call; the high note, 0.3 octave above them, is
+    freqs = np.geomspace(10_000, 500, 200)
+    (first, last), (low_row, high_row) = call_box(
+        excess, region, (25, 105), frame_s=FRAME_S, freqs_hz=freqs
+    )
+    assert (first, last) == (100, hi + 14) and (high_row, low_row) == (5, 31)
 
 
 def test_sounds_are_taken_whole_but_only_sounds_the_region_holds_join():
@@ -222,7 +229,8 @@ def test_call_boxes_of_evidence_reach_outside_the_region_in_time_but_stop_at_nyq
     high edge never passes the Nyquist frequency (fmax 13 kHz is above it at 22,050 Hz)."""
     db = _background(3)
     db[P.n_mels - 20 :, 300:340] += 40  # a broadband chip up into the empty top bands
-    db[100, 270:330] += 40  # and a whistle starting left of the region
+    db[195, 270:330] += 40  # a whistle at 5.3 kHz (0.9 octave below) starting left of the region
+    db[100, 300:330] += 40  # and a hum at 1.4 kHz, more than an octave below the chip
     m = np.zeros((P.n_mels, FRAMES), np.float32)
     m[:60, 290:400] = 0.7
     m[10, 320] = 1.0
@@ -235,4 +243,4 @@ def test_call_boxes_of_evidence_reach_outside_the_region_in_time_but_stop_at_nyq
     # the whistle overlaps the chip in time: one call, the whistle whole from its first frame
     # (sounds are followed up to a call's gap, 0.3 s, beyond the region)
     assert ev.call_begin_s == pytest.approx(270 * FRAME_S - FRAME_S / 2)
-    assert ev.call_low_hz == pytest.approx(AXES.low_hz[P.n_mels - 1 - 100])
+    assert ev.call_low_hz == pytest.approx(AXES.low_hz[P.n_mels - 1 - 195])  # not the hum's
