@@ -31,56 +31,12 @@ import _common as C
 import numpy as np
 import torch
 
-HELD_OUT_RECORDINGS = {f"S4A03895_20190522_{t}.wav" for t in ("070000", "073000", "080000")}
-
-
-def split_recordings() -> tuple[list[Path], list[Path]]:
-    paths = [p for p in sorted(C.RECORDINGS.glob("*")) if p.suffix in C.AUDIO_SUFFIXES]
-    train = [p for p in paths if p.name not in HELD_OUT_RECORDINGS]
-    return train, [p for p in paths if p.name in HELD_OUT_RECORDINGS]
-
 
 def family_set(name: str) -> tuple[str, ...]:
     from devtools import families as F
 
     sets = {"tuned": F.TUNED, "held-out": F.HELD_OUT, "all": F.FAMILIES}
     return sets.get(name) or tuple(name.split(","))
-
-
-def write_data(root: Path, species, *, args) -> list:
-    """Training clips (folders) under root/train, held-out clips under root/heldout."""
-    from devtools import synthetic
-
-    train_paths, held_paths = split_recordings()
-    noise = synthetic.NOISE_CLASS if args.noise_class else None
-    synthetic.write_species(
-        root / "train",
-        per_class=args.train_per_class,
-        backgrounds=synthetic.backgrounds(train_paths),
-        seed=args.seed + 1,
-        duration_s=6.0,
-        n_calls=2,
-        snr_db=(-6.0, 6.0),
-        species=species,
-        noise_class=noise,
-        overlap_p=args.overlap_p,
-    )
-    (root / "bg").mkdir(exist_ok=True)
-    for p in train_paths:
-        (root / "bg" / p.name).write_bytes(p.read_bytes())
-    return synthetic.write_species(
-        root / "heldout",
-        per_class=args.heldout,
-        backgrounds=synthetic.backgrounds(held_paths),
-        seed=args.seed + 2,
-        duration_s=5.0,
-        n_calls=1,
-        snr_db=(-6.0, 6.0),
-        species=species,
-        noise_class=noise,
-        prefix="held",
-        overlap_p=args.overlap_p,
-    )
 
 
 def recipe(overrides: list[str]) -> dict:
@@ -127,58 +83,6 @@ def train(root: Path, *, args, overrides: list[str]) -> Path:
         log=lambda line: print(line, flush=True),
     )
     return ckpt
-
-
-def score(model, clips, *, params, gap_s: float) -> dict:
-    """Per family and overall: F1, pointing game, call-box IoU, whole-call fraction."""
-    from echocam.train import scores
-    from echocam.train.pointing import Tolerance, call_iou, hit, localise
-
-    names = model.class_names
-    truth = [names.index(c.species) for c in clips]
-    found = localise(
-        model,
-        [c.samples[: params.window_samples] for c in clips],
-        truth,
-        params=params,
-        gap_s=gap_s,
-    )
-    pred = found.probs.argmax(1)
-    summary = scores.summarise(scores.confusion(np.array(truth), pred, n_classes=len(names)), names)
-    tol = Tolerance.half_cell(params)
-    rows: dict[str, dict] = {}
-    for clip, ev, p in zip(clips, found.evidence, pred, strict=True):
-        if not clip.calls:
-            continue
-        call = clip.calls[0]
-        r = rows.setdefault(call.kind, {"pointed": [], "iou": [], "whole": [], "right": []})
-        r["right"].append(names[p] == clip.species)
-        r["pointed"].append(hit(ev, call.box, tolerance=tol))
-        r["iou"].append(call_iou(ev, call.box, params=params))
-        if len(call.elements) > 1:
-            covered = [
-                ev.call_begin_s <= (a + b) / 2 <= ev.call_end_s for a, b, *_ in call.elements
-            ]
-            r["whole"].append(all(covered))
-    per_family = {
-        kind: {
-            "clips": len(r["iou"]),
-            "accuracy": float(np.mean(r["right"])),
-            "f1": summary["per_class"][clip_species(clips, kind)]["f1"],
-            "pointing": float(np.mean(r["pointed"])),
-            "call_iou_median": float(np.median(r["iou"])),
-            "whole_call": float(np.mean(r["whole"])) if r["whole"] else None,
-        }
-        for kind, r in rows.items()
-    }
-    every = {k: sum((r[k] for r in rows.values()), []) for k in ("pointed", "iou")}
-    return {
-        "macro_f1": summary["macro_f1"],
-        "accuracy": summary["accuracy"],
-        "pointing": float(np.mean(every["pointed"])),
-        "call_iou_median": float(np.median(every["iou"])),
-        "per_family": per_family,
-    }
 
 
 def figure(model, clips, *, params, path: Path, per_family: int = 2) -> None:
@@ -240,10 +144,6 @@ def figure(model, clips, *, params, path: Path, per_family: int = 2) -> None:
     sheet.save(path, quality=85)
 
 
-def clip_species(clips, kind: str) -> str:
-    return next(c.species for c in clips if c.calls and c.calls[0].kind == kind)
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     extra = argv[argv.index("--") + 1 :] if "--" in argv else []
@@ -264,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--figure", default=None, help="a JPEG of held-out clips with their boxes")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    from devtools import families
+    from devtools import families, leave_out
     from echocam.explain.localise import CALL_GAP_S
     from echocam.explain.model import load_model
     from echocam.settings import Params
@@ -276,7 +176,12 @@ def main(argv: list[str] | None = None) -> int:
     result: dict = {"machine": m, "families": list(fams), "recipe": extra, "args": vars(args)}
     with tempfile.TemporaryDirectory(prefix="echocam-bench-families-") as tmp:
         root = Path(args.workdir or tmp)
-        clips = write_data(root, species, args=args)
+        train_paths, held_paths = leave_out.split_recordings(C.recordings())
+        clips = leave_out.write_clips(
+            root, species, train_paths, held_paths, per_class=args.train_per_class,
+            heldout=args.heldout, seed=args.seed, noise_class=args.noise_class,
+            overlap_p=args.overlap_p,
+        )  # fmt: skip
         ckpt = args.checkpoint
         if ckpt is None:
             t0 = time.perf_counter()
@@ -286,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
         model = load_model(str(ckpt))
         params = Params.from_dict(model.params or {})
         gaps = [float(g) for g in args.gaps.split(",") if g] or [CALL_GAP_S]
-        result["by_gap"] = {g: score(model, clips, params=params, gap_s=g) for g in gaps}
+        result["by_gap"] = {g: leave_out.score(model, clips, params=params, gap_s=g) for g in gaps}
         if args.figure:
             figure(model, clips, params=params, path=Path(args.figure))
     for g, r in result["by_gap"].items():

@@ -473,6 +473,18 @@ def annotated(species_data, s3, tmp_path_factory):
         rows += [f"{key},{name},{a:.3f},{b:.3f}" for a, b in spans]
     client.put_object(Bucket="annotated", Key="labels.csv", Body="\n".join(rows).encode())
     val = _subset(species_data, tmp_path_factory.mktemp("val"), per_class=1)
+    # the validation clips' calls as boxes: validation plays the pointing game on them
+    held = {c.name: c for c in species_data["held_clips"]}
+    val_rows = ["key,label,start_s,end_s,low_hz,high_hz"]
+    for path in sorted(val.rglob("*.wav")):
+        clip = held[str(path.relative_to(val))]
+        boxes = [
+            f"{k.start_s:.3f},{k.end_s:.3f},{k.low_hz:.0f},{k.high_hz:.0f}" for k in clip.calls
+        ]
+        val_rows += [f"{clip.name},{clip.species},{b}" for b in boxes] or [
+            f"{clip.name},{clip.species},,,,"
+        ]
+    (val / "labels.csv").write_text("\n".join(val_rows) + "\n")
     env = {**os.environ, **s3.env()}
     proc = echocam(
         env,
@@ -482,12 +494,17 @@ def annotated(species_data, s3, tmp_path_factory):
         "s3://annotated/labels.csv",
         "--val",
         str(val),
+        "--val-labels",
+        str(val / "labels.csv"),
         "--out",
         "s3://annotated/models/species.pt",
         *["--init", "random", "--epochs", "1", "--epoch-windows", "8", "--batch-size", "4"],
         *["--threads", "2", "--quiet"],
     )
-    return {"proc": proc, "rows": rows[1:], "val": val, "env": env, "client": client}
+    return {
+        "proc": proc, "rows": rows[1:], "val": val, "val_rows": val_rows[1:], "env": env,
+        "client": client,
+    }  # fmt: skip
 
 
 def test_train_from_labels_csv_in_a_bucket_with_a_val_source(annotated):
@@ -507,11 +524,16 @@ def test_train_from_labels_csv_in_a_bucket_with_a_val_source(annotated):
     assert {c: v["examples"] for c, v in d["train"]["classes"].items()} == {
         c: sum(r.split(",")[1] == c for r in annotated["rows"]) for c in CLASSES
     }
-    assert d["val"]["examples"] == 4 and d["val"]["source"].endswith(annotated["val"].name)
+    n_val = len(annotated["val_rows"])  # a span per call, and the Background clip whole
+    assert n_val == 3 * 2 + 1
+    assert d["val"]["examples"] == n_val and d["val"]["source"].endswith(annotated["val"].name)
     assert sum(d["windows_drawn"].values()) == 8
     cfg = blob["train_config"]
     assert cfg["labels"] == "s3://annotated/labels.csv" and cfg["val"] == str(annotated["val"])
-    assert blob["metrics"]["epochs_completed"] == 1 and blob["metrics"]["val"]["n"] == 4
+    assert blob["metrics"]["epochs_completed"] == 1 and blob["metrics"]["val"]["n"] == n_val
+    # the validation labels carry boxes: the pointing game is reported, in the log and metrics
+    pointing = blob["metrics"]["val"]["pointing_game"]
+    assert 0.0 <= pointing <= 1.0 and f"pointing game {pointing:.2f}" in proc.stdout
 
 
 def test_weights_from_s3_load_the_trained_checkpoint(annotated, tmp_path):
