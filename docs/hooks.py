@@ -64,7 +64,7 @@ def cell(text: object) -> str:
 def shown(value: object) -> str:
     """A field's default as a user types it (flags and ``ECHOCAM_*`` alike)."""
     if isinstance(value, tuple):
-        return ",".join(value) if value else "(none)"
+        return ",".join(map(str, value)) if value else "(none)"
     if value == "":
         return "(empty)"
     if isinstance(value, bool):
@@ -157,6 +157,18 @@ def configuration() -> str:
             value = "on" if isinstance(value, Augment) else shown(value)
             flag = "--" + f.name.replace("_", "-")
             out.append(f"| `{flag}` | `{cell(value)}` | {cell(f.metadata['help'])} |")
+    out += [
+        "",
+        "### Augmentation",
+        "",
+        "`Augment`'s fields, each an `echocam train` flag (`--no-augment`: none of them).",
+        "",
+        "| flag | default | meaning |",
+        "| --- | --- | --- |",
+    ]
+    for f in dataclasses.fields(Augment):
+        flag = "--" + f.name.replace("_", "-")
+        out.append(f"| `{flag}` | `{cell(shown(f.default))}` | {cell(f.metadata['help'])} |")
     out.append("")
     return "\n".join(out)
 

@@ -285,7 +285,8 @@ def _from_env(cls: type, environ: dict[str, str] | None, overrides: dict[str, An
 
 
 def parse(hint: Any, raw: str, name: str) -> Any:
-    """Parse a string for a field of type ``hint`` (bool, int, float, str or tuple of str)."""
+    """Parse a string for a field of type ``hint`` (bool, int, float, str, tuple of str, or a
+    "low,high" pair of floats)."""
     try:
         if hint is bool:
             if raw.lower() not in {"1", "0", "true", "false", "yes", "no"}:
@@ -293,6 +294,9 @@ def parse(hint: Any, raw: str, name: str) -> Any:
             return raw.lower() in {"1", "true", "yes"}
         if hint in (int, float, str):
             return hint(raw)
+        if hint == tuple[float, float]:
+            low, high = (float(s) for s in raw.split(","))
+            return (low, high)
         return tuple(s.strip() for s in raw.split(",") if s.strip())  # tuple[str, ...]
     except ValueError as e:
         raise ValueError(f"{name}={raw!r} is not a valid {getattr(hint, '__name__', hint)}") from e

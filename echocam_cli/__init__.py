@@ -31,9 +31,9 @@ def _add_fields(
     for name in names:
         f, hint = by_name[name], _plain(hints[name])
         flag = "--" + name.replace("_", "-")
-        switch = hint is bool or hint not in (int, float, str, tuple[str, ...])
+        switch = hint is bool or hint not in (int, float, str, tuple[str, ...], tuple[float, float])
         default = default_of(f)
-        shown = ",".join(default) if isinstance(default, tuple) else default
+        shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
         if switch and not isinstance(default, bool):
             shown = "on"
         elif default is None:
@@ -271,8 +271,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     given = {k: v for k, v in _pick(args, TrainConfig).items() if v is not None}
-    if "augment" in given:  # a switch: the default augmentation, or none
-        given["augment"] = Augment() if given["augment"] else Augment.off()
+    augment = Augment(**{k: v for k, v in _pick(args, Augment).items() if v is not None})
+    given["augment"] = augment if given.get("augment", True) else Augment.off()
     config = TrainConfig(**{**given, "source": args.source, "out": args.out})
     try:
         result = train(
@@ -337,7 +337,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def _add_train(sub) -> None:
     from echocam.settings import MODEL_INPUT_FIELDS
-    from echocam.train.config import TrainConfig
+    from echocam.train.config import Augment, TrainConfig
 
     analysis = [*MODEL_INPUT_FIELDS, "hop_seconds", "max_duration_s", "max_bytes"]
     storage = ["s3_endpoint_url", "s3_region", "s3_max_attempts", "page_size", "extensions"]
@@ -358,6 +358,7 @@ def _add_train(sub) -> None:
         "training",
         env=False,
     )
+    _add_fields(tr, Augment, [f.name for f in fields(Augment)], "augmentation", env=False)
     tr.add_argument("--resume", action="store_true", help="continue an interrupted run")
     tr.add_argument("--quiet", action="store_true", help="no progress bars")
     _add_fields(tr, Params, analysis, "analysis parameters (stored in the checkpoint)")
@@ -373,7 +374,12 @@ def _add_train(sub) -> None:
     )
     ev.add_argument("source", metavar="SOURCE", help="directory or s3://bucket/prefix")
     ev.add_argument("--out", required=True, metavar="DIR", help="directory or s3://bucket/prefix")
-    ev.add_argument("--labels", metavar="CSV", help="key,label[,start_s,end_s] rows (path/s3://)")
+    ev.add_argument(
+        "--labels",
+        metavar="CSV",
+        help="key,label[,start_s,end_s[,low_hz,high_hz]] rows (path/s3://); boxes give the "
+        "pointing game",
+    )
     _add_fields(ev, Params, analysis, "analysis parameters (default: the checkpoint's)")
     _add_fields(
         ev,

@@ -15,21 +15,28 @@ from echocam.settings import option
 
 @dataclass(frozen=True)
 class Augment:
-    """What to randomise; every probability in [0, 1], every range (low, high)."""
+    """What to randomise; every probability in [0, 1], every range "low,high".
 
-    shift: bool = True  # random window position inside the recording (or around the span)
-    background_p: float = 0.5  # chance of mixing in a background recording
-    snr_db: tuple[float, float] = (0.0, 20.0)  # window RMS over background RMS, dB
-    gain_db: tuple[float, float] = (-6.0, 6.0)  # on the mix
-    mask_p: float = 0.8  # chance that a window gets its masks
-    time_masks: int = 2  # stripes across all bands, each up to time_mask_s wide
-    time_mask_s: float = 0.4
-    freq_masks: int = 2  # stripes across all frames, each up to freq_mask_frac of the bands
-    freq_mask_frac: float = 0.08
-    # another class's window added to this one, both labelled by their share of the mix: a
-    # window then holds two classes' sounds and each class's evidence must be its own call
-    mix_p: float = 0.0
-    mix_gain_db: tuple[float, float] = (-6.0, 0.0)  # the other window's RMS over this one's, dB
+    Each field is an ``echocam train`` flag (``--mix-p 0.5``); ``--no-augment`` turns all off.
+    """
+
+    shift: bool = option(True, "random window position in the recording (or around the span)")
+    background_p: float = option(0.5, "chance of mixing in a --background recording")
+    snr_db: tuple[float, float] = option((0.0, 20.0), "window RMS over background RMS, dB")
+    gain_db: tuple[float, float] = option((-6.0, 6.0), "gain on the mix, dB")
+    mask_p: float = option(0.8, "chance that a window gets its time and frequency masks")
+    time_masks: int = option(2, "stripes across all bands, each up to --time-mask-s wide")
+    time_mask_s: float = option(0.4, "widest time mask, s")
+    freq_masks: int = option(2, "stripes across all frames, each up to --freq-mask-frac tall")
+    freq_mask_frac: float = option(0.08, "tallest frequency mask, a fraction of the bands")
+    mix_p: float = option(
+        0.0,
+        "chance of adding another class's window, both classes in the target by their share: "
+        "each class's evidence must then be its own call",
+    )
+    mix_gain_db: tuple[float, float] = option(
+        (-6.0, 0.0), "the added window's RMS over this one's, dB"
+    )
 
     @classmethod
     def off(cls) -> Augment:
@@ -81,7 +88,7 @@ class TrainConfig:
     seed: int = option(0, "seed of the split, the order, the augmentation and a random init")
     prefetch: int = option(4, "batches decoded ahead of the device")
     augment: Augment = option(
-        help="shift, background mix, gain, time and frequency masks (--no-augment: none)",
+        help="the augmentation flags below (--no-augment: none of it)",
         factory=Augment,
     )
 

@@ -122,6 +122,45 @@ def test_epochs_are_class_balanced():
     assert set(order[np.asarray(labels)[order] == 1]) == set(range(50, 55))  # all repeated
 
 
+def test_call_mixing_adds_another_class_and_splits_the_target(tmp_path):
+    """With ``mix_p`` 1 every training window holds another class's window at -6 to 0 dB, and
+    its target gives that class its amplitude's share (1/3 to 1/2) and no other class any."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import soundfile as sf
+
+    from echocam.bucket.storage import LocalStore
+    from echocam.settings import Params
+    from echocam.train.config import Augment
+    from echocam.train.dataset import Loader, Window
+    from echocam.train.labels import Example
+
+    params = Params()
+    t = np.arange(params.window_samples) / params.sample_rate
+    for k, f in enumerate((1000.0, 3000.0, 6000.0)):  # a tone per class, one recording each
+        sf.write(tmp_path / f"{k}.wav", 0.1 * np.sin(2 * np.pi * f * t), params.sample_rate)
+    examples = [Example(f"{k}.wav", k) for k in range(3)]
+    only_mixing = Augment(shift=False, background_p=0.0, gain_db=(0.0, 0.0), mask_p=0.0, mix_p=1)
+    with ThreadPoolExecutor(2) as pool:
+        loader = Loader(
+            LocalStore(tmp_path), examples, params=params, augment=only_mixing, pool=pool,
+            batch_size=4,
+        )  # fmt: skip
+        windows = [w for batch in loader.epoch([0, 1, 2] * 4, epoch=1) for w in batch]
+    for w in windows:
+        other, share = w.mixed
+        assert other != w.label and 1 / 3 - 1e-6 <= share <= 1 / 2 + 1e-6
+        target = w.target(3)
+        assert target.sum() == pytest.approx(1.0) and target[w.label] == pytest.approx(1 - share)
+        assert target[other] == pytest.approx(share) and np.count_nonzero(target) == 2
+        spectrum = np.abs(np.fft.rfft(w.samples))
+        peaks = set(np.argsort(spectrum)[-2:] * params.sample_rate // w.samples.size)
+        freqs = {0: 1000, 1: 3000, 2: 6000}
+        assert {freqs[w.label], freqs[other]} == {round(f, -3) for f in peaks}
+    plain = Window(np.zeros(4, np.float32), label=1, example=0)  # not mixed: one-hot
+    assert plain.target(3).tolist() == [0.0, 1.0, 0.0] and Augment.off().mix_p == 0
+
+
 def test_labels_csv_windows_hold_the_annotated_span():
     from echocam.settings import Params
     from echocam.train.augment import crop_start
