@@ -1,8 +1,9 @@
 """``echocam evaluate``: a checkpoint against a labelled source, on inference windows.
 
 Writes under ``out``: ``metrics.json`` (accuracy, macro-F1, per-class precision / recall / F1,
-the confusion matrix, skipped objects by error code), ``confusion.json``, ``confusion.png`` and
-``predictions.csv`` (one row per recording, or per annotated span).
+the confusion matrix, skipped objects by error code and, where the labels give boxes, the
+pointing game), ``confusion.json``, ``confusion.png`` and ``predictions.csv`` (one row per
+recording, or per annotated span, with the fraction of its windows that pointed into its box).
 """
 
 from __future__ import annotations
@@ -118,6 +119,7 @@ def _predictions_csv(examples, pred, names) -> str:
             "true_probability",
             "correct",
             "n_windows",
+            "pointed",
             "error_code",
         ]
     )
@@ -126,7 +128,7 @@ def _predictions_csv(examples, pred, names) -> str:
         end = "" if ex.end_s is None else ex.end_s
         if pred.n_windows[i] == 0:
             code = pred.skipped[ex.key].code if ex.key in pred.skipped else ""
-            w.writerow([ex.key, start, end, names[ex.label], "", "", "", "", 0, code])
+            w.writerow([ex.key, start, end, names[ex.label], "", "", "", "", 0, "", code])
             continue
         p = pred.probs[i]
         k = int(p.argmax())
@@ -141,6 +143,7 @@ def _predictions_csv(examples, pred, names) -> str:
                 f"{p[ex.label]:.6f}",
                 int(k == ex.label),
                 int(pred.n_windows[i]),
+                "" if np.isnan(pred.pointed[i]) else f"{pred.pointed[i]:.3f}",
                 "",
             ]
         )

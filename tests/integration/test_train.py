@@ -338,6 +338,9 @@ def test_evaluate_plays_the_pointing_game_on_labelled_boxes_and_warns_when_it_fa
     print(f"\nevaluate's pointing game: {right['pointing_game']:.2f}", file=sys.stderr)
     assert right["boxed_examples"] == len(calls) and right["macro_f1"] >= 0.9
     assert right["pointing_game"] >= 0.8 and "wrong reasons" not in err
+    rows = list(csv.DictReader(io.StringIO((tmp_path / "boxes" / "predictions.csv").read_text())))
+    pointed = [float(r["pointed"]) for r in rows]  # each span's own, one window each
+    assert len(pointed) == len(calls) and np.mean(pointed) == pytest.approx(right["pointing_game"])
     wrong, err = evaluate(
         [f"{key},{sp},{k.start_s:.3f},{k.end_s:.3f},100,300" for key, sp, k in calls], "low"
     )
