@@ -196,7 +196,8 @@ def make_clip(
     first_span_s: tuple[float, float] | None = None,
     overlap: bool = False,
 ) -> Clip:
-    """A clip of ``duration_s`` seconds: ``n_calls`` calls of ``species`` over a real background.
+    """A clip of ``duration_s`` seconds: ``n_calls`` calls of ``species`` over a real background
+    (fewer where a long first call leaves the others no room).
 
     ``species`` is a name of :data:`SPECIES` or a :class:`devtools.families.Species`.  The
     background is a random stretch of ``background`` (looped if shorter).  Calls lie in the clip
@@ -232,7 +233,9 @@ def make_clip(
             if all(end + 0.1 < c.start_s or start > c.end_s + 0.1 for c in calls):
                 break
         else:
-            raise ValueError(f"cannot place {n_calls} calls of {kind} in {duration_s} s")
+            if calls:  # the later calls are extras: a long first call may leave no room
+                break
+            raise ValueError(f"cannot place a call of {kind} in {duration_s} s")
         i = int(round(start * sr))
         signal[i : i + y.size] += y
         elements = tuple((i / sr + a, i / sr + b, lo, hi) for a, b, lo, hi in sound.elements)

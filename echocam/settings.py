@@ -55,8 +55,8 @@ class Params:
     input_size: int = option(
         224,
         "model input, pixels: a square of this size, a multiple of 32 (224: the notebook's, "
-        "what ImageNet models saw), or 0: the spectrogram's own n_mels x frames, unresized "
-        "(finer CAM cells)",
+        "what ImageNet models saw), or 0: the spectrogram's own n_mels x frames, unresized, "
+        "for finer CAM cells (echocam train's default)",
     )
     hop_seconds: float = option(0.0, "window hop, seconds (0: equal to the window)")
     top_k: int = option(1, "classes predicted (and explained, unless --classes) per window")

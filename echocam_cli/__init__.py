@@ -8,6 +8,7 @@ Heavy imports (torch, Celery) happen inside the subcommand that needs them.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from dataclasses import fields
@@ -20,11 +21,18 @@ PARAM_FIELDS = [f.name for f in fields(Params)]
 
 
 def _add_fields(
-    parser: argparse.ArgumentParser, cls: type, names: list[str], title: str, *, env: bool = True
+    parser: argparse.ArgumentParser,
+    cls: type,
+    names: list[str],
+    title: str,
+    *,
+    env: bool = True,
+    defaults: dict[str, Any] | None = None,
 ) -> None:
     """A flag for each of ``cls``'s fields ``names``, its help and default from the field (and
-    its ``ECHOCAM_*`` variable, with ``env``).  A field that is not a plain value (training's
-    ``augment``) is a ``--x/--no-x`` switch between its default and its ``off()``."""
+    its ``ECHOCAM_*`` variable, with ``env``; ``defaults``: this command's own, where they
+    differ).  A field that is not a plain value (training's ``augment``) is a ``--x/--no-x``
+    switch between its default and its ``off()``."""
     group = parser.add_argument_group(title)
     hints = get_type_hints(cls)
     by_name = {f.name: f for f in fields(cls)}
@@ -32,7 +40,7 @@ def _add_fields(
         f, hint = by_name[name], _plain(hints[name])
         flag = "--" + name.replace("_", "-")
         switch = hint is bool or hint not in (int, float, str, tuple[str, ...], tuple[float, float])
-        default = default_of(f)
+        default = (defaults or {}).get(name, default_of(f))
         shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
         if switch and not isinstance(default, bool):
             shown = "on"
@@ -266,18 +274,21 @@ def cmd_view(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     import logging
 
-    from echocam.train.config import Augment, TrainConfig
+    from echocam.train.config import TRAIN_INPUT_SIZE, Augment, TrainConfig
     from echocam.train.loop import TrainInterrupted, train
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     given = {k: v for k, v in _pick(args, TrainConfig).items() if v is not None}
+    params = _params(args)
+    if "input_size" not in _explicit(args):
+        params = dataclasses.replace(params, input_size=TRAIN_INPUT_SIZE)
     augment = Augment(**{k: v for k, v in _pick(args, Augment).items() if v is not None})
     given["augment"] = augment if given.get("augment", True) else Augment.off()
     config = TrainConfig(**{**given, "source": args.source, "out": args.out})
     try:
         result = train(
             config,
-            params=_params(args),
+            params=params,
             settings=_settings(args),
             resume=args.resume,
             progress=not args.quiet,
@@ -337,7 +348,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def _add_train(sub) -> None:
     from echocam.settings import MODEL_INPUT_FIELDS
-    from echocam.train.config import Augment, TrainConfig
+    from echocam.train.config import TRAIN_INPUT_SIZE, Augment, TrainConfig
 
     analysis = [*MODEL_INPUT_FIELDS, "hop_seconds", "max_duration_s", "max_bytes"]
     storage = ["s3_endpoint_url", "s3_region", "s3_max_attempts", "page_size", "extensions"]
@@ -361,7 +372,13 @@ def _add_train(sub) -> None:
     _add_fields(tr, Augment, [f.name for f in fields(Augment)], "augmentation", env=False)
     tr.add_argument("--resume", action="store_true", help="continue an interrupted run")
     tr.add_argument("--quiet", action="store_true", help="no progress bars")
-    _add_fields(tr, Params, analysis, "analysis parameters (stored in the checkpoint)")
+    _add_fields(
+        tr,
+        Params,
+        analysis,
+        "analysis parameters (stored in the checkpoint)",
+        defaults={"input_size": TRAIN_INPUT_SIZE},
+    )
     _add_fields(tr, Settings, ["device", "threads", "io_threads", *storage], "runtime settings")
     tr.set_defaults(func=cmd_train)
 

@@ -12,6 +12,12 @@ from typing import Any
 
 from echocam.settings import option
 
+#: The model input a species model is trained at unless told otherwise (``--input-size``): the
+#: spectrogram unresized, whose finer CAM cells point at calls more often (measured per call
+#: family: docs/guides/training.md).  ``Params.input_size``'s own default, 224, stays the one of
+#: ``run`` with ImageNet weights; a species model carries its size in its checkpoint.
+TRAIN_INPUT_SIZE = 0
+
 
 @dataclass(frozen=True)
 class Augment:
