@@ -3,7 +3,7 @@ families nobody tuned it on, and does the call box hold the whole call?
 
 Draws one species per family (``devtools.families``) of the chosen set, writes training clips
 over some real recordings and held-out clips over others (split by recording), trains with
-``echocam train``'s loop (the recipe's defaults, with any ``field=value`` after ``--``) or takes
+``echocam train``'s loop (the recipe's defaults, with any ``--set field=value``) or takes
 ``--checkpoint``,
 then reports on the held-out clips, per family:
 
@@ -14,7 +14,7 @@ then reports on the held-out clips, per family:
 
     python benchmarks/bench_families.py --families tuned           # develop on these
     python benchmarks/bench_families.py --families held-out        # report on these
-    python benchmarks/bench_families.py --families held-out -- epochs=20 augment.mix_p=0.5
+    python benchmarks/bench_families.py --families held-out --set epochs=20 --set augment.mix_p=0.5
     python benchmarks/bench_families.py --checkpoint m.pt --gaps 0.05,0.1,0.2,0.3,0.5
 """
 
@@ -30,6 +30,8 @@ from pathlib import Path
 import _common as C
 import numpy as np
 import torch
+
+from echocam.train.config import TRAIN_INPUT_SIZE
 
 
 def family_set(name: str) -> tuple[str, ...]:
@@ -58,8 +60,8 @@ def recipe(overrides: list[str]) -> dict:
 
 
 def train(root: Path, *, args, overrides: list[str]) -> Path:
-    """``echocam train`` in this process: the recipe's defaults, the tests' short schedule where
-    not overridden, and ``overrides``."""
+    """``echocam train`` in this process, from random weights: the recipe's defaults but for
+    ``overrides`` (``field=value``)."""
     from echocam.settings import Params, Settings
     from echocam.train.config import Augment, TrainConfig
     from echocam.train.loop import train as run
@@ -145,9 +147,6 @@ def figure(model, clips, *, params, path: Path, per_family: int = 2) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    extra = argv[argv.index("--") + 1 :] if "--" in argv else []
-    argv = argv[: argv.index("--")] if "--" in argv else argv
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--families", default="held-out", help="tuned | held-out | all | a,b,c")
     ap.add_argument("--checkpoint", default=None, help="a trained model (else one is trained)")
@@ -159,7 +158,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-noise-class", dest="noise_class", action="store_false")
     ap.add_argument("--gaps", default="", help="call-box gaps (s) to compare, comma-separated")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--input-size", type=int, default=224, help="Params.input_size (0: native)")
+    ap.add_argument(
+        "--input-size", type=int, default=TRAIN_INPUT_SIZE, help="Params.input_size (0: native)"
+    )
+    ap.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="a TrainConfig field (augment.FIELD for Augment's), JSON where it parses",
+    )
     ap.add_argument("--json", default=None)
     ap.add_argument("--figure", default=None, help="a JPEG of held-out clips with their boxes")
     args = ap.parse_args(argv)
@@ -173,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     print(C.machine_line(m), flush=True)
     fams = family_set(args.families)
     species = families.draw_species(fams, rng=np.random.default_rng(args.seed))
-    result: dict = {"machine": m, "families": list(fams), "recipe": extra, "args": vars(args)}
+    result: dict = {"machine": m, "families": list(fams), "args": vars(args)}
     with tempfile.TemporaryDirectory(prefix="echocam-bench-families-") as tmp:
         root = Path(args.workdir or tmp)
         train_paths, held_paths = leave_out.split_recordings(C.recordings())
@@ -185,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
         ckpt = args.checkpoint
         if ckpt is None:
             t0 = time.perf_counter()
-            ckpt = train(root, args=args, overrides=extra)
+            ckpt = train(root, args=args, overrides=args.set)
             result["train_s"] = time.perf_counter() - t0
             result["train_metrics"] = json.loads((ckpt.parent / "metrics.json").read_text())
         model = load_model(str(ckpt))

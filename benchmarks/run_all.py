@@ -54,7 +54,13 @@ BENCHMARKS: dict[str, tuple[str, str, str]] = {
         "",
         "--sizes 8 16 --distinct 4 --paths stream --batch 4 --io-threads 2",
     ),
-    "pointing": ("bench_pointing.py", "", "--untrained --heldout 1"),
+    "families": (
+        "bench_families.py",
+        "--families held-out",
+        "--families held-out --train-per-class 2 --heldout 1 --set epochs=1 "
+        "--set epoch_windows=4 --set batch_size=4",
+    ),
+    "input_size": ("bench_input_size.py", "", "--windows 4 --rounds 1 --batch 4"),
     # No GPU here: its dry run on the CPU checks the script (the quick form without the
     # processes part, whose spawned processes each import torch).
     "gpu_check": (
@@ -80,8 +86,8 @@ def run_one(
     path = out / f"{name}.json"
     # gpu_check writes a folder: gpu_check.json and its local run's outputs
     extra = ["--out", str(out / name)] if name == "gpu_check" else ["--json", str(path)]
-    if name == "pointing" and figures and "--figure" not in args:
-        extra += ["--figure", str(out / "pointing_game.jpg")]
+    if name == "families" and figures and "--figure" not in args:
+        extra += ["--figure", str(out / "families.jpg")]
     head = f"\n=== {name}: {script} {' '.join(args)}"
     if not log:
         print(head, flush=True)
