@@ -1,10 +1,12 @@
 """The pointing game (Zhang et al. 2016) on spectrograms: is a CAM's peak inside the call's box?
 
-The CAM is a 7x7 grid over the window's image, so its peak is only known to a cell; a hit allows
-half a cell around the box: ``window_seconds / 14`` in time, and in frequency half of 1/7 of the
-mel rows.  Rows are equally spaced in mel (the Slaney scale of the front end's filterbank), so
-that half-cell is ``n_mels / 14`` rows of ``(mel(fmax) - mel(fmin)) / (n_mels + 1)`` mel each,
-and the box's edges are widened by it in mel, not in Hz.
+The CAM of a 224 x 224 input is a 7x7 grid over the window's image, so its peak is only known to
+a cell; a hit allows half such a cell around the box: ``window_seconds / 14`` in time, and in
+frequency half of 1/7 of the mel rows.  Rows are equally spaced in mel (the Slaney scale of the
+front end's filterbank), so that half-cell is ``n_mels / 14`` rows of ``(mel(fmax) - mel(fmin))
+/ (n_mels + 1)`` mel each, and the box's edges are widened by it in mel, not in Hz.  The
+tolerance is the same at every ``input_size`` (an unresized input's cells are smaller), so the
+game compares sizes on one scale.
 """
 
 from __future__ import annotations
