@@ -247,8 +247,8 @@ def call_box(
     one call.  Sounds are taken whole, in or out of the region, as far as ``excess`` reaches.
     None where the region has no loud pixel.
     """
-    top = float(np.where(region, excess, -np.inf).max())
-    level = max(min_excess_db, top - within_db)
+    loudest = float(np.where(region, excess, -np.inf).max())
+    level = max(min_excess_db, loudest - within_db)
     loud = excess >= level
     if not (loud & region).any():
         return None
