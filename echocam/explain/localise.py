@@ -190,10 +190,11 @@ def region_evidence(
         # Sounds are taken whole as far as a call's gap beyond the region in time, in every
         # band; the spectrogram highest band first, as the map.
         reach = round(gap_s / axes.frame_s)
-        d0, d1 = max(0, c0 - reach), min(mask.shape[1], c1 + reach)
+        e0, e1 = c0 + cols.start, c0 + cols.stop  # the region's own frames
+        d0, d1 = max(0, e0 - reach), min(mask.shape[1], e1 + reach)
         excess = db[::-1, d0:d1] - floor[::-1, None]
         inside = np.zeros(excess.shape, bool)
-        inside[r0:r1, c0 - d0 : c1 - d0] = labels == region
+        inside[r0:r1, e0 - d0 : e1 - d0] = labels[:, cols] == region
         found = call_box(
             excess,
             inside,

@@ -17,6 +17,7 @@ import pytest
 from devtools.stack import ROOT
 from echocam.bucket import detections
 from echocam.bucket.detections import RAVEN_COLUMNS, Selection
+from echocam.explain.localise import CALL_GAP_S
 from echocam.settings import Params
 from tests.helpers import marks
 
@@ -176,13 +177,22 @@ def test_record_npz_and_per_recording_files_agree(run):
             assert np.all(npz["box_end_s"] <= starts + 5.0)
             assert np.all(npz["box_begin_s"] <= npz["peak_time_s"])
             assert np.all(npz["peak_time_s"] <= npz["box_end_s"])
-            assert np.all(npz["box_low_hz"] <= npz["peak_freq_hz"])
-            assert np.all(npz["peak_freq_hz"] <= npz["box_high_hz"])
-            # the call box lies in the evidence box, widened by half a pixel (frame and band)
+            # the peak lies in its box, which stops at the Nyquist frequency: a CAM that peaks
+            # in the empty bands above it (fmax 13 kHz at 22,050 Hz) keeps that peak
+            top_hz = Params().sample_rate / 2
+            assert np.all(np.minimum(npz["box_low_hz"], top_hz) <= npz["peak_freq_hz"])
+            above = npz["peak_freq_hz"] > top_hz
+            assert np.all((npz["peak_freq_hz"] <= npz["box_high_hz"]) | above)
+            assert np.all(npz["box_high_hz"] <= top_hz)
+            # the call box overlaps the evidence box and reaches at most a call's gap beyond it
+            # in time (its sounds are taken whole), plus half a frame
             found = ~np.isnan(npz["call_begin_s"])
-            half_frame = Params().hop_length / Params().sample_rate / 2 + 1e-6
-            assert np.all(npz["call_begin_s"][found] >= npz["box_begin_s"][found] - half_frame)
-            assert np.all(npz["call_end_s"][found] <= npz["box_end_s"][found] + half_frame)
+            reach = CALL_GAP_S + Params().hop_length / Params().sample_rate / 2 + 1e-6
+            assert np.all(npz["call_begin_s"][found] >= npz["box_begin_s"][found] - reach)
+            assert np.all(npz["call_end_s"][found] <= npz["box_end_s"][found] + reach)
+            assert np.all(npz["call_begin_s"][found] <= npz["box_end_s"][found])
+            assert np.all(npz["call_end_s"][found] >= npz["box_begin_s"][found])
+            assert np.all(npz["call_high_hz"][found] <= top_hz)
             assert np.all(npz["call_begin_s"][found] < npz["call_end_s"][found])
             assert np.all(npz["call_low_hz"][found] < npz["call_high_hz"][found])
             assert np.all(npz["call_low_hz"][found] <= npz["box_high_hz"][found])
