@@ -30,15 +30,16 @@ import _common as C
 import numpy as np
 import torch
 
-HELD_OUT = {f"S4A03895_20190522_{t}.wav" for t in ("070000", "073000", "080000")}
 # the recipe of tests/trained_species.py
 TRAIN_ARGS = ["--init", "random", "--batch-size", "16", "--lr", "1e-3", "--seed", "0"]
 TRAIN_ARGS += ["--val-fraction", "0.15", "--target-f1", "1.0", "--target-epochs", "3"]
 
 
 def recordings() -> tuple[list[Path], list[Path]]:
+    from devtools import synthetic
+
     paths = [p for p in sorted(C.RECORDINGS.glob("*")) if p.suffix in C.AUDIO_SUFFIXES]
-    return [p for p in paths if p.name not in HELD_OUT], [p for p in paths if p.name in HELD_OUT]
+    return synthetic.split_recordings(paths)
 
 
 def figure(model, clips, hits, *, params, path: Path, per_row: int = 3, n: int = 9) -> None:
