@@ -21,7 +21,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from performance_page import fmt  # the figures as the docs print them
+# the figures and verdicts as the docs print them; ``verdict`` is the benchmarks' too
+from performance_page import fmt
+from performance_page import verdict as verdict
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # devtools/ is not installed; the tests reach it the same way
@@ -237,11 +239,6 @@ def _jsonable(x: Any) -> Any:
     if isinstance(x, Path):
         return str(x)
     raise TypeError(f"not JSON serialisable: {type(x).__name__}")
-
-
-def verdict(value: float, target: float, *, higher_is_better: bool = True) -> str:
-    ok = value >= target if higher_is_better else value <= target
-    return "meets" if ok else "misses"
 
 
 class LocalMode:

@@ -172,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--figure", default=None, help="a JPEG of held-out clips with their boxes")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    from devtools import families, leave_out
+    from devtools import families, leave_out, synthetic
     from echocam.explain.localise import CALL_GAP_S
     from echocam.explain.model import load_model
     from echocam.settings import Params
@@ -184,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     result: dict = {"machine": m, "families": list(fams), "args": vars(args)}
     with tempfile.TemporaryDirectory(prefix="echocam-bench-families-") as tmp:
         root = Path(args.workdir or tmp)
-        train_paths, held_paths = leave_out.split_recordings(C.recordings())
+        train_paths, held_paths = synthetic.split_recordings(C.recordings())
         clips = leave_out.write_clips(
             root, species, train_paths, held_paths, per_class=args.train_per_class,
             heldout=args.heldout, seed=args.seed, noise_class=args.noise_class,

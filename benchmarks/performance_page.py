@@ -126,12 +126,10 @@ class Row(NamedTuple):
     verdict: str = ""
 
 
-def _at_least(value: float, limit: float) -> str:
-    return "meets" if value >= limit else "misses"
-
-
-def _at_most(value: float, limit: float) -> str:
-    return "meets" if value <= limit else "misses"
+def verdict(value: float, target: float, *, higher_is_better: bool = True) -> str:
+    """Whether ``value`` "meets" or "misses" ``target``."""
+    ok = value >= target if higher_is_better else value <= target
+    return "meets" if ok else "misses"
 
 
 def headline(name: str, r: dict[str, Any]) -> list[Row]:
@@ -145,7 +143,7 @@ def _host(r: dict) -> Iterator[Row]:
         ("all but the forward / forward, stages one after another (1 thread)", "host_over_forward"),
         ("the same, Explainer.explain as a whole", "explain_host_over_forward"),
     ):
-        yield Row(metric, r[key], "≤ 0.4", _at_most(r[key], 0.4))
+        yield Row(metric, r[key], "≤ 0.4", verdict(r[key], 0.4, higher_is_better=False))
     yield Row("CPU-ms per window besides the forward", 1000 * r["host_s_per_window"])
     yield Row("forward ms per window", 1000 * r["forward_s_per_window"])
 
@@ -155,13 +153,13 @@ def _host_threads(r: dict) -> Iterator[Row]:
         ms = s["ms_per_window_1_thread"]
         if stage == "local":
             yield Row("local mode (device replayed): ms per window, 1 thread", ms, "≤ 1.5",
-                      _at_most(ms, 1.5))  # fmt: skip
+                      verdict(ms, 1.5, higher_is_better=False))  # fmt: skip
         else:
             yield Row(f"{stage}: ms per window, 1 thread", ms)
     for stage in ("local", "decode+finish+write"):
         if stage in r["stages"]:
             half = r["stages"][stage]["scaling"] / 2
-            yield Row(f"{stage}: 2 threads / (2 x 1 thread)", half, "≥ 0.8", _at_least(half, 0.8))
+            yield Row(f"{stage}: 2 threads / (2 x 1 thread)", half, "≥ 0.8", verdict(half, 0.8))
 
 
 def _local(r: dict) -> Iterator[Row]:
@@ -169,15 +167,16 @@ def _local(r: dict) -> Iterator[Row]:
         yield Row(f"{t} thread(s): end to end windows/s", d["e2e_windows_per_s"])
         yield Row(f"{t} thread(s): bare ResNet-18 windows/s", d["bare_windows_per_s"])
         ratio = d["e2e_over_bare"]
-        yield Row(f"{t} thread(s): end to end / bare", ratio, "≥ 0.8", _at_least(ratio, 0.8))
+        yield Row(f"{t} thread(s): end to end / bare", ratio, "≥ 0.8", verdict(ratio, 0.8))
         pct = d["cam_pct_of_forward"]
-        yield Row(f"{t} thread(s): CAM, % of the forward", pct, "≤ 2", _at_most(pct, 2.0))
+        yield Row(f"{t} thread(s): CAM, % of the forward", pct, "≤ 2",
+                  verdict(pct, 2.0, higher_is_better=False))  # fmt: skip
 
 
 def _notebook(r: dict) -> Iterator[Row]:
     yield Row("notebook clips/s", r["notebook_clips_per_s"])
     yield Row("echocam clips/s", r["echocam_clips_per_s"])
-    yield Row("echocam / notebook", r["speedup"], "≥ 10", _at_least(r["speedup"], 10))
+    yield Row("echocam / notebook", r["speedup"], "≥ 10", verdict(r["speedup"], 10))
 
 
 def _distributed(r: dict) -> Iterator[Row]:
@@ -214,7 +213,7 @@ def _producer(r: dict) -> Iterator[Row]:
                 f"{keys:,} keys: {label} / listing ({how})",
                 ratio,
                 "≥ 0.8" if target else "",
-                _at_least(ratio, 0.8) if target else "",
+                verdict(ratio, 0.8) if target else "",
             )
         if "first" in runs:
             yield Row(f"{keys:,} keys: produce peak RSS growth, MiB",
@@ -235,7 +234,7 @@ def _outputs(r: dict) -> Iterator[Row]:
     configs = r["configs"]
     defaults = configs[r["defaults"]]
     yield Row("defaults: output bytes / input bytes", defaults["ratio"], "≤ 1.0",
-              _at_most(defaults["ratio"], 1.0))  # fmt: skip
+              verdict(defaults["ratio"], 1.0, higher_is_better=False))  # fmt: skip
     for kind, value in defaults["ratio_by_kind"].items():
         yield Row(f"defaults: {kind} / input bytes", value)
     for label, c in configs.items():
@@ -248,18 +247,18 @@ def _long_memory(r: dict) -> Iterator[Row]:
     yield Row(f"local mode, {r['source']} (the baseline), peak RSS GB", r["local_short_gb"])
     long = r["local_long_gb"]
     label = f"local mode, {r['minutes']:g}-minute recording, peak RSS GB"
-    yield Row(label, long, "≤ 1.5", _at_most(long, 1.5))
+    yield Row(label, long, "≤ 1.5", verdict(long, 1.5, higher_is_better=False))
     if "worker" in r:
         peak = r["worker"]["pool_process_peak_gb"]
         yield Row("worker pool process, the same recording, peak RSS GB", peak, "≤ 1.5",
-                  _at_most(peak, 1.5))  # fmt: skip
+                  verdict(peak, 1.5, higher_is_better=False))  # fmt: skip
 
 
 def _train(r: dict) -> Iterator[Row]:
     yield Row("training windows/s (loader, front end, step)", r["train_windows_per_s"])
     yield Row("bare step windows/s (forward, backward, AdamW)", r["bare_windows_per_s"])
     ratio = r["train_over_bare"]
-    yield Row("training / bare step", ratio, "≥ 0.8", _at_least(ratio, 0.8))
+    yield Row("training / bare step", ratio, "≥ 0.8", verdict(ratio, 0.8))
     yield Row("data path alone windows/s (loader, front end)", r["data_windows_per_s"])
     yield Row("share of the time waiting for the loader", r["data_wait_fraction"])
 
@@ -279,11 +278,11 @@ def _families(r: dict) -> Iterator[Row]:
     for gap, s in r["by_gap"].items():
         at = f"call gap {gap} s: " if len(r["by_gap"]) > 1 else ""
         f1, pg, iou = s["macro_f1"], s["pointing"], s["call_iou_median"]
-        yield Row(f"{at}{which}: held-out macro-F1", f1, "≥ 0.95", _at_least(f1, 0.95))
+        yield Row(f"{at}{which}: held-out macro-F1", f1, "≥ 0.95", verdict(f1, 0.95))
         yield Row(f"{at}pointing game (CAM peak in the whole call's box)", pg, "≥ 0.9",
-                  _at_least(pg, 0.9))  # fmt: skip
+                  verdict(pg, 0.9))  # fmt: skip
         yield Row(f"{at}call-box median IoU with the whole call", iou, "≥ 0.5",
-                  _at_least(iou, 0.5))  # fmt: skip
+                  verdict(iou, 0.5))  # fmt: skip
         for kind, f in s["per_family"].items():
             figures = f"{f['f1']:.2f} / {f['pointing']:.2f} / {f['call_iou_median']:.2f}"
             yield Row(f"{at}{kind}: F1 / pointing / call IoU", figures)
@@ -304,7 +303,7 @@ def _gpu_check(r: dict) -> Iterator[Row]:
             metric = f"model + CAM, {row['precision']}, batch {row['batch']}: windows/s"
             bf16 = row["precision"] == "bf16"
             yield Row(metric, rate, "≥ 20,000" if bf16 else "",
-                      _at_least(rate, 20_000) if bf16 else "")  # fmt: skip
+                      verdict(rate, 20_000) if bf16 else "")  # fmt: skip
     for row in _rows(r.get("full_path")):
         how = f"batch {row['batch']}" + (", torch.compile" if row.get("compile") else "")
         if "device_stage_windows_per_s" in row:
@@ -320,11 +319,11 @@ def _gpu_check(r: dict) -> Iterator[Row]:
     if isinstance(train, dict) and "train_windows_per_s" in train:
         rate = train["train_windows_per_s"]
         yield Row(f"training windows/s, batch {train['batch']}", rate, "≥ 5,000",
-                  _at_least(rate, 5000))  # fmt: skip
+                  verdict(rate, 5000))  # fmt: skip
         yield Row("bare training step windows/s", train["bare_windows_per_s"])
     ratio = (r.get("headline") or {}).get("end_to_end_over_device_stage")
     if ratio is not None:
-        yield Row("end to end / device stage (best)", ratio, "≥ 0.5", _at_least(ratio, 0.5))
+        yield Row("end to end / device stage (best)", ratio, "≥ 0.5", verdict(ratio, 0.5))
 
 
 def _rows(part: Any) -> list[dict]:

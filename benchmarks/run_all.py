@@ -32,43 +32,35 @@ import performance_page
 
 HERE = Path(__file__).resolve().parent
 
-#: name -> (script, full-run args, --quick args).  Every kept benchmark has a quick form: smoke
-#: sizes, one repeat, a few seconds each.
-BENCHMARKS: dict[str, tuple[str, str, str]] = {
-    "host": ("bench_host.py", "", "--windows 8 --repeats 1"),
-    "host_threads": ("bench_host_threads.py", "", "--windows 8 --repeats 1 --chunk-size 4"),
-    "local": ("bench_local.py", "", "--windows 8 --batch 8 --threads 1 --repeats 1"),
-    "notebook": ("bench_notebook.py", "", "--clips 2 --batch 2 --repeats 1"),
-    "distributed": ("bench_distributed.py", "", "--recordings 2 --task-size 1 --configs 1x1"),
-    "producer": (
-        "bench_producer.py",
-        "",
-        "--sizes 200 --repeats 1 --paths list first rerun compact rerun-compacted",
-    ),
-    "producer_memory": ("bench_producer_memory.py", "", "--sizes 100 1000"),
-    "outputs": ("bench_outputs.py", "", "--recordings 1"),
-    "long_memory": ("bench_long_memory.py", "", "--minutes 0.2 --skip-worker"),
-    "train": ("bench_train.py", "", "--clips 8 --batch 4 --batches 1 --repeats 1 --io-threads 2"),
-    "train_memory": (
-        "bench_train_memory.py",
-        "",
-        "--sizes 8 16 --distinct 4 --paths stream --batch 4 --io-threads 2",
-    ),
+#: name -> (full-run args, --quick args); the script is ``performance_page.BENCHMARKS``'s, which
+#: names the same benchmarks.  Every kept benchmark has a quick form: smoke sizes, one repeat, a
+#: few seconds each.
+BENCHMARKS: dict[str, tuple[str, str]] = {
+    "host": ("", "--windows 8 --repeats 1"),
+    "host_threads": ("", "--windows 8 --repeats 1 --chunk-size 4"),
+    "local": ("", "--windows 8 --batch 8 --threads 1 --repeats 1"),
+    "notebook": ("", "--clips 2 --batch 2 --repeats 1"),
+    "distributed": ("", "--recordings 2 --task-size 1 --configs 1x1"),
+    "producer": ("", "--sizes 200 --repeats 1 --paths list first rerun compact rerun-compacted"),
+    "producer_memory": ("", "--sizes 100 1000"),
+    "outputs": ("", "--recordings 1"),
+    "long_memory": ("", "--minutes 0.2 --skip-worker"),
+    "train": ("", "--clips 8 --batch 4 --batches 1 --repeats 1 --io-threads 2"),
+    "train_memory": ("", "--sizes 8 16 --distinct 4 --paths stream --batch 4 --io-threads 2"),
     "families": (
-        "bench_families.py",
         "--families held-out",
         "--families held-out --train-per-class 2 --heldout 1 --set epochs=1 "
         "--set epoch_windows=4 --set batch_size=4",
     ),
-    "input_size": ("bench_input_size.py", "", "--windows 4 --rounds 1 --batch 4"),
+    "input_size": ("", "--windows 4 --rounds 1 --batch 4"),
     # No GPU here: its dry run on the CPU checks the script (the quick form without the
     # processes part, whose spawned processes each import torch).
     "gpu_check": (
-        "gpu_check.py",
         "--device cpu --quick",
         "--device cpu --quick --parts model_cam full_path local_run training",
     ),
 }
+assert BENCHMARKS.keys() == performance_page.BENCHMARKS.keys()
 
 #: The quick forms that take longest (real services, several processes).
 SLOW = ("distributed", "producer", "long_memory", "train_memory")
@@ -82,7 +74,7 @@ def run_one(
     """Run benchmark ``name``; its JSON ends up at ``out/<name>.json`` (with ``figures``, its
     figures too; else where the benchmark puts them).  Its output goes to the terminal as it
     runs, or with ``log`` to ``out/<name>.log``, printed when it ends."""
-    script, *_ = BENCHMARKS[name]
+    script = performance_page.BENCHMARKS[name][0]
     path = out / f"{name}.json"
     # gpu_check writes a folder: gpu_check.json and its local run's outputs
     extra = ["--out", str(out / name)] if name == "gpu_check" else ["--json", str(path)]
@@ -156,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
         jobs = max(1, args.jobs) if args.quick else 1
 
         def one(name: str) -> tuple[dict | None, float]:
-            _, full, quick = BENCHMARKS[name]
+            full, quick = BENCHMARKS[name]
             given = shlex.split(quick if args.quick else full)
             # a full run without --out keeps its figure in results/, beside latest.json
             figures = args.quick or args.out is not None

@@ -32,9 +32,6 @@ CACHE = ROOT / ".demo-cache"
 CHECKPOINT = "species.pt"
 SAMPLES = ROOT / "samples"
 SHARED = ROOT.parent / "shared" / "data" / "recordings"
-#: Backgrounds kept out of training where present (../shared's; the tests hold out the same):
-#: the demo's input lies over them.
-HELD_OUT = frozenset(f"S4A03895_20190522_{t}.wav" for t in ("070000", "073000", "080000"))
 #: The code that makes the training data and trains on it (folders: their ``*.py``).
 CODE = (
     "devtools/demo_model.py",
@@ -86,13 +83,14 @@ def recordings() -> list[Path]:
 
 
 def split_backgrounds(paths: list[Path]) -> tuple[list[Path], list[Path]]:
-    """(training backgrounds, the demo input's backgrounds).
+    """(training backgrounds, the demo input's backgrounds: those of
+    :data:`synthetic.HELD_OUT_RECORDINGS` present, as in the tests).
 
     Without the held-out recordings (samples/ alone) the input lies over the training
     backgrounds too, a seed apart: other stretches of them, other calls.
     """
-    train = [p for p in paths if p.name not in HELD_OUT]
-    return train, [p for p in paths if p.name in HELD_OUT] or train
+    train, held = synthetic.split_recordings(paths)
+    return train, held or train
 
 
 def imagenet_weights() -> Path | None:

@@ -18,19 +18,6 @@ import numpy as np
 
 from devtools import synthetic
 
-#: recordings whose stretches only held-out clips use (dawn chorus: other birds loud and many)
-HELD_OUT_RECORDINGS = frozenset(
-    f"S4A03895_20190522_{t}.wav" for t in ("070000", "073000", "080000")
-)
-
-
-def split_recordings(paths: Sequence[Path]) -> tuple[list[Path], list[Path]]:
-    """(training backgrounds, held-out backgrounds): whole recordings, never both."""
-    return (
-        [p for p in paths if p.name not in HELD_OUT_RECORDINGS],
-        [p for p in paths if p.name in HELD_OUT_RECORDINGS],
-    )
-
 
 def write_clips(
     root: Path,

@@ -40,15 +40,13 @@ TRAIN_ARGS = (
     f"--threads 2 --val-fraction 0.15 --patience {EPOCHS} --target-f1 1.0 --target-epochs 3 "
     "--quiet"
 ).split()
-HELD_OUT = {f"S4A03895_20190522_{t}.wav" for t in ("070000", "073000", "080000")}
 
 
 def split_backgrounds() -> tuple[list[Path], list[Path]]:
     """(training backgrounds, held-out backgrounds): different real recordings."""
     from tests.helpers import recordings
 
-    paths = recordings()
-    return [p for p in paths if p.name not in HELD_OUT], [p for p in paths if p.name in HELD_OUT]
+    return synthetic.split_recordings(recordings())
 
 
 @pytest.fixture(scope="session")

@@ -18,7 +18,7 @@ import sys
 import numpy as np
 import pytest
 
-from devtools import families, leave_out
+from devtools import families, leave_out, synthetic
 from devtools.stack import echocam
 from tests.helpers import marks, needs_shared, recordings
 
@@ -41,7 +41,7 @@ def heldout_families(tmp_path_factory) -> dict:
     """A model trained on one species of each held-out family, and held-out clips of them."""
     root = tmp_path_factory.mktemp("families")
     species = families.draw_species(families.HELD_OUT, rng=np.random.default_rng(0))
-    train_paths, held_paths = leave_out.split_recordings(recordings())
+    train_paths, held_paths = synthetic.split_recordings(recordings())
     clips = leave_out.write_clips(
         root, species, train_paths, held_paths, per_class=PER_CLASS, heldout=HELDOUT, seed=0
     )
