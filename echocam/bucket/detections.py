@@ -44,6 +44,13 @@ BOX = ("box_begin_s", "box_end_s", "box_low_hz", "box_high_hz")
 CALL = ("call_begin_s", "call_end_s", "call_low_hz", "call_high_hz")
 EVIDENCE = ("peak_time_s", "peak_freq_hz", *BOX, *CALL)
 
+#: The evidence box of a selection, in the columns after Raven's own.
+EVIDENCE_COLUMNS = (
+    "Evidence Begin Time (s)",
+    "Evidence End Time (s)",
+    "Evidence Low Freq (Hz)",
+    "Evidence High Freq (Hz)",
+)
 RAVEN_COLUMNS = (
     "Selection",
     "View",
@@ -54,6 +61,8 @@ RAVEN_COLUMNS = (
     "High Freq (Hz)",
     "Species",
     "Probability",
+    "Box",  # which box the time and frequency columns hold: "call" or "evidence"
+    *EVIDENCE_COLUMNS,
 )
 
 
@@ -81,7 +90,12 @@ def rows(record: dict[str, Any], *, min_probability: float = 0.0) -> Iterator[di
 
 @dataclass
 class Selection:
-    """One class's evidence over one or more windows whose boxes touch."""
+    """One class's boxes over one or more windows, merged where they touch.
+
+    The box (``begin_s`` … ``high_hz``) is the call box where every merged detection has one
+    (``box`` "call"), else the call and evidence boxes together (``box`` "evidence"); the
+    evidence box spans the merged detections' evidence boxes.
+    """
 
     class_name: str
     begin_s: float
@@ -89,48 +103,69 @@ class Selection:
     low_hz: float
     high_hz: float
     probability: float  # the highest of the merged detections
+    box: str = "evidence"
+    evidence: tuple[float, float, float, float] | None = None  # begin, end s, low, high Hz
+
+    def __post_init__(self) -> None:
+        if self.evidence is None:
+            self.evidence = (self.begin_s, self.end_s, self.low_hz, self.high_hz)
+
+    def merge(self, other: Selection) -> None:
+        """Take ``other`` (a touching selection of the same class) into this one."""
+        self.begin_s, self.end_s = min(self.begin_s, other.begin_s), max(self.end_s, other.end_s)
+        self.low_hz, self.high_hz = min(self.low_hz, other.low_hz), max(self.high_hz, other.high_hz)
+        self.probability = max(self.probability, other.probability)
+        self.box = "call" if self.box == other.box == "call" else "evidence"
+        (b0, e0, l0, h0), (b1, e1, l1, h1) = self.evidence, other.evidence
+        self.evidence = (min(b0, b1), max(e0, e1), min(l0, l1), max(h0, h1))
+
+    @classmethod
+    def of(cls, detection: dict[str, Any]) -> Selection:
+        """One detection's selection: its call box where it has one, else its evidence box."""
+        found = detection.get("call_begin_s") is not None
+        return cls(
+            detection["class_name"],
+            *(float(detection[name]) for name in (CALL if found else BOX)),
+            detection["probability"],
+            box="call" if found else "evidence",
+            evidence=tuple(float(detection[name]) for name in BOX),
+        )
 
 
 def selections(detections: Iterable[dict[str, Any]], *, gap_s: float) -> list[Selection]:
     """Merge each class's boxes that overlap or lie within ``gap_s`` in time, in time order.
 
-    ``gap_s`` is one STFT hop: boxes of neighbouring windows that both reach the boundary are
-    one frame apart.  Boxes merge by time alone; the merged box spans both frequency ranges.
+    Each detection's box is its call box where it has one (the tight box a Raven user draws),
+    else its evidence box.  ``gap_s`` is one STFT hop: boxes of neighbouring windows that both
+    reach the boundary are one frame apart.  Boxes merge by time alone; the merged box spans
+    both frequency ranges.
     """
-    by_class: dict[str, list[dict[str, Any]]] = {}
+    by_class: dict[str, list[Selection]] = {}
     for d in detections:
-        by_class.setdefault(d["class_name"], []).append(d)
+        by_class.setdefault(d["class_name"], []).append(Selection.of(d))
     out: list[Selection] = []
-    for name, ds in by_class.items():
+    for sels in by_class.values():
         current: Selection | None = None
-        for d in sorted(ds, key=lambda d: (d["box_begin_s"], d["box_end_s"])):
-            if current is not None and d["box_begin_s"] <= current.end_s + gap_s + 1e-9:
-                current.end_s = max(current.end_s, d["box_end_s"])
-                current.low_hz = min(current.low_hz, d["box_low_hz"])
-                current.high_hz = max(current.high_hz, d["box_high_hz"])
-                current.probability = max(current.probability, d["probability"])
-                continue
-            current = Selection(
-                name,
-                d["box_begin_s"],
-                d["box_end_s"],
-                d["box_low_hz"],
-                d["box_high_hz"],
-                d["probability"],
-            )
-            out.append(current)
+        for s in sorted(sels, key=lambda s: (s.begin_s, s.end_s)):
+            if current is not None and s.begin_s <= current.end_s + gap_s + 1e-9:
+                current.merge(s)
+            else:
+                current = s
+                out.append(current)
     return sorted(out, key=lambda s: (s.begin_s, s.class_name))
 
 
 def raven_table(sels: Iterable[Selection]) -> str:
-    """A Raven Pro selection table (tab-separated, Raven's column names, one row a selection)."""
+    """A Raven Pro selection table (tab-separated, Raven's column names, one row a selection;
+    Raven keeps the columns after its own as annotations)."""
     buf = io.StringIO()
     w = csv.writer(buf, delimiter="\t", lineterminator="\n")
     w.writerow(RAVEN_COLUMNS)
     for i, s in enumerate(sels, start=1):
         w.writerow(
             [i, "Spectrogram 1", 1, _num(s.begin_s), _num(s.end_s), _num(s.low_hz),
-             _num(s.high_hz), s.class_name, _num(s.probability)]
+             _num(s.high_hz), s.class_name, _num(s.probability), s.box,
+             *(_num(x) for x in s.evidence)]
         )  # fmt: skip
     return buf.getvalue()
 

@@ -95,6 +95,46 @@ def test_boxes_that_touch_across_windows_merge_and_others_do_not():
     assert merged.probability == 0.9 and (merged.low_hz, merged.high_hz) == (2001.0, 4001.0)
 
 
+def test_selections_take_the_call_box_and_keep_the_evidence_box_beside_it():
+    last_frame = 551 * HOP_S
+    rec = record(
+        [
+            (0.0, [(1, NAME, 0.6, 2.0, last_frame), (2, "b", 0.4, 1.0, 2.0)]),
+            (5.0, [(1, NAME, 0.9, 5.0, 7.0), (2, "b", 0.5, 6.0, 8.0)]),
+        ]
+    )
+    calls = {  # (window, class) → call box; b's second window found no call
+        (0, 1): (4.5, last_frame, 5000.0, 6000.0),
+        (5.0, 1): (5.0, 5.4, 4800.0, 6200.0),
+        (0, 2): (1.2, 1.5, 900.0, 1100.0),
+    }
+    for w in rec["windows"]:
+        for c in w["explained"]:
+            box = calls.get((w["start_s"], c["class_id"]), (None,) * 4)
+            c.update(zip(detections.CALL, box, strict=True))
+    sels = detections.selections(detections.rows(rec), gap_s=HOP_S)
+    got = [(s.class_name, s.box, s.begin_s, s.end_s, s.low_hz, s.high_hz) for s in sels]
+    assert got == [
+        ("b", "call", 1.2, 1.5, 900.0, 1100.0),
+        (NAME, "call", 4.5, 5.4, 4800.0, 6200.0),  # one call across the boundary, tight
+        ("b", "evidence", 6.0, 8.0, 2002.0, 4002.0),  # no call box: the evidence box
+    ]
+    assert sels[1].evidence == (2.0, 7.0, 2001.0, 4001.0)  # both windows' evidence boxes
+    table = pd.read_csv(io.StringIO(detections.raven_table(sels)), sep="\t")
+    assert table["Box"].tolist() == ["call", "call", "evidence"]
+    np.testing.assert_allclose(
+        table.loc[1, list(detections.EVIDENCE_COLUMNS)].astype(float), [2.0, 7.0, 2001.0, 4001.0]
+    )
+    assert table.loc[1, "Begin Time (s)"] == 4.5 and table.loc[1, "High Freq (Hz)"] == 6200.0
+    # a call box beside an evidence box of the next window merges into an evidence selection
+    mixed = detections.selections(
+        [*detections.rows(rec)][:1]
+        + [{**[*detections.rows(rec)][2], **dict.fromkeys(detections.CALL)}],
+        gap_s=HOP_S,
+    )
+    assert [(s.box, s.begin_s, s.end_s) for s in mixed] == [("evidence", 4.5, 7.0)]
+
+
 SELS = [Selection(NAME, 0.5, 2.25, 1500.0, 4200.5, 0.875), Selection("b\tc", 3, 4, 10, 20, 0.5)]
 
 
