@@ -1,20 +1,26 @@
-"""A small API for notebooks: explain one recording, get arrays and PIL images back."""
+"""A small API for notebooks: explain one recording, get arrays and PIL images back; search a
+run's embeddings for more like one call, get a DataFrame back."""
 
 from __future__ import annotations
 
 import io
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
 
 import numpy as np
 from PIL import Image
 
-from echocam.errors import from_code
+from echocam.errors import InvalidParams, from_code
 from echocam.explain.encoder import Result, read
 from echocam.explain.pipeline import Explainer, Source
 from echocam.settings import Params, Settings, params_for_model
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 @dataclass
@@ -99,3 +105,131 @@ def explain_file(path: str | Path, **kwargs: Any) -> Explanation:
     """Explain the audio file at ``path`` (see :func:`explain_bytes` for the keywords)."""
     path = Path(path)
     return explain_bytes(path.read_bytes(), name=path.name, **kwargs)
+
+
+def search(
+    runs: str | Sequence[str],
+    *,
+    like: str | None = None,
+    like_detection: str | None = None,
+    like_audio: str | Path | bytes | None = None,
+    top: int = 10,
+    class_name: str | None = None,
+    min_similarity: float | None = None,
+    windows: bool = False,
+    weights: str | None = None,
+    settings: Settings | None = None,
+) -> pd.DataFrame:
+    """ "More like this": the ``top`` boxes (or, with ``windows``, windows) of ``runs`` most
+    like the query, best first, as a DataFrame with a ``similarity`` (cosine) column.
+
+    The query is exactly one of ``like`` (``KEY@T0-T1`` or ``KEY@T0-T1@F0-F1``: a box in a
+    recording of the runs, s and Hz), ``like_detection`` (a detection's id,
+    ``KEY@WINDOW_START#CLASS``) or ``like_audio`` (a file or its bytes).  Boxes and audio are
+    embedded with the runs' model (``weights`` where it now lives elsewhere) and parameters.
+    The runs must share one model: other models' vectors do not compare.
+    """
+    import pandas as pd
+
+    from echocam.bucket.runs import RUN_NAME
+    from echocam.bucket.storage import client_factory, open_store, read_json
+    from echocam.search import detection_id, parse_detection_id, run_batches, scan
+
+    settings = settings or Settings.from_env()
+    uris = [runs] if isinstance(runs, str) else list(runs)
+    if sum(q is not None for q in (like, like_detection, like_audio)) != 1:
+        raise InvalidParams("give exactly one query: like, like_detection or like_audio")
+    stores = [open_store(u, client_factory=client_factory(settings)) for u in uris]
+    described = [read_json(s, RUN_NAME) for s in stores]
+    for uri, run in zip(uris, described, strict=True):
+        if run is None:
+            raise InvalidParams(f"{uri}: no run.json: not the output of an echocam run")
+    models = {run["model"]["sha256"] for run in described}
+    if len(models) > 1:
+        raise InvalidParams("the runs were made by different models: their vectors do not compare")
+    exclude: list[tuple[str, int, str | None]] = []
+    if like_detection is not None:
+        key, begin, name = parse_detection_id(like_detection)
+        query, row = _stored_vector(stores, key, begin, name, windows=windows)
+        exclude.append((key, row, None if windows else name))
+    else:
+        query = _embedded_query(described[0], uris[0], like, like_audio, windows, weights, settings)
+    found = []
+    for uri, store in zip(uris, stores, strict=True):
+        t = scan(
+            run_batches(store),
+            query,
+            top=top,
+            windows=windows,
+            class_name=class_name,
+            min_similarity=min_similarity,
+            exclude=exclude,
+        )
+        if t.num_rows:
+            found.append(t.drop_columns(["vector"]).to_pandas().assign(run=uri))
+    if not found:
+        return pd.DataFrame(columns=["run", "source_key", "similarity"])
+    best = pd.concat(found, ignore_index=True)
+    best = best.sort_values("similarity", ascending=False, kind="stable").head(top)
+    best["detection_id"] = [
+        None if c is None or pd.isna(c) else detection_id(k, b, c)
+        for k, b, c in zip(best["source_key"], best["begin_s"], best["class_name"], strict=True)
+    ]
+    best["link"] = ["/rec?key=" + quote(k, safe="") for k in best["source_key"]]
+    first = ["similarity", "source_key", "begin_s", "end_s", "class_name", "probability", "box"]
+    order = first + [c for c in best.columns if c not in first]
+    return best[order].reset_index(drop=True)
+
+
+def _stored_vector(stores, key: str, begin: float, name: str, *, windows: bool):
+    """The stored vector of a detection (or, with ``windows``, of its window), and its window's
+    index."""
+    import pyarrow.compute as pc
+
+    from echocam.bucket.embeddings import vectors
+    from echocam.search import run_batches
+
+    for store in stores:
+        for batch in run_batches(store):
+            hit = pc.and_(
+                pc.equal(batch.column("source_key"), key),
+                pc.less(pc.abs(pc.subtract(batch.column("begin_s"), begin)), 5e-4),
+            )
+            rows = batch.filter(pc.fill_null(hit, False))
+            if not rows.num_rows:
+                continue
+            names = rows.column("class_name").to_pylist()
+            if name in names:  # the detection's row, or its window's
+                i = names.index(None if windows else name)
+                return vectors(rows.slice(i, 1))[0], rows.column("window_index")[i].as_py()
+    raise InvalidParams(f"no detection {key}@{begin:g}#{name} in the runs' embeddings")
+
+
+def _embedded_query(run, uri, like, like_audio, windows, weights, settings):
+    """The query vector of a box (``like``) or a clip (``like_audio``), embedded with the run's
+    model and parameters."""
+    import dataclasses
+
+    from echocam.bucket.storage import client_factory, open_store
+    from echocam.explain.model import load_model_from
+    from echocam.explain.query import box_vector, clip_vector
+    from echocam.search import Box
+
+    model = load_model_from(
+        dataclasses.replace(settings, weights=weights or run["model"]["weights"])
+    )
+    if model.sha256 != run["model"]["sha256"]:
+        raise InvalidParams(
+            f"{uri} was made by model {run['model']['sha256'][:12]}, but "
+            f"{weights} is {model.sha256[:12]}: give the run's weights"
+        )
+    params = Params.from_dict(run["params"])
+    if like is not None:
+        box = Box.parse(like)
+        src = open_store(run["input"], client_factory=client_factory(settings))
+        data, _ = src.get(box.source_key, max_bytes=params.max_bytes)
+        return box_vector(model, params, data, box)
+    data = like_audio if isinstance(like_audio, bytes) else Path(like_audio).read_bytes()
+    params = dataclasses.replace(params, outputs=("embeddings",))
+    explainer = Explainer(model, params, device=settings.device)
+    return clip_vector(explainer, data, windows=windows)

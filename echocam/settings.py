@@ -19,9 +19,9 @@ from echocam.errors import InvalidParams, ParamsMismatch
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3")
 #: What ``--outputs`` can name per recording: the two images, ``cam.npz``, the dB spectrogram in
-#: it, and the Raven/Audacity files.  The record is always written.
-OUTPUT_KINDS = ("spectrogram", "overlay", "cam", "db", "detections")
-DEFAULT_OUTPUTS = ("spectrogram", "overlay", "cam", "detections")
+#: it, the Raven/Audacity files and the embeddings.  The record is always written.
+OUTPUT_KINDS = ("spectrogram", "overlay", "cam", "db", "detections", "embeddings")
+DEFAULT_OUTPUTS = ("spectrogram", "overlay", "cam", "detections", "embeddings")
 OVERLAY_FORMATS = ("jpeg", "webp", "png")
 
 
@@ -72,7 +72,8 @@ class Params:
     outputs: tuple[str, ...] = option(
         DEFAULT_OUTPUTS,
         "files per recording (comma-separated): spectrogram, overlay, cam, db (the float16 dB "
-        "spectrogram in cam.npz), detections (selections.txt, labels.txt)",
+        "spectrogram in cam.npz), detections (selections.txt, labels.txt), embeddings "
+        "(embeddings.parquet: each window's and each detection's, for echocam search)",
     )
     overlay_format: str = option("jpeg", "overlay image: jpeg or webp (lossy) or png (lossless)")
     overlay_quality: int = option(85, "JPEG/WebP quality of the overlay, 1 to 100")

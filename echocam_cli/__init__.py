@@ -322,6 +322,32 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_search(args: argparse.Namespace) -> int:
+    from echocam.api import search
+
+    found = search(
+        args.runs,
+        like=args.like,
+        like_detection=args.like_detection,
+        like_audio=args.like_audio,
+        top=args.top,
+        class_name=args.class_name,
+        min_similarity=args.min_similarity,
+        windows=args.windows,
+        weights=args.weights,
+        settings=_settings(args),
+    )
+    if args.out is None:
+        print(found.to_csv(index=False), end="")
+    elif args.out.endswith(".parquet"):
+        found.to_parquet(args.out, index=False)
+    else:
+        found.to_csv(args.out, index=False)
+    if args.out is not None:
+        print(f"search: {len(found)} results in {args.out}")
+    return 0
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from echocam.train.evaluate import evaluate
 
@@ -413,7 +439,10 @@ def _print_summary(summary: dict[str, Any]) -> None:
     out = summary["output"]
     kinds = (summary.get("params") or {}).get("outputs") or []
     print(f"outputs: {out}/<source key>/record.json, with its outputs' keys ({', '.join(kinds)})")
-    print(f"tables: {out}/{{manifest,detections}}.{{jsonl|csv,parquet}}, {out}/summary.json")
+    tables = f"{out}/{{manifest,detections}}.{{jsonl|csv,parquet}}, {out}/summary.json"
+    if summary.get("embeddings"):
+        tables += f", {out}/embeddings.parquet"
+    print(f"tables: {tables}")
 
 
 def _codes(raw: str) -> tuple[str, ...]:
@@ -671,7 +700,45 @@ def build_parser() -> argparse.ArgumentParser:
     _add_fields(rep, Settings, ["s3_endpoint_url", "s3_region"], "storage")
     rep.set_defaults(func=cmd_report)
     _add_train(sub)
+    _add_search(sub)
     return parser
+
+
+def _add_search(sub) -> None:
+    se = sub.add_parser(
+        "search",
+        help="more like this: the boxes (or windows) of runs most like one call",
+        description="Rank the detections' boxes (call boxes, else evidence boxes) of the runs "
+        "under RUN by cosine similarity of their embeddings to one query; exact, streamed over "
+        "each run's embeddings.parquet. Writes CSV to stdout, or --out.",
+    )
+    se.add_argument("runs", nargs="+", metavar="RUN", help="directory or s3://bucket/prefix")
+    query = se.add_mutually_exclusive_group(required=True)
+    query.add_argument(
+        "--like", metavar="KEY@T0-T1[@F0-F1]", help="a box in a recording of the runs (s, Hz)"
+    )
+    query.add_argument(
+        "--like-detection", metavar="ID", help="a detection's id, KEY@WINDOW_START#CLASS"
+    )
+    query.add_argument(
+        "--like-audio", metavar="FILE", help="an audio clip, embedded as the runs embed theirs"
+    )
+    se.add_argument("--top", type=int, default=10, help="how many results [default 10]")
+    se.add_argument("--class", dest="class_name", default=None, help="only this class's boxes")
+    se.add_argument(
+        "--min-similarity", type=float, default=None, help="only results at least this similar"
+    )
+    se.add_argument("--windows", action="store_true", help="compare whole windows instead of boxes")
+    se.add_argument(
+        "--out", default=None, metavar="FILE", help="write FILE.csv or FILE.parquet instead"
+    )
+    _add_fields(
+        se,
+        Settings,
+        ["weights", "device", "s3_endpoint_url", "s3_region"],
+        "settings (--weights: where the runs' model is now, if it moved)",
+    )
+    se.set_defaults(func=cmd_search)
 
 
 def main(argv: list[str] | None = None) -> int:

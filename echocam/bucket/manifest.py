@@ -34,7 +34,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from echocam.bucket import detections, index
+from echocam.bucket import detections, embeddings, index
 from echocam.bucket.chunking import chunked
 from echocam.bucket.index import Stored
 from echocam.bucket.records import RECORD_NAME, now_iso, record_key
@@ -66,6 +66,7 @@ SCHEMA = pa.schema(
         ("spectrogram_key", pa.string()),
         ("overlay_key", pa.string()),
         ("cam_key", pa.string()),
+        ("embeddings_key", pa.string()),
         ("fingerprint", pa.string()),
         ("model_sha256", pa.string()),
         ("weights_kind", pa.string()),
@@ -106,6 +107,7 @@ def row(record: dict[str, Any]) -> dict[str, Any]:
         "spectrogram_key": outputs.get("spectrogram"),
         "overlay_key": outputs.get("overlay"),
         "cam_key": outputs.get("cam"),
+        "embeddings_key": outputs.get("embeddings"),
         "fingerprint": record.get("fingerprint"),
         "model_sha256": (record.get("model") or {}).get("sha256"),
         "weights_kind": (record.get("model") or {}).get("weights_kind"),
@@ -178,6 +180,10 @@ def compact(
                 store, con, tmp, segments=segments, pool=pool, page_size=page_size
             )
         summary = _write_tables(store, con, tmp, run)
+        summary |= embeddings.compact(
+            store, con, tmp, pool=pool, page_size=page_size,
+            min_probability=summary["min_probability"],
+        )  # fmt: skip
         segment = _fold(con, tmp)
         con.close()
         summary["shard"] = _consolidate(store, Path(tmp, "kept.parquet"), consumed, pool=pool)
@@ -272,7 +278,11 @@ def _kept_from_index(
     for some in chunked(enumerate(keys), 256):
         list(pool.map(fetch, some))
     _parquet_writer(Path(shard_dir, "empty.parquet"), iter(()))  # the schema, if no shard
-    con.execute(f"CREATE TABLE shard AS SELECT * FROM read_parquet('{shard_dir}/*.parquet')")
+    # by name: shards written before a column was added lack it (NULL)
+    con.execute(
+        f"""CREATE TABLE shard AS SELECT * FROM read_parquet('{shard_dir}/*.parquet',
+            union_by_name=true)"""
+    )
     con.execute(
         """CREATE TABLE kept AS
            SELECT s.* FROM shard s JOIN idx i

@@ -61,6 +61,7 @@ class Outputs(TypedDict, total=False):
     cam: str
     selections: str  # Raven Pro selection table
     labels: str  # Audacity label track
+    embeddings: str  # embeddings.parquet
     inputs: list[str]  # with save_inputs
     # A recording wider than outputs.TILE_COLUMNS: its images' tiles in time order (then
     # "spectrogram" and "overlay" name the first ones)

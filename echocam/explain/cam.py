@@ -19,6 +19,7 @@ class CamBatch:
     probs: torch.Tensor  # (b, classes) softmax
     class_ids: torch.Tensor  # (b, k) int64: the explained classes, best first for top-k
     cams: torch.Tensor  # (b, k, h, w) float32 raw CAMs, sum_c W[class, c] * A[c] (no bias)
+    features: torch.Tensor  # (b, c, h, w) the layer4 features A the CAMs weigh
 
 
 def class_activation_maps(
@@ -51,7 +52,8 @@ def explain(
         ids = probs.topk(top_k, dim=-1).indices
     else:
         ids = class_ids.to(images.device).expand(images.shape[0], -1)
-    return CamBatch(logits, probs, ids, class_activation_maps(features, net.fc_weight, ids))
+    cams = class_activation_maps(features, net.fc_weight, ids)
+    return CamBatch(logits, probs, ids, cams, features)
 
 
 #: torchvision's ResNet-18 halves the grid five times (conv1, maxpool, layer2-4 each stride 2,

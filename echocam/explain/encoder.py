@@ -19,10 +19,10 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-from echocam.bucket import detections, records
+from echocam.bucket import detections, embeddings, records
 from echocam.bucket.keys import output_key
 from echocam.bucket.records import Record
-from echocam.explain import render
+from echocam.explain import embed, render
 from echocam.explain.localise import Axes, region_evidence
 from echocam.explain.npz import NpzWriter
 from echocam.settings import Params
@@ -31,7 +31,7 @@ from echocam.signal.audio import Audio
 from echocam.signal.spectrogram import frame_count
 
 SPECTROGRAM, OVERLAY, CAM = "spectrogram", "overlay", "cam.npz"  # images: .png, .jpg, .webp
-SELECTIONS, LABELS = "selections.txt", "labels.txt"
+SELECTIONS, LABELS, EMBEDDINGS = "selections.txt", "labels.txt", embeddings.NAME
 
 # The widest image written whole: ~149 s at the defaults (hop 200 at 22050 Hz), a size every
 # viewer opens.  A wider recording's images are tiles of this width (the last narrower):
@@ -102,6 +102,9 @@ class WindowArrays:
     evidence_mask: Sequence[np.ndarray]  # (k, n_mels, t) bool, the map >= box_threshold
     floor_db: Sequence[np.ndarray]  # (n_mels,) float32, each band's median over the window
     inputs: Sequence[np.ndarray] | None = None  # (3, h, w) uint8 model inputs, with save_inputs
+    # with the embeddings output: the layer4 features and their mean (the window's embedding)
+    features: Sequence[np.ndarray] | None = None  # (c, h, w) float16
+    embedding: Sequence[np.ndarray] | None = None  # (c,) float32
 
     def __len__(self) -> int:
         return len(self.cams)
@@ -175,6 +178,7 @@ class Encoder:
         if "db" in self.want:  # float16: within 0.032 dB of float32 from -80 to 0 dB
             shape = (n, params.n_mels, self.frames)
             self.npz.begin("spectrogram_db", shape=shape, dtype=np.float16)
+        self.embeddings = Embeddings(base["source_key"]) if "embeddings" in self.want else None
         self.files: dict[str, Blob] = {}
         self.inputs: list[str] = []
         self.seen = 0  # windows added
@@ -216,6 +220,8 @@ class Encoder:
         )
         for name, values in ev.items():
             self.evidence[name][j0:j1] = values
+        if self.embeddings is not None:
+            self.embeddings.add(a, first=j0, starts_s=self.starts_s, evidence=ev, params=p)
         self.seen = j1
         self.seconds += time.perf_counter() - t0
 
@@ -253,8 +259,13 @@ class Encoder:
                 self._image(OVERLAY, t, tile)
         p, names, key = self.params, self.names, self.base["source_key"]
         h = {name: np.stack(arrays) for name, arrays in self.small.items()}
-        keys = {name: output_key(key, name) for name in (CAM, SELECTIONS, LABELS)}
+        keys = {name: output_key(key, name) for name in (CAM, SELECTIONS, LABELS, EMBEDDINGS)}
         written: dict[str, Any] = {}
+        if self.embeddings is not None:
+            length_s = self.length / p.sample_rate
+            table = self.embeddings.table(names=names, length_s=length_s)
+            written["embeddings"] = keys[EMBEDDINGS]
+            self.files[keys[EMBEDDINGS]] = spool(embeddings.to_parquet(table))
         if "cam" in self.want:
             self._npz(h)
             written["cam"] = keys[CAM]
@@ -344,6 +355,68 @@ class Encoder:
         ):
             self.npz.add(name, array)
         self.npz.close()
+
+
+class Embeddings:
+    """A recording's embeddings (``echocam.explain.embed``), gathered a block at a time: each
+    window's, then each explained class's over its call box (else its evidence box)."""
+
+    def __init__(self, source_key: str):
+        self.source_key = source_key
+        self.rows: list[dict[str, Any]] = []
+        self.vectors: list[np.ndarray] = []
+
+    def add(
+        self,
+        a: WindowArrays,
+        *,
+        first: int,
+        starts_s: np.ndarray,
+        evidence: dict[str, np.ndarray],
+        params: Params,
+    ) -> None:
+        """The windows of a block (from window ``first``) and their evidence (name → (n, k))."""
+        axes = Axes.for_params(params, frames=a.spectrogram_db[0].shape[-1])
+        unresized = params.input_size == 0
+        for i in range(len(a)):
+            j, start = first + i, float(starts_s[first + i])
+            self.rows.append({"window": j, "start": start})
+            self.vectors.append(a.embedding[i])
+            for c, class_id in enumerate(a.class_ids[i]):
+                found = not np.isnan(evidence["call_begin_s"][i, c])
+                names = detections.CALL if found else detections.BOX
+                box = tuple(float(evidence[name][i, c]) for name in names)
+                relative = (box[0] - start, box[1] - start, box[2], box[3])
+                self.rows.append(
+                    {"window": j, "start": start, "class_id": int(class_id),
+                     "probability": round(float(a.probabilities[i][c]), 6),
+                     "box": "call" if found else "evidence", "bounds": box}
+                )  # fmt: skip
+                self.vectors.append(
+                    embed.box_embedding(
+                        a.features[i], a.cams[i][c], relative, axes=axes, unresized=unresized
+                    )
+                )
+
+    def table(self, *, names: Sequence[str], length_s: float):
+        """The rows as an Arrow table of ``embed.schema``, in window order."""
+        bounds = [r.get("bounds", (None,) * 4) for r in self.rows]
+        vectors = np.stack(self.vectors).astype(np.float16)
+        columns = {
+            "source_key": [self.source_key] * len(self.rows),
+            "window_index": [r["window"] for r in self.rows],
+            "begin_s": [round(r["start"], 6) for r in self.rows],
+            "end_s": [round(r["start"] + length_s, 6) for r in self.rows],
+            "class_name": [names[r["class_id"]] if "class_id" in r else None for r in self.rows],
+            "class_id": [r.get("class_id") for r in self.rows],
+            "probability": [r.get("probability") for r in self.rows],
+            "box": [r.get("box") for r in self.rows],
+            **{
+                name: [None if b[n] is None else round(b[n], 6) for b in bounds]
+                for n, name in enumerate(embeddings.BOX_COLUMNS)
+            },
+        }
+        return embeddings.table(columns, vectors)
 
 
 def _evidence(

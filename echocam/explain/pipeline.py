@@ -27,6 +27,7 @@ from echocam.errors import EchoCamError
 from echocam.explain import render
 from echocam.explain.cam import display_maps, explain
 from echocam.explain.device import resolve_device
+from echocam.explain.embed import window_embeddings
 from echocam.explain.encoder import Encoder, Result, WindowArrays, WindowBlock
 from echocam.explain.localise import band_floor, peaks_and_masks
 from echocam.explain.model import LoadedModel
@@ -290,6 +291,9 @@ class Explainer:
         }
         if p.save_inputs:
             out["inputs"] = img8
+        if "embeddings" in p.outputs:  # float16: half the copy; pooled in float32 on the host
+            out["features"] = cb.features.to(torch.float16)
+            out["embedding"] = window_embeddings(cb.features)
         return WindowArrays(**self._to_host(out))
 
     def _to_host(self, tensors: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:

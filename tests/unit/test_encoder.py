@@ -5,10 +5,13 @@ import io
 import json
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import torch
 from PIL import Image
 
+from echocam.bucket import detections, embeddings
 from echocam.explain import render
 from echocam.explain.pipeline import Explainer, Source
 from echocam.settings import DEFAULT_OUTPUTS, Params
@@ -57,6 +60,7 @@ def test_defaults_write_these_files_and_the_record_lists_exactly_them(species_mo
         "cam.npz",
         "selections.txt",
         "labels.txt",
+        "embeddings.parquet",
     }
     listed = set(record["outputs"].values())
     assert listed == set(files)  # no inputs list, nothing not written
@@ -159,6 +163,7 @@ def test_db_adds_the_float16_spectrogram_within_0_032_db_of_float32(species_mode
     [
         (("overlay",), {"overlay.webp"}),
         (("spectrogram", "detections"), {"spectrogram.png", "selections.txt", "labels.txt"}),
+        (("embeddings",), {"embeddings.parquet"}),
         ((), set()),
     ],
 )
@@ -168,6 +173,31 @@ def test_outputs_writes_exactly_what_it_names(species_model, outputs, expected):
     assert set(record["outputs"].values()) == set(files)
     assert set(record["image_sizes"]) == {"spectrogram", "overlay"} & set(outputs)
     assert record["n_windows"] == 2 and record["windows"][0]["explained"]  # the record is whole
+
+
+def test_embeddings_hold_each_window_and_each_detection_over_its_box(species_model):
+    record, files = explain(species_model, CLIP, top_k=2)
+    t = pq.read_table(pa.BufferReader(files[record["outputs"]["embeddings"]]))
+    assert t.schema.equals(embeddings.schema(512))
+    rows = t.drop_columns(["vector"]).to_pylist()
+    expected = []
+    for j, w in enumerate(record["windows"]):
+        expected.append((j, w["start_s"], None, None))
+        for c in w["explained"]:
+            found = c["call_begin_s"] is not None
+            box = [c[n] for n in (detections.CALL if found else detections.BOX)]
+            expected.append((j, w["start_s"], c["class_name"], ["evidence", "call"][found], *box))
+    got = [
+        (r["window_index"], r["begin_s"], r["class_name"], r["box"])
+        + (tuple(r[n] for n in embeddings.BOX_COLUMNS) if r["class_name"] else ())
+        for r in rows
+    ]
+    assert got == [tuple(e) for e in expected]
+    assert all(r["source_key"] == CLIP.name for r in rows)
+    v = embeddings.vectors(t).astype(np.float32)
+    np.testing.assert_allclose(np.linalg.norm(v, axis=1), 1.0, atol=2e-3)
+    # a detection's vector is its own: not its window's, nor the other class's
+    assert not np.array_equal(v[0], v[1]) and not np.array_equal(v[1], v[2])
 
 
 def test_outputs_and_formats_are_checked():

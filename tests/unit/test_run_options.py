@@ -153,6 +153,7 @@ MANIFEST_COLUMNS = {
     "spectrogram_key": pa.string(),
     "overlay_key": pa.string(),
     "cam_key": pa.string(),
+    "embeddings_key": pa.string(),
     "fingerprint": pa.string(),
     "model_sha256": pa.string(),
     "weights_kind": pa.string(),

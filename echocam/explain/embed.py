@@ -1,0 +1,67 @@
+"""Embeddings: what the model sees in a window, and in one call of it, as one vector each.
+
+A *window embedding* is the window's layer4 features averaged over the CAM grid: the vector the
+classifier's last layer reads (512 values).  A *box embedding* pools the same features over the
+cells under a box (a detection's call box, else its evidence box), weighted by the class's CAM:
+the call, not the window around it.  Both are compared by cosine similarity
+(``echocam.search``), and stored as ``echocam.bucket.embeddings`` says.  Pure functions;
+the pipeline calls them a batch or a window at a time.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from echocam.explain.cam import STRIDE
+from echocam.explain.localise import Axes
+
+
+def window_embeddings(features: torch.Tensor) -> torch.Tensor:
+    """(b, c, h, w) layer4 features → (b, c) float32, their mean over the grid."""
+    return features.float().mean(dim=(-2, -1))
+
+
+def cell_centres(cells: int, *, pixels: int, unresized: bool) -> tuple[np.ndarray, float]:
+    """Where each CAM cell's receptive field is centred along an axis of ``pixels`` display
+    pixels, as ``echocam.explain.cam.display_maps`` puts it: ((cells,) centres, the span of one
+    cell in pixels)."""
+    image = pixels if unresized else cells * STRIDE
+    scale = pixels / image
+    return (STRIDE * np.arange(cells) + 0.5) * scale - 0.5, STRIDE * scale
+
+
+def box_embedding(
+    features: np.ndarray,
+    cam: np.ndarray,
+    box: tuple[float, float, float, float],
+    *,
+    axes: Axes,
+    unresized: bool,
+) -> np.ndarray:
+    """One box's embedding: (c, h, w) features and (h, w) raw CAM → (c,) float32.
+
+    ``box`` is (begin s, end s, low Hz, high Hz) from the window's start.  The cells it
+    overlaps count (those whose centre lies within half a cell of it, as the pointing game's
+    tolerance), each weighted by the CAM's positive part (equally where that is zero on all).
+    """
+    h, w = cam.shape
+    n_mels, frames = len(axes.freqs_hz), len(axes.times_s)
+    rows, row_span = cell_centres(h, pixels=n_mels, unresized=unresized)
+    cols, col_span = cell_centres(w, pixels=frames, unresized=unresized)
+    begin, end, low, high = box
+    # the box in display pixels: frames in time, mel rows (row 0 the highest) in frequency
+    t0, t1 = begin / axes.frame_s, end / axes.frame_s
+    band = np.flatnonzero((axes.high_hz > low) & (axes.low_hz < high))
+    r0, r1 = (band[0], band[-1]) if len(band) else (0, n_mels - 1)
+    ys = np.flatnonzero((rows >= r0 - row_span / 2) & (rows <= r1 + row_span / 2))
+    xs = np.flatnonzero((cols >= t0 - col_span / 2) & (cols <= t1 + col_span / 2))
+    if not len(ys):  # a box beyond the map's last centres: the nearest cell
+        ys = np.array([np.abs(rows - (r0 + r1) / 2).argmin()])
+    if not len(xs):
+        xs = np.array([np.abs(cols - (t0 + t1) / 2).argmin()])
+    weights = np.maximum(cam[np.ix_(ys, xs)], 0).astype(np.float32)
+    if not weights.sum() > 0:
+        weights = np.ones_like(weights)
+    cells = features[:, ys][:, :, xs].astype(np.float32)  # (c, len(ys), len(xs))
+    return np.einsum("cyx,yx->c", cells, weights) / weights.sum()

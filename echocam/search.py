@@ -1,0 +1,187 @@
+""" "More like this": exact cosine-similarity search over runs' embeddings.parquet.
+
+A query is a vector: a detection's (``--like-detection``), or a box's in a recording
+(``--like``; ``echocam.explain.embed`` pools it from the model's features).  :func:`scan` reads
+the run's table a row group at a time and keeps the best ``top`` rows, so memory stays that
+of one row group whatever the run's size.  Call boxes are compared with call boxes, windows
+with windows.  No torch here (numpy's matrix product; figures in
+``benchmarks/results/search.json``).
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import tempfile
+import warnings
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import BinaryIO
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import torch
+
+from echocam.bucket import embeddings
+from echocam.bucket.embeddings import vectors
+from echocam.bucket.storage import Store
+from echocam.errors import InvalidParams
+
+#: A row group's rows at a time: 16 MiB of float16 vectors at 512 values.
+BATCH_ROWS = 16384
+_SECONDS = r"(\d+(?:\.\d*)?|\.\d+)"
+_RANGE = re.compile(rf"{_SECONDS}-{_SECONDS}")
+
+
+@dataclass(frozen=True)
+class Box:
+    """A box in a recording: seconds from its start, and optionally Hz."""
+
+    source_key: str
+    begin_s: float
+    end_s: float
+    low_hz: float | None = None
+    high_hz: float | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> Box:
+        """``KEY@T0-T1`` or ``KEY@T0-T1@F0-F1`` (s, Hz); the key may itself hold ``@``."""
+        parts = text.split("@")
+        ranges = []
+        while len(parts) > 1 and len(ranges) < 2 and _RANGE.fullmatch(parts[-1]):
+            ranges.insert(0, tuple(float(x) for x in _RANGE.fullmatch(parts.pop()).groups()))
+        key = "@".join(parts)
+        if not ranges or not key:
+            raise InvalidParams(f"--like {text!r}: expected KEY@T0-T1 or KEY@T0-T1@F0-F1")
+        (t0, t1), (f0, f1) = ranges[0], ranges[1] if len(ranges) == 2 else (None, None)
+        if t1 <= t0 or (f0 is not None and f1 <= f0):
+            raise InvalidParams(f"--like {text!r}: each range must end after it begins")
+        return cls(key, t0, t1, f0, f1)
+
+
+def detection_id(source_key: str, begin_s: float, class_name: str) -> str:
+    """A detection's id: ``KEY@WINDOW_START#CLASS`` (a detections-table row's source key,
+    begin_s and class_name)."""
+    return f"{source_key}@{round(begin_s, 6)!r}#{class_name}"
+
+
+def parse_detection_id(text: str) -> tuple[str, float, str]:
+    """(source key, window start s, class name) of :func:`detection_id`'s text."""
+    head, sep, class_name = text.rpartition("#")
+    key, at, start = head.rpartition("@")
+    try:
+        begin = float(start)
+    except ValueError:
+        begin = None
+    if not (sep and at and key and class_name) or begin is None:
+        raise InvalidParams(f"detection id {text!r}: expected KEY@WINDOW_START#CLASS")
+    return key, begin, class_name
+
+
+def run_batches(store: Store, *, columns: list[str] | None = None) -> Iterator[pa.RecordBatch]:
+    """The run's embeddings.parquet a row group at a time (none: the run has no embeddings)."""
+    try:
+        f = store.stream(embeddings.NAME)
+    except FileNotFoundError:
+        return
+    with _seekable(f) as seekable:
+        yield from pq.ParquetFile(seekable).iter_batches(batch_size=BATCH_ROWS, columns=columns)
+
+
+def _seekable(f: BinaryIO) -> BinaryIO:
+    """``f``, or a temporary copy of it where it cannot seek (an S3 body): Parquet reads its
+    footer first."""
+    if f.seekable():
+        return f
+    with f:
+        copy = tempfile.TemporaryFile()  # noqa: SIM115 (the caller's with closes it)
+        shutil.copyfileobj(f, copy, 1 << 20)
+    copy.seek(0)
+    return copy
+
+
+def scan(
+    batches: Iterable[pa.RecordBatch],
+    query: np.ndarray,
+    *,
+    top: int = 10,
+    windows: bool = False,
+    class_name: str | None = None,
+    min_similarity: float | None = None,
+    exclude: Iterable[tuple[str, int, str | None]] = (),
+) -> pa.Table:
+    """The ``top`` rows most like ``query`` (dim,), best first, with their ``similarity``.
+
+    Compares boxes (the detections' rows) or, with ``windows``, the windows' rows.  ``class_name``
+    keeps one class's detections; ``exclude`` leaves out rows by (source key, window index,
+    class name or None).  Ties keep the earlier row.
+    """
+    q = np.asarray(query, dtype=np.float32)
+    q = torch.from_numpy(q / max(float(np.linalg.norm(q)), 1e-12))
+    skip = set(exclude)
+    best: pa.Table | None = None
+    for batch in batches:
+        keep = pc.is_null(batch.column("class_name"))
+        if not windows:
+            keep = pc.invert(keep)
+        if class_name is not None:
+            keep = pc.and_(keep, pc.equal(batch.column("class_name"), class_name))
+        keep = pc.fill_null(keep, False)
+        if not pc.all(keep).as_py():
+            batch = batch.filter(keep)
+        if not batch.num_rows:
+            continue
+        sims = _similarities(vectors(batch), q, top=top)
+        if min_similarity is not None:
+            sims[sims < min_similarity] = -np.inf
+        if skip:
+            keys, idx, names = (batch.column(n).to_pylist() for n in
+                                ("source_key", "window_index", "class_name"))  # fmt: skip
+            gone = [(k, i, c) in skip for k, i, c in zip(keys, idx, names, strict=True)]
+            sims[np.array(gone, dtype=bool)] = -np.inf
+        n = min(top, int(np.isfinite(sims).sum()))
+        if not n:
+            continue
+        pick = np.argpartition(-sims, n - 1)[:n] if n < len(sims) else np.arange(len(sims))
+        pick = pick[np.isfinite(sims[pick])]
+        found = pa.Table.from_batches([batch.take(pa.array(pick))]).append_column(
+            "similarity", pa.array(sims[pick].astype(np.float64))
+        )
+        best = found if best is None else pa.concat_tables([best, found])
+        if best.num_rows > top:
+            best = _best(best, top)
+    if best is None:
+        return pa.table({"similarity": pa.array([], pa.float64())})
+    return _best(best, top)
+
+
+#: How far a float16 product may be from float32's: its result's rounding near 1 (2^-11), twice.
+_HALF_ERROR = 2.0**-10
+
+
+def _similarities(v: np.ndarray, q: torch.Tensor, *, top: int) -> np.ndarray:
+    """(rows,) float32 cosines of unit float16 rows ``v`` with unit ``q``: exact (float32) for
+    every row that can be among the ``top``, -inf for the others.
+
+    One float16 product ranks every row (a tenth of the time of converting them to float32);
+    the rows within its error of the ``top``-th best are then computed again in float32.
+    """
+    with warnings.catch_warnings():  # read only, as the products read it
+        warnings.filterwarnings("ignore", message=".*not writable.*")
+        rows = torch.from_numpy(v)
+    rough = (rows @ q.to(torch.float16)).float()
+    if len(rough) > top:
+        cut = rough.topk(top).values[-1] - _HALF_ERROR
+        near = torch.nonzero(rough >= cut).squeeze(1)
+    else:
+        near = torch.arange(len(rough))
+    out = np.full(len(rough), -np.inf, dtype=np.float32)
+    out[near.numpy()] = (rows[near].float() @ q).numpy()
+    return out
+
+
+def _best(t: pa.Table, top: int) -> pa.Table:
+    order = pc.sort_indices(t, sort_keys=[("similarity", "descending")])
+    return t.take(order[:top])

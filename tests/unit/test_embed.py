@@ -1,0 +1,161 @@
+"""Embeddings: the box pooling, the stored format and the exact search against a brute force."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from echocam.bucket import embeddings
+from echocam.errors import InvalidParams
+from echocam.explain.cam import display_maps
+from echocam.explain.embed import box_embedding, cell_centres, window_embeddings
+from echocam.explain.localise import Axes
+from echocam.search import Box, detection_id, parse_detection_id, scan
+from echocam.settings import Params
+
+P = Params()
+FRAMES = 552
+
+
+def axes() -> Axes:
+    return Axes.for_params(P, frames=FRAMES)
+
+
+@pytest.mark.parametrize(("cells", "unresized"), [((7, 7), False), ((9, 18), True)])
+def test_cell_centres_are_where_the_display_map_of_one_hot_cell_peaks(cells, unresized):
+    h, w = cells
+    rows, row_span = cell_centres(h, pixels=P.n_mels, unresized=unresized)
+    cols, col_span = cell_centres(w, pixels=FRAMES, unresized=unresized)
+    for y, x in [(1, 2), (h - 2, w // 2)]:
+        cams = torch.zeros(1, 1, h, w)
+        cams[0, 0, y, x] = 1.0
+        m = display_maps(cams, size=(P.n_mels, FRAMES), unresized=unresized)[0, 0].numpy()
+        peak_y, peak_x = np.unravel_index(m.argmax(), m.shape)
+        assert abs(peak_y - rows[y]) <= 1 and abs(peak_x - cols[x]) <= 1
+    assert row_span * h == pytest.approx(P.n_mels if not unresized else 32 * h)
+    assert col_span * w == pytest.approx(FRAMES if not unresized else 32 * w)
+
+
+def features_by_cell(h: int, w: int) -> np.ndarray:
+    """(h * w, h, w): cell (y, x) is the one-hot vector of index y * w + x."""
+    return np.eye(h * w, dtype=np.float32).reshape(h * w, h, w)
+
+
+def test_a_box_pools_the_cells_it_overlaps_weighted_by_the_cam():
+    h, w = 7, 7
+    f = features_by_cell(h, w)
+    cam = np.zeros((h, w), np.float32)
+    cam[3, 2], cam[3, 3] = 1.0, 3.0
+    cam[0, 0] = 9.0  # outside the box: no weight
+    a = axes()
+    rows, _ = cell_centres(h, pixels=P.n_mels, unresized=False)
+    cols, _ = cell_centres(w, pixels=FRAMES, unresized=False)
+    # a box over cells (3, 2) and (3, 3) only: its rows' frequencies, its columns' times
+    row = int(round(rows[3]))
+    low, high = a.low_hz[row], a.high_hz[row]
+    begin, end = cols[2] * a.frame_s, cols[3] * a.frame_s
+    v = box_embedding(f, cam, (begin, end, low, high), axes=a, unresized=False)
+    want = np.zeros(h * w)
+    want[3 * w + 2], want[3 * w + 3] = 0.25, 0.75
+    np.testing.assert_allclose(v, want, atol=1e-6)
+    # where the CAM is zero on every cell of the box, the cells count equally
+    v = box_embedding(f, np.zeros_like(cam), (begin, end, low, high), axes=a, unresized=False)
+    assert v[3 * w + 2] == pytest.approx(0.5) and v[3 * w + 3] == pytest.approx(0.5)
+    # the whole window's box pools every cell: the window embedding, up to the weights
+    whole = (0.0, FRAMES * a.frame_s, 0.0, a.top_hz)
+    v = box_embedding(f, np.ones_like(cam), whole, axes=a, unresized=False)
+    np.testing.assert_allclose(v, window_embeddings(torch.from_numpy(f)[None])[0], atol=1e-6)
+
+
+def test_a_box_narrower_than_a_cell_takes_the_cell_it_lies_in():
+    h, w = 9, 18
+    f = features_by_cell(h, w)
+    a = axes()
+    rows, _ = cell_centres(h, pixels=P.n_mels, unresized=True)
+    cols, _ = cell_centres(w, pixels=FRAMES, unresized=True)
+    row = int(round(rows[4]))
+    t = (cols[5] + 3) * a.frame_s  # a 20-ms box a few frames right of cell 5's centre
+    box = (t, t + 0.02, a.low_hz[row], a.high_hz[row])
+    v = box_embedding(f, np.ones((h, w), np.float32), box, axes=a, unresized=True)
+    assert np.flatnonzero(v).tolist() == [4 * w + 5]
+
+
+def table(n: int, dim: int, *, seed: int, windows_every: int = 3) -> tuple[pa.Table, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    v = np.abs(rng.standard_normal((n, dim))).astype(np.float32)
+    is_window = np.arange(n) % windows_every == 0
+    classes = np.where(is_window, None, np.where(np.arange(n) % 2, "a", "b"))
+    columns = {
+        "source_key": [f"site/{i // windows_every:04d}.wav" for i in range(n)],
+        "window_index": [0] * n,
+        "begin_s": [0.0] * n,
+        "end_s": [5.0] * n,
+        "class_name": classes.tolist(),
+        "class_id": [None if c is None else int(c == "a") for c in classes],
+        "probability": [None if c is None else 0.5 for c in classes],
+        "box": [None if c is None else "call" for c in classes],
+        **{name: [None if c is None else 1.0 for c in classes] for name in embeddings.BOX_COLUMNS},
+    }
+    return embeddings.table(columns, v), v
+
+
+def test_stored_vectors_are_unit_float16_and_keep_cosines_within_2e4():
+    t, v = table(500, 512, seed=0)
+    back = pq.read_table(pa.BufferReader(embeddings.to_parquet(t)))
+    assert back.schema.equals(embeddings.schema(512)) and embeddings.dim_of(back.schema) == 512
+    stored = embeddings.vectors(back).astype(np.float64)
+    np.testing.assert_allclose(np.linalg.norm(stored, axis=1), 1.0, atol=2e-3)
+    unit = v / np.linalg.norm(v, axis=1, keepdims=True)
+    cos_stored, cos_exact = stored @ stored[0], unit @ unit[0]
+    assert np.abs(cos_stored - cos_exact).max() < 2e-4
+    # a slice of a batch reads its own rows
+    assert np.array_equal(embeddings.vectors(back.slice(7, 3)), embeddings.vectors(back)[7:10])
+
+
+@pytest.mark.parametrize("windows", [False, True])
+def test_scan_finds_what_a_numpy_brute_force_finds(windows):
+    t, v = table(3000, 64, seed=1)
+    query = np.random.default_rng(2).standard_normal(64).astype(np.float32)
+    batches = pq.read_table(pa.BufferReader(embeddings.to_parquet(t))).to_batches(max_chunksize=257)
+    got = scan(batches, query, top=15, windows=windows)
+    rows = np.flatnonzero(np.array([c is None for c in t.column("class_name").to_pylist()]))
+    if not windows:
+        rows = np.setdiff1d(np.arange(len(v)), rows)
+    stored = embeddings.vectors(t).astype(np.float64)  # the same vectors, as stored
+    cos = stored[rows] @ (query / np.linalg.norm(query))
+    best = rows[np.argsort(-cos, kind="stable")[:15]]
+    want_keys = [t.column("source_key")[int(i)].as_py() for i in best]
+    assert got.column("source_key").to_pylist() == want_keys
+    np.testing.assert_allclose(
+        got.column("similarity").to_numpy(), np.sort(cos)[::-1][:15], atol=1e-6
+    )
+
+
+def test_scan_filters_by_class_similarity_and_excluded_rows():
+    t, v = table(600, 32, seed=3)
+    query = embeddings.vectors(t.slice(1, 1))[0].astype(np.float32)  # row 1: a detection of "a"
+    key = t.column("source_key")[1].as_py()
+    got = scan(t.to_batches(max_chunksize=100), query, top=5, class_name="a")
+    assert set(got.column("class_name").to_pylist()) == {"a"}
+    assert got.column("source_key")[0].as_py() == key  # itself, first
+    assert got.column("similarity")[0].as_py() == pytest.approx(1.0, abs=2e-3)
+    got = scan(t.to_batches(), query, top=5, class_name="a", exclude=[(key, 0, "a")])
+    assert key not in got.column("source_key").to_pylist()
+    got = scan(t.to_batches(), query, top=50, min_similarity=0.8)
+    assert got.num_rows < 50 and min(got.column("similarity").to_pylist()) >= 0.8
+    assert scan(t.to_batches(), query, top=5, class_name="nobody").num_rows == 0
+
+
+def test_box_and_detection_ids_parse_and_bad_ones_say_why():
+    assert Box.parse("site/a.wav@1.5-2.25") == Box("site/a.wav", 1.5, 2.25)
+    assert Box.parse("a@b.wav@1-2@500-8000") == Box("a@b.wav", 1.0, 2.0, 500.0, 8000.0)
+    for bad in ("site/a.wav", "site/a.wav@2-1", "@1-2", "a.wav@1-2@9-3"):
+        with pytest.raises(InvalidParams, match="--like"):
+            Box.parse(bad)
+    text = detection_id("x#y@z.wav", 14.54195, "Ninox boobook")
+    assert parse_detection_id(text) == ("x#y@z.wav", 14.54195, "Ninox boobook")
+    with pytest.raises(InvalidParams, match="KEY@WINDOW_START#CLASS"):
+        parse_detection_id("no-id-here")
