@@ -64,7 +64,7 @@ class Box:
 def detection_id(source_key: str, begin_s: float, class_name: str) -> str:
     """A detection's id: ``KEY@WINDOW_START#CLASS`` (a detections-table row's source key,
     begin_s and class_name)."""
-    return f"{source_key}@{round(begin_s, 6)!r}#{class_name}"
+    return f"{source_key}@{round(float(begin_s), 6)!r}#{class_name}"
 
 
 def parse_detection_id(text: str) -> tuple[str, float, str]:
@@ -133,7 +133,7 @@ def scan(
             batch = batch.filter(keep)
         if not batch.num_rows:
             continue
-        sims = _similarities(vectors(batch), q, top=top)
+        sims = _similarities(vectors(batch), q, top=top + len(skip))  # some may be skipped
         if min_similarity is not None:
             sims[sims < min_similarity] = -np.inf
         if skip:

@@ -168,6 +168,39 @@ def test_end_to_end_every_input_once_with_outputs_or_error_code(stack):
     assert state["finished"] and state["ok"] == len(GOOD) and state["failed"] == len(BAD)
 
 
+def test_a_bucket_run_writes_embeddings_and_search_answers_over_them(stack):
+    """The workers' chunks put embeddings shards, the last one's compaction the run's table,
+    and ``echocam search s3://…`` ranks it as a brute force over the same vectors does."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from echocam.bucket import embeddings
+
+    produce(stack, out="s3://cams-out/runs/embed")
+    t = pq.read_table(pa.BufferReader(get(stack["s3"], f"runs/embed/{embeddings.NAME}")))
+    rows = manifest(stack["s3"], "runs/embed")
+    windows = sum(r["n_windows"] or 0 for r in rows)
+    assert t.num_rows == 2 * windows  # a window's row and its detection's (top-1)
+    assert sorted(set(t.column("source_key").to_pylist())) == sorted(
+        r["source_key"] for r in rows if r["status"] == "ok"
+    )
+    listed = stack["s3"].list_objects_v2(
+        Bucket="cams-out", Prefix=f"runs/embed/{embeddings.SHARDS}"
+    )
+    assert len(listed["Contents"]) == 1  # consolidated
+    det = t.filter(t.column("class_name").is_valid())
+    q = embeddings.vectors(det.slice(0, 1))[0].astype(np.float64)
+    q /= np.linalg.norm(q)  # as the search takes a query
+    key, begin = det.column("source_key")[0].as_py(), det.column("begin_s")[0].as_py()
+    name = det.column("class_name")[0].as_py()
+    proc = cli(stack, "search", "s3://cams-out/runs/embed", "--like-detection",
+               f"{key}@{begin!r}#{name}", "--top", "3")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    got = [line.split(",")[0] for line in proc.stdout.splitlines()[1:]]
+    cos = embeddings.vectors(det).astype(np.float64)[1:] @ q
+    np.testing.assert_allclose([float(x) for x in got], np.sort(cos)[::-1][:3], atol=1e-6)
+
+
 def test_resume_change_force_and_parameter_change(stack):
     src, out = copy_inputs(stack, "resume"), "s3://cams-out/runs/resume"
     assert produce(stack, source=src, out=out)[0] == len(GOOD) + len(BAD)

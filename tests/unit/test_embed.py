@@ -143,7 +143,7 @@ def test_scan_filters_by_class_similarity_and_excluded_rows():
     assert got.column("source_key")[0].as_py() == key  # itself, first
     assert got.column("similarity")[0].as_py() == pytest.approx(1.0, abs=2e-3)
     got = scan(t.to_batches(), query, top=5, class_name="a", exclude=[(key, 0, "a")])
-    assert key not in got.column("source_key").to_pylist()
+    assert key not in got.column("source_key").to_pylist() and got.num_rows == 5
     got = scan(t.to_batches(), query, top=50, min_similarity=0.8)
     assert got.num_rows < 50 and min(got.column("similarity").to_pylist()) >= 0.8
     assert scan(t.to_batches(), query, top=5, class_name="nobody").num_rows == 0

@@ -1,0 +1,167 @@
+"""Embeddings and "more like this" over a local run of real recordings, through the CLI: the
+run's table holds each current record's rows once through resumes, changes and rebuilds, and
+``echocam search`` answers what a numpy brute force over the same vectors answers."""
+
+from __future__ import annotations
+
+import io
+import os
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+import soundfile as sf
+
+from devtools.stack import echocam
+from echocam.bucket import embeddings
+from echocam.search import detection_id
+from tests.helpers import chirp, recordings, wav_bytes
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory, species_checkpoint):
+    """Four real recordings and a 5-s clip cut from one of them, explained into ``out``."""
+    d = tmp_path_factory.mktemp("search")
+    src = d / "in"
+    (src / "site").mkdir(parents=True)
+    paths = recordings()[:4]
+    for p in paths:
+        (src / "site" / p.name).write_bytes(p.read_bytes())
+    y, sr = sf.read(paths[0], dtype="float32", always_2d=True)
+    (src / "clip.wav").write_bytes(wav_bytes(y[5 * sr : 10 * sr, 0], sr))
+    env = {**os.environ, "ECHOCAM_WEIGHTS": str(species_checkpoint), "ECHOCAM_THREADS": "2"}
+    proc = echocam(env, "run", str(src), "--out", str(d / "out"), "--top-k", "2")
+    assert proc.returncode == 0, proc.stderr
+    return {"src": src, "out": d / "out", "env": env}
+
+
+def table(out) -> pd.DataFrame:
+    t = pq.read_table(out / embeddings.NAME)
+    df = t.drop_columns(["vector"]).to_pandas()
+    df["vector"] = list(embeddings.vectors(t).astype(np.float64))
+    return df
+
+
+def shards(out) -> list[str]:
+    return sorted(p.name for p in (out / embeddings.SHARDS).glob("*.parquet"))
+
+
+def test_the_run_table_holds_every_window_and_detection_of_the_current_records_once(run):
+    out = run["out"]
+    manifest = pd.read_json(out / "manifest.jsonl", lines=True)
+    df = table(out)
+    windows = int(manifest["n_windows"].sum())
+    assert (df["class_name"].isna()).sum() == windows
+    assert (df["class_name"].notna()).sum() == 2 * windows  # --top-k 2: two detections each
+    assert sorted(df["source_key"].unique()) == sorted(manifest["source_key"])
+    assert df.equals(df.sort_values(["source_key", "window_index"], kind="stable"))
+    # each recording's own file holds its rows: the run's table is theirs, stacked
+    order = ["window_index", "class_name"]
+    for key, rows in df.groupby("source_key", sort=False):
+        own = table(out / key).sort_values(order, na_position="first", kind="stable")
+        rows = rows.sort_values(order, na_position="first", kind="stable")
+        assert len(own) == len(rows)
+        assert np.array_equal(np.stack(own["vector"]), np.stack(rows["vector"]))
+    assert len(shards(out)) == 1  # compaction consolidated the chunks' shards
+
+
+def test_resume_change_force_and_full_rebuild_keep_one_copy_of_each_source(run, tmp_path):
+    src, out, env = run["src"], run["out"], run["env"]
+    before = table(out)
+    # a resume writes nothing new: the same table, still one shard
+    assert echocam(env, "run", str(src), "--out", str(out), "--top-k", "2").returncode == 0
+    pd.testing.assert_frame_equal(table(out).drop(columns="vector"), before.drop(columns="vector"))
+    assert len(shards(out)) == 1
+    # one source changed: its rows are new, the others' the same, none twice
+    changed = "clip.wav"
+    (src / changed).write_bytes(wav_bytes(chirp(5.0, 22050), 22050))
+    assert echocam(env, "run", str(src), "--out", str(out), "--top-k", "2").returncode == 0
+    after = table(out)
+    assert len(after) == len(before)
+    same = after["source_key"] != changed
+    assert np.array_equal(np.stack(after[same]["vector"]), np.stack(before[same]["vector"]))
+    assert not np.array_equal(np.stack(after[~same]["vector"]), np.stack(before[~same]["vector"]))
+    # a full rebuild, from the recordings' own files alone, gives the same table
+    for shard in (out / embeddings.SHARDS).glob("*.parquet"):
+        shard.unlink()
+    (out / embeddings.NAME).unlink()
+    assert echocam(env, "manifest", str(out), "--full").returncode == 0
+    rebuilt = table(out)
+    pd.testing.assert_frame_equal(rebuilt.drop(columns="vector"), after.drop(columns="vector"))
+    assert np.array_equal(np.stack(rebuilt["vector"]), np.stack(after["vector"]))
+
+
+def brute_force(df: pd.DataFrame, query: np.ndarray, *, windows: bool, top: int, skip=None):
+    rows = df[df["class_name"].isna() == windows]
+    if skip is not None:
+        rows = rows.drop(index=skip)
+    cos = np.stack(rows["vector"]) @ (query / np.linalg.norm(query))
+    order = np.argsort(-cos, kind="stable")[:top]
+    return rows.iloc[order].assign(similarity=cos[order])
+
+
+def search(run, *args: str) -> pd.DataFrame:
+    proc = echocam(run["env"], "search", str(run["out"]), *args)
+    assert proc.returncode == 0, proc.stderr
+    return pd.read_csv(io.StringIO(proc.stdout))
+
+
+def test_search_like_a_detection_is_the_brute_force_over_the_same_vectors(run):
+    df = table(run["out"])
+    dets = df[df["class_name"].notna()]
+    q = dets.iloc[len(dets) // 2]
+    qid = detection_id(q["source_key"], q["begin_s"], q["class_name"])
+    got = search(run, "--like-detection", qid, "--top", "7")
+    want = brute_force(df, q["vector"], windows=False, top=7, skip=q.name)
+    assert got["detection_id"].tolist() == [
+        detection_id(k, b, c)
+        for k, b, c in zip(want["source_key"], want["begin_s"], want["class_name"], strict=True)
+    ]
+    np.testing.assert_allclose(got["similarity"], want["similarity"], atol=1e-6)
+    assert qid not in got["detection_id"].tolist()  # not itself
+    # one class only, a floor on similarity, and the whole windows instead of boxes
+    one = search(run, "--like-detection", qid, "--class", q["class_name"], "--top", "50")
+    assert set(one["class_name"]) == {q["class_name"]}
+    floor = float(got["similarity"].iloc[3])
+    assert (search(run, "--like-detection", qid, "--min-similarity", str(floor))["similarity"]
+            >= floor).all()  # fmt: skip
+    win = search(run, "--like-detection", qid, "--windows", "--top", "5")
+    assert win["class_name"].isna().all() and win["box"].isna().all()
+    assert win["link"].str.startswith("/rec?key=").all()
+
+
+def test_a_box_drawn_on_a_detection_finds_that_detection_first(run):
+    """``--like KEY@T0-T1@F0-F1`` embeds the box with the run's model: drawn on a detection's
+    own box, it is that detection's vector (top-2: the class whose CAM weighs the cells is
+    the window's most probable, so a first-ranked detection)."""
+    df = table(run["out"])
+    dets = df[df["class_name"].notna()]
+    firsts = dets.loc[dets.groupby(["source_key", "window_index"])["probability"].idxmax()]
+    q = firsts.iloc[len(firsts) // 3]
+    times, freqs = f"{q['box_begin_s']}-{q['box_end_s']}", f"{q['box_low_hz']}-{q['box_high_hz']}"
+    box = f"{q['source_key']}@{times}@{freqs}"
+    got = search(run, "--like", box, "--top", "3")
+    assert got["source_key"].iloc[0] == q["source_key"] and got["begin_s"].iloc[0] == q["begin_s"]
+    assert got["similarity"].iloc[0] > 0.999
+
+
+def test_like_audio_embeds_a_clip_as_the_run_did(run):
+    """The 5-s clip cut from a recording is one window: searched with --windows, its own row
+    comes first, at a similarity of one."""
+    got = search(run, "--like-audio", str(run["src"] / "clip.wav"), "--windows", "--top", "3")
+    # the module's change test may have replaced the clip: look for the file as it is now
+    assert got["source_key"].iloc[0] == "clip.wav" and got["similarity"].iloc[0] > 0.999
+
+
+def test_bad_queries_fail_with_a_clear_message(run):
+    for args, message in [
+        (["--like", "site/nothing.wav"], "KEY@T0-T1"),
+        (["--like-detection", "site/x.wav@0.0#nobody"], "no detection"),
+    ]:
+        proc = echocam(run["env"], "search", str(run["out"]), *args)
+        assert proc.returncode == 2 and message in proc.stderr, proc.stderr
+    proc = echocam(run["env"], "search", str(run["out"] / "site"), "--like-detection", "a@0#b")
+    assert proc.returncode == 2 and "run.json" in proc.stderr
