@@ -3,9 +3,10 @@
 Every configuration explains the same recordings (the shared ones, else samples/) with the same
 model (random weights: the CAM's shape barely moves the sizes) and sums the bytes of each kind
 of file it writes: the spectrogram PNG, the overlay, ``cam.npz``, the Raven/Audacity files
-(detections) and ``record.json``.  Ratios are to the recordings' own bytes; KB per 5-s window and
-the encode stage's CPU milliseconds per window (the record's ``timings_s.encode``, one thread)
-come with them.  Target: the defaults' outputs take at most the recordings' own bytes.
+(detections), ``embeddings.parquet`` and ``record.json``.  Ratios are to the recordings' own
+bytes; KB per 5-s window and the encode stage's CPU milliseconds per window (the record's
+``timings_s.encode``, one thread) come with them.  Target: the defaults' outputs take at most
+the recordings' own bytes.
 
     python benchmarks/bench_outputs.py [--recordings N] [--json PATH]
 """
@@ -32,11 +33,12 @@ CONFIGS: dict[str, dict] = {
     "overlay WebP q85": {"overlay_format": "webp"},
     "overlay PNG (lossless)": {"overlay_format": "png"},
     "defaults + db (float16 dB)": {
-        "outputs": ("spectrogram", "overlay", "cam", "db", "detections")
+        "outputs": ("spectrogram", "overlay", "cam", "db", "detections", "embeddings")
     },
+    "defaults without embeddings": {"outputs": ("spectrogram", "overlay", "cam", "detections")},
     "spectrogram + cam only": {"outputs": ("spectrogram", "cam")},
 }
-KINDS = ("spectrogram", "overlay", "cam", "detections", "record")
+KINDS = ("spectrogram", "overlay", "cam", "detections", "embeddings", "record")
 
 
 def kind(name: str) -> str:

@@ -105,6 +105,13 @@ BENCHMARKS: dict[str, tuple[str, str, str]] = {
         "and the forward alone",
         "python benchmarks/run_all.py --only input_size",
     ),
+    "search": (
+        "bench_search.py",
+        "embeddings and more like this: what the embeddings output costs a local run (targets: "
+        "<= 1.03 x the time, <= 1.15 x the bytes), exact search over 1M and 10M vectors (target: "
+        "1M in <= 1 s on 2 cores) against DuckDB and numpy, precision@10 from one call",
+        "python benchmarks/run_all.py --only search",
+    ),
     "gpu_check": (
         "gpu_check.py",
         "on one NVIDIA GPU: model + CAM (target >= 20k windows/s on an H100), the device stage, "
@@ -288,6 +295,27 @@ def _families(r: dict) -> Iterator[Row]:
             yield Row(f"{at}{kind}: F1 / pointing / call IoU", figures)
 
 
+def _search(r: dict) -> Iterator[Row]:
+    if "cost" in r:
+        c = r["cost"]
+        yield Row("run time with embeddings ÷ without", c["time_ratio"], "≤ 1.03",
+                  verdict(c["time_ratio"], 1.03, higher_is_better=False))  # fmt: skip
+        yield Row("output bytes with embeddings ÷ without", c["bytes_ratio"], "≤ 1.15",
+                  verdict(c["bytes_ratio"], 1.15, higher_is_better=False))  # fmt: skip
+    for n, found in (r.get("latency") or {}).get("by_rows", {}).items():
+        for name, m in found["methods"].items():
+            if name.startswith("baseline"):
+                continue
+            target = ours = ""
+            if name.startswith("echocam") and int(n) == 1_000_000:
+                target, ours = "≤ 1 s", verdict(m["seconds"], 1.0, higher_is_better=False)
+            yield Row(f"{int(n):,} vectors: {name}, s (peak MB {m['peak_mb']:,.0f})",
+                      m["seconds"], target, ours)  # fmt: skip
+    for label, q in ((r.get("quality") or {}).get("precision_at_10") or {}).items():
+        yield Row(f"precision@10, {label} embedding: trained / unseen call types",
+                  f"{q['trained']:.2f} / {q['unseen']:.2f}")  # fmt: skip
+
+
 def _input_size(r: dict) -> Iterator[Row]:
     for size, s in r["sizes"].items():
         grid = "x".join(map(str, s["cam_grid"]))
@@ -344,6 +372,7 @@ _HEADLINES = {
     "train_memory": _train_memory,
     "families": _families,
     "input_size": _input_size,
+    "search": _search,
     "gpu_check": _gpu_check,
 }
 

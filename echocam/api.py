@@ -133,7 +133,13 @@ def search(
 
     from echocam.bucket.runs import RUN_NAME
     from echocam.bucket.storage import client_factory, open_store, read_json
-    from echocam.search import detection_id, parse_detection_id, run_batches, scan
+    from echocam.search import (
+        detection_id,
+        parse_detection_id,
+        run_batches,
+        scan,
+        stored_vector,
+    )
 
     settings = settings or Settings.from_env()
     uris = [runs] if isinstance(runs, str) else list(runs)
@@ -150,7 +156,7 @@ def search(
     exclude: list[tuple[str, int, str | None]] = []
     if like_detection is not None:
         key, begin, name = parse_detection_id(like_detection)
-        query, row = _stored_vector(stores, key, begin, name, windows=windows)
+        query, row = stored_vector(stores, key, begin, name, windows=windows)
         exclude.append((key, row, None if windows else name))
     else:
         query = _embedded_query(described[0], uris[0], like, like_audio, windows, weights, settings)
@@ -179,30 +185,6 @@ def search(
     first = ["similarity", "source_key", "begin_s", "end_s", "class_name", "probability", "box"]
     order = first + [c for c in best.columns if c not in first]
     return best[order].reset_index(drop=True)
-
-
-def _stored_vector(stores, key: str, begin: float, name: str, *, windows: bool):
-    """The stored vector of a detection (or, with ``windows``, of its window), and its window's
-    index."""
-    import pyarrow.compute as pc
-
-    from echocam.bucket.embeddings import vectors
-    from echocam.search import run_batches
-
-    for store in stores:
-        for batch in run_batches(store):
-            hit = pc.and_(
-                pc.equal(batch.column("source_key"), key),
-                pc.less(pc.abs(pc.subtract(batch.column("begin_s"), begin)), 5e-4),
-            )
-            rows = batch.filter(pc.fill_null(hit, False))
-            if not rows.num_rows:
-                continue
-            names = rows.column("class_name").to_pylist()
-            if name in names:  # the detection's row, or its window's
-                i = names.index(None if windows else name)
-                return vectors(rows.slice(i, 1))[0], rows.column("window_index")[i].as_py()
-    raise InvalidParams(f"no detection {key}@{begin:g}#{name} in the runs' embeddings")
 
 
 def _embedded_query(run, uri, like, like_audio, windows, weights, settings):

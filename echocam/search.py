@@ -90,6 +90,25 @@ def run_batches(store: Store, *, columns: list[str] | None = None) -> Iterator[p
         yield from pq.ParquetFile(seekable).iter_batches(batch_size=BATCH_ROWS, columns=columns)
 
 
+def stored_vector(
+    stores: Iterable[Store], key: str, begin_s: float, class_name: str, *, windows: bool = False
+) -> tuple[np.ndarray, int]:
+    """The stored vector of a detection (source key, window start, class) in the first of the
+    runs' ``stores`` that has it, or with ``windows`` its window's; and the window's index."""
+    for store in stores:
+        for batch in run_batches(store):
+            hit = pc.and_(
+                pc.equal(batch.column("source_key"), key),
+                pc.less(pc.abs(pc.subtract(batch.column("begin_s"), begin_s)), 5e-4),
+            )
+            rows = batch.filter(pc.fill_null(hit, False))
+            names = rows.column("class_name").to_pylist()
+            if class_name in names:  # the detection's row, or its window's
+                i = names.index(None if windows else class_name)
+                return vectors(rows.slice(i, 1))[0], rows.column("window_index")[i].as_py()
+    raise InvalidParams(f"no detection {detection_id(key, begin_s, class_name)} in the runs")
+
+
 def _seekable(f: BinaryIO) -> BinaryIO:
     """``f``, or a temporary copy of it where it cannot seek (an S3 body): Parquet reads its
     footer first."""

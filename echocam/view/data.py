@@ -177,6 +177,10 @@ class RunData:
     def params(self) -> dict[str, Any]:
         return self.run().get("params") or self.summary().get("params") or {}
 
+    def has_embeddings(self) -> bool:
+        """Whether the run's last compaction wrote its embeddings table (for more like this)."""
+        return bool(self.summary().get("embeddings"))
+
     # records and files
     def record(self, source_key: str) -> dict[str, Any] | None:
         """The record of ``source_key`` when there is one, written for that source."""

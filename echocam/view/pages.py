@@ -98,7 +98,42 @@ def detections(data: RunData, query: dict[str, str]) -> bytes:
         offset=offset,
         limit=DETECTIONS_PAGE_SIZE,
         keep=_keep(query),
+        similar=data.has_embeddings(),
     )
+
+
+SIMILAR_TOP = 24
+
+
+def similar(data: RunData, query: dict[str, str]) -> bytes | None:
+    """The detections of the run most like one (``key``, window start ``t``, ``class``): "more
+    like this" (``echocam.search``); None when the run has no such detection."""
+    from echocam.errors import InvalidParams
+    from echocam.search import run_batches, scan, stored_vector
+
+    key, name = query.get("key", ""), query.get("class", "")
+    try:
+        t = float(query.get("t", "nan"))
+        vector, window = stored_vector([data.store], key, t, name)
+    except (ValueError, InvalidParams):
+        return None
+    top = min(max(_int(query.get("n"), SIMILAR_TOP), 1), 200)
+    found = scan(run_batches(data.store), vector, top=top, exclude=[(key, window, name)])
+    rows = found.to_pylist() if found.num_rows else []
+    return page(
+        data,
+        "similar.html",
+        title=f"More like {name} at {key} {t:g} s",
+        query={"key": key, "t": t, "class": name},
+        query_crop={"key": key, "t": t, "class_id": _class_id(data, name)},
+        rows=rows,
+        top=top,
+    )
+
+
+def _class_id(data: RunData, name: str) -> int:
+    names = data.run().get("class_names") or []
+    return names.index(name) if name in names else 0
 
 
 def failed(data: RunData, query: dict[str, str]) -> bytes:

@@ -2,7 +2,8 @@
 
 Routes (GET and HEAD only; the table is :attr:`Handler.ROUTES`, anything else is a 404):
 
-``/``, ``/detections``, ``/failed``, ``/rec?key=SOURCE``
+``/``, ``/detections``, ``/failed``, ``/rec?key=SOURCE``,
+``/similar?key=SOURCE&t=WINDOW_START&class=NAME`` (more like this detection)
     pages (:mod:`echocam.view.pages`);
 ``/file/KEY``
     an output under the run (``record.json``, ``cam.npz``, PNGs, tables), checked by
@@ -242,6 +243,13 @@ class Handler(BaseHTTPRequestHandler):
     def _detections(self, query: dict[str, str]) -> None:
         self._page(pages.detections(self.server.data, query))
 
+    def _similar(self, query: dict[str, str]) -> None:
+        body = pages.similar(self.server.data, query)
+        if body is None:
+            self.fail(HTTPStatus.NOT_FOUND, "no such detection in this run's embeddings")
+        else:
+            self.send(200, body, "text/html; charset=utf-8")
+
     def _failed(self, query: dict[str, str]) -> None:
         self._page(pages.failed(self.server.data, query))
 
@@ -346,6 +354,7 @@ class Handler(BaseHTTPRequestHandler):
         Route("GET", r"/tile", _tile),
         Route("GET", r"/thumb", _thumb),
         Route("GET", r"/crop", _crop),
+        Route("GET", r"/similar", _similar),
         Route("GET", r"/audio", _audio),
         Route("GET", r"/colourbar/(?P<name>magma|plasma)\.png", _colour_bar),
         Route("GET", r"/static/(?P<name>" + "|".join(map(re.escape, STATIC)) + ")", _static),

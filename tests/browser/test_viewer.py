@@ -286,6 +286,43 @@ def test_recording_page_axes_labels_boxes_colour_bars(run_dir, served, browser, 
     assert console_errors(browser) == []
 
 
+def test_more_like_this_from_a_box_lists_the_search_s_results(
+    run_dir, served, browser, screenshots
+):
+    """The button beside a recording's box opens the run's detections most like it, as
+    ``echocam search`` ranks them, each with its crop, sound and a link to its recording."""
+    _, out = run_dir
+    key = SAMPLES[-1].name
+    record = json.loads((out / key / "record.json").read_text())
+    window, c = record["windows"][1], record["windows"][1]["explained"][0]
+    browser.get_log("browser")
+    browser.get(rec_url(served, key))
+    wait(lambda: browser.find_elements("css selector", "#windows a.more"), what="buttons")
+    buttons = browser.find_elements("css selector", "#windows a.more")
+    assert len(buttons) == sum(len(w["explained"]) for w in record["windows"])
+    query = {"key": key, "t": window["start_s"], "class": c["class_name"]}
+    want = f"/similar?{urllib.parse.urlencode(query)}"
+    button = next(b for b in buttons if b.get_attribute("href").endswith(want))
+    button.click()
+    wait(lambda: browser.find_elements("css selector", "#similar tr.det"), what="results")
+    wait(lambda: loaded(browser, "#similar img") and loaded(browser, "#query"), what="crops")
+    rows = browser.find_elements("css selector", "#similar tr.det")
+    shown = [float(r.find_element("css selector", ".sim").text) for r in rows]
+    proc = echocam("search", str(out), "--like-detection",
+                   f"{key}@{window['start_s']!r}#{c['class_name']}", "--top", "24")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    expected = [float(line.split(",")[0]) for line in proc.stdout.splitlines()[1:]]
+    assert shown == [round(x, 3) for x in expected] and len(shown) >= 3
+    assert shown == sorted(shown, reverse=True)
+    assert len(browser.find_elements("css selector", "#similar audio")) == len(rows)
+    shoot(browser, screenshots / "similar.png")
+    # each result's own button searches again from it
+    rows[0].find_element("css selector", "a.more").click()
+    wait(lambda: "/similar?" in browser.current_url and browser.find_elements(
+        "css selector", "#similar tr.det"), what="a second search")  # fmt: skip
+    assert console_errors(browser) == []
+
+
 def test_zoom_and_pan_show_less_time_with_tiles(run_dir, served, browser):
     key = SAMPLES[-1].name
     browser.get(rec_url(served, key))
