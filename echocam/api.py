@@ -119,6 +119,9 @@ def search(
     windows: bool = False,
     weights: str | None = None,
     settings: Settings | None = None,
+    distributed: bool = False,
+    parts: int = 0,
+    timeout_s: float = 600.0,
 ) -> pd.DataFrame:
     """ "More like this": the ``top`` boxes (or, with ``windows``, windows) of ``runs`` most
     like the query, best first, as a DataFrame with a ``similarity`` (cosine) column.
@@ -128,6 +131,10 @@ def search(
     ``KEY@WINDOW_START#CLASS``) or ``like_audio`` (a file or its bytes).  Boxes and audio are
     embedded with the runs' model (``weights`` where it now lives elsewhere) and parameters.
     The runs must share one model: other models' vectors do not compare.
+
+    ``distributed``: the runs' tables (in S3) are scanned by the Celery workers of
+    ``ECHOCAM_BROKER_URL``, in ``parts`` parts of whole row groups each (0: one a row group,
+    at most 256), and the caller merges their best rows: the same answer as a local search.
     """
     import pandas as pd
 
@@ -160,17 +167,18 @@ def search(
         exclude.append((key, row, None if windows else name))
     else:
         query = _embedded_query(described[0], uris[0], like, like_audio, windows, weights, settings)
+    options = dict(
+        top=top, windows=windows, class_name=class_name, min_similarity=min_similarity,
+        exclude=exclude,
+    )  # fmt: skip
     found = []
     for uri, store in zip(uris, stores, strict=True):
-        t = scan(
-            run_batches(store),
-            query,
-            top=top,
-            windows=windows,
-            class_name=class_name,
-            min_similarity=min_similarity,
-            exclude=exclude,
-        )
+        if distributed:
+            rows = _search_on_workers(uri, store, query, options, parts=parts, timeout_s=timeout_s)
+            if rows:
+                found.append(pd.DataFrame(rows).assign(run=uri))
+            continue
+        t = scan(run_batches(store), query, **options)
         if t.num_rows:
             found.append(t.drop_columns(["vector"]).to_pandas().assign(run=uri))
     if not found:
@@ -187,6 +195,31 @@ def search(
     return best[order].reset_index(drop=True)
 
 
+def _search_on_workers(uri, store, query, options, *, parts: int, timeout_s: float) -> list[dict]:
+    """A run's best rows, its table's row groups scanned by the Celery workers in ``parts``
+    parts (``worker.tasks.search``), merged here in row-group order."""
+    from celery import group
+
+    from echocam.bucket.protocol import SEARCH_TASK
+    from echocam.search import row_groups
+    from worker.app import app
+
+    if not uri.startswith("s3://"):
+        raise InvalidParams(f"--distributed searches runs in S3, which workers read; not {uri}")
+    n = row_groups(store)
+    if not n:
+        return []
+    k = min(n, parts or 256)
+    chunks = [list(range(n))[i::k] for i in range(k)]  # interleaved: each part a similar size
+    chunks = [sorted(c) for c in chunks if c]
+    sig = app.signature(SEARCH_TASK)
+    args = [(uri, c, np.asarray(query, np.float32).tolist(), options) for c in chunks]
+    answers = group(sig.clone(args=a) for a in args).apply_async().get(timeout=timeout_s)
+    rows = [row for answer in answers for row in answer]
+    rows.sort(key=lambda r: -r["similarity"])  # stable: ties keep their parts' order
+    return rows[: options["top"]]
+
+
 def _embedded_query(run, uri, like, like_audio, windows, weights, settings):
     """The query vector of a box (``like``) or a clip (``like_audio``), embedded with the run's
     model and parameters."""
@@ -197,9 +230,8 @@ def _embedded_query(run, uri, like, like_audio, windows, weights, settings):
     from echocam.explain.query import box_vector, clip_vector
     from echocam.search import Box
 
-    model = load_model_from(
-        dataclasses.replace(settings, weights=weights or run["model"]["weights"])
-    )
+    weights = weights or run["model"]["weights"]
+    model = load_model_from(dataclasses.replace(settings, weights=weights))
     if model.sha256 != run["model"]["sha256"]:
         raise InvalidParams(
             f"{uri} was made by model {run['model']['sha256'][:12]}, but "

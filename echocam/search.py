@@ -10,11 +10,10 @@ with windows.  No torch here (numpy's matrix product; figures in
 
 from __future__ import annotations
 
+import io
 import re
-import shutil
-import tempfile
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import BinaryIO
 
@@ -80,14 +79,69 @@ def parse_detection_id(text: str) -> tuple[str, float, str]:
     return key, begin, class_name
 
 
-def run_batches(store: Store, *, columns: list[str] | None = None) -> Iterator[pa.RecordBatch]:
-    """The run's embeddings.parquet a row group at a time (none: the run has no embeddings)."""
+def run_batches(
+    store: Store, *, row_groups: Sequence[int] | None = None, columns: list[str] | None = None
+) -> Iterator[pa.RecordBatch]:
+    """The run's embeddings.parquet (or those of its ``row_groups``) a row group at a time; none
+    when the run has no embeddings.  An object store's table is read by ranges, never whole."""
     try:
-        f = store.stream(embeddings.NAME)
+        f = _open(store)
     except FileNotFoundError:
         return
-    with _seekable(f) as seekable:
-        yield from pq.ParquetFile(seekable).iter_batches(batch_size=BATCH_ROWS, columns=columns)
+    with f:
+        table = pq.ParquetFile(f)
+        groups = range(table.num_row_groups) if row_groups is None else row_groups
+        for g in groups:
+            yield from table.read_row_group(g, columns=columns).to_batches()
+
+
+def row_groups(store: Store) -> int:
+    """How many row groups the run's embeddings table has (0: none)."""
+    try:
+        with _open(store) as f:
+            return pq.ParquetFile(f).num_row_groups
+    except FileNotFoundError:
+        return 0
+
+
+def _open(store: Store) -> BinaryIO:
+    """The run's table as a seekable file: a local file, or ranged reads of an S3 object."""
+    f = store.stream(embeddings.NAME)
+    if f.seekable():
+        return f
+    f.close()
+    size = store.head(embeddings.NAME).size
+    return io.BufferedReader(_Ranges(store, embeddings.NAME, size), buffer_size=1 << 20)
+
+
+class _Ranges(io.RawIOBase):
+    """A read-only, seekable file over an object, each read one ranged GET."""
+
+    def __init__(self, store: Store, key: str, size: int):
+        self.store, self.key, self.size, self.at = store, key, size, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self.at
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self.at, io.SEEK_END: self.size}[whence]
+        self.at = max(0, base + offset)
+        return self.at
+
+    def readinto(self, buffer) -> int:
+        stop = min(self.size, self.at + len(buffer))
+        if stop <= self.at:
+            return 0
+        data = self.store.get_range(self.key, self.at, stop)
+        buffer[: len(data)] = data
+        self.at += len(data)
+        return len(data)
 
 
 def stored_vector(
@@ -109,18 +163,6 @@ def stored_vector(
     raise InvalidParams(f"no detection {detection_id(key, begin_s, class_name)} in the runs")
 
 
-def _seekable(f: BinaryIO) -> BinaryIO:
-    """``f``, or a temporary copy of it where it cannot seek (an S3 body): Parquet reads its
-    footer first."""
-    if f.seekable():
-        return f
-    with f:
-        copy = tempfile.TemporaryFile()  # noqa: SIM115 (the caller's with closes it)
-        shutil.copyfileobj(f, copy, 1 << 20)
-    copy.seek(0)
-    return copy
-
-
 def scan(
     batches: Iterable[pa.RecordBatch],
     query: np.ndarray,
@@ -139,7 +181,7 @@ def scan(
     """
     q = np.asarray(query, dtype=np.float32)
     q = torch.from_numpy(q / max(float(np.linalg.norm(q)), 1e-12))
-    skip = set(exclude)
+    skip = {tuple(e) for e in exclude}  # lists, when they came as JSON
     best: pa.Table | None = None
     for batch in batches:
         keep = pc.is_null(batch.column("class_name"))

@@ -323,6 +323,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
+    if args.distributed:
+        _env_from(args, Settings)
     from echocam.api import search
 
     found = search(
@@ -336,6 +338,8 @@ def cmd_search(args: argparse.Namespace) -> int:
         windows=args.windows,
         weights=args.weights,
         settings=_settings(args),
+        distributed=args.distributed,
+        parts=args.parts,
     )
     if args.out is None:
         print(found.to_csv(index=False), end="")
@@ -732,10 +736,20 @@ def _add_search(sub) -> None:
     se.add_argument(
         "--out", default=None, metavar="FILE", help="write FILE.csv or FILE.parquet instead"
     )
+    se.add_argument(
+        "--distributed",
+        action="store_true",
+        help="scan the runs' tables (in S3) on the Celery workers of ECHOCAM_BROKER_URL, each "
+        "a part of the row groups, and merge their best rows here",
+    )
+    se.add_argument(
+        "--parts", type=int, default=0, help="with --distributed: how many parts per run "
+        "[default: one a row group, at most 256]",
+    )  # fmt: skip
     _add_fields(
         se,
         Settings,
-        ["weights", "device", "s3_endpoint_url", "s3_region"],
+        ["weights", "device", "broker_url", "queue", "s3_endpoint_url", "s3_region"],
         "settings (--weights: where the runs' model is now, if it moved)",
     )
     se.set_defaults(func=cmd_search)

@@ -12,7 +12,9 @@ from echocam.settings import Settings
 
 settings = Settings.from_env()
 
-app = Celery("echocam", broker=settings.broker_url, backend=None)
+# The result backend carries only what a task asks to return (a distributed search's part):
+# every other task's result is ignored (``task_ignore_result``).
+app = Celery("echocam", broker=settings.broker_url, backend=settings.broker_url)
 app.conf.update(
     # JSON only on the wire: a pickled message is rejected, never deserialised.
     task_serializer="json",
@@ -38,6 +40,7 @@ app.conf.update(
     task_time_limit=settings.task_time_limit,
     # Results live in the bucket (records); progress in Redis counters.
     task_ignore_result=True,
+    result_expires=3600,
     # Events for Flower.
     worker_send_task_events=True,
     task_send_sent_event=True,

@@ -12,6 +12,7 @@ import os
 import sys
 import time
 
+import numpy as np
 from botocore.exceptions import BotoCoreError, ClientError
 from celery import signals
 from celery.exceptions import SoftTimeLimitExceeded
@@ -196,3 +197,18 @@ def compact(self, output: str, run_id: str, wrote: bool = True) -> dict:
     log.error("echocam: compaction of %s failed: %s", output, error)
     progress.compaction_failed(r, run_id, f"{error}; `echocam manifest {output}` writes it")
     return {"error": error}
+
+
+@app.task(name=protocol.SEARCH_TASK, ignore_result=False, acks_late=False)
+def search(output: str, row_groups: list[int], query: list[float], options: dict) -> list[dict]:
+    """The best rows of ``row_groups`` of the run ``output``'s embeddings table like ``query``
+    (``echocam.search.scan``'s ``options``), without their vectors: one part of
+    ``echocam search --distributed``.  Not acked late: a lost part fails the search, which the
+    caller retries, instead of a redelivery the caller no longer waits for."""
+    from echocam.search import run_batches, scan
+
+    store = state.store(output)
+    found = scan(
+        run_batches(store, row_groups=row_groups), np.asarray(query, np.float32), **options
+    )
+    return found.drop_columns(["vector"]).to_pylist() if found.num_rows else []

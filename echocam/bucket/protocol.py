@@ -28,6 +28,8 @@ from echocam.errors import TRANSIENT_CODES
 TASK_NAME = "echocam.process"
 #: The run-end task that writes the manifest: arguments :func:`compaction_args`.
 COMPACTION_TASK = "echocam.compact"
+#: One part of a distributed "more like this" search: arguments ``echocam.search.part_args``.
+SEARCH_TASK = "echocam.search"
 
 # Why a recording is skipped (what --dry-run prints).
 DONE = "done (current record)"

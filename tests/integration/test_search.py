@@ -13,10 +13,11 @@ import pyarrow.parquet as pq
 import pytest
 import soundfile as sf
 
+from devtools.services import RedisServer, SeaweedS3
 from devtools.stack import echocam
 from echocam.bucket import embeddings
 from echocam.search import detection_id
-from tests.helpers import chirp, recordings, wav_bytes
+from tests.helpers import chirp, marks, own_queue, recordings, start_worker, wav_bytes
 
 pytestmark = pytest.mark.slow
 
@@ -165,3 +166,61 @@ def test_bad_queries_fail_with_a_clear_message(run):
         assert proc.returncode == 2 and message in proc.stderr, proc.stderr
     proc = echocam(run["env"], "search", str(run["out"] / "site"), "--like-detection", "a@0#b")
     assert proc.returncode == 2 and "run.json" in proc.stderr
+
+
+# -- on the workers ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+@marks("redis", "s3", "worker")
+def bucket_run(tmp_path_factory, species_checkpoint, request):
+    """A bucket run (SeaweedFS, Redis, two workers) of the real recordings, small row groups:
+    its table has several to share out."""
+    d = tmp_path_factory.mktemp("bucket-search")
+    with RedisServer() as redis_srv, SeaweedS3() as s3:
+        s3.create_bucket("audio")
+        s3.create_bucket("runs")
+        client = s3.client()
+        for p in recordings():
+            client.put_object(Bucket="audio", Key=f"site/{p.name}", Body=p.read_bytes())
+        env = {
+            **os.environ,
+            **s3.env(),
+            "ECHOCAM_BROKER_URL": redis_srv.url,
+            "ECHOCAM_QUEUE": own_queue(request),
+            "ECHOCAM_WEIGHTS": str(species_checkpoint),
+            "ECHOCAM_THREADS": "1",
+        }
+        workers = [start_worker(request, env, name=f"s{i}", log_dir=d) for i in (1, 2)]
+        try:
+            proc = echocam(env, "produce", "s3://audio/site", "--out", "s3://runs/one",
+                           "--wait", "--timeout", "600", "--task-size", "2")  # fmt: skip
+            assert proc.returncode == 0, proc.stderr
+            # the table again in row groups of 8 rows, as a big run's would be many
+            t = pq.read_table(io.BytesIO(client.get_object(Bucket="runs", Key="one/" +
+                              embeddings.NAME)["Body"].read()))  # fmt: skip
+            buf = io.BytesIO()
+            pq.write_table(t, buf, row_group_size=8)
+            client.put_object(Bucket="runs", Key="one/" + embeddings.NAME, Body=buf.getvalue())
+            yield {"env": env, "table": t, "workers": workers}
+        finally:
+            for w in workers:
+                w.stop()
+
+
+def test_distributed_search_answers_what_the_local_search_answers(bucket_run):
+    t, env = bucket_run["table"], bucket_run["env"]
+    dets = t.filter(t.column("class_name").is_valid())
+    i = dets.num_rows // 2
+    qid = detection_id(
+        *(dets.column(n)[i].as_py() for n in ("source_key", "begin_s", "class_name"))
+    )
+    local = echocam(env, "search", "s3://runs/one", "--like-detection", qid, "--top", "9")
+    assert local.returncode == 0, local.stderr
+    for parts in ("3", "0"):  # three parts, and one a row group
+        spread = echocam(env, "search", "s3://runs/one", "--like-detection", qid, "--top", "9",
+                         "--distributed", "--parts", parts)  # fmt: skip
+        assert spread.returncode == 0, spread.stderr + bucket_run["workers"][0].log_tail()
+        assert spread.stdout == local.stdout and len(local.stdout.splitlines()) == 10
+    logs = [w.log_path.read_text(errors="replace") for w in bucket_run["workers"]]
+    assert all("echocam.search" in log for log in logs), "both workers took parts"
