@@ -10,8 +10,9 @@ well it finds the same call type.
   pyarrow reading Parquet's list of float16 (the format not chosen); seconds and peak memory
   (target: 1M rows in <= 1 s on 2 cores).
 - **quality** (``--quality WORKDIR``, a ``bench_families.py --workdir``): precision@10 from each
-  held-out clip's call, with the call-box embedding and with the window embedding, for the call
-  types the model was trained on and for two it never saw (tuned families' species).
+  held-out clip's call, with the call-box embedding, the window embedding, and the embedding
+  under the call's true box (as ``--like`` draws it), for the call types the model was trained
+  on and for two it never saw (tuned families' species).
 
     python benchmarks/bench_search.py [--rows 1000000 10000000] [--quality /tmp/fam]
         [--json benchmarks/results/search.json]
@@ -49,8 +50,9 @@ def cost(args: argparse.Namespace, work: Path) -> dict:
     """Local mode with and without the embeddings output, in turns."""
     src = work / "in"
     src.mkdir(parents=True)
-    for p in C.recordings()[: args.recordings]:
-        shutil.copy(p, src / p.name)
+    for copy in range(args.copies):  # more windows than model loads: the run's time is theirs
+        for p in C.recordings()[: args.recordings]:
+            shutil.copy(p, src / f"{copy}-{p.name}")
     env = {**os.environ, "ECHOCAM_WEIGHTS": "random", "ECHOCAM_THREADS": str(args.threads)}
     walls: dict[str, list[float]] = {"with": [], "without": []}
     sizes: dict[str, int] = {}
@@ -141,7 +143,9 @@ def latency(args: argparse.Namespace, work: Path) -> dict:
     out: dict[str, dict] = {}
     query = "np.random.default_rng(9).random(512).astype(np.float32)"
     for n in args.rows:
-        paths = {fmt: work / f"{fmt}-{n}.parquet" for fmt in ("echocam", "float32", "float16list")}
+        paths = {fmt: work / f"{fmt}-{n}.parquet" for fmt in ("float32", "float16list")}
+        paths["echocam"] = work / f"run-{n}" / embeddings.NAME  # a run's table
+        paths["echocam"].parent.mkdir()
         t0 = time.perf_counter()
         for fmt, path in paths.items():
             if fmt != "float16list" or n <= 1_000_000:  # 12 s a million rows: enough said
@@ -152,10 +156,10 @@ def latency(args: argparse.Namespace, work: Path) -> dict:
         methods = {
             "baseline: the imports alone": f"print(0.0, {peak})",
             "echocam scan (float16 product + float32 refinement)": f"""
-from echocam.search import scan
-import pyarrow.parquet as pq
+from echocam.bucket.storage import LocalStore
+from echocam.search import run_batches, scan
 q = {query}
-f = lambda: scan(pq.ParquetFile('{paths["echocam"]}').iter_batches(batch_size={ROW_GROUP}), q, top={TOP})
+f = lambda: scan(run_batches(LocalStore('{paths["echocam"].parent}')), q, top={TOP})
 f(); t0 = time.perf_counter(); f(); print(time.perf_counter() - t0, {peak})""",
             "DuckDB array_cosine_similarity (FLOAT[512])": f"""
 import duckdb
@@ -170,13 +174,13 @@ f(); t0 = time.perf_counter(); f(); print(time.perf_counter() - t0, {peak})""",
 import pyarrow.parquet as pq
 from echocam.bucket.embeddings import vectors
 q = {query}
-v = np.concatenate([vectors(b).astype(np.float32) for b in pq.ParquetFile('{paths["echocam"]}').iter_batches()])
+v = np.concatenate([vectors(b).astype(np.float32) for b in pq.ParquetFile('{paths["echocam"]}', pre_buffer=False).iter_batches()])
 f = lambda: np.argpartition(-(v @ q), {TOP})[:{TOP}]
 f(); t0 = time.perf_counter(); f(); print(time.perf_counter() - t0, {peak})"""
         if n <= 1_000_000:
             methods["reading Parquet list<float16> alone (rejected format)"] = f"""
 import pyarrow.parquet as pq
-f = lambda: [b for b in pq.ParquetFile('{paths["float16list"]}').iter_batches(batch_size={ROW_GROUP})]
+f = lambda: [b for b in pq.ParquetFile('{paths["float16list"]}', pre_buffer=False).iter_batches(batch_size={ROW_GROUP})]
 t0 = time.perf_counter(); f(); print(time.perf_counter() - t0, {peak})"""
         found = {name: _in_child(head + code) for name, code in methods.items()}
         size = paths["echocam"].stat().st_size
@@ -207,13 +211,18 @@ def quality(args: argparse.Namespace, work: Path) -> dict:
     shutil.copytree(wd / "heldout", src, ignore=shutil.ignore_patterns("*.csv"))
     _, held = synthetic.split_recordings(C.recordings())
     unseen = [k for k in families.TUNED if k in ("upsweep", "pulse_trill")]
-    more_like_this.write_unseen(src, held, kinds=unseen, per_class=15, seed=0)
+    clips = more_like_this.write_unseen(src, held, kinds=unseen, per_class=15, seed=0)
     settings = Settings(weights=str(ckpt), threads=args.threads)
     run_local(str(src), str(work / "run"), params=Params(), settings=settings, progress=False,
               explicit=())  # fmt: skip
+    boxes = more_like_this.truth_boxes([wd / "heldout" / "calls.csv", src / "calls.csv"])
+    assert all(c.name in boxes for c in clips)
     found = {}
-    for label, windows in (("call box", False), ("window", True)):
-        per = more_like_this.precision_at_k(work / "run", k=TOP, windows=windows)
+    for label in ("call box", "window", "true call box, drawn (--like)"):
+        if label.startswith("true"):
+            per = more_like_this.precision_drawn(work / "run", src, boxes, k=TOP)
+        else:
+            per = more_like_this.precision_at_k(work / "run", k=TOP, windows=label == "window")
         trained = [v for s, v in per.items() if s.rsplit("-", 1)[0] not in unseen]
         never = [v for s, v in per.items() if s.rsplit("-", 1)[0] in unseen]
         found[label] = {"trained": round(float(np.mean(trained)), 3),
@@ -231,6 +240,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3, help="pairs of runs for the cost")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--recordings", type=int, default=None, help="the first N (default: all)")
+    ap.add_argument("--copies", type=int, default=4, help="copies of each, for the cost")
     ap.add_argument("--skip", nargs="*", default=[], choices=["cost", "latency"])
     ap.add_argument("--quality", default=None, help="a bench_families.py --workdir")
     ap.add_argument("--json", default=None, help="write the results here")

@@ -53,7 +53,7 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
         "--set epoch_windows=4 --set batch_size=4",
     ),
     "input_size": ("", "--windows 4 --rounds 1 --batch 4"),
-    "search": ("--rows 1000000 10000000", "--rows 20000 --repeats 1 --recordings 2"),
+    "search": ("--rows 1000000 10000000", "--rows 20000 --repeats 1 --recordings 2 --copies 1"),
     # No GPU here: its dry run on the CPU checks the script (the quick form without the
     # processes part, whose spawned processes each import torch).
     "gpu_check": (

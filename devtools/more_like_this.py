@@ -61,3 +61,54 @@ def precision_at_k(run: str | Path, *, k: int = 10, windows: bool = False) -> di
         hits = [s.split("/")[0] == species[i] for s in best.column("source_key").to_pylist()]
         found.setdefault(species[i], []).append(sum(hits) / k)
     return {name: float(np.mean(p)) for name, p in sorted(found.items())}
+
+
+def truth_boxes(calls_csvs: Sequence[Path]) -> dict[str, tuple[float, float, float, float]]:
+    """Each clip's call box (s, s, Hz, Hz) from ``synthetic.write_calls_csv`` files."""
+    import csv
+
+    out = {}
+    for path in calls_csvs:
+        with Path(path).open() as f:
+            for row in csv.DictReader(f):
+                out[row["key"]] = tuple(
+                    float(row[n]) for n in ("start_s", "end_s", "low_hz", "high_hz")
+                )
+    return out
+
+
+def precision_drawn(
+    run: str | Path, src: Path, boxes: dict[str, tuple], *, k: int = 10
+) -> dict[str, float]:
+    """:func:`precision_at_k` as if every call's box were drawn by hand (``--like``): each clip
+    with a call is embedded under its true box by the run's model; clips without one keep their
+    detection's vector."""
+    import json
+
+    from echocam.bucket.embeddings import vectors
+    from echocam.explain.model import load_model
+    from echocam.explain.query import box_vector
+    from echocam.search import Box
+    from echocam.settings import Params
+
+    described = json.loads(Path(run, "run.json").read_text())
+    model = load_model(described["model"]["weights"])
+    params = Params.from_dict(described["params"])
+    table = pq.read_table(Path(run, "embeddings.parquet"))
+    rows = table.filter(pc.invert(pc.is_null(table.column("class_name"))))
+    keys = rows.column("source_key").to_pylist()
+    stored = vectors(rows).astype(np.float32)
+    v = np.stack([
+        box_vector(model, params, (src / key).read_bytes(), Box(key, *boxes[key]))
+        if key in boxes else stored[i]
+        for i, key in enumerate(keys)
+    ])  # fmt: skip
+    v /= np.linalg.norm(v, axis=1, keepdims=True)
+    species = np.array([key.split("/")[0] for key in keys])
+    sims = v @ v.T
+    np.fill_diagonal(sims, -np.inf)
+    found: dict[str, list[float]] = {}
+    for i in np.flatnonzero(species != synthetic.NOISE_CLASS):
+        best = np.argsort(-sims[i], kind="stable")[:k]
+        found.setdefault(species[i], []).append(float(np.mean(species[best] == species[i])))
+    return {name: float(np.mean(p)) for name, p in sorted(found.items())}

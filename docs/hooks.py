@@ -11,9 +11,10 @@ the markdown of ``NAME``:
 - ``cli``: ``echocam_cli.build_parser()``, each subcommand's help (and ``echocam metrics``'s own
   parser, ``producer.exporter.build_parser()``);
 - ``metrics``: the metric families of ``producer.exporter.EchocamCollector``;
-- ``manifest_columns``, ``detections_columns``, ``raven_columns``: the tables' Arrow schemas
-  (``echocam.bucket.manifest.SCHEMA``, ``echocam.bucket.detections.SCHEMA``) and the Raven
-  table's columns;
+- ``manifest_columns``, ``detections_columns``, ``raven_columns``, ``embeddings_columns``: the
+  tables' Arrow schemas (``echocam.bucket.manifest.SCHEMA``, ``echocam.bucket.detections.SCHEMA``,
+  ``echocam.bucket.embeddings.schema``) and the Raven table's columns;
+- ``search_latency``, ``search_quality``: ``benchmarks/results/search.json``'s figures;
 - ``performance``: ``benchmarks/performance_page.py``'s ``render(results_dir)`` over
   ``benchmarks/results/``.
 
@@ -25,6 +26,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import importlib.util
+import json
 import re
 import sys
 from collections.abc import Callable
@@ -291,6 +293,52 @@ def raven_columns() -> str:
     return ", ".join(f"`{c}`" for c in detections.RAVEN_COLUMNS)
 
 
+def embeddings_columns() -> str:
+    from echocam.bucket import embeddings
+
+    return columns(embeddings.schema(512))
+
+
+# --- search figures (benchmarks/results/search.json) ---------------------------------------
+
+
+def _search_result() -> dict:
+    path = RESULTS / "search.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path.relative_to(ROOT)}: run benchmarks/bench_search.py")
+    return json.loads(path.read_text())
+
+
+def _measured_on(r: dict) -> str:
+    m = r.get("machine") or {}
+    return f"Measured {r.get('date', '')[:10]} on {m.get('cpu')}, {m.get('cores')} cores."
+
+
+def search_latency() -> str:
+    r = _search_result()
+    out = ["| rows | method | seconds | peak memory (MB) |", "| --- | --- | --- | --- |"]
+    for n, found in r["latency"]["by_rows"].items():
+        base = found["methods"].get("baseline: the imports alone", {}).get("peak_mb", 0)
+        for name, m in found["methods"].items():
+            if name.startswith("baseline"):
+                continue
+            out.append(f"| {int(n):,} | {cell(name)} | {m['seconds']:.3g} | "
+                       f"{m['peak_mb'] - base:,.0f} above the imports |")  # fmt: skip
+    return "\n".join(out) + f"\n\n{_measured_on(r)}\n"
+
+
+def search_quality() -> str:
+    r = _search_result()
+    q = r.get("quality")
+    if not q:
+        return "*(not measured: `bench_search.py --quality WORKDIR`)*\n"
+    out = ["| embedding | trained call types | call types never seen |", "| --- | --- | --- |"]
+    for label, p in q["precision_at_10"].items():
+        out.append(f"| {cell(label)} | {p['trained']:.2f} | {p['unseen']:.2f} |")
+    unseen = ", ".join(q["unseen_families"])
+    return "\n".join(out) + f"\n\nUnseen: {unseen}. {_measured_on(r)}\n"
+
+
 # --- metrics -------------------------------------------------------------------------------
 
 
@@ -331,5 +379,8 @@ GENERATORS: dict[str, Callable[[], str]] = {
     "manifest_columns": manifest_columns,
     "detections_columns": detections_columns,
     "raven_columns": raven_columns,
+    "embeddings_columns": embeddings_columns,
+    "search_latency": search_latency,
+    "search_quality": search_quality,
     "performance": performance,
 }

@@ -89,10 +89,9 @@ def run_batches(
     except FileNotFoundError:
         return
     with f:
-        table = pq.ParquetFile(f)
-        groups = range(table.num_row_groups) if row_groups is None else row_groups
-        for g in groups:
-            yield from table.read_row_group(g, columns=columns).to_batches()
+        # pre_buffer off: on, pyarrow held every row group read until the file was closed
+        table = pq.ParquetFile(f, pre_buffer=False)
+        yield from table.iter_batches(batch_size=BATCH_ROWS, row_groups=row_groups, columns=columns)
 
 
 def row_groups(store: Store) -> int:

@@ -16,14 +16,16 @@ from __future__ import annotations
 import time
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from echocam.bucket.chunking import chunked
 from echocam.bucket.storage import Store
+
+if TYPE_CHECKING:
+    import numpy as np  # the producer runs this package without numpy: imported where used
 
 NAME = "embeddings.parquet"  # a recording's, under its key, and the run's, at the root
 SHARDS = "_manifest/embeddings/"
@@ -65,6 +67,8 @@ def dim_of(t: pa.Schema) -> int:
 def table(columns: dict[str, list], vectors: np.ndarray) -> pa.Table:
     """An embeddings table from its columns but the vector, and (rows, dim) ``vectors`` (made
     unit length here)."""
+    import numpy as np
+
     rows, dim = vectors.shape
     norms = np.linalg.norm(vectors, axis=1, keepdims=True)
     unit = (vectors / np.maximum(norms, 1e-12)).astype("<f2")
@@ -78,6 +82,8 @@ def table(columns: dict[str, list], vectors: np.ndarray) -> pa.Table:
 def vectors(t: pa.Table | pa.RecordBatch) -> np.ndarray:
     """(rows, dim) float16 of the vectors of a table or batch of :func:`schema` (a view where
     it can be)."""
+    import numpy as np
+
     column = t.column("vector")
     if isinstance(column, pa.ChunkedArray):
         column = column.combine_chunks()
@@ -92,7 +98,7 @@ def vectors(t: pa.Table | pa.RecordBatch) -> np.ndarray:
 def to_parquet(t: pa.Table) -> bytes:
     """``t`` as Parquet bytes."""
     buf = pa.BufferOutputStream()
-    pq.write_table(t, buf, compression=_codecs(t.schema), row_group_size=_ROW_GROUP)
+    pq.write_table(t, buf, row_group_size=_ROW_GROUP, **_options(t.schema))
     return buf.getvalue().to_pybytes()
 
 
@@ -111,8 +117,13 @@ def _shard_key() -> str:
     return f"{SHARDS}{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{uuid.uuid4().hex}.parquet"
 
 
-def _codecs(t: pa.Schema) -> dict[str, str]:
-    return {name: COMPRESSION[name] for name in t.names}
+def _options(t: pa.Schema) -> dict[str, Any]:
+    """How a table of ``t`` is written: :data:`COMPRESSION`, and no statistics for the vectors
+    (a min and max of 1-kB values: half a one-window recording's file)."""
+    return {
+        "compression": {name: COMPRESSION[name] for name in t.names},
+        "write_statistics": [name for name in t.names if name != "vector"],
+    }
 
 
 def _with_digest(t: pa.Table, digest: str) -> pa.Table:
@@ -212,7 +223,7 @@ def _write(reader: pa.RecordBatchReader, path: Path, *, digest: bool) -> int:
                 target = target.append(pa.field("record_digest", pa.string()))
             t = pa.Table.from_batches([batch]).select(target.names).cast(target)
             if writer is None:
-                writer = pq.ParquetWriter(path, target, compression=_codecs(target))
+                writer = pq.ParquetWriter(path, target, **_options(target))
             writer.write_table(t, row_group_size=_ROW_GROUP)
             n += t.num_rows
     finally:
