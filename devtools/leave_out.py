@@ -51,17 +51,36 @@ def write_clips(
     (root / "bg").mkdir(parents=True, exist_ok=True)
     for p in train_paths:
         (root / "bg" / p.name).write_bytes(p.read_bytes())
+    return write_heldout(
+        root / "heldout", species, held_paths, per_class=heldout, seed=seed + 2,
+        noise_class=noise, overlap_p=overlap_p,
+    )  # fmt: skip
+
+
+def write_heldout(
+    root: Path,
+    species: Sequence,
+    held_paths: Sequence[Path],
+    *,
+    per_class: int,
+    seed: int,
+    noise_class: str | None,
+    overlap_p: float = 0.3,
+    prefix: str = "held",
+) -> list[synthetic.Clip]:
+    """Held-out clips under ``root``: 5 s, one call each, SNRs -6 to 6 dB, over the held-out
+    recordings ``held_paths``; with chance ``overlap_p`` over the background's loudest stretch."""
     return synthetic.write_species(
-        root / "heldout",
-        per_class=heldout,
+        root,
+        per_class=per_class,
         backgrounds=synthetic.backgrounds(held_paths),
-        seed=seed + 2,
+        seed=seed,
         duration_s=5.0,
         n_calls=1,
         snr_db=(-6.0, 6.0),
         species=species,
-        noise_class=noise,
-        prefix="held",
+        noise_class=noise_class,
+        prefix=prefix,
         overlap_p=overlap_p,
     )
 

@@ -15,26 +15,19 @@ import numpy as np
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from devtools import families, synthetic
+from devtools import families, leave_out, synthetic
 
 
 def write_unseen(
     root: Path, held_paths: Sequence[Path], *, kinds: Sequence[str], per_class: int, seed: int
 ) -> list[synthetic.Clip]:
-    """Held-out-style clips (5 s, one call) of species of ``kinds`` families under ``root``."""
+    """Held-out clips (``leave_out.write_heldout``) of a species of each of the ``kinds``
+    families, under ``root``: call types a model trained on other families never saw."""
     species = families.draw_species(kinds, rng=np.random.default_rng(seed))
-    return synthetic.write_species(
-        root,
-        per_class=per_class,
-        backgrounds=synthetic.backgrounds(held_paths),
-        seed=seed + 7,
-        duration_s=5.0,
-        n_calls=1,
-        snr_db=(-6.0, 6.0),
-        species=species,
-        noise_class=None,
+    return leave_out.write_heldout(
+        root, species, held_paths, per_class=per_class, seed=seed + 7, noise_class=None,
         prefix="unseen",
-    )
+    )  # fmt: skip
 
 
 def precision_at_k(run: str | Path, *, k: int = 10, windows: bool = False) -> dict[str, float]:

@@ -102,10 +102,16 @@ def to_parquet(t: pa.Table) -> bytes:
     return buf.getvalue().to_pybytes()
 
 
-def write_shard(store: Store, parts: list[tuple[str, bytes]]) -> str | None:
-    """Put one shard of (record digest, the record's embeddings.parquet bytes) ``parts``; its
-    key (None when there are none)."""
-    tables = [_with_digest(pq.read_table(pa.BufferReader(data)), d) for d, data in parts]
+def read(store: Store, key: str) -> pa.Table:
+    """The embeddings file at ``key``."""
+    data, _ = store.get(key)
+    return pq.read_table(pa.BufferReader(data))
+
+
+def write_shard(store: Store, parts: list[tuple[str, pa.Table]]) -> str | None:
+    """Put one shard of (record digest, the record's embeddings) ``parts``; its key (None when
+    there are none)."""
+    tables = [_with_digest(t, digest) for digest, t in parts]
     if not tables:
         return None
     key = _shard_key()
@@ -174,15 +180,14 @@ def compact(
         + (" AND source_key NOT IN (SELECT source_key FROM emb)" if have else "")
     ).fetchall()
 
-    def read(key_digest: tuple[str, str]) -> pa.Table | None:
+    def file(key_digest: tuple[str, str]) -> pa.Table | None:
         key, digest = key_digest
         try:
-            data, _ = store.get(key)
+            return _with_digest(read(store, key), digest)
         except FileNotFoundError:
             return None  # replaced since: the next compaction finds its successor
-        return _with_digest(pq.read_table(pa.BufferReader(data)), digest)
 
-    extra = [t for t in pool.map(read, todo) if t is not None]
+    extra = [t for t in pool.map(file, todo) if t is not None]
     if extra:
         path = Path(tmp, "embeddings-extra.parquet")
         pq.write_table(pa.concat_tables(extra), path)

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any, BinaryIO
 
 import numpy as np
+import pyarrow as pa
 
 from echocam.bucket import detections, embeddings, records
 from echocam.bucket.keys import output_key
@@ -55,6 +56,7 @@ class Result:
 
     record: Record
     files: dict[str, Blob] = field(default_factory=dict)
+    embeddings: pa.Table | None = None  # the embeddings file's table, for the chunk's shard
 
     def close(self) -> None:
         for blob in self.files.values():
@@ -261,9 +263,9 @@ class Encoder:
         h = {name: np.stack(arrays) for name, arrays in self.small.items()}
         keys = {name: output_key(key, name) for name in (CAM, SELECTIONS, LABELS, EMBEDDINGS)}
         written: dict[str, Any] = {}
+        table = None
         if self.embeddings is not None:
-            length_s = self.length / p.sample_rate
-            table = self.embeddings.table(names=names, length_s=length_s)
+            table = self.embeddings.table(names=names, length_s=self.length / p.sample_rate)
             written["embeddings"] = keys[EMBEDDINGS]
             self.files[keys[EMBEDDINGS]] = spool(embeddings.to_parquet(table))
         if "cam" in self.want:
@@ -320,7 +322,7 @@ class Encoder:
             self.files[keys[SELECTIONS]] = detections.raven_table(found).encode()
             self.files[keys[LABELS]] = detections.audacity_labels(found).encode()
         self.seconds += time.perf_counter() - t0
-        return Result(record, self.files)
+        return Result(record, self.files, table)
 
     @staticmethod
     def _spooled(f: BinaryIO) -> Blob:

@@ -16,13 +16,15 @@ from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
+import pyarrow as pa
+
 from echocam.bucket import embeddings, index, manifest, records
 from echocam.bucket.index import Stored
 from echocam.bucket.protocol import RESUME, Redo, is_done
 from echocam.bucket.records import Record
 from echocam.bucket.storage import ObjectInfo, Store
 from echocam.errors import DownloadFailed, EchoCamError
-from echocam.explain.encoder import Result, read
+from echocam.explain.encoder import Result
 from echocam.explain.pipeline import Computed, Decoded, Explainer, Source
 
 
@@ -150,51 +152,50 @@ def complete(
     """
     outcomes = dict(prepared.outcomes)
     shard = list(prepared.current)
-    vectors: dict[str, bytes] = {}  # record digest → the embeddings file just written
+    vectors: dict[str, pa.Table] = {}  # record digest → the embeddings just written
     if computed is not None:
         results = explainer.finish(computed)
         if not computed.last:
             return None
 
-        def write(result: Result) -> tuple[Outcome, Stored | None, bytes | None]:
+        def write(result: Result) -> tuple[Outcome, Stored | None, pa.Table | None]:
             try:
                 out, stored = _write(
                     dst, result, run_id=run_id, old=prepared.old[result.record["source_key"]]
                 )
-                key = result.record["outputs"].get("embeddings")
-                return out, stored, read(result.files[key]) if stored and key else None
+                return out, stored, result.embeddings
             finally:
                 result.close()
 
-        for out, stored, data in pool.map(write, results):
+        for out, stored, table in pool.map(write, results):
             outcomes[out.key] = out
             if stored is not None:
                 shard.append(stored)
-            if data is not None:
-                vectors[stored.digest] = data
+                if table is not None:
+                    vectors[stored.digest] = table
     _index_chunk(dst, prepared.current, shard, vectors, pool=pool)
     return [outcomes[it.key] for it in prepared.items]
 
 
 def _index_chunk(
-    dst: Store, current: list[Stored], shard: list[Stored], vectors: dict[str, bytes], *, pool
+    dst: Store, current: list[Stored], shard: list[Stored], vectors: dict[str, pa.Table], *, pool
 ) -> None:
     """Put again the markers of the records found done (a crash, or outputs older than the
     index, may have left them without), then the chunk's manifest and embeddings shards
-    (``vectors``: the embeddings files written now; those of the records found done are read)."""
+    (``vectors``: the embeddings written now; those of the records found done are read)."""
     list(pool.map(lambda st: index.repair(dst, st), current))
     manifest.write_shard(dst, shard)
 
-    def file(st: Stored) -> tuple[str, bytes] | None:
+    def table(st: Stored) -> tuple[str, pa.Table] | None:
         if st.digest in vectors:
             return st.digest, vectors[st.digest]
         key = (st.record.get("outputs") or {}).get("embeddings")
         try:
-            return (st.digest, dst.get(key)[0]) if key else None
+            return (st.digest, embeddings.read(dst, key)) if key else None
         except FileNotFoundError:
             return None  # replaced since: its successor's chunk puts it in a shard
 
-    embeddings.write_shard(dst, [got for got in pool.map(file, shard) if got is not None])
+    embeddings.write_shard(dst, [got for got in pool.map(table, shard) if got is not None])
 
 
 def run_chunks(

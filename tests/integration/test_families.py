@@ -79,3 +79,38 @@ def test_heldout_families_classify_point_and_box_whole_calls(heldout_families):
     # octave and 0.3 s)
     assert s["per_family"]["chips"]["whole_call"] >= 0.8
     assert s["per_family"]["note_series"]["whole_call"] >= 0.2
+
+
+def test_more_like_this_finds_the_same_call_type(heldout_families, tmp_path):
+    """Precision@10 of ``echocam search`` from each held-out call, over the held-out clips and
+    clips of two call types the model never saw (``benchmarks/bench_search.py --quality``)."""
+    import shutil
+
+    from devtools import more_like_this
+
+    src = tmp_path / "clips"
+    heldout = heldout_families["ckpt"].parent.parent / "heldout"
+    shutil.copytree(heldout, src, ignore=shutil.ignore_patterns("*.csv"))
+    _, held_paths = synthetic.split_recordings(recordings())
+    unseen = ("upsweep", "pulse_trill")  # tuned families: not among the model's
+    more_like_this.write_unseen(src, held_paths, kinds=unseen, per_class=15, seed=0)
+    proc = echocam(dict(os.environ), "run", str(src), "--out", str(tmp_path / "run"),
+                   "--weights", str(heldout_families["ckpt"]), "--threads", "2")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    boxes = more_like_this.truth_boxes([heldout / "calls.csv", src / "calls.csv"])
+
+    def split(per: dict[str, float]) -> tuple[float, float]:
+        trained = [p for s, p in per.items() if s.rsplit("-", 1)[0] not in unseen]
+        never = [p for s, p in per.items() if s.rsplit("-", 1)[0] in unseen]
+        return float(np.mean(trained)), float(np.mean(never))
+
+    box = split(more_like_this.precision_at_k(tmp_path / "run"))
+    window = split(more_like_this.precision_at_k(tmp_path / "run", windows=True))
+    drawn = split(more_like_this.precision_drawn(tmp_path / "run", src, boxes))
+    print(f"\nprecision@10 trained / unseen: call box {box[0]:.2f} / {box[1]:.2f}, window "
+          f"{window[0]:.2f} / {window[1]:.2f}, drawn box {drawn[0]:.2f} / {drawn[1]:.2f}",
+          file=sys.stderr)  # fmt: skip
+    assert box[0] >= SEARCH_TRAINED_FLOOR and window[0] >= SEARCH_TRAINED_FLOOR
+    assert drawn[0] >= SEARCH_TRAINED_FLOOR
+    # a call's own box, drawn, finds an unseen call type better than its window does
+    assert drawn[1] >= window[1] + SEARCH_DRAWN_MARGIN
