@@ -14,7 +14,8 @@ the markdown of ``NAME``:
 - ``manifest_columns``, ``detections_columns``, ``raven_columns``, ``embeddings_columns``: the
   tables' Arrow schemas (``echocam.bucket.manifest.SCHEMA``, ``echocam.bucket.detections.SCHEMA``,
   ``echocam.bucket.embeddings.schema``) and the Raven table's columns;
-- ``search_latency``, ``search_quality``: ``benchmarks/results/search.json``'s figures;
+- ``search_latency``, ``search_cost``, ``search_quality``: ``benchmarks/results/search.json``'s
+  figures;
 - ``performance``: ``benchmarks/performance_page.py``'s ``render(results_dir)`` over
   ``benchmarks/results/``.
 
@@ -322,9 +323,19 @@ def search_latency() -> str:
         for name, m in found["methods"].items():
             if name.startswith("baseline"):
                 continue
-            out.append(f"| {int(n):,} | {cell(name)} | {m['seconds']:.3g} | "
+            name = cell(name).replace("<", "&lt;").replace(">", "&gt;")  # list<float16>
+            out.append(f"| {int(n):,} | {name} | {m['seconds']:.3g} | "
                        f"{m['peak_mb'] - base:,.0f} above the imports |")  # fmt: skip
     return "\n".join(out) + f"\n\n{_measured_on(r)}\n"
+
+
+def search_cost() -> str:
+    c = _search_result()["cost"]
+    return (
+        f"CPU time × {c['time_ratio']:.3f} (the median of the pairs' ratios; runs of this shared "
+        f"machine move by ±5 % on their own) and output bytes × {c['bytes_ratio']:.3f}, over "
+        f"{c['recordings']} recordings of 10 to 72 s.\n"
+    )
 
 
 def search_quality() -> str:
@@ -381,6 +392,7 @@ GENERATORS: dict[str, Callable[[], str]] = {
     "raven_columns": raven_columns,
     "embeddings_columns": embeddings_columns,
     "search_latency": search_latency,
+    "search_cost": search_cost,
     "search_quality": search_quality,
     "performance": performance,
 }
