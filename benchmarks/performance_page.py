@@ -479,7 +479,7 @@ def render(results_dir: Path) -> str:
             first = f"[{r.name}](#{anchor}) | {_day(r.date)} | {_commit(r.commit)}"
             for i, row in enumerate(headline(r.name, r.data)):
                 lines.append(
-                    f"| {first if i == 0 else ' |  | '} | {row.metric} | {fmt(row.value)} | "
+                    f"| {first if i == 0 else ' |  | '} | {_text(row.metric)} | {fmt(row.value)} | "
                     f"{row.target} | {row.verdict} |"
                 )
         lines.append("")
@@ -511,6 +511,11 @@ def _commit(commit: str) -> str:
     if len(head) == 40 and all(c in "0123456789abcdef" for c in head):
         head = head[:7]
     return head + plus + rest
+
+
+def _text(text: str) -> str:
+    """A table cell's words as markdown shows them: ``<`` and ``>`` are not HTML tags."""
+    return text.replace("<", "&lt;").replace(">", "&gt;").replace("|", r"\|")
 
 
 def fmt(x: Any) -> str:
