@@ -174,7 +174,9 @@ def search(
     found = []
     for uri, store in zip(uris, stores, strict=True):
         if distributed:
-            rows = _search_on_workers(uri, store, query, options, parts=parts, timeout_s=timeout_s)
+            rows = _search_on_workers(
+                uri, store, query, options, parts=parts, timeout_s=timeout_s, settings=settings
+            )
             if rows:
                 found.append(pd.DataFrame(rows).assign(run=uri))
             continue
@@ -195,13 +197,16 @@ def search(
     return best[order].reset_index(drop=True)
 
 
-def _search_on_workers(uri, store, query, options, *, parts: int, timeout_s: float) -> list[dict]:
+def _search_on_workers(
+    uri, store, query, options, *, parts: int, timeout_s: float, settings: Settings
+) -> list[dict]:
     """A run's best rows, its table's row groups scanned by the Celery workers in ``parts``
-    parts (``worker.tasks.search``), merged here in row-group order."""
-    from celery import group
+    parts (``worker.tasks.search``), merged here in part order."""
+    import uuid
 
+    from echocam.bucket import progress
     from echocam.bucket.protocol import SEARCH_TASK
-    from echocam.search import row_groups
+    from echocam.search import gather_parts, row_groups
     from worker.app import app
 
     if not uri.startswith("s3://"):
@@ -210,13 +215,15 @@ def _search_on_workers(uri, store, query, options, *, parts: int, timeout_s: flo
     if not n:
         return []
     k = min(n, parts or 256)
-    chunks = [list(range(n))[i::k] for i in range(k)]  # interleaved: each part a similar size
-    chunks = [sorted(c) for c in chunks if c]
-    sig = app.signature(SEARCH_TASK)
-    args = [(uri, c, np.asarray(query, np.float32).tolist(), options) for c in chunks]
-    answers = group(sig.clone(args=a) for a in args).apply_async().get(timeout=timeout_s)
-    rows = [row for answer in answers for row in answer]
-    rows.sort(key=lambda r: -r["similarity"])  # stable: ties keep their parts' order
+    groups = [list(range(i * n // k, (i + 1) * n // k)) for i in range(k)]  # contiguous
+    reply = f"echocam:search:{uuid.uuid4().hex}"
+    vector = np.asarray(query, np.float32).tolist()
+    for i, part in enumerate(groups):
+        app.send_task(SEARCH_TASK, args=[uri, i, part, vector, options, reply],
+                      queue=settings.queue)  # fmt: skip
+    answers = gather_parts(progress.client(settings.broker_url), reply, k, timeout_s=timeout_s)
+    rows = [row for answer in answers for row in answer]  # in row-group order
+    rows.sort(key=lambda r: -r["similarity"])  # stable: ties keep the table's order
     return rows[: options["top"]]
 
 

@@ -11,7 +11,9 @@ with windows.  No torch here (numpy's matrix product; figures in
 from __future__ import annotations
 
 import io
+import json
 import re
+import time
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -245,3 +247,40 @@ def _similarities(v: np.ndarray, q: torch.Tensor, *, top: int) -> np.ndarray:
 def _best(t: pa.Table, top: int) -> pa.Table:
     order = pc.sort_indices(t, sort_keys=[("similarity", "descending")])
     return t.take(order[:top])
+
+
+# -- on the workers: each part's rows come back on a Redis list of the caller's ------------------
+
+#: How long a search's reply list outlives its last part (seconds).
+REPLY_TTL_S = 600
+
+
+def reply_part(r, reply: str, part: int, *, rows: list | None = None, error: str = "") -> None:
+    """Push part ``part``'s ``rows`` (or its ``error``) to the caller's list ``reply``."""
+    message = json.dumps({"part": part, "rows": rows or [], "error": error}, default=float)
+    r.pipeline().rpush(reply, message).expire(reply, REPLY_TTL_S).execute()
+
+
+def gather_parts(r, reply: str, parts: int, *, timeout_s: float) -> list[list[dict]]:
+    """The rows of each of ``parts`` parts pushed to ``reply``, in part order; raises if one
+    failed or they did not all come within ``timeout_s``."""
+    found: dict[int, list[dict]] = {}
+    deadline = time.monotonic() + timeout_s
+    try:
+        while len(found) < parts:
+            left = deadline - time.monotonic()
+            got = r.blpop([reply], timeout=max(1, min(left, 5))) if left > 0 else None
+            if got is None:
+                if time.monotonic() >= deadline:
+                    raise TimeoutError(
+                        f"{parts - len(found)} of {parts} search parts did not come back within "
+                        f"{timeout_s:g} s: are workers consuming this queue?"
+                    )
+                continue
+            message = json.loads(got[1])
+            if message["error"]:
+                raise RuntimeError(f"search part {message['part']} failed: {message['error']}")
+            found[message["part"]] = message["rows"]
+    finally:
+        r.delete(reply)
+    return [found[i] for i in range(parts)]

@@ -12,9 +12,7 @@ from echocam.settings import Settings
 
 settings = Settings.from_env()
 
-# The result backend carries only what a task asks to return (a distributed search's part):
-# every other task's result is ignored (``task_ignore_result``).
-app = Celery("echocam", broker=settings.broker_url, backend=settings.broker_url)
+app = Celery("echocam", broker=settings.broker_url, backend=None)
 app.conf.update(
     # JSON only on the wire: a pickled message is rejected, never deserialised.
     task_serializer="json",
@@ -38,9 +36,9 @@ app.conf.update(
     broker_connection_retry_on_startup=True,
     task_soft_time_limit=settings.task_soft_time_limit,
     task_time_limit=settings.task_time_limit,
-    # Results live in the bucket (records); progress in Redis counters.
+    # Results live in the bucket (records); progress in Redis counters; a search's parts in
+    # its own Redis list (``echocam.search.SearchParts``): no result backend to lose.
     task_ignore_result=True,
-    result_expires=3600,
     # Events for Flower.
     worker_send_task_events=True,
     task_send_sent_event=True,

@@ -199,16 +199,20 @@ def compact(self, output: str, run_id: str, wrote: bool = True) -> dict:
     return {"error": error}
 
 
-@app.task(name=protocol.SEARCH_TASK, ignore_result=False, acks_late=False)
-def search(output: str, row_groups: list[int], query: list[float], options: dict) -> list[dict]:
-    """The best rows of ``row_groups`` of the run ``output``'s embeddings table like ``query``
-    (``echocam.search.scan``'s ``options``), without their vectors: one part of
-    ``echocam search --distributed``.  Not acked late: a lost part fails the search, which the
-    caller retries, instead of a redelivery the caller no longer waits for."""
-    from echocam.search import run_batches, scan
+@app.task(name=protocol.SEARCH_TASK, acks_late=False)
+def search(output: str, part: int, row_groups: list[int], query: list[float], options: dict,
+           reply: str) -> None:  # fmt: skip
+    """Part ``part`` of ``echocam search --distributed``: the best rows of ``row_groups`` of the
+    run ``output``'s embeddings table like ``query`` (``echocam.search.scan``'s ``options``),
+    without their vectors, pushed to the caller's Redis list ``reply`` (an error, too).  Not
+    acked late: a lost part times the caller out, instead of a redelivery nobody waits for."""
+    from echocam.search import reply_part, run_batches, scan
 
-    store = state.store(output)
-    found = scan(
-        run_batches(store, row_groups=row_groups), np.asarray(query, np.float32), **options
-    )
-    return found.drop_columns(["vector"]).to_pylist() if found.num_rows else []
+    try:
+        vector = np.asarray(query, np.float32)
+        found = scan(run_batches(state.store(output), row_groups=row_groups), vector, **options)
+        rows = found.drop_columns(["vector"]).to_pylist() if found.num_rows else []
+        reply_part(state.redis(), reply, part, rows=rows)
+    except Exception as e:  # the caller is told at once, not after its timeout
+        log.exception("echocam: search part %d of %s failed", part, output)
+        reply_part(state.redis(), reply, part, error=f"{type(e).__name__}: {e}")
