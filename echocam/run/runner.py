@@ -173,18 +173,25 @@ def complete(
                 shard.append(stored)
                 if table is not None:
                     vectors[stored.digest] = table
-    _index_chunk(dst, prepared.current, shard, vectors, pool=pool)
+    _index_chunk(dst, prepared.current, shard, vectors=vectors, pool=pool)
     return [outcomes[it.key] for it in prepared.items]
 
 
 def _index_chunk(
-    dst: Store, current: list[Stored], shard: list[Stored], vectors: dict[str, pa.Table], *, pool
+    dst: Store,
+    current: list[Stored],
+    shard: list[Stored],
+    *,
+    vectors: dict[str, pa.Table] | None = None,
+    pool,
 ) -> None:
     """Put again the markers of the records found done (a crash, or outputs older than the
     index, may have left them without), then the chunk's manifest and embeddings shards
     (``vectors``: the embeddings written now; those of the records found done are read)."""
     list(pool.map(lambda st: index.repair(dst, st), current))
     manifest.write_shard(dst, shard)
+
+    vectors = vectors or {}
 
     def table(st: Stored) -> tuple[str, pa.Table] | None:
         if st.digest in vectors:
