@@ -37,7 +37,8 @@ app.conf.update(
     task_soft_time_limit=settings.task_soft_time_limit,
     task_time_limit=settings.task_time_limit,
     # Results live in the bucket (records); progress in Redis counters; a search's parts in
-    # its own Redis list (``echocam.search.SearchParts``): no result backend to lose.
+    # its own Redis list (``echocam.search.reply_part``): no result backend (with one, a worker
+    # stalled after a Redis restart in the fault tests).
     task_ignore_result=True,
     # Events for Flower.
     worker_send_task_events=True,
