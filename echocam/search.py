@@ -1,11 +1,12 @@
 """ "More like this": exact cosine-similarity search over runs' embeddings.parquet.
 
-A query is a vector: a detection's (``--like-detection``), or a box's in a recording
-(``--like``; ``echocam.explain.embed`` pools it from the model's features).  :func:`scan` reads
-the run's table a row group at a time and keeps the best ``top`` rows, so memory stays that
-of one row group whatever the run's size.  Call boxes are compared with call boxes, windows
-with windows.  No torch here (numpy's matrix product; figures in
-``benchmarks/results/search.json``).
+A query is a vector: a detection's (``--like-detection``), or a box's in a recording or a clip's
+(``--like``, ``--like-audio``; ``echocam.explain.query`` embeds them with the run's model).
+:func:`scan` reads the run's table a row group at a time and keeps the best ``top`` rows, so
+memory stays that of one row group whatever the run's size.  Boxes are compared with boxes,
+windows with windows.  The stored vectors are unit length, so a similarity is one float16
+matrix-vector product (torch's, accumulating in float32: numpy has no fast float16 product),
+refined in float32 near the top; figures in ``benchmarks/results/search.json``.
 """
 
 from __future__ import annotations

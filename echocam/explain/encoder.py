@@ -401,7 +401,7 @@ class Embeddings:
                 )
 
     def table(self, *, names: Sequence[str], length_s: float):
-        """The rows as an Arrow table of ``embed.schema``, in window order."""
+        """The rows as an Arrow table of ``embeddings.schema``, in window order."""
         bounds = [r.get("bounds", (None,) * 4) for r in self.rows]
         vectors = np.stack(self.vectors).astype(np.float16)
         columns = {
