@@ -27,6 +27,7 @@ import pyarrow.parquet as pq
 import torch
 
 from echocam.bucket import embeddings
+from echocam.bucket.detections import detection_id
 from echocam.bucket.embeddings import vectors
 from echocam.bucket.storage import Store
 from echocam.errors import InvalidParams
@@ -61,12 +62,6 @@ class Box:
         if t1 <= t0 or (f0 is not None and f1 <= f0):
             raise InvalidParams(f"--like {text!r}: each range must end after it begins")
         return cls(key, t0, t1, f0, f1)
-
-
-def detection_id(source_key: str, begin_s: float, class_name: str) -> str:
-    """A detection's id: ``KEY@WINDOW_START#CLASS`` (a detections-table row's source key,
-    begin_s and class_name)."""
-    return f"{source_key}@{round(float(begin_s), 6)!r}#{class_name}"
 
 
 def parse_detection_id(text: str) -> tuple[str, float, str]:

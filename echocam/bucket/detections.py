@@ -66,6 +66,12 @@ RAVEN_COLUMNS = (
 )
 
 
+def detection_id(source_key: str, begin_s: float, class_name: str) -> str:
+    """A detection's id: ``KEY@WINDOW_START#CLASS`` (a detections-table row's source key,
+    begin_s and class_name)."""
+    return f"{source_key}@{round(float(begin_s), 6)!r}#{class_name}"
+
+
 def rows(record: dict[str, Any], *, min_probability: float = 0.0) -> Iterator[dict[str, Any]]:
     """The detections of an ok ``record`` (none for a failed one), typed as :data:`SCHEMA`."""
     if record.get("status") != "ok":
