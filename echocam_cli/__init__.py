@@ -267,6 +267,7 @@ def cmd_view(args: argparse.Namespace) -> int:
         port=args.port,
         token=args.token or os.environ.get("ECHOCAM_VIEW_TOKEN") or None,
         client_factory=client_factory(_settings(args)),
+        review=args.review,
     )
     return 0
 
@@ -692,6 +693,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="require this token (open the printed URL once; a cookie keeps it) "
         "[ECHOCAM_VIEW_TOKEN]",
+    )
+    view.add_argument(
+        "--review",
+        metavar="NAME",
+        default=None,
+        help="review mode: judge detections at /review as reviewer NAME; verdicts are stored "
+        "under the run's _reviews/ (without it the viewer is read-only; on an address other "
+        "than loopback --token is required too)",
     )
     _add_fields(view, Settings, ["s3_endpoint_url", "s3_region"], "storage")
     view.set_defaults(func=cmd_view)

@@ -182,8 +182,10 @@ class Images:
         y1: int,
         box: tuple[float, float, float, float] | None = None,
         width: int = 240,
+        marks: tuple[tuple[tuple[float, float, float, float], tuple[int, int, int], int], ...] = (),
     ) -> bytes:
-        """Columns x0..x1 and rows y0..y1, ``width`` wide, with ``box`` (x0, y0, x1, y1) drawn."""
+        """Columns x0..x1 and rows y0..y1, ``width`` wide, with ``box`` (x0, y0, x1, y1) drawn
+        in cyan, and each of ``marks`` ((x0, y0, x1, y1), RGB, line width) in its colour."""
 
         def make() -> bytes:
             from PIL import Image, ImageDraw
@@ -193,13 +195,14 @@ class Images:
             c = c.crop((0, max(0, y0), c.size[0], min(h, y1)))
             scale = width / max(1, c.size[0])
             out = c.resize((width, max(1, round(c.size[1] * scale))), Image.BOX)
-            if box is not None:
-                origin = (x0, y0, x0, y0)
-                bx0, by0, bx1, by1 = ((v - o) * scale for v, o in zip(box, origin, strict=True))
-                ImageDraw.Draw(out).rectangle((bx0, by0, bx1, by1), outline=(0, 255, 255), width=2)
+            drawn = ((box, (0, 255, 255), 2),) if box is not None else ()
+            origin = (x0, y0, x0, y0)
+            for rect, colour, line in (*drawn, *marks):
+                r = [(v - o) * scale for v, o in zip(rect, origin, strict=True)]
+                ImageDraw.Draw(out).rectangle(r, outline=colour, width=line)
             return _png(out)
 
-        return self._cached(("crop", ref, x0, x1, y0, y1, box, width), make)
+        return self._cached(("crop", ref, x0, x1, y0, y1, box, width, marks), make)
 
 
 def _png(im) -> bytes:

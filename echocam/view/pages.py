@@ -136,6 +136,33 @@ def _class_id(data: RunData, name: str) -> int:
     return names.index(name) if name in names else 0
 
 
+def review(data: RunData, state: Any, query: dict[str, str]) -> bytes:
+    """The review page (``echocam view --review NAME``): the queue's filters; the item, keys,
+    player and verdicts are ``static/review.js``'s, over the JSON API."""
+    from echocam.view.review import STRATEGIES
+
+    names = data.run().get("class_names") or []
+    keep = {k: query.get(k, "") for k in ("class", "strategy", "min_probability",
+                                          "max_probability", "like")}  # fmt: skip
+    keep["strategy"] = keep["strategy"] if keep["strategy"] in STRATEGIES else "top"
+    return page(
+        data,
+        "review.html",
+        title="Review",
+        here="/review",
+        reviewer=state.reviewer,
+        classes=names,
+        strategies=STRATEGIES,
+        query=keep,
+        config={
+            "query": {k: v for k, v in keep.items() if v},
+            "classes": names,
+            "run_id": data.run().get("run_id") or "",
+            "reviewer": state.reviewer,
+        },
+    )
+
+
 def failed(data: RunData, query: dict[str, str]) -> bytes:
     code = query.get("code", "")
     offset = _int(query.get("offset"), 0)

@@ -1,6 +1,6 @@
 """``echocam view``: the standard library's threading HTTP server over one run.
 
-Routes (GET and HEAD only; the table is :attr:`Handler.ROUTES`, anything else is a 404):
+Routes (the table is :attr:`Handler.ROUTES`, anything else is a 404):
 
 ``/``, ``/detections``, ``/failed``, ``/rec?key=SOURCE``,
 ``/similar?key=SOURCE&t=WINDOW_START&class=NAME`` (more like this detection)
@@ -16,15 +16,27 @@ Routes (GET and HEAD only; the table is :attr:`Handler.ROUTES`, anything else is
     range requests (206), the server's credentials staying on the server;
 ``/colourbar/NAME.png``, ``/static/NAME``.
 
+Review mode (``--review NAME``; otherwise each of these answers 403):
+
+``/review`` the review page; ``/review/crop?id=DETECTION`` its spectrogram around a detection;
+``GET /api/review/session`` (the page's CSRF token), ``GET /api/review/queue``,
+``GET /api/review/verdicts`` (this reviewer's), ``POST /api/review/verdicts``
+    (:mod:`echocam.view.review`).  A POST needs ``Content-Type: application/json``, a CSRF token
+    this viewer issued in ``X-CSRF-Token``, and an ``Origin`` (when the client sends one) equal
+    to the viewer's own; its body is at most :data:`MAX_BODY` bytes.
+
 Security: binds 127.0.0.1 unless told otherwise; on a loopback address requests must name a
 loopback Host (no DNS rebinding); with a token every request needs it (``?token=`` once sets an
-HttpOnly cookie); a strict Content-Security-Policy; no path reaches outside the run.
+HttpOnly cookie); a strict Content-Security-Policy; no path reaches outside the run.  No
+response carries CORS headers, so another site's page can neither read the CSRF token nor an
+answer.
 """
 
 from __future__ import annotations
 
 import hmac
 import ipaddress
+import json
 import re
 import sys
 import threading
@@ -37,12 +49,16 @@ from importlib import resources
 from typing import Any, NamedTuple
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
 
-from echocam.errors import UnsafeKey
+from echocam.errors import InvalidParams, UnsafeKey
 from echocam.view import pages
 from echocam.view.data import AUDIO_TYPES, IMAGE_SUFFIXES, BadKey, RunData, audio_type, safe_key
 from echocam.view.images import Images, Tiled, colour_bar, image_ref
 
-STATIC = {"view.css": "text/css; charset=utf-8", "view.js": "text/javascript; charset=utf-8"}
+STATIC = {
+    "view.css": "text/css; charset=utf-8",
+    "view.js": "text/javascript; charset=utf-8",
+    "review.js": "text/javascript; charset=utf-8",
+}
 CONTENT_TYPES = {
     ".png": "image/png",
     ".jpg": "image/jpeg",
@@ -62,6 +78,7 @@ COOKIE = "echocam_token"
 _STREAM_CHUNK = 1 << 20
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
 LOOPBACK_NAMES = {"localhost", "127.0.0.1", "::1"}
+MAX_BODY = 1 << 20  # bytes of a POST body
 
 
 def parse_range(header: str, size: int) -> tuple[int, int] | None | str:
@@ -100,17 +117,34 @@ class Route(NamedTuple):
 class ViewServer(ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self, address, data: RunData, *, token: str | None = None, quiet=False):
+    def __init__(
+        self,
+        address,
+        data: RunData,
+        *,
+        token: str | None = None,
+        quiet=False,
+        review: str | None = None,
+        thresholds: dict[str, float] | None = None,
+    ):
+        host = address[0]
+        try:
+            loopback = ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            loopback = host == "localhost"
+        if review and not loopback and not token:
+            raise InvalidParams(f"--review on {host} (not loopback) needs --token")
         super().__init__(address, Handler)
         self.data = data
         self.images = Images(data.get)
         self.token = token or None
         self.quiet = quiet
-        host = address[0]
-        try:
-            self.loopback = ipaddress.ip_address(host).is_loopback
-        except ValueError:
-            self.loopback = host == "localhost"
+        self.loopback = loopback
+        self.review = None
+        if review:
+            from echocam.view.review import Review
+
+            self.review = Review(data, reviewer=review, thresholds=thresholds)
 
     @property
     def url(self) -> str:
@@ -169,9 +203,23 @@ class Handler(BaseHTTPRequestHandler):
             pass  # the browser went away (media elements abort requests all the time)
         except (BadKey, UnsafeKey, FileNotFoundError, KeyError, IndexError):
             self.fail(HTTPStatus.NOT_FOUND)
-        except ValueError:  # a malformed number in the query
+        except (ValueError, InvalidParams):  # a malformed number or name in the query
             self.fail(HTTPStatus.BAD_REQUEST)
         except Exception:  # details in the server's log, never to the browser
+            traceback.print_exc(file=sys.stderr)
+            self.fail(HTTPStatus.INTERNAL_SERVER_ERROR)
+
+    def do_POST(self) -> None:
+        try:
+            if not self._allowed():
+                return
+            if self.server.review is None:
+                self.fail(HTTPStatus.FORBIDDEN, "read-only: start the viewer with --review NAME")
+                return
+            self._route()
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        except Exception:
             traceback.print_exc(file=sys.stderr)
             self.fail(HTTPStatus.INTERNAL_SERVER_ERROR)
 
@@ -252,6 +300,97 @@ class Handler(BaseHTTPRequestHandler):
 
     def _failed(self, query: dict[str, str]) -> None:
         self._page(pages.failed(self.server.data, query))
+
+    # review mode
+    def _reviewing(self):
+        """The viewer's Review, or None after answering 403 (read-only viewer)."""
+        if self.server.review is None:
+            self.fail(HTTPStatus.FORBIDDEN, "read-only: start the viewer with --review NAME")
+        return self.server.review
+
+    def send_json(self, status: int, value: Any) -> None:
+        self.send(status, json.dumps(value).encode(), "application/json", Cache_Control="no-store")
+
+    def _review_page(self, query: dict[str, str]) -> None:
+        if (review := self._reviewing()) is not None:
+            self._page(pages.review(self.server.data, review, query))
+
+    def _review_crop(self, query: dict[str, str]) -> None:
+        from echocam.search import parse_detection_id
+        from echocam.view.review import crop
+
+        if (review := self._reviewing()) is None:
+            return
+        try:
+            rows = review.rows([parse_detection_id(query["id"])])
+        except InvalidParams as e:  # not a detection id: no such image
+            raise KeyError(query["id"]) from e
+        if not rows:
+            raise KeyError(query["id"])
+        record = self.server.data.record(rows[0]["source_key"])
+        if record is None:
+            raise KeyError(query["id"])
+        body = crop(self.server.images, record, self.server.data.params(), rows[0])
+        self.send(200, body, "image/png", Cache_Control="private, max-age=3600")
+
+    def _review_session(self, query: dict[str, str]) -> None:
+        from echocam.view.review import STRATEGIES
+
+        if (review := self._reviewing()) is None:
+            return
+        names = self.server.data.run().get("class_names") or []
+        self.send_json(
+            200,
+            {
+                "csrf": review.issue_token(),
+                "reviewer": review.reviewer,
+                "classes": names,
+                "strategies": list(STRATEGIES),
+                "thresholds": review.thresholds,
+            },
+        )
+
+    def _review_queue(self, query: dict[str, str]) -> None:
+        if (review := self._reviewing()) is None:
+            return
+        try:
+            self.send_json(200, {"items": review.queue(query)})
+        except InvalidParams as e:
+            self.send_json(400, {"error": str(e)})
+
+    def _review_mine(self, query: dict[str, str]) -> None:
+        if (review := self._reviewing()) is not None:
+            self.send_json(200, review.mine(limit=min(int(query.get("n") or 50), 1000)))
+
+    def _review_verdicts(self, query: dict[str, str]) -> None:
+        """POST: check where the request comes from, then store the verdicts, then answer."""
+        review = self.server.review
+        origin = self.headers.get("Origin")
+        if origin is not None and origin != f"http://{self.headers.get('Host', '')}":
+            self.send_json(403, {"error": "cross-origin request"})
+            return
+        if self.headers.get("Content-Type", "").split(";")[0].strip() != "application/json":
+            self.send_json(415, {"error": "Content-Type: application/json"})
+            return
+        if not review.token_ok(self.headers.get("X-CSRF-Token", "")):
+            error = "missing or unknown X-CSRF-Token (GET /api/review/session gives one)"
+            self.send_json(403, {"error": error})
+            return
+        try:
+            length = int(self.headers.get("Content-Length", ""))
+        except ValueError:
+            self.send_json(411, {"error": "Content-Length required"})
+            return
+        if not 0 < length <= MAX_BODY:
+            self.send_json(413, {"error": f"a body of 1 to {MAX_BODY} bytes"})
+            return
+        try:
+            body = json.loads(self.rfile.read(length))
+            ids = review.judge(body)
+        except (ValueError, InvalidParams) as e:  # bad JSON or a bad verdict: nothing stored
+            self.send_json(400, {"error": str(e)})
+            return
+        self.send_json(200, {"ids": ids})
 
     def _recording(self, query: dict[str, str]) -> None:
         self._page(pages.recording(self.server.data, query["key"]))
@@ -356,6 +495,12 @@ class Handler(BaseHTTPRequestHandler):
         Route("GET", r"/crop", _crop),
         Route("GET", r"/similar", _similar),
         Route("GET", r"/audio", _audio),
+        Route("GET", r"/review", _review_page),
+        Route("GET", r"/review/crop", _review_crop),
+        Route("GET", r"/api/review/session", _review_session),
+        Route("GET", r"/api/review/queue", _review_queue),
+        Route("GET", r"/api/review/verdicts", _review_mine),
+        Route("POST", r"/api/review/verdicts", _review_verdicts),
         Route("GET", r"/colourbar/(?P<name>magma|plasma)\.png", _colour_bar),
         Route("GET", r"/static/(?P<name>" + "|".join(map(re.escape, STATIC)) + ")", _static),
     )
@@ -373,15 +518,20 @@ def make_server(
     token: str | None = None,
     client_factory=None,
     quiet: bool = False,
+    review: str | None = None,
+    thresholds: dict[str, float] | None = None,
 ) -> ViewServer:
     data = RunData.open(uri, client_factory=client_factory)
-    return ViewServer((host, port), data, token=token, quiet=quiet)
+    return ViewServer(
+        (host, port), data, token=token, quiet=quiet, review=review, thresholds=thresholds
+    )
 
 
 def serve(uri: str, **kwargs: Any) -> None:
     """Serve the run at ``uri`` until interrupted."""
     server = make_server(uri, **kwargs)
-    url = server.url + (f"?token={kwargs['token']}" if kwargs.get("token") else "")
+    url = server.url + ("review" if server.review else "")
+    url += f"?token={kwargs['token']}" if kwargs.get("token") else ""
     print(f"echocam view: serving {server.data.store.uri} at {url}", flush=True)
     try:
         server.serve_forever()
