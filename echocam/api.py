@@ -122,6 +122,7 @@ def search(
     distributed: bool = False,
     parts: int = 0,
     timeout_s: float = 600.0,
+    exclude_reviewed: bool | str = False,
 ) -> pd.DataFrame:
     """ "More like this": the ``top`` boxes (or, with ``windows``, windows) of ``runs`` most
     like the query, best first, as a DataFrame with a ``similarity`` (cosine) column.
@@ -135,6 +136,9 @@ def search(
     ``distributed``: the runs' tables (in S3) are scanned by the Celery workers of
     ``ECHOCAM_BROKER_URL``, in ``parts`` parts of whole row groups each (0: one a row group,
     at most 256), and the caller merges their best rows: the same answer as a local search.
+
+    ``exclude_reviewed``: leave out the detections with a standing yes or no verdict in their
+    run's ``_reviews/`` (True: anyone's; a name: that reviewer's).
     """
     import pandas as pd
 
@@ -173,16 +177,26 @@ def search(
     )  # fmt: skip
     found = []
     for uri, store in zip(uris, stores, strict=True):
+        reviewed = _reviewed(store, exclude_reviewed) if exclude_reviewed else set()
+        run_options = {**options, "top": top + len(reviewed)}  # then drop the reviewed ones
         if distributed:
             rows = _search_on_workers(
-                uri, store, query, options, parts=parts, timeout_s=timeout_s, settings=settings
-            )
-            if rows:
-                found.append(pd.DataFrame(rows).assign(run=uri))
-            continue
-        t = scan(run_batches(store), query, **options)
-        if t.num_rows:
-            found.append(t.drop_columns(["vector"]).to_pandas().assign(run=uri))
+                uri, store, query, run_options, parts=parts, timeout_s=timeout_s,
+                settings=settings,
+            )  # fmt: skip
+            part = pd.DataFrame(rows) if rows else None
+        else:
+            t = scan(run_batches(store), query, **run_options)
+            part = t.drop_columns(["vector"]).to_pandas() if t.num_rows else None
+        if part is not None and reviewed:
+            ids = [
+                detection_id(k, b, c) if isinstance(c, str) else None
+                for k, b, c in zip(part["source_key"], part["begin_s"], part["class_name"],
+                                   strict=True)
+            ]  # fmt: skip
+            part = part[[i not in reviewed for i in ids]]
+        if part is not None and len(part):
+            found.append(part.assign(run=uri))
     if not found:
         return pd.DataFrame(columns=["run", "source_key", "similarity"])
     best = pd.concat(found, ignore_index=True)
@@ -195,6 +209,16 @@ def search(
     first = ["similarity", "source_key", "begin_s", "end_s", "class_name", "probability", "box"]
     order = first + [c for c in best.columns if c not in first]
     return best[order].reset_index(drop=True)
+
+
+def _reviewed(store, who: bool | str) -> set[str]:
+    """Ids of a run's detections with a standing yes or no (``who``: True, or a reviewer)."""
+    from echocam.bucket.reviews import JUDGED, Reviews
+
+    reviewer = None if who is True else str(who)
+    return {
+        v["id"] for v in Reviews.load(store).standing(reviewer=reviewer) if v["verdict"] in JUDGED
+    }
 
 
 def _search_on_workers(

@@ -341,6 +341,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         settings=_settings(args),
         distributed=args.distributed,
         parts=args.parts,
+        exclude_reviewed=(args.reviewer or True) if args.exclude_reviewed else False,
     )
     if args.out is None:
         print(found.to_csv(index=False), end="")
@@ -742,6 +743,17 @@ def _add_search(sub) -> None:
         "--min-similarity", type=float, default=None, help="only results at least this similar"
     )
     se.add_argument("--windows", action="store_true", help="compare whole windows instead of boxes")
+    se.add_argument(
+        "--exclude-reviewed",
+        action="store_true",
+        help="leave out detections with a standing yes or no verdict (under the run's _reviews/)",
+    )
+    se.add_argument(
+        "--reviewer",
+        default=None,
+        metavar="NAME",
+        help="with --exclude-reviewed: only NAME's verdicts count [default: anyone's]",
+    )
     se.add_argument(
         "--out", default=None, metavar="FILE", help="write FILE.csv or FILE.parquet instead"
     )

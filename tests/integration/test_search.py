@@ -5,6 +5,7 @@ run's table holds each current record's rows once through resumes, changes and r
 from __future__ import annotations
 
 import io
+import json
 import os
 
 import numpy as np
@@ -226,3 +227,36 @@ def test_distributed_search_answers_what_the_local_search_answers(bucket_run):
         assert spread.stdout == local.stdout and len(local.stdout.splitlines()) == 10
     logs = [w.log_path.read_text(errors="replace") for w in bucket_run["workers"]]
     assert all("echocam.search" in log for log in logs), "both workers took parts"
+
+
+def test_exclude_reviewed_leaves_out_judged_detections_only(run, tmp_path):
+    import shutil
+
+    from echocam.bucket import reviews
+    from echocam.bucket.storage import LocalStore
+
+    out = tmp_path / "out"
+    shutil.copytree(run["out"], out)
+    copy = {**run, "out": out}
+    dets = table(out)
+    dets = dets[dets["class_name"].notna()]
+    q = dets.iloc[len(dets) // 2]
+    qid = detection_id(q["source_key"], q["begin_s"], q["class_name"])
+    before = search(copy, "--like-detection", qid, "--top", "8")["detection_id"].tolist()
+    table_rows = {
+        detection_id(r["source_key"], r["begin_s"], r["class_name"]): r
+        for r in pq.read_table(out / "detections.parquet").to_pylist()
+    }
+    run_json = json.loads((out / "run.json").read_text())
+    judged = [
+        reviews.verdict(table_rows[i], verdict=v, reviewer="ann", run=run_json)
+        for i, v in zip(before[:4], ("yes", "no", "yes", "skip"), strict=True)
+    ]
+    reviews.write_batch(LocalStore(str(out)), judged)
+    after = search(copy, "--like-detection", qid, "--top", "5", "--exclude-reviewed")
+    rest = [i for i in before if i not in before[:3]]  # a skip is not a label: kept
+    assert after["detection_id"].tolist() == rest[:5]
+    bob = search(
+        copy, "--like-detection", qid, "--top", "8", "--exclude-reviewed", "--reviewer", "bob"
+    )
+    assert bob["detection_id"].tolist() == before
