@@ -18,6 +18,8 @@ from echocam.bucket.records import version
 from echocam.settings import Params, Settings, default_of, env_name, parse
 
 PARAM_FIELDS = [f.name for f in fields(Params)]
+#: Field types a flag takes a value of (others are --x/--no-x switches).
+VALUE_HINTS = (int, float, str, tuple[str, ...], tuple[float, float], tuple[tuple[str, float], ...])
 
 
 def _add_fields(
@@ -39,7 +41,7 @@ def _add_fields(
     for name in names:
         f, hint = by_name[name], _plain(hints[name])
         flag = "--" + name.replace("_", "-")
-        switch = hint is bool or hint not in (int, float, str, tuple[str, ...], tuple[float, float])
+        switch = hint is bool or hint not in VALUE_HINTS
         default = (defaults or {}).get(name, default_of(f))
         shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
         if switch and not isinstance(default, bool):
@@ -52,6 +54,17 @@ def _add_fields(
         if switch:
             group.add_argument(
                 flag, action=argparse.BooleanOptionalAction, default=None, help=help_
+            )
+        elif cls is Params and name == "min_probability":
+            group.add_argument(
+                flag, default=None, metavar="P|FILE.json", type=_probability_or_file, help=help_
+            )
+            group.add_argument(
+                "--precision",
+                type=float,
+                default=None,
+                help="with --min-probability FILE.json from echocam review thresholds: the target "
+                "precision whose thresholds to take [default 0.95]",
             )
         else:
             group.add_argument(
@@ -73,8 +86,34 @@ def _pick(args: argparse.Namespace, cls: type) -> dict[str, Any]:
     return {f.name: getattr(args, f.name, None) for f in fields(cls)}
 
 
+def _probability_or_file(raw: str) -> float | str:
+    """``--min-probability``: a probability, or the path of a thresholds JSON file."""
+    try:
+        return float(raw)
+    except ValueError:
+        return raw
+
+
 def _params(args: argparse.Namespace) -> Params:
-    return Params.from_env(**_pick(args, Params))
+    """The run parameters of the flags (and ``ECHOCAM_*``); ``--min-probability FILE.json``
+    becomes ``class_min_probability`` (its classes' minima at ``--precision``), the floor of
+    the other classes staying ``ECHOCAM_MIN_PROBABILITY`` or 0."""
+    picked = _pick(args, Params)
+    precision = getattr(args, "precision", None)
+    source = picked.get("min_probability")
+    if isinstance(source, str):
+        from echocam.errors import InvalidParams
+        from echocam.review.thresholds import DEFAULT_PRECISION, load_thresholds
+
+        if picked.get("class_min_probability") is not None:
+            raise InvalidParams("give --min-probability FILE.json or --class-min-probability")
+        per = load_thresholds(source, precision=precision or DEFAULT_PRECISION)
+        picked["min_probability"], picked["class_min_probability"] = None, tuple(per.items())
+    elif precision is not None:
+        from echocam.errors import InvalidParams
+
+        raise InvalidParams("--precision goes with --min-probability FILE.json")
+    return Params.from_env(**picked)
 
 
 def _settings(args: argparse.Namespace) -> Settings:
