@@ -66,7 +66,15 @@ class Params:
         0.5, "evidence box: the region around the CAM's peak where its display map is >= this"
     )
     min_probability: float = option(
-        0.0, "detections below this stay out of selections, labels and detection tables"
+        0.0,
+        "detections below this stay out of selections, labels and detection tables; or a "
+        "thresholds JSON file (echocam review thresholds, or {class: probability}) giving "
+        "per-class minima at --precision, other classes keeping this floor",
+    )
+    class_min_probability: tuple[tuple[str, float], ...] = option(
+        (),
+        "per-class minimum probabilities, CLASS=P,... (what --min-probability FILE.json "
+        "loads): a class named here uses its own instead of min_probability",
     )
     png_compress_level: int = option(1, "PNG deflate level (ISA-L), 0 (fastest) to 3 (smallest)")
     outputs: tuple[str, ...] = option(
@@ -102,6 +110,17 @@ class Params:
         for name in ("alpha", "box_threshold", "min_probability"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be within [0, 1]")
+        per = dict(self.class_min_probability)
+        if any(not 0.0 <= p <= 1.0 for p in per.values()):
+            raise ValueError("class_min_probability: each must be within [0, 1]")
+        # one spelling per map (sorted by class): the fingerprint and equality see the map
+        object.__setattr__(
+            self, "class_min_probability", tuple((n, float(per[n])) for n in sorted(per))
+        )
+
+    def min_probability_of(self, class_name: str) -> float:
+        """The minimum probability of a detection of ``class_name``: its own, else the floor."""
+        return dict(self.class_min_probability).get(class_name, self.min_probability)
 
     @property
     def window_hop_seconds(self) -> float:
@@ -148,6 +167,7 @@ class Params:
         d = dataclasses.asdict(self)
         d["classes"] = list(self.classes)
         d["outputs"] = list(self.outputs)
+        d["class_min_probability"] = dict(self.class_min_probability)
         return d
 
     @classmethod
@@ -157,6 +177,8 @@ class Params:
         for name in ("classes", "outputs"):
             if name in kw:
                 kw[name] = tuple(kw[name])
+        if "class_min_probability" in kw:
+            kw["class_min_probability"] = tuple(dict(kw["class_min_probability"]).items())
         return cls(**kw)
 
     @classmethod
@@ -298,6 +320,11 @@ def parse(hint: Any, raw: str, name: str) -> Any:
         if hint == tuple[float, float]:
             low, high = (float(s) for s in raw.split(","))
             return (low, high)
+        if hint == tuple[tuple[str, float], ...]:  # CLASS=P,CLASS=P
+            pairs = [s.rpartition("=") for s in raw.split(",") if s.strip()]
+            if any(not eq or not name.strip() for name, eq, _ in pairs):
+                raise ValueError(raw)
+            return tuple((name.strip(), float(p)) for name, _, p in pairs)
         return tuple(s.strip() for s in raw.split(",") if s.strip())  # tuple[str, ...]
     except ValueError as e:
         raise ValueError(f"{name}={raw!r} is not a valid {getattr(hint, '__name__', hint)}") from e
@@ -305,7 +332,7 @@ def parse(hint: Any, raw: str, name: str) -> Any:
 
 #: Parameters added after runs were first fingerprinted, and the value every earlier run had:
 #: at that value a parameter stays out of the fingerprint, so those runs' outputs stay done.
-LATER_PARAMS = {"input_size": 224}
+LATER_PARAMS = {"input_size": 224, "class_min_probability": {}}
 
 
 def fingerprint(params: Params, model_sha256: str) -> str:

@@ -18,6 +18,8 @@ from echocam.bucket.records import version
 from echocam.settings import Params, Settings, default_of, env_name, parse
 
 PARAM_FIELDS = [f.name for f in fields(Params)]
+#: Field types a flag takes a value of (others are --x/--no-x switches).
+VALUE_HINTS = (int, float, str, tuple[str, ...], tuple[float, float], tuple[tuple[str, float], ...])
 
 
 def _add_fields(
@@ -39,7 +41,7 @@ def _add_fields(
     for name in names:
         f, hint = by_name[name], _plain(hints[name])
         flag = "--" + name.replace("_", "-")
-        switch = hint is bool or hint not in (int, float, str, tuple[str, ...], tuple[float, float])
+        switch = hint is bool or hint not in VALUE_HINTS
         default = (defaults or {}).get(name, default_of(f))
         shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
         if switch and not isinstance(default, bool):
@@ -52,6 +54,17 @@ def _add_fields(
         if switch:
             group.add_argument(
                 flag, action=argparse.BooleanOptionalAction, default=None, help=help_
+            )
+        elif cls is Params and name == "min_probability":
+            group.add_argument(
+                flag, default=None, metavar="P|FILE.json", type=_probability_or_file, help=help_
+            )
+            group.add_argument(
+                "--precision",
+                type=float,
+                default=None,
+                help="with --min-probability FILE.json from echocam review thresholds: the target "
+                "precision whose thresholds to take [default 0.95]",
             )
         else:
             group.add_argument(
@@ -73,8 +86,34 @@ def _pick(args: argparse.Namespace, cls: type) -> dict[str, Any]:
     return {f.name: getattr(args, f.name, None) for f in fields(cls)}
 
 
+def _probability_or_file(raw: str) -> float | str:
+    """``--min-probability``: a probability, or the path of a thresholds JSON file."""
+    try:
+        return float(raw)
+    except ValueError:
+        return raw
+
+
 def _params(args: argparse.Namespace) -> Params:
-    return Params.from_env(**_pick(args, Params))
+    """The run parameters of the flags (and ``ECHOCAM_*``); ``--min-probability FILE.json``
+    becomes ``class_min_probability`` (its classes' minima at ``--precision``), the floor of
+    the other classes staying ``ECHOCAM_MIN_PROBABILITY`` or 0."""
+    picked = _pick(args, Params)
+    precision = getattr(args, "precision", None)
+    source = picked.get("min_probability")
+    if isinstance(source, str):
+        from echocam.errors import InvalidParams
+        from echocam.review.thresholds import DEFAULT_PRECISION, load_thresholds
+
+        if picked.get("class_min_probability") is not None:
+            raise InvalidParams("give --min-probability FILE.json or --class-min-probability")
+        per = load_thresholds(source, precision=precision or DEFAULT_PRECISION)
+        picked["min_probability"], picked["class_min_probability"] = None, tuple(per.items())
+    elif precision is not None:
+        from echocam.errors import InvalidParams
+
+        raise InvalidParams("--precision goes with --min-probability FILE.json")
+    return Params.from_env(**picked)
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -715,7 +754,196 @@ def build_parser() -> argparse.ArgumentParser:
     rep.set_defaults(func=cmd_report)
     _add_train(sub)
     _add_search(sub)
+    _add_review(sub)
     return parser
+
+
+def _review_run(args: argparse.Namespace):
+    from echocam.bucket.storage import client_factory
+    from echocam.review.runs import open_run
+
+    return open_run(args.run, client_factory=client_factory(_settings(args)))
+
+
+def _write_out(path: str, text: str, args: argparse.Namespace) -> None:
+    """``text`` into ``path`` (a file or s3://bucket/key)."""
+    from echocam.bucket.storage import client_factory, open_store
+
+    parent, _, name = path.rstrip("/").rpartition("/")
+    store = open_store(parent or ".", client_factory=client_factory(_settings(args)))
+    store.put(name, text.encode())
+
+
+def cmd_review_export(args: argparse.Namespace) -> int:
+    from echocam.review.export import label_rows, labels_csv
+
+    run = _review_run(args)
+    rows = label_rows(
+        run.reviews().standing(reviewer=args.reviewer), negative_label=args.negative_label
+    )
+    _write_out(args.out, labels_csv(rows), args)
+    labels = sorted({r["label"] for r in rows})
+    print(
+        f"export: {len(rows)} labelled spans ({', '.join(labels) or 'none'}) in {args.out}; "
+        f"train with: echocam train {run.input or 'INPUT'} --labels {args.out}"
+    )
+    return 0
+
+
+def cmd_review_summary(args: argparse.Namespace) -> int:
+    from echocam.review.summary import summarise, summary_text
+
+    run = _review_run(args)
+    got = summarise(
+        run.reviews().standing(reviewer=args.reviewer), table=run.probabilities(), bins=args.bins
+    )
+    if args.json:
+        doc = {"run_id": run.run.get("run_id"), "bins": args.bins, "classes": got}
+        print(json.dumps(doc, indent=1))
+    else:
+        print(summary_text(got), end="")
+    return 0
+
+
+def cmd_review_thresholds(args: argparse.Namespace) -> int:
+    from echocam.review.thresholds import thresholds_file
+    from echocam.review.verdicts import decided
+
+    run = _review_run(args)
+    final = decided(run.reviews().standing(reviewer=args.reviewer)).values()
+    doc = thresholds_file(decided=final, run=run.run, table=run.probabilities())
+    _write_out(args.out, json.dumps(doc, indent=1) + "\n", args)
+    for name, c in doc["classes"].items():
+        shown = ", ".join(
+            f"{k}: {'-' if t is None else f'{t:.3f}'}" for k, t in c["thresholds"].items()
+        )
+        print(f"{name}: {c['yes']} yes, {c['no']} no; thresholds by precision {shown}")
+    print(f"thresholds: {args.out} (use: --min-probability {args.out} --precision 0.95)")
+    return 0
+
+
+def cmd_review_import(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from echocam.review.raven import batches, key_of_table, parse_table, verdicts_of
+
+    run = _review_run(args)
+    data = Path(args.table).read_bytes() if "://" not in args.table else None
+    if data is None:
+        from echocam.bucket.storage import client_factory, open_store
+
+        parent, _, name = args.table.rpartition("/")
+        data, _ = open_store(parent, client_factory=client_factory(_settings(args))).get(name)
+    rows = parse_table(data.decode("utf-8-sig"))
+    table = run.detections()
+    key = args.key
+    if key is None and not all(r["file"] for r in rows):
+        key = _key_of_table(args.run, args.table, {d["source_key"] for d in table}, key_of_table)
+    got = verdicts_of(rows, detections=table, run=run.run, reviewer=args.reviewer, key=key)
+    reviews = run.reviews()
+    for batch in batches(got):
+        reviews.write(batch)
+    said = {k: sum(v["verdict"] == k for v in got) for k in ("yes", "no", "skip")}
+    print(
+        f"import: {len(got)} verdicts from {len(rows)} reviewed selections by {args.reviewer} "
+        f"({said['yes']} yes, {said['no']} no, {said['skip']} skip) into {args.run}"
+    )
+    return 0
+
+
+def _key_of_table(run: str, table: str, keys: set[str], key_of_table) -> str | None:
+    """The recording whose selections.txt ``table`` is, where it lies inside the run."""
+    from pathlib import Path
+
+    if "://" in run or "://" in table:
+        prefix = run.rstrip("/") + "/"
+        return key_of_table(table[len(prefix) :], keys) if table.startswith(prefix) else None
+    try:
+        rel = Path(table).resolve().relative_to(Path(run).resolve())
+    except ValueError:
+        return None
+    return key_of_table(rel.as_posix(), keys)
+
+
+def _add_review(sub) -> None:
+    rv = sub.add_parser(
+        "review",
+        help="verdicts on a run's detections: export labels, summary, thresholds, Raven import",
+        description="Use the verdicts stored under RUN/_reviews/ (echocam view --review, or "
+        "echocam review import): labels to train on, the model's precision per class, "
+        "per-class thresholds for a precision. docs/guides/review.md explains the rules.",
+    )
+    commands = rv.add_subparsers(dest="review_command", required=True, metavar="COMMAND")
+    storage = ["s3_endpoint_url", "s3_region"]
+
+    def command(name: str, help_: str, func) -> argparse.ArgumentParser:
+        p = commands.add_parser(name, help=help_, description=help_)
+        p.add_argument("run", metavar="RUN", help="directory or s3://bucket/prefix of a run")
+        p.set_defaults(func=func)
+        return p
+
+    def reviewer(p: argparse.ArgumentParser, help_: str) -> None:
+        p.add_argument("--reviewer", default=None, metavar="NAME", help=help_)
+
+    ex = command(
+        "export",
+        "write the verdicts as a labels CSV (key,label,start_s,end_s,low_hz,high_hz) that "
+        "`echocam train INPUT --labels` reads: yes gives the class (or the corrected one) over "
+        "the call box, else the evidence box; no gives --negative-label; skip gives nothing; "
+        "between reviewers the last yes or no wins",
+        cmd_review_export,
+    )
+    ex.add_argument("--out", required=True, metavar="CSV", help="path or s3://bucket/key")
+    ex.add_argument(
+        "--negative-label",
+        default="Background",
+        metavar="NAME",
+        help="the label of a 'no' [default Background]",
+    )
+    reviewer(ex, "only this reviewer's verdicts [default: everyone's]")
+    _add_fields(ex, Settings, storage, "storage")
+
+    su = command(
+        "summary",
+        "per class: detections, reviewed, yes, corrected, no, skipped, the model's precision on "
+        "the reviewed ones and weighted back to the run's table over probability bins",
+        cmd_review_summary,
+    )
+    su.add_argument("--json", action="store_true", help="print JSON")
+    su.add_argument(
+        "--bins", type=_positive, default=10, help="probability bins of the weighting [default 10]"
+    )
+    reviewer(su, "only this reviewer's verdicts [default: everyone's]")
+    _add_fields(su, Settings, storage, "storage")
+
+    th = command(
+        "thresholds",
+        "fit verdict on probability per class (logistic) and write the thresholds for "
+        "precision 0.90, 0.95 and 0.99 (null, with the reason, where the verdicts are too few)",
+        cmd_review_thresholds,
+    )
+    th.add_argument(
+        "--out", default="thresholds.json", metavar="JSON", help="[default thresholds.json]"
+    )
+    reviewer(th, "only this reviewer's verdicts [default: everyone's]")
+    _add_fields(th, Settings, storage, "storage")
+
+    im = command(
+        "import",
+        "store the verdicts of a Raven selection table that echocam wrote and a reviewer edited: "
+        "its Verdict column (y, n, s, or the right class name; empty: not reviewed)",
+        cmd_review_import,
+    )
+    im.add_argument("table", metavar="TABLE", help="the edited selection table (path or s3://)")
+    im.add_argument("--reviewer", default="raven", metavar="NAME", help="[default raven]")
+    im.add_argument(
+        "--key",
+        default=None,
+        metavar="SOURCE_KEY",
+        help="the recording the table is of [default: its Begin File column, or where the "
+        "table lies in the run]",
+    )
+    _add_fields(im, Settings, storage, "storage")
 
 
 def _add_search(sub) -> None:

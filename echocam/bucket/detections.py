@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -72,14 +72,21 @@ def detection_id(source_key: str, begin_s: float, class_name: str) -> str:
     return f"{source_key}@{round(float(begin_s), 6)!r}#{class_name}"
 
 
-def rows(record: dict[str, Any], *, min_probability: float = 0.0) -> Iterator[dict[str, Any]]:
-    """The detections of an ok ``record`` (none for a failed one), typed as :data:`SCHEMA`."""
+def rows(
+    record: dict[str, Any],
+    *,
+    min_probability: float = 0.0,
+    class_min_probability: Mapping[str, float] | None = None,
+) -> Iterator[dict[str, Any]]:
+    """The detections of an ok ``record`` (none for a failed one), typed as :data:`SCHEMA`;
+    those below ``min_probability`` (their class's in ``class_min_probability``) left out."""
     if record.get("status") != "ok":
         return
     length = record["window_seconds"]
+    per_class = class_min_probability or {}
     for window in record["windows"]:
         for c in window["explained"]:
-            if c["probability"] < min_probability:
+            if c["probability"] < per_class.get(c["class_name"], min_probability):
                 continue
             yield {
                 "source_key": record["source_key"],

@@ -141,13 +141,21 @@ def shard_keys(store: Store, *, page_size: int) -> list[str]:
 
 
 def compact(
-    store: Store, con, tmp: str, *, pool, page_size: int, min_probability: float
+    store: Store,
+    con,
+    tmp: str,
+    *,
+    pool,
+    page_size: int,
+    min_probability: float,
+    class_min_probability: dict[str, float] | None = None,
 ) -> dict[str, Any]:
     """Write the run's embeddings.parquet from the shards and table ``kept`` (the manifest row
     of each source's current record, as ``echocam.bucket.manifest`` keeps it, with its digest);
     consolidate the shards.
 
-    Detections below ``min_probability`` are left out of the run's table (windows never).
+    Detections below ``min_probability`` (their class's in ``class_min_probability``, where it
+    names it) are left out of the run's table (windows never).
     Returns what the summary tells of it.
     """
     keys = shard_keys(store, page_size=page_size)
@@ -197,9 +205,16 @@ def compact(
     if not have:
         return {"embeddings": 0, "embeddings_shard": None}
     kept, run_table = Path(tmp, "embeddings-kept.parquet"), Path(tmp, NAME)
+    con.execute("CREATE OR REPLACE TEMP TABLE class_min (class_name VARCHAR, p DOUBLE)")
+    if class_min_probability:
+        con.executemany(
+            "INSERT INTO class_min VALUES (?, ?)",
+            [[name, float(p)] for name, p in class_min_probability.items()],
+        )
     rows = con.sql(
-        f"""SELECT * FROM emb
-            WHERE class_name IS NULL OR probability >= {float(min_probability)!r}
+        f"""SELECT emb.* FROM emb LEFT JOIN class_min m ON emb.class_name = m.class_name
+            WHERE emb.class_name IS NULL
+               OR emb.probability >= coalesce(m.p, {float(min_probability)!r})
             ORDER BY source_key, window_index, class_id NULLS FIRST"""
     )
     n = _write(rows.to_arrow_reader(_ROW_GROUP), run_table, digest=False)

@@ -183,6 +183,7 @@ def compact(
         summary |= embeddings.compact(
             store, con, tmp, pool=pool, page_size=page_size,
             min_probability=summary["min_probability"],
+            class_min_probability=summary["class_min_probability"],
         )  # fmt: skip
         segment = _fold(con, tmp)
         con.close()
@@ -362,7 +363,9 @@ def _write_tables(store: Store, con, tmp: str, run: dict[str, Any]) -> dict[str,
     audio_s = 0.0
     stale = 0
     last_finished = ""
-    min_probability = (run.get("params") or {}).get("min_probability", 0.0)
+    params = run.get("params") or {}
+    min_probability = params.get("min_probability", 0.0)
+    per_class = params.get("class_min_probability") or {}
     n_detections = 0
     files = [Path(tmp, name) for name in OUTPUT_NAMES]
     batches = con.sql("SELECT * FROM kept ORDER BY source_key").to_arrow_reader(_ROW_GROUP)
@@ -387,7 +390,7 @@ def _write_tables(store: Store, con, tmp: str, run: dict[str, Any]) -> dict[str,
                 last_finished = max(last_finished, r["finished_at"] or "")
                 manifest.add(r)
                 for d in dets:
-                    if d["probability"] >= min_probability:
+                    if d["probability"] >= per_class.get(d["class_name"], min_probability):
                         found.add(d)
                         n_detections += 1
     total = sum(statuses.values())
@@ -402,6 +405,7 @@ def _write_tables(store: Store, con, tmp: str, run: dict[str, Any]) -> dict[str,
         "windows": windows,
         "detections": n_detections,
         "min_probability": min_probability,
+        "class_min_probability": per_class,
         "audio_seconds": round(audio_s, 3),
         "run_id": run.get("run_id"),
         "fingerprint": run.get("fingerprint"),

@@ -316,7 +316,11 @@ class Encoder:
             record["tile_columns"] = TILE_COLUMNS
         if "detections" in self.want:
             found = detections.selections(
-                detections.rows(record, min_probability=p.min_probability),
+                detections.rows(
+                    record,
+                    min_probability=p.min_probability,
+                    class_min_probability=dict(p.class_min_probability),
+                ),
                 gap_s=p.hop_length / p.sample_rate,
             )
             self.files[keys[SELECTIONS]] = detections.raven_table(found).encode()

@@ -7,6 +7,7 @@ source key; every example of one recording goes to the same side of the split.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import hashlib
 import io
 from collections import defaultdict
@@ -150,6 +151,18 @@ def _examples(rows: Iterable[tuple], names: Sequence[str]) -> list[Example]:
         out.append(Example(key, index[label], *rest))
     out.sort(key=lambda e: (e.key, e.start_s or 0.0))
     return out
+
+
+def extend_classes(labelled: Labelled, base: Sequence[str]) -> Labelled:
+    """``labelled`` over the class names ``base`` (in their order: a previous model's), followed
+    by its own names that ``base`` lacks (sorted); the examples' labels index the new list."""
+    names = list(base) + sorted(set(labelled.class_names) - set(base))
+    index = {n: i for i, n in enumerate(names)}
+    examples = [
+        dataclasses.replace(e, label=index[labelled.class_names[e.label]])
+        for e in labelled.examples
+    ]
+    return Labelled(labelled.source, names, examples)
 
 
 def split_by_recording(

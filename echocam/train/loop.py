@@ -34,13 +34,19 @@ from tqdm import tqdm
 from echocam.bucket.records import version
 from echocam.bucket.storage import Store, client_factory, open_store
 from echocam.explain.device import resolve_device, set_threads
-from echocam.explain.model import Checkpoint, HookedResNet18, load_model_from
+from echocam.explain.model import Checkpoint, HookedResNet18, LoadedModel, load_model_from
 from echocam.settings import Params, Settings
 from echocam.signal.frontend import FrontEnd
 from echocam.train import scores
 from echocam.train.config import TrainConfig
 from echocam.train.dataset import Backgrounds, Loader, Skipped, balanced_order, model_inputs
-from echocam.train.labels import Labelled, list_folders, read_labels, split_by_recording
+from echocam.train.labels import (
+    Labelled,
+    extend_classes,
+    list_folders,
+    read_labels,
+    split_by_recording,
+)
 from echocam.train.predict import predict
 
 METRICS_NAME, CONFUSION_NAME = "metrics.json", "confusion.png"
@@ -128,22 +134,37 @@ def _blob(obj: Any) -> bytes:
 
 
 def build_net(
-    init: str, class_names: list[str], *, settings: Settings, seed: int
+    init: str,
+    class_names: list[str],
+    *,
+    settings: Settings,
+    seed: int,
+    loaded: LoadedModel | None = None,
 ) -> tuple[nn.Module, str]:
     """torchvision ResNet-18 for ``class_names`` from ``init``; (net, what it started from).
 
     ``imagenet`` and checkpoints are read by :func:`echocam.explain.model.load_model` (the same
-    clear error offline); the fc layer is new (seeded) unless a checkpoint has these very classes.
+    clear error offline), or given as ``loaded``.  The fc layer is new (seeded), except that a
+    checkpoint's classes that begin ``class_names`` (in its order) keep their fc rows: a model
+    fine-tuned with more classes starts from what it knew; the added rows are new.
     """
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         net = resnet18(weights=None, num_classes=len(class_names))
     if init == "random":
         return net, "random"
-    loaded = load_model_from(dataclasses.replace(settings, weights=init))
-    state = loaded.net.net.state_dict()
-    if loaded.class_names != list(class_names):
-        state = {k: v for k, v in state.items() if not k.startswith("fc.")}
+    if loaded is None:
+        loaded = load_model_from(dataclasses.replace(settings, weights=init))
+    state = dict(loaded.net.net.state_dict())
+    old = list(loaded.class_names or [])
+    fc = {k: state.pop(k) for k in ("fc.weight", "fc.bias") if k in state}
+    kept = old and old == list(class_names[: len(old)]) and loaded.weights_kind == "checkpoint"
+    if kept and len(fc) == 2 and fc["fc.weight"].shape[0] == len(old):
+        new = net.state_dict()
+        for k, rows in fc.items():
+            grown = new[k].clone()
+            grown[: len(old)] = rows
+            state[k] = grown
     missing, unexpected = net.load_state_dict(state, strict=False)
     if unexpected or any(not k.startswith("fc.") for k in missing):
         raise ValueError(f"{init}: not a ResNet-18 state dict ({missing}, {unexpected})")
@@ -184,15 +205,21 @@ class _StopFlag:
 
 
 def load_data(
-    config: TrainConfig, *, settings: Settings
+    config: TrainConfig, *, settings: Settings, base_names: list[str] | None = None
 ) -> tuple[Store, Labelled, Store, Labelled]:
-    """(train store, train examples, validation store, validation examples)."""
+    """(train store, train examples, validation store, validation examples).
+
+    ``base_names``: a previous model's classes (``--init CHECKPOINT``), which come first, in
+    their order; the data's other classes follow, sorted.
+    """
     make = client_factory(settings)
     src = open_store(config.source, client_factory=make)
     if config.labels:
         labelled = read_labels(_read_text(config.labels, make), source=src.uri)
     else:
         labelled = list_folders(src, extensions=settings.extensions, page_size=settings.page_size)
+    if base_names:
+        labelled = extend_classes(labelled, base_names)
     if len(labelled.class_names) < 2:
         raise ValueError(
             f"{config.source}: need at least two classes, found {labelled.class_names}"
@@ -229,12 +256,20 @@ def train(
     device = resolve_device(settings.device)
     cuda = device.type == "cuda"
     batch_size = config.batch_size or (256 if cuda else 32)
-    src, train_set, val_src, val_set = load_data(config, settings=settings)
+    previous = None  # a checkpoint to fine-tune: its classes come first and keep their fc rows
+    if config.init not in ("random", "imagenet"):
+        previous = load_model_from(dataclasses.replace(settings, weights=config.init))
+    base = previous.class_names if previous and previous.weights_kind == "checkpoint" else None
+    if base == [f"class_{i}" for i in range(len(base or []))]:
+        base = None  # a bare state dict: its classes have no names to keep
+    src, train_set, val_src, val_set = load_data(config, settings=settings, base_names=base)
     names = train_set.class_names
     out_store = open_store(_split_uri(config.out)[0], client_factory=client_factory(settings))
     out_name, state_name = _split_uri(config.out)[1], resume_name(config.out)
 
-    net, started_from = build_net(config.init, names, settings=settings, seed=config.seed)
+    net, started_from = build_net(
+        config.init, names, settings=settings, seed=config.seed, loaded=previous
+    )
     if cuda:
         net = net.to(device, memory_format=torch.channels_last)
     opt = torch.optim.AdamW(
