@@ -307,8 +307,44 @@ def cmd_view(args: argparse.Namespace) -> int:
         token=args.token or os.environ.get("ECHOCAM_VIEW_TOKEN") or None,
         client_factory=client_factory(_settings(args)),
         review=args.review,
+        **_shown_minimums(args),
     )
     return 0
+
+
+def _shown_minimums(args: argparse.Namespace) -> dict[str, Any]:
+    """``--min-probability P|FILE.json [--precision]`` of ``view`` and ``report``: the
+    detections they show (RunData's ``min_probability``, ``class_min_probability``)."""
+    from echocam.errors import InvalidParams
+    from echocam.review.thresholds import DEFAULT_PRECISION, load_thresholds
+
+    source, precision = args.min_probability, args.precision
+    if isinstance(source, str):
+        per = load_thresholds(source, precision=precision or DEFAULT_PRECISION)
+        return {"class_min_probability": per}
+    if precision is not None:
+        raise InvalidParams("--precision goes with --min-probability FILE.json")
+    if source is not None and not 0.0 <= source <= 1.0:
+        raise InvalidParams(f"--min-probability {source}: a probability in [0, 1] or a file")
+    return {"min_probability": source or 0.0}
+
+
+def _add_shown_minimums(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--min-probability",
+        default=None,
+        metavar="P|FILE.json",
+        type=_probability_or_file,
+        help="show only detections at least this probable: one probability, or per class from "
+        "a thresholds file of echocam review thresholds (or a {class: p} JSON) [default: all]",
+    )
+    parser.add_argument(
+        "--precision",
+        type=float,
+        default=None,
+        help="with --min-probability FILE.json: the target precision whose thresholds to take "
+        "[default 0.95]",
+    )
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -358,7 +394,10 @@ def cmd_report(args: argparse.Namespace) -> int:
     from echocam.bucket.storage import client_factory
     from echocam.view.report import write
 
-    print(f"report: {write(args.dest, client_factory=client_factory(_settings(args)))}")
+    where = write(
+        args.dest, client_factory=client_factory(_settings(args)), **_shown_minimums(args)
+    )
+    print(f"report: {where}")
     return 0
 
 
@@ -742,6 +781,7 @@ def build_parser() -> argparse.ArgumentParser:
         "under the run's _reviews/ (without it the viewer is read-only; on an address other "
         "than loopback --token is required too)",
     )
+    _add_shown_minimums(view)
     _add_fields(view, Settings, ["s3_endpoint_url", "s3_region"], "storage")
     view.set_defaults(func=cmd_view)
 
@@ -750,6 +790,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="write a static, self-contained report.html into the run under DEST",
     )
     rep.add_argument("dest", metavar="DEST", help="directory or s3://bucket/prefix of a run")
+    _add_shown_minimums(rep)
     _add_fields(rep, Settings, ["s3_endpoint_url", "s3_region"], "storage")
     rep.set_defaults(func=cmd_report)
     _add_train(sub)

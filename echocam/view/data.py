@@ -140,8 +140,19 @@ class _Cached:
 class RunData:
     """One run under ``store``: its description, tables and records."""
 
-    def __init__(self, store: Store, *, input_store_factory=None):
+    def __init__(
+        self,
+        store: Store,
+        *,
+        input_store_factory=None,
+        min_probability: float = 0.0,
+        class_min_probability: dict[str, float] | None = None,
+    ):
         self.store = store
+        # the detections shown (pages, report): at least these probabilities (``--min-probability
+        # P|FILE.json``), on top of the run's own
+        self.min_probability = float(min_probability)
+        self.class_min_probability = dict(class_min_probability or {})
         self._lock = threading.Lock()
         self._tables: dict[str, _Cached] = {}
         self._tmp = tempfile.TemporaryDirectory(prefix="echocam-view-")
@@ -150,10 +161,13 @@ class RunData:
         self._json_cache: dict[str, tuple[float, dict[str, Any]]] = {}
 
     @classmethod
-    def open(cls, uri: str, *, client_factory=None) -> RunData:
+    def open(cls, uri: str, *, client_factory=None, **minimums: Any) -> RunData:
+        """The run at ``uri``; ``minimums``: ``min_probability``, ``class_min_probability``."""
         store = open_store(uri, client_factory=client_factory)
         return cls(
-            store, input_store_factory=lambda u: open_store(u, client_factory=client_factory)
+            store,
+            input_store_factory=lambda u: open_store(u, client_factory=client_factory),
+            **minimums,
         )
 
     def close(self) -> None:
@@ -266,13 +280,33 @@ class RunData:
             "WHERE top_class_name IS NOT NULL GROUP BY 1 ORDER BY n DESC, name",
         )
 
+    def detections_source(self) -> tuple[str, list[Any]] | None:
+        """(FROM clause, its arguments) of the detections shown: the run's table, less those
+        under the viewer's minimum probabilities; None when the run has no table."""
+        path = self.table(DETECTIONS_PARQUET)
+        if path is None:
+            return None
+        per = self.class_min_probability
+        if not per and not self.min_probability:
+            return "read_parquet(?)", [str(path)]
+        cases = " ".join("WHEN ? THEN ?" for _ in per)
+        minimum = f"CASE class_name {cases} ELSE ? END" if per else "?"
+        args = [str(path), *(v for pair in per.items() for v in pair), self.min_probability]
+        return f"(SELECT * FROM read_parquet(?) WHERE probability >= {minimum})", args
+
     def detection_classes(self) -> list[dict[str, Any]]:
-        return self._facet(
-            DETECTIONS_PARQUET,
-            "classes",
-            "SELECT class_name AS name, count(*) AS n, avg(probability) AS mean_p, "
-            "max(probability) AS max_p FROM read_parquet(?) GROUP BY 1 ORDER BY n DESC, name",
-        )
+        source = self.detections_source()
+        if source is None:
+            return []
+        cached = self._tables[DETECTIONS_PARQUET]
+        if "classes" not in cached.facets:
+            src, args = source
+            cached.facets["classes"] = self.query(
+                "SELECT class_name AS name, count(*) AS n, avg(probability) AS mean_p, "
+                f"max(probability) AS max_p FROM {src} GROUP BY 1 ORDER BY n DESC, name",
+                args,
+            )
+        return cached.facets["classes"]
 
     def counts(self) -> dict[str, list[dict[str, Any]]]:
         """Recordings by status and by error code."""
@@ -314,16 +348,16 @@ class RunData:
         self, filters: Filters, *, sort: str = "probability", offset: int = 0, limit: int = 50
     ) -> tuple[int, list[dict[str, Any]]]:
         """(detections matching, one page of them) from detections.parquet."""
-        path = self.table(DETECTIONS_PARQUET)
-        if path is None:
+        source = self.detections_source()
+        if source is None:
             return 0, []
+        src, src_args = source
         where, args = filters.where(class_col="class_name", prob_col="probability", table="det")
-        src = "read_parquet(?)"
-        total = self.query(f"SELECT count(*) AS n FROM {src}{where}", [str(path), *args])[0]["n"]
+        total = self.query(f"SELECT count(*) AS n FROM {src}{where}", [*src_args, *args])[0]["n"]
         order = DETECTION_SORTS.get(sort, DETECTION_SORTS["probability"])
         rows = self.query(
             f"SELECT * FROM {src}{where} ORDER BY {order} LIMIT ? OFFSET ?",
-            [str(path), *args, int(limit), max(0, int(offset))],
+            [*src_args, *args, int(limit), max(0, int(offset))],
         )
         return total, rows
 

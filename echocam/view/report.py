@@ -11,8 +11,9 @@ from __future__ import annotations
 import base64
 from collections import Counter
 from datetime import UTC, datetime
+from typing import Any
 
-from echocam.bucket.manifest import DETECTIONS_PARQUET, MANIFEST_PARQUET
+from echocam.bucket.manifest import MANIFEST_PARQUET
 from echocam.view.axes import MelAxis, TimeAxis
 from echocam.view.data import RunData
 from echocam.view.images import Images, image_ref
@@ -62,7 +63,7 @@ def build(data: RunData, *, top: int = 24, per_recording: int = 2, per_code: int
     run, summary, params = data.run(), data.summary(), data.params()
     counts = data.counts()
     manifest = data.table(MANIFEST_PARQUET)
-    dets = data.table(DETECTIONS_PARQUET)
+    dets = data.detections_source()
     model = run.get("model") or {}
     facts = [
         ("input", run.get("input")),
@@ -94,11 +95,12 @@ def build(data: RunData, *, top: int = 24, per_recording: int = 2, per_code: int
 
     rows = []
     if dets is not None:
+        src, args = dets
         rows = data.query(
             "SELECT * FROM (SELECT *, row_number() OVER (PARTITION BY source_key "
-            "ORDER BY probability DESC, begin_s) AS rank FROM read_parquet(?)) "
+            f"ORDER BY probability DESC, begin_s) AS rank FROM {src}) "
             "WHERE rank <= ? ORDER BY probability DESC, source_key, begin_s LIMIT ?",
-            [str(dets), per_recording, top],
+            [*args, per_recording, top],
         )
     images = Images(data.get)
     figures = []  # (detection, its evidence as base64 PNG or None)
@@ -135,9 +137,10 @@ def build(data: RunData, *, top: int = 24, per_recording: int = 2, per_code: int
     )
 
 
-def write(uri: str, *, client_factory=None) -> str:
-    """Write ``report.html`` into the run at ``uri``; returns where it went."""
-    data = RunData.open(uri, client_factory=client_factory)
+def write(uri: str, *, client_factory=None, **minimums: Any) -> str:
+    """Write ``report.html`` into the run at ``uri``; returns where it went.  ``minimums``:
+    ``min_probability``, ``class_min_probability`` (:class:`RunData`)."""
+    data = RunData.open(uri, client_factory=client_factory, **minimums)
     try:
         html = build(data)
         data.store.put(REPORT_NAME, html.encode("utf-8"))

@@ -45,10 +45,11 @@ _SHUFFLE = "hash(source_key || '@' || CAST(begin_s AS VARCHAR) || '#' || class_n
 class Review:
     """One viewer's review state: the reviewer, the run's verdicts, the CSRF tokens it issued."""
 
-    def __init__(self, data: RunData, *, reviewer: str, thresholds: dict[str, float] | None = None):
+    def __init__(self, data: RunData, *, reviewer: str):
         self.data = data
         self.reviewer = reviews.check_reviewer(reviewer)
-        self.thresholds = dict(thresholds or {})
+        # ``uncertain`` orders by the distance to these: the viewer's --min-probability
+        self.thresholds = dict(data.class_min_probability)
         self.log = reviews.Reviews.load(data.store)
         self._tokens: OrderedDict[str, None] = OrderedDict()
         self._lock = threading.Lock()
@@ -74,7 +75,7 @@ class Review:
             self.log.refresh()
 
     def threshold(self, class_name: str) -> float:
-        return self.thresholds.get(class_name, 0.5)
+        return self.thresholds.get(class_name, self.data.min_probability or 0.5)
 
     # the queue
     def queue(self, query: dict[str, str]) -> list[dict[str, Any]]:
@@ -137,7 +138,8 @@ class Review:
         if strategy == "uncertain":
             known = list(self.thresholds.items())
             case = " ".join("WHEN ? THEN ?" for _ in known)
-            thr = f"CASE class_name {case} ELSE 0.5 END" if known else "0.5"
+            other = float(self.data.min_probability or 0.5)
+            thr = f"CASE class_name {case} ELSE {other!r} END" if known else repr(other)
             sql = (
                 f"{src} ORDER BY abs(probability - ({thr})), source_key, begin_s, class_name "
                 "LIMIT ?"

@@ -125,7 +125,6 @@ class ViewServer(ThreadingHTTPServer):
         token: str | None = None,
         quiet=False,
         review: str | None = None,
-        thresholds: dict[str, float] | None = None,
     ):
         host = address[0]
         try:
@@ -144,7 +143,7 @@ class ViewServer(ThreadingHTTPServer):
         if review:
             from echocam.view.review import Review
 
-            self.review = Review(data, reviewer=review, thresholds=thresholds)
+            self.review = Review(data, reviewer=review)
 
     @property
     def url(self) -> str:
@@ -519,12 +518,12 @@ def make_server(
     client_factory=None,
     quiet: bool = False,
     review: str | None = None,
-    thresholds: dict[str, float] | None = None,
+    **minimums: Any,
 ) -> ViewServer:
-    data = RunData.open(uri, client_factory=client_factory)
-    return ViewServer(
-        (host, port), data, token=token, quiet=quiet, review=review, thresholds=thresholds
-    )
+    """A viewer of the run at ``uri``; ``minimums``: ``min_probability`` and
+    ``class_min_probability``, the detections it shows (:class:`RunData`)."""
+    data = RunData.open(uri, client_factory=client_factory, **minimums)
+    return ViewServer((host, port), data, token=token, quiet=quiet, review=review)
 
 
 def serve(uri: str, **kwargs: Any) -> None:

@@ -564,3 +564,40 @@ def test_the_page_keeps_verdicts_while_the_viewer_is_down_and_sends_them_again(
         assert {i for i in judged if i} <= set(got) and set(got.values()) == {"yes"}
     finally:
         stop(proc, log)
+
+
+def test_per_class_thresholds_in_the_viewer_the_report_and_the_uncertain_queue(run, tmp_path):
+    import re
+
+    table = detections(run)
+    names = sorted({d["class_name"] for d in table})
+    first = sorted(d["probability"] for d in table if d["class_name"] == names[0])
+    second = [d["probability"] for d in table if d["class_name"] == names[1]]
+    # half of one class, none of another; the others: the floor, 0
+    cut = {names[0]: first[len(first) // 2], names[1]: min(1.0, max(second) + 1e-3)}
+    (tmp_path / "t.json").write_text(json.dumps(cut))
+    want = [d for d in table if d["probability"] >= cut.get(d["class_name"], 0.0)]
+    assert 0 < len(want) < len(table)
+    srv = make_server(str(run), port=0, quiet=True, review="ann", class_min_probability=cut)
+    start_in_thread(srv)
+    base = f"http://127.0.0.1:{srv.server_address[1]}"
+    try:
+        page = get(base, "/detections")[2].decode()
+        assert f"{len(want)} detections match" in page
+        # uncertain: nearest each class's own threshold (0.5 where none is given)
+        unc = Api(base).queue(n=100, strategy="uncertain")
+        gaps = [abs(i["probability"] - cut.get(i["class_name"], 0.5)) for i in unc]
+        assert gaps == sorted(gaps) and unc[0]["threshold"] == cut.get(unc[0]["class_name"], 0.5)
+    finally:
+        srv.shutdown()
+        srv.server_close()
+    proc = echocam("report", str(run), "--min-probability", str(tmp_path / "t.json"))
+    assert proc.returncode == 0, proc.stderr
+    report = (run / "report.html").read_text()
+    shown = re.findall(r"<b>([^<]+)</b> p=(\d\.\d{3})<br>", report)
+    assert shown
+    for name, p in shown:
+        assert float(p) >= round(cut.get(name, 0.0), 3) - 1e-3, (name, p)
+    assert names[1] not in {name for name, _ in shown}
+    bad = echocam("report", str(run), "--min-probability", "2")
+    assert bad.returncode != 0 and "probability" in bad.stderr
