@@ -7,7 +7,9 @@ yes or no wins; skips give nothing):
   or the evidence box where the detection has no call box;
 - ``no``: the negative label (``Background`` by default) over the same time span, band empty
   (the class is not there; what is, is not known);
-- a detection with neither box: the window (``begin_s``..``end_s``), band empty.
+- a detection with neither box: the window (``begin_s``..``end_s``), band empty;
+- a ``no`` row whose span overlaps a yes row of the same recording is left out: a window that
+  holds one class's call is no example of "no call here" (training would be told both).
 
 Keys are the detections' source keys: relative to the run's input, as train's SOURCE wants.
 Identical rows (overlapping windows that found the same call) are written once.
@@ -54,8 +56,18 @@ def label_rows(
     for v in decided(verdicts).values():
         r = label_row(v, negative_label=negative_label)
         if r["end_s"] > r["start_s"]:
-            rows[tuple(r.values())] = r
-    return sorted(rows.values(), key=lambda r: (r["key"], r["start_s"], r["label"], r["end_s"]))
+            rows[tuple(r.values())] = (r, v["verdict"])
+    positives: dict[str, list[tuple[float, float]]] = {}
+    for r, verdict in rows.values():
+        if verdict == "yes":
+            positives.setdefault(r["key"], []).append((r["start_s"], r["end_s"]))
+    kept = [
+        r
+        for r, verdict in rows.values()
+        if verdict == "yes"
+        or not any(a < r["end_s"] and r["start_s"] < b for a, b in positives.get(r["key"], ()))
+    ]
+    return sorted(kept, key=lambda r: (r["key"], r["start_s"], r["label"], r["end_s"]))
 
 
 def labels_csv(rows: Iterable[Mapping[str, Any]]) -> str:

@@ -105,9 +105,11 @@ def detections(data: RunData, query: dict[str, str]) -> bytes:
 SIMILAR_TOP = 24
 
 
-def similar(data: RunData, query: dict[str, str]) -> bytes | None:
+def similar(data: RunData, query: dict[str, str], *, reviewing: bool = False) -> bytes | None:
     """The detections of the run most like one (``key``, window start ``t``, ``class``): "more
-    like this" (``echocam.search``); None when the run has no such detection."""
+    like this" (``echocam.search``); None when the run has no such detection.  ``reviewing``:
+    the viewer is in review mode (a link judges them on the ``similar`` queue)."""
+    from echocam.bucket.detections import detection_id
     from echocam.errors import InvalidParams
     from echocam.search import run_batches, scan, stored_vector
 
@@ -128,6 +130,9 @@ def similar(data: RunData, query: dict[str, str]) -> bytes | None:
         query_crop={"key": key, "t": t, "class_id": _class_id(data, name)},
         rows=rows,
         top=top,
+        review_query=(
+            {"strategy": "similar", "like": detection_id(key, t, name)} if reviewing else None
+        ),
     )
 
 

@@ -291,7 +291,7 @@ class Handler(BaseHTTPRequestHandler):
         self._page(pages.detections(self.server.data, query))
 
     def _similar(self, query: dict[str, str]) -> None:
-        body = pages.similar(self.server.data, query)
+        body = pages.similar(self.server.data, query, reviewing=self.server.review is not None)
         if body is None:
             self.fail(HTTPStatus.NOT_FOUND, "no such detection in this run's embeddings")
         else:

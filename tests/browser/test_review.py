@@ -601,3 +601,25 @@ def test_per_class_thresholds_in_the_viewer_the_report_and_the_uncertain_queue(r
     assert names[1] not in {name for name, _ in shown}
     bad = echocam("report", str(run), "--min-probability", "2")
     assert bad.returncode != 0 and "probability" in bad.stderr
+
+
+def test_the_similar_queue_is_the_search_and_the_similar_page_links_to_it(in_process, run):
+    import html
+    import re
+    from urllib.parse import parse_qsl, urlencode
+
+    from echocam.api import search
+
+    d = detections(run)[3]
+    qid = detection_id(d["source_key"], d["begin_s"], d["class_name"])
+    items = Api(in_process).queue(n=10, strategy="similar", like=qid)
+    hits = search(str(run), like_detection=qid, top=10)
+    assert [i["id"] for i in items] == hits["detection_id"].tolist()
+    sims = [i["similarity"] for i in items]
+    assert sims == sorted(sims, reverse=True) and qid not in {i["id"] for i in items}
+    query = {"key": d["source_key"], "t": d["begin_s"], "class": d["class_name"]}
+    page = get(in_process, "/similar?" + urlencode(query))[2].decode()
+    (href,) = re.findall(r'<a id="review-these" href="/review\?([^"]+)"', page)
+    linked = dict(parse_qsl(html.unescape(href)))
+    assert linked == {"strategy": "similar", "like": qid}
+    assert get(in_process, "/api/review/queue?strategy=similar&like=nope")[0] == 400

@@ -103,6 +103,18 @@ def test_overlapping_windows_that_found_one_call_give_one_row():
     assert len(export.label_rows(standing)) == 1
 
 
+def test_a_no_over_another_class_s_yes_is_no_background_example():
+    wren, robin = det(t=0.0), det(t=0.0, name="Robin")  # one window: a Wren call, not a Robin
+    later = det(t=20.0, name="Robin")  # a Robin detection with no call under it
+    standing = [
+        verdict(wren, "yes", "2026-01-01T00:00:01Z"),
+        verdict(robin, "no", "2026-01-01T00:00:02Z"),
+        verdict(later, "no", "2026-01-01T00:00:03Z"),
+    ]
+    rows = export.label_rows(standing)
+    assert [(r["label"], r["start_s"]) for r in rows] == [("Wren", 1.5), ("Background", 21.5)]
+
+
 # -- thresholds --------------------------------------------------------------------------------
 
 
