@@ -251,15 +251,11 @@ def _search_on_workers(
     return rows[: options["top"]]
 
 
-def _embedded_query(run, uri, like, like_audio, windows, weights, settings):
-    """The query vector of a box (``like``) or a clip (``like_audio``), embedded with the run's
-    model and parameters."""
+def _run_model(run, uri, weights, settings):
+    """The run's model (``weights``: where it lives now), checked against run.json's sha256."""
     import dataclasses
 
-    from echocam.bucket.storage import client_factory, open_store
     from echocam.explain.model import load_model_from
-    from echocam.explain.query import box_vector, clip_vector
-    from echocam.search import Box
 
     weights = weights or run["model"]["weights"]
     model = load_model_from(dataclasses.replace(settings, weights=weights))
@@ -268,13 +264,39 @@ def _embedded_query(run, uri, like, like_audio, windows, weights, settings):
             f"{uri} was made by model {run['model']['sha256'][:12]}, but "
             f"{weights} is {model.sha256[:12]}: give the run's weights"
         )
+    return model
+
+
+def embed_box(
+    run: dict, like: str, *, input_store, weights: str | None = None, settings=None, uri: str = ""
+):
+    """The query vector (dim,) of a box ``KEY@T0-T1[@F0-F1]`` (s, Hz) in a recording of the run
+    described by ``run`` (run.json), read from ``input_store``, embedded with the run's model and
+    parameters as the run embedded its own boxes."""
+    from echocam.explain.query import box_vector
+    from echocam.search import Box
+
+    settings = settings or Settings.from_env()
+    model = _run_model(run, uri or run.get("output", ""), weights, settings)
     params = Params.from_dict(run["params"])
+    box = Box.parse(like)
+    data, _ = input_store.get(box.source_key, max_bytes=params.max_bytes)
+    return box_vector(model, params, data, box)
+
+
+def _embedded_query(run, uri, like, like_audio, windows, weights, settings):
+    """The query vector of a box (``like``) or a clip (``like_audio``), embedded with the run's
+    model and parameters."""
+    import dataclasses
+
+    from echocam.bucket.storage import client_factory, open_store
+    from echocam.explain.query import clip_vector
+
     if like is not None:
-        box = Box.parse(like)
         src = open_store(run["input"], client_factory=client_factory(settings))
-        data, _ = src.get(box.source_key, max_bytes=params.max_bytes)
-        return box_vector(model, params, data, box)
+        return embed_box(run, like, input_store=src, weights=weights, settings=settings, uri=uri)
+    model = _run_model(run, uri, weights, settings)
     data = like_audio if isinstance(like_audio, bytes) else Path(like_audio).read_bytes()
-    params = dataclasses.replace(params, outputs=("embeddings",))
+    params = dataclasses.replace(Params.from_dict(run["params"]), outputs=("embeddings",))
     explainer = Explainer(model, params, device=settings.device)
     return clip_vector(explainer, data, windows=windows)

@@ -106,32 +106,49 @@ SIMILAR_TOP = 24
 
 
 def similar(data: RunData, query: dict[str, str], *, reviewing: bool = False) -> bytes | None:
-    """The detections of the run most like one (``key``, window start ``t``, ``class``): "more
-    like this" (``echocam.search``); None when the run has no such detection.  ``reviewing``:
-    the viewer is in review mode (a link judges them on the ``similar`` queue)."""
+    """The detections of the run most like one (``key``, window start ``t``, ``class``), or
+    like a box drawn on a recording (``like=KEY@T0-T1@F0-F1``, embedded with the run's model):
+    "more like this" (``echocam.search``); None when there is no such detection or box.
+    ``reviewing``: the viewer is in review mode (a link judges them on the ``similar`` queue)."""
     from echocam.bucket.detections import detection_id
     from echocam.errors import InvalidParams
-    from echocam.search import run_batches, scan, stored_vector
+    from echocam.search import Box, run_batches, scan, stored_vector
 
-    key, name = query.get("key", ""), query.get("class", "")
-    try:
-        t = float(query.get("t", "nan"))
-        vector, window = stored_vector([data.store], key, t, name)
-    except (ValueError, InvalidParams):
-        return None
     top = min(max(_int(query.get("n"), SIMILAR_TOP), 1), 200)
-    found = scan(run_batches(data.store), vector, top=top, exclude=[(key, window, name)])
+    drawn = None
+    try:
+        if query.get("like"):
+            from echocam.api import embed_box
+
+            drawn = Box.parse(query["like"])
+            if data.record(drawn.source_key) is None:  # only recordings of this run
+                return None
+            vector = embed_box(data.run(), query["like"], input_store=data.input_store())
+            exclude = []
+            key, t, name = drawn.source_key, drawn.begin_s, ""
+        else:
+            key, name = query.get("key", ""), query.get("class", "")
+            t = float(query.get("t", "nan"))
+            vector, window = stored_vector([data.store], key, t, name)
+            exclude = [(key, window, name)]
+    except (ValueError, InvalidParams, FileNotFoundError):
+        return None
+    found = scan(run_batches(data.store), vector, top=top, exclude=exclude)
     rows = found.to_pylist() if found.num_rows else []
+    what = f"the box {query['like']}" if drawn else f"{name} at {key} {t:g} s"
     return page(
         data,
         "similar.html",
-        title=f"More like {name} at {key} {t:g} s",
+        title=f"More like {what}",
         query={"key": key, "t": t, "class": name},
-        query_crop={"key": key, "t": t, "class_id": _class_id(data, name)},
+        drawn=drawn,
+        query_crop=None if drawn else {"key": key, "t": t, "class_id": _class_id(data, name)},
         rows=rows,
         top=top,
         review_query=(
-            {"strategy": "similar", "like": detection_id(key, t, name)} if reviewing else None
+            {"strategy": "similar", "like": detection_id(key, t, name)}
+            if reviewing and not drawn
+            else None
         ),
     )
 
@@ -243,6 +260,11 @@ def _viewer(record: dict, params: dict) -> dict[str, Any]:
         "tile": TILE,
         "images": images,
         "windows": [_window(w, mel) for w in record.get("windows") or []],
+        # a box drawn on the spectrogram (shift + drag) is searched for: the Hz of each row's
+        # centre, top row first, turn its rows into a band
+        "key": record["source_key"],
+        "row_hz": [round(mel.centre_hz(n - 1 - r), 1) for r in range(n)],
+        "search": bool(outputs.get("embeddings")),
     }
     return {
         "view": view,

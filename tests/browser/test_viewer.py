@@ -323,6 +323,55 @@ def test_more_like_this_from_a_box_lists_the_search_s_results(
     assert console_errors(browser) == []
 
 
+def test_a_box_drawn_with_the_mouse_is_searched_for(run_dir, served, browser, screenshots):
+    """Shift + drag on a recording's spectrogram draws a box; its link lists the run's
+    detections most like it, as ``echocam search --like`` ranks them."""
+    from selenium.webdriver.common.actions.action_builder import ActionBuilder
+    from selenium.webdriver.common.keys import Keys
+
+    _, out = run_dir
+    key = SAMPLES[-1].name
+    browser.get_log("browser")
+    browser.get(rec_url(served, key))
+    wait(lambda: loaded(browser, "img.tile"), what="tiles")
+    link = browser.find_element("css selector", "#drawn")
+    assert not link.is_displayed()
+    # from the viewport's top left, in the window's coordinates (Selenium's element offsets are
+    # from the centre of its visible part, which moves with the page's height)
+    left, top, w = browser.execute_script(
+        "const r = document.getElementById('viewport').getBoundingClientRect();"
+        "return [r.left, r.top, r.width]"
+    )
+    drag = ActionBuilder(browser)
+    drag.key_action.key_down(Keys.SHIFT)
+    drag.pointer_action.move_to_location(int(left + w / 5), int(top + 20)).pointer_down()
+    drag.pointer_action.move_to_location(int(left + w / 5 + w / 10), int(top + 80)).pointer_up()
+    for _ in range(4):  # Shift held through the pointer's four steps (one tick each)
+        drag.key_action.pause(0)
+    drag.key_action.key_up(Keys.SHIFT)
+    drag.perform()
+    wait(lambda: link.is_displayed(), what="the drawn box's link")
+    assert len(browser.find_elements("css selector", "#marks rect.drawn")) == 1
+    like = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(link.get_attribute("href")).query))
+    like = like["like"]
+    key_part, times, band = like.rsplit("@", 2)
+    assert key_part == key
+    t0, t1 = map(float, times.split("-"))
+    f0, f1 = map(float, band.split("-"))
+    assert 0 <= t0 < t1 and 0 < f0 < f1  # pan state: the box is where the drag was, in s and Hz
+    link.click()
+    wait(lambda: browser.find_elements("css selector", "#similar tr.det"), what="results")
+    assert browser.find_element("css selector", "#drawn-query").is_displayed()
+    shown = [float(r.find_element("css selector", ".sim").text)
+             for r in browser.find_elements("css selector", "#similar tr.det")]  # fmt: skip
+    proc = echocam("search", str(out), "--like", like, "--top", "24")
+    assert proc.returncode == 0, proc.stderr
+    expected = [float(line.split(",")[0]) for line in proc.stdout.splitlines()[1:]]
+    assert shown == [round(x, 3) for x in expected] and len(shown) >= 3
+    shoot(browser, screenshots / "similar-drawn.png")
+    assert console_errors(browser) == []
+
+
 def test_zoom_and_pan_show_less_time_with_tiles(run_dir, served, browser):
     key = SAMPLES[-1].name
     browser.get(rec_url(served, key))

@@ -115,6 +115,13 @@
         }
       });
     });
+    if (drawn) {  // the box drawn with shift + drag (seconds, image rows)
+      const x = sx(colOf(drawn.t0));
+      marks.appendChild(el("rect", {
+        class: "drawn", x: x, y: drawn.y0, width: Math.max(1, sx(colOf(drawn.t1)) - x),
+        height: Math.max(1, drawn.y1 - drawn.y0),
+      }));
+    }
   }
 
   function niceStep(pxPerSecond) {
@@ -189,12 +196,38 @@
     }
   }, { passive: false });
   let drag = null;
+  let drawing = null; // shift + drag: a box (seconds, image rows) to search for
+  let drawn = null;
+  const drawnLink = document.getElementById("drawn");
+  function boxAt(ev) {
+    const rect = vp.getBoundingClientRect();
+    const t = Math.min(Math.max(timeOf(x0 + (ev.clientX - rect.left) * cpp), 0), D.duration);
+    return { t: t, y: Math.min(Math.max(ev.clientY - rect.top, 0), height) };
+  }
+  function setDrawn(a, b) {
+    // rows within the band (spectrogram or a class's) the drag began in
+    const top = Math.floor(a.y / D.band) * D.band;
+    const clampRow = (y) => Math.min(Math.max(y - top, 0), D.band - 1);
+    const r0 = clampRow(Math.min(a.y, b.y));
+    const r1 = clampRow(Math.max(a.y, b.y));
+    drawn = { t0: Math.min(a.t, b.t), t1: Math.max(a.t, b.t), y0: top + r0, y1: top + r1 + 1,
+              hzHigh: D.row_hz[Math.floor(r0)], hzLow: D.row_hz[Math.floor(r1)] };
+  }
   vp.addEventListener("pointerdown", (ev) => {
-    drag = { x: ev.clientX, x0: x0, moved: false };
     vp.setPointerCapture(ev.pointerId);
+    if (ev.shiftKey && drawnLink) {
+      drawing = boxAt(ev);
+      return;
+    }
+    drag = { x: ev.clientX, x0: x0, moved: false };
     vp.classList.add("dragging");
   });
   vp.addEventListener("pointermove", (ev) => {
+    if (drawing) {
+      setDrawn(drawing, boxAt(ev));
+      drawMarks();
+      return;
+    }
     if (!drag) return;
     if (Math.abs(ev.clientX - drag.x) > 3) drag.moved = true;
     x0 = drag.x0 - (ev.clientX - drag.x) * cpp;
@@ -202,6 +235,20 @@
   });
   vp.addEventListener("pointerup", (ev) => {
     vp.classList.remove("dragging");
+    if (drawing) {
+      setDrawn(drawing, boxAt(ev));
+      drawing = null;
+      drawMarks();
+      if (drawn.t1 - drawn.t0 > 0.01) {
+        const like = `${D.key}@${drawn.t0.toFixed(3)}-${drawn.t1.toFixed(3)}` +
+          `@${Math.round(drawn.hzLow)}-${Math.round(drawn.hzHigh)}`;
+        drawnLink.href = "/similar?" + new URLSearchParams({ like: like }).toString();
+        drawnLink.textContent = `more like this box (${drawn.t0.toFixed(2)}–` +
+          `${drawn.t1.toFixed(2)} s, ${Math.round(drawn.hzLow)}–${Math.round(drawn.hzHigh)} Hz)`;
+        drawnLink.hidden = false;
+      }
+      return;
+    }
     if (drag && !drag.moved && audio) { // a click: play from there
       const rect = vp.getBoundingClientRect();
       audio.currentTime = Math.max(0, timeOf(x0 + (ev.clientX - rect.left) * cpp));
