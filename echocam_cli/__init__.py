@@ -1066,5 +1066,21 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
+def entry() -> None:
+    """The ``echocam`` command: :func:`main`, the exit handlers, then the exit itself without
+    the interpreter's teardown.  Arrow's native thread pools, torn down there, now and then
+    abort the process after its work is done and written ("terminate called without an active
+    exception", apache/arrow#34314): seen once here, on ``echocam review thresholds`` under
+    load, with the thresholds file already written."""
+    import atexit
+    import os
+
+    rc = main()
+    atexit._run_exitfuncs()  # logging's flush, weakref finalizers (temporary directories)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(rc)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

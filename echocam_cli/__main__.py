@@ -1,5 +1,3 @@
-import sys
+from echocam_cli import entry
 
-from echocam_cli import main
-
-sys.exit(main())
+entry()

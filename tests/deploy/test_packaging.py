@@ -43,4 +43,4 @@ def test_wheel_contains_the_colormap_tables_and_every_package(tmp_path):
         on_disk = {f.relative_to(ROOT).as_posix() for f in (ROOT / "echocam/view" / data).iterdir()}
         assert shipped == on_disk, data
     entry = next(n for n in names if n.endswith("entry_points.txt"))
-    assert "echocam = echocam_cli:main" in zipfile.ZipFile(wheel).read(entry).decode()
+    assert "echocam = echocam_cli:entry" in zipfile.ZipFile(wheel).read(entry).decode()
