@@ -38,6 +38,15 @@ BENCHMARKS: dict[str, tuple[str, str, str]] = {
         "(targets: <= 1.5 ms per window on one thread; 2 threads >= 0.8 x twice one)",
         "python benchmarks/bench_host_threads.py --json benchmarks/results/host_threads.json",
     ),
+    "host_profile": (
+        "bench_host_profile.py",
+        "where a GPU host's CPU goes per window in local mode with the device stage replayed, "
+        "for 5-s clips and a 30-min recording: CPU-ms per window by stage (py-spy), the GIL's "
+        "share, 2 threads and 2 processes against 1, objects per recording and the CPU of a PUT "
+        "(targets: <= 1.5 CPU-ms per window for clips, <= 1.0 for a 30-min recording; "
+        "scaling >= 0.8)",
+        "python benchmarks/bench_host_profile.py --json benchmarks/results/host_profile.json",
+    ),
     "local": (
         "bench_local.py",
         "local mode end to end (read, decode, device, encode, write, overlapped) against the "
@@ -167,6 +176,28 @@ def _host_threads(r: dict) -> Iterator[Row]:
         if stage in r["stages"]:
             half = r["stages"][stage]["scaling"] / 2
             yield Row(f"{stage}: 2 threads / (2 x 1 thread)", half, "≥ 0.8", verdict(half, 0.8))
+
+
+def _host_profile(r: dict) -> Iterator[Row]:
+    for case, target in (("clips", 1.5), ("long", 1.0)):
+        c = r["cases"].get(case)
+        if c is None:
+            continue
+        name = "5-s clips" if case == "clips" else "a 30-min recording"
+        ms = c["cpu_ms_per_window"]
+        yield Row(f"{name}: CPU-ms per window (1 thread)", ms, f"≤ {target}",
+                  verdict(ms, target, higher_is_better=False))  # fmt: skip
+        top = list(c["stages_ms_per_window"].items())[:3]
+        yield Row(f"{name}: the largest stages, CPU-ms per window",
+                  ", ".join(f"{k} {v:.2f}" for k, v in top))  # fmt: skip
+        yield Row(f"{name}: share of samples holding the GIL", c["gil_share_of_samples"])
+        for how in ("threads", "processes"):
+            v = c[f"scaling_2_{how}"]
+            yield Row(f"{name}: 2 {how} / (2 x 1)", v, "≥ 0.8", verdict(v, 0.8))
+        yield Row(f"{name}: objects written per recording", c["objects_per_recording"])
+    p = r["puts"]
+    yield Row("CPU-ms per 10-kB PUT: local store / boto3 to SeaweedFS",
+              f"{p['local_cpu_ms_per_put']:.2f} / {p['s3_cpu_ms_per_put']:.2f}")  # fmt: skip
 
 
 def _local(r: dict) -> Iterator[Row]:
@@ -361,6 +392,7 @@ def _rows(part: Any) -> list[dict]:
 _HEADLINES = {
     "host": _host,
     "host_threads": _host_threads,
+    "host_profile": _host_profile,
     "local": _local,
     "notebook": _notebook,
     "distributed": _distributed,

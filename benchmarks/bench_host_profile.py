@@ -1,0 +1,294 @@
+"""Where a GPU host's CPU goes per window, and how it spreads over cores.
+
+Local mode (``run_chunks`` from a folder to a folder, the default outputs) with the device stage
+replayed: each chunk's device output is computed once and handed back in no time, so what is
+measured is the host's own work, as on a GPU host whose device keeps up.  Two cases: **clips**
+(5-s clips cut from the real recordings: one window, one recording each) and **long** (one
+30-minute recording: the real recordings end to end, repeated).  Each measurement runs in a
+fresh child process that loops local mode for ``--seconds``:
+
+- **cpu_ms_per_window**: the child's CPU time (user + system, all threads) per window, 1 I/O
+  thread;
+- **stages**: where that time goes: py-spy's samples of a second child, by the nearest echocam
+  module on each stack (decode, evidence, images, npz, embeddings, records, writes, reads,
+  index, other), as shares of the busy samples times the CPU time;
+- **gil_ms_per_window**: the share of samples holding the GIL (``py-spy --gil``) times the wall
+  time per window: the part no second thread can overlap;
+- **scaling**: windows/s on 2 I/O threads ÷ 2 × 1 thread, and of 2 processes at once ÷ 2 × 1
+  process (both ~1.0 when the work spreads perfectly; 0.5 when it does not at all);
+- **objects**: objects written per recording, and the CPU time of one PUT of a small object to
+  a local store and through boto3 to SeaweedFS on loopback.
+
+    python benchmarks/bench_host_profile.py [--seconds 15] [--json F]
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import _common as C
+
+HERE = Path(__file__).resolve()
+CLIPS, CLIP_S, LONG_S = 64, 5.0, 1800.0
+# stage ← the first echocam module (from the leaf up) on a sample's stack
+STAGES = (
+    ("evidence", ("explain/localise.py", "encoder.py:_evidence")),
+    ("images", ("explain/render.py", "signal/image.py", "Encoder._image")),
+    ("npz", ("explain/npz.py", "Encoder._npz")),
+    ("embeddings", ("explain/embed.py", "bucket/embeddings.py", "Embeddings.")),
+    ("decode", ("signal/audio.py", "signal/frontend.py", "signal/windows.py", "_decode")),
+    ("records", ("bucket/records.py", "bucket/detections.py", "Encoder.close", "Encoder.add")),
+    ("writes", ("LocalStore.put", "runner.py:_write", "complete.<locals>.write")),
+    ("reads", ("LocalStore.get", "md5", "runner.py:fetch")),
+    ("index", ("bucket/index.py",)),
+)
+IDLE = ("Condition.wait", "_worker (concurrent/futures/thread.py:81)", "Event.wait", "Thread.join",
+        "_wait_for_tstate_lock", "Condition.notify")  # fmt: skip
+
+
+# -- the child: local mode in a loop ------------------------------------------------------------
+
+
+def make_inputs(case: str, folder: Path) -> list[Path]:
+    """The case's recordings as WAV files in ``folder``."""
+    import numpy as np
+
+    from echocam.settings import Params
+    from echocam.signal import audio
+
+    params = Params()
+    sr = params.sample_rate
+    waves = [
+        audio.decode(p.read_bytes(), **params.decode_options()).samples for p in C.recordings()
+    ]
+    folder.mkdir(parents=True, exist_ok=True)
+    if case == "clips":
+        n, out = int(CLIP_S * sr), []
+        for i in range(CLIPS):
+            w = waves[i % len(waves)]
+            start = (i // len(waves)) * n % max(1, w.shape[0] - n)
+            path = folder / f"clip-{i:03d}.wav"
+            path.write_bytes(C.wav_bytes(w[start : start + n], sr))
+            out.append(path)
+        return out
+    joined = np.concatenate(waves)
+    reps = int(np.ceil(LONG_S * sr / joined.shape[0]))
+    path = folder / "long-30min.wav"
+    path.write_bytes(C.wav_bytes(np.tile(joined, reps)[: int(LONG_S * sr)], sr))
+    return [path]
+
+
+def child(case: str, threads: int, seconds: float) -> None:
+    import torch
+    from bench_host_threads import replay_device
+
+    from echocam.explain.model import load_model
+    from echocam.explain.pipeline import Explainer
+    from echocam.settings import Params
+
+    work = Path(tempfile.mkdtemp(prefix="echocam-profile-"))
+    try:
+        paths = make_inputs(case, work / "in")
+        torch.set_num_threads(2)
+        ex = Explainer(load_model("random"), Params(), device="cpu", batch_size=32)
+        pool = ThreadPoolExecutor(threads, thread_name_prefix="echocam-io")
+        ex.map = pool.map
+        local = C.LocalMode(ex, paths, chunk_size=16, pool=pool)
+        replay_device(ex)
+        outcomes = local.run()  # the device stage, once per chunk
+        windows = sum(o.windows for o in outcomes)
+        objects = sum(1 for p in (local.work / "out").rglob("*") if p.is_file())
+        torch.set_num_threads(1)
+        local.run()  # warm
+        print("ready", flush=True)  # a profiler may attach from here
+        runs, wall, cpu = 0, 0.0, 0.0
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline or runs < 2:
+            shutil.rmtree(local.work / "out", ignore_errors=True)  # not timed
+            t0, c0 = time.perf_counter(), time.process_time()
+            local.run()
+            wall += time.perf_counter() - t0
+            cpu += time.process_time() - c0
+            runs += 1
+        local.close()
+        pool.shutdown()
+        done = {"runs": runs, "windows": windows, "recordings": len(paths), "objects": objects,
+                "wall_s": wall, "cpu_s": cpu}  # fmt: skip
+        print(json.dumps(done), flush=True)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+# -- the parent ---------------------------------------------------------------------------------
+
+
+def spawn(case: str, threads: int, seconds: float, *, spy: list[str] | None = None):
+    cmd = [sys.executable, str(HERE), "--child", case, str(threads), str(seconds)]
+    if spy:
+        cmd = [*spy, "--", *cmd]
+    env = {**os.environ, "PYTHONPATH": str(HERE.parent)}
+    return subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=C.ROOT, env=env
+    )
+
+
+def result(proc) -> dict:
+    out, _ = proc.communicate(timeout=1800)
+    if proc.returncode != 0:
+        raise RuntimeError(f"child failed ({proc.returncode}): {out[-2000:]}")
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def stage_of(frames: list[str]) -> str:
+    for f in reversed(frames):
+        for name, marks in STAGES:
+            if any(m in f or m.replace(":", " (") in f for m in marks):
+                return name
+    return "other"
+
+
+def profile(case: str, seconds: float, work: Path, *, gil: bool) -> dict:
+    """Samples by stage (``idle``: waiting) of a 1-thread child's loop; with ``gil``, only the
+    samples whose thread holds the GIL are busy."""
+    py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    raw = work / f"{case}-{'gil' if gil else 'all'}.txt"
+    proc = spawn(case, 1, seconds + 3)
+    if proc.stdout.readline().strip() != "ready":
+        raise RuntimeError("the child did not start")
+    spy = [py_spy, "record", "--pid", str(proc.pid), "-d", str(int(seconds)), "-r", "200",
+           "-f", "raw", "-o", str(raw), "--idle", *(["--gil"] if gil else [])]  # fmt: skip
+    subprocess.run(spy, check=True, capture_output=True, timeout=seconds + 120)
+    res = result(proc)
+    counts: collections.Counter = collections.Counter()
+    for line in raw.read_text().splitlines():
+        stack, n = line.rsplit(" ", 1)
+        frames = stack.split(";")
+        if any("rmtree" in f for f in frames):
+            continue  # the loop's clean-up between runs, not timed
+        if not frames[-1] or frames[-1].startswith(IDLE):
+            counts["idle"] += int(n)
+        else:
+            counts[stage_of(frames)] += int(n)
+    return {"samples": dict(counts), "child": res}
+
+
+def put_cpu(n: int = 300) -> dict:
+    """CPU seconds per PUT of a 10-kB object: a local store, and boto3 to SeaweedFS (loopback)."""
+    from devtools.services import SeaweedS3
+    from echocam.bucket.storage import LocalStore, S3Store
+
+    body = os.urandom(10_000)
+    out = {}
+    with tempfile.TemporaryDirectory() as d:
+        store = LocalStore(d)
+        c0 = time.process_time()
+        for i in range(n):
+            store.put(f"r{i % 50}/o{i}.bin", body)
+        out["local_cpu_ms_per_put"] = 1000 * (time.process_time() - c0) / n
+    with SeaweedS3() as s3:
+        s3.create_bucket("puts")
+        store = S3Store("s3://puts/bench", s3.client())
+        for i in range(20):
+            store.put(f"warm/{i}.bin", body)
+        c0, t0 = time.process_time(), time.perf_counter()
+        for i in range(n):
+            store.put(f"r{i % 50}/o{i}.bin", body)
+        out["s3_cpu_ms_per_put"] = 1000 * (time.process_time() - c0) / n
+        out["s3_wall_ms_per_put"] = 1000 * (time.perf_counter() - t0) / n
+    return out
+
+
+def run(args: argparse.Namespace) -> dict:
+    work = Path(tempfile.mkdtemp(prefix="echocam-profile-"))
+    cases = {}
+    try:
+        for case in ("clips", "long"):
+            one = result(spawn(case, 1, args.seconds))
+            two = result(spawn(case, 2, args.seconds))
+            pair = [spawn(case, 1, args.seconds) for _ in range(2)]
+            both = [result(p) for p in pair]
+            rate = lambda r: r["runs"] * r["windows"] / r["wall_s"]  # noqa: E731
+            cpu_ms = 1000 * one["cpu_s"] / (one["runs"] * one["windows"])
+            wall_ms = 1000 * one["wall_s"] / (one["runs"] * one["windows"])
+            prof = profile(case, args.seconds, work, gil=False)
+            busy = {k: v for k, v in prof["samples"].items() if k != "idle"}
+            total = sum(busy.values())
+            gil = profile(case, args.seconds, work, gil=True)
+            gil_busy = sum(v for k, v in gil["samples"].items() if k != "idle")
+            gil_all = sum(gil["samples"].values())
+            cases[case] = {
+                "windows": one["windows"],
+                "recordings": one["recordings"],
+                "objects_per_recording": one["objects"] / one["recordings"],
+                "cpu_ms_per_window": cpu_ms,
+                "wall_ms_per_window": wall_ms,
+                "stages_ms_per_window": {
+                    k: cpu_ms * v / total for k, v in sorted(busy.items(), key=lambda kv: -kv[1])
+                },
+                "gil_share_of_samples": gil_busy / max(1, gil_all),
+                "scaling_2_threads": rate(two) / (2 * rate(one)),
+                "scaling_2_processes": sum(rate(r) for r in both) / (2 * rate(one)),
+                "windows_per_s_1_thread": rate(one),
+            }
+        puts = put_cpu()
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return {
+        "benchmark": "host_profile",
+        "date": C.now(),
+        "commit": C.commit(),
+        "machine": C.machine(1),
+        "seconds": args.seconds,
+        "cases": cases,
+        "puts": puts,
+        "note": "py-spy samples at 200 Hz; stages are shares of busy samples times the CPU time "
+        "(threads' sampling in one process); the GIL share counts samples whose thread holds it",
+    }
+
+
+def report(res: dict) -> str:
+    lines = [C.machine_line(res["machine"]), f"commit {res['commit']}"]
+    for case, r in res["cases"].items():
+        lines.append(
+            f"\n{case}: {r['windows']} windows, {r['recordings']} recordings, "
+            f"{r['objects_per_recording']:.1f} objects each; {r['cpu_ms_per_window']:.2f} CPU-ms "
+            f"per window ({r['wall_ms_per_window']:.2f} wall); GIL held in "
+            f"{100 * r['gil_share_of_samples']:.0f} % of samples; scaling 2 threads "
+            f"{r['scaling_2_threads']:.2f}, 2 processes {r['scaling_2_processes']:.2f}"
+        )
+        lines.append(C.table([[k, v] for k, v in r["stages_ms_per_window"].items()],
+                             ["stage", "CPU-ms/window"]))  # fmt: skip
+    p = res["puts"]
+    lines.append(f"\nPUT of 10 kB: local {p['local_cpu_ms_per_put']:.3f} CPU-ms, boto3 to "
+                 f"SeaweedFS {p['s3_cpu_ms_per_put']:.2f} CPU-ms ({p['s3_wall_ms_per_put']:.2f} "
+                 "wall)")  # fmt: skip
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> dict | None:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--child"]:
+        child(argv[1], int(argv[2]), float(argv[3]))
+        return None
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seconds", type=float, default=15.0, help="each child's timed loop")
+    ap.add_argument("--json", default=None, help="write the results here")
+    args = ap.parse_args(argv)
+    res = run(args)
+    print(report(res))
+    C.write_json(args.json, res)
+    return res
+
+
+if __name__ == "__main__":
+    main()
