@@ -303,7 +303,8 @@ def _chosen(name: str, wanted: list[str] | None) -> bool:
 
 def latency(args: argparse.Namespace, work: Path, kept: dict | None = None) -> dict:
     """Exact top-10 by each method, and the index candidates' build, latency and recall.  With
-    ``--methods``, only those named run; ``kept`` (--merge) keeps the others' earlier figures."""
+    ``--methods``, only those named run; ``kept`` (--merge) keeps the earlier figures of the
+    methods and rows not run now."""
     out: dict[str, dict] = {}
     query = "np.random.default_rng(9).random(512).astype(np.float32)"
     for n in args.rows:
@@ -374,6 +375,9 @@ t0 = time.perf_counter(); f(); print(time.perf_counter() - t0, {peak})"""
                  r.get("skipped", "")] for name, r in found.items()]  # fmt: skip
         print(f"\ntop-{TOP} over {n:,} vectors ({size / 1e6:.0f} MB table)")
         print(C.table(rows, ["method", "seconds", "peak MB", "build s", "recall@10", "skipped"]))
+    for n, found in (kept or {}).get("by_rows", {}).items():  # --merge: the rows not run now
+        out.setdefault(n, found)
+    out = dict(sorted(out.items(), key=lambda kv: int(kv[0])))
     one = out.get("1000000", {}).get("methods", {})
     ours = next((r["seconds"] for name, r in one.items() if name.startswith("echocam")), None)
     verdict = C.verdict(ours, 1.0, higher_is_better=False) if ours else "not measured"
@@ -454,7 +458,7 @@ def main() -> None:
             result["cost"] = cost(args, Path(tmp) / "cost") | stamp
         if "latency" not in args.skip:
             (Path(tmp) / "latency").mkdir(parents=True)
-            earlier = result.get("latency") if args.methods else None
+            earlier = result.get("latency") if args.merge else None
             result["latency"] = latency(args, Path(tmp) / "latency", earlier) | stamp
         if args.quality:
             (Path(tmp) / "quality").mkdir()
