@@ -365,7 +365,7 @@ t0 = time.perf_counter(); f(); print(time.perf_counter() - t0, {peak})"""
                 shutil.rmtree(d)
             print(f"  {name}: {found[name]}", flush=True)
         earlier = (kept or {}).get("by_rows", {}).get(str(n), {}).get("methods", {})
-        found = {**{k: v for k, v in earlier.items() if k not in found}, **found}  # --merge
+        found = {**earlier, **found}  # --merge: the earlier methods' order, today's figures
         size = paths["echocam"].stat().st_size
         out[str(n)] = {"methods": found, "file_mb": round(size / 1e6, 1),
                        "write_s": round(build, 1)}  # fmt: skip
