@@ -332,11 +332,14 @@ def search_latency() -> str:
                 continue
             build = "" if m.get("build_s") is None else f"{m['build_s']:.3g}"
             recall = "exact" if m.get("recall_at_10") is None else f"{m['recall_at_10']:.3f}"
+            if name.startswith("reading"):  # a format's decoding alone, no search
+                recall = ""
             if m.get("setting"):
                 recall += f" ({m['setting']})"
             mem = f"{m['peak_mb'] - base:,.0f} above the imports"
             out.append(f"| {int(n):,} | {name} | {m['seconds']:.3g} | {mem} | {build} | {recall} |")
-    return "\n".join(out) + f"\n\n{_measured_on(r)}\n"
+    note = r["latency"].get("note")
+    return "\n".join(out) + f"\n\n{_measured_on(r)}" + (f" {note}" if note else "") + "\n"
 
 
 def search_shards() -> str:
