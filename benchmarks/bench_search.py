@@ -139,18 +139,172 @@ def _children_cpu() -> float:
     return r.ru_utime + r.ru_stime
 
 
-def _in_child(code: str) -> dict:
-    """Run ``code`` (which prints "seconds peak_mb") in a fresh interpreter: each method's
-    memory is its own."""
-    proc = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True,
-        cwd=C.ROOT / "benchmarks",
-    )  # fmt: skip
-    seconds, peak = proc.stdout.split()[-2:]
+def _in_child(code: str, *, timeout_s: float | None = None) -> dict:
+    """Run ``code`` (which prints "seconds peak_mb", or a JSON object as its last line) in a fresh
+    interpreter: each method's memory is its own.  One that runs past ``timeout_s`` is stopped
+    and reported as such."""
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, check=True,
+            cwd=C.ROOT / "benchmarks", timeout=timeout_s,
+        )  # fmt: skip
+    except subprocess.TimeoutExpired:
+        return {"skipped": f"stopped: not done within {timeout_s:g} s on this machine"}
+    except subprocess.CalledProcessError as e:
+        return {"skipped": f"failed: {e.stderr.strip().splitlines()[-1][:300]}"}
+    last = proc.stdout.strip().splitlines()[-1]
+    if last.startswith("{"):
+        return json.loads(last)
+    seconds, peak = last.split()[-2:]
     return {"seconds": round(float(seconds), 4), "peak_mb": round(float(peak), 1)}
 
 
-def latency(args: argparse.Namespace, work: Path) -> dict:
+# The index candidates (issue 28): each in its own interpreter, over the same vectors read from
+# the run's table (float16; float32 where the library takes no other), built, then asked the
+# queries one at a time.  Latency: the median of LAT_QUERIES single queries after one warm-up;
+# recall@10 against the exact answer (float32 brute force) over all QUERIES.
+QUERIES, LAT_QUERIES = 100, 10
+INDEX_PRELUDE = """
+import json, pyarrow as pa, pyarrow.parquet as pq
+from echocam.bucket.embeddings import vectors
+Q = np.load('{work}/queries.npy'); TRUTH = np.load('{work}/truth-{n}.npy')
+PEAK = lambda: round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+def load16():
+    return np.concatenate([vectors(b) for b in pq.ParquetFile('{table}', pre_buffer=False).iter_batches()])
+def recall(ids, k=len(Q)):
+    return round(float(np.mean([len(set(map(int, a[:10])) & set(map(int, b))) / 10 for a, b in zip(ids, TRUTH[:k])])), 4)
+def timed(f, q=Q[:{lat}]):
+    f(q[0]); ts = []
+    for x in q:
+        t0 = time.perf_counter(); f(x); ts.append(time.perf_counter() - t0)
+    return round(float(np.median(ts)), 4)
+def sweep(name, values, set_, f):
+    out = []
+    for v in values:  # a setting per row: the first with recall >= 0.95 is the one quoted
+        set_(v); ids = [f(q) for q in Q]
+        out.append(dict(setting=f'{{name}}={{v}}', recall_at_10=recall(ids), seconds=timed(f)))
+        if out[-1]['recall_at_10'] >= 0.95: break
+    return out
+def report(build_s, seconds=None, recall_at_10=None, sweep=None, **kw):
+    r = dict(build_s=round(build_s, 2), seconds=seconds, recall_at_10=recall_at_10, peak_mb=PEAK(), **kw)
+    if sweep:
+        ok = [s for s in sweep if s['recall_at_10'] >= 0.95]
+        pick = ok[0] if ok else max(sweep, key=lambda s: s['recall_at_10'])
+        r.update(seconds=pick['seconds'], recall_at_10=pick['recall_at_10'], setting=pick['setting'], sweep=sweep)
+    print(json.dumps(r))
+"""
+INDEXES = {
+    "LanceDB flat search (no index; float16)": """
+import lancedb
+v = load16(); t0 = time.perf_counter()
+db = lancedb.connect('{work}/lance-flat-{n}')
+t = pa.table({{'id': pa.array(np.arange(len(v))), 'vector': pa.FixedSizeListArray.from_arrays(pa.array(v.ravel()), 512)}})
+del v
+tb = db.create_table('t', t); del t; build = time.perf_counter() - t0
+f = lambda q: tb.search(q).metric('dot').limit(10).select(['id']).to_arrow()['id'].to_numpy()
+report(build, seconds=timed(f), recall_at_10=recall([f(q) for q in Q[:{lat}]], {lat}), note='build: writing the Lance table')""",
+    "LanceDB IVF_PQ index (float16; approximate)": """
+import lancedb
+from lancedb.index import IvfPq
+v = load16()
+db = lancedb.connect('{work}/lance-ivf-{n}')
+tb = db.create_table('t', pa.table({{'id': pa.array(np.arange(len(v))), 'vector': pa.FixedSizeListArray.from_arrays(pa.array(v.ravel()), 512)}}))
+del v; t0 = time.perf_counter()
+tb.create_index('vector', config=IvfPq(distance_type='dot', num_partitions=256, num_sub_vectors=64))
+build = time.perf_counter() - t0
+s = dict(nprobes=32)
+f = lambda q: tb.search(q).metric('dot').nprobes(s['nprobes']).refine_factor(10).limit(10).select(['id']).to_arrow()['id'].to_numpy()
+report(build, sweep=sweep('nprobes (refine 10)', [32, 128], lambda x: s.update(nprobes=x), f), note='256 partitions, 64 sub-vectors')""",
+    "usearch exact (brute force, float16)": """
+from usearch.index import search, MetricKind
+v = load16()
+f = lambda q: search(v, q.astype(np.float16), 10, MetricKind.IP, exact=True, threads={threads}).keys
+report(0.0, seconds=timed(f), recall_at_10=recall([f(q) for q in Q[:{lat}]], {lat}))""",
+    "usearch HNSW (float16; approximate)": """
+from usearch.index import Index
+v = load16(); t0 = time.perf_counter()
+ix = Index(ndim=512, metric='ip', dtype='f16', connectivity=16, expansion_add=128)
+ix.add(np.arange(len(v)), v, threads={threads}); build = time.perf_counter() - t0; del v
+def set_(e): ix.expansion_search = e
+f = lambda q: ix.search(q.astype(np.float16), 10).keys
+report(build, sweep=sweep('expansion_search', [64, 256, 1024], set_, f), note='connectivity 16, expansion_add 128')""",
+    "FAISS IndexFlatIP (exact, float32)": """
+import faiss; faiss.omp_set_num_threads({threads})
+v = load16(); t0 = time.perf_counter()
+ix = faiss.IndexFlatIP(512)
+for i in range(0, len(v), 65536): ix.add(v[i:i + 65536].astype(np.float32))
+build = time.perf_counter() - t0; del v
+f = lambda q: ix.search(q[None], 10)[1][0]
+report(build, seconds=timed(f), recall_at_10=recall([f(q) for q in Q[:{lat}]], {lat}), note='build: copying the vectors in as float32')""",
+    "FAISS HNSW32 (float32; approximate)": """
+import faiss; faiss.omp_set_num_threads({threads})
+v = load16(); t0 = time.perf_counter()
+ix = faiss.IndexHNSWFlat(512, 32, faiss.METRIC_INNER_PRODUCT)
+for i in range(0, len(v), 65536): ix.add(v[i:i + 65536].astype(np.float32))
+build = time.perf_counter() - t0; del v
+def set_(e): ix.hnsw.efSearch = e
+f = lambda q: ix.search(q[None], 10)[1][0]
+report(build, sweep=sweep('efSearch', [64, 256, 1024], set_, f), note='efConstruction 40')""",
+    "FAISS IVF1024,Flat (float32; approximate)": """
+import faiss; faiss.omp_set_num_threads({threads})
+v = load16(); t0 = time.perf_counter()
+ix = faiss.IndexIVFFlat(faiss.IndexFlatIP(512), 512, 1024, faiss.METRIC_INNER_PRODUCT)
+ix.train(v[np.random.default_rng(0).choice(len(v), min(len(v), 65536), replace=False)].astype(np.float32))
+for i in range(0, len(v), 65536): ix.add(v[i:i + 65536].astype(np.float32))
+build = time.perf_counter() - t0; del v
+def set_(p): ix.nprobe = p
+f = lambda q: ix.search(q[None], 10)[1][0]
+report(build, sweep=sweep('nprobe', [16, 64, 256], set_, f), note='trained on 65,536 of the vectors')""",
+}
+
+
+def write_truth(work: Path, table: Path, n: int) -> None:
+    """QUERIES unit query vectors like the stored ones (once), and their exact top 10 over the
+    ``n`` vectors of ``table`` (float32 products), for the candidates' recall."""
+    import torch
+
+    qpath = work / "queries.npy"
+    if not qpath.exists():
+        q = np.maximum(
+            np.random.default_rng(9).standard_normal((QUERIES, DIM), np.float32) + 0.5, 0
+        )
+        np.save(qpath, q / np.linalg.norm(q, axis=1, keepdims=True))
+    q = torch.from_numpy(np.load(qpath))
+    best_s = torch.full((QUERIES, TOP), -np.inf)
+    best_i = torch.zeros((QUERIES, TOP), dtype=torch.long)
+    at = 0
+    for b in pq.ParquetFile(table, pre_buffer=False).iter_batches(batch_size=ROW_GROUP):
+        s = q @ torch.from_numpy(embeddings.vectors(b).astype(np.float32)).T
+        i = torch.arange(at, at + b.num_rows).expand(QUERIES, -1)
+        s, i = torch.cat([best_s, s], 1), torch.cat([best_i, i], 1)
+        best_s, pick = s.topk(TOP, dim=1)
+        best_i = i.gather(1, pick)
+        at += b.num_rows
+    np.save(work / f"truth-{n}.npy", best_i.numpy())
+
+
+def _index_skip(name: str, n: int) -> str | None:
+    """Why ``name`` is not run at ``n`` rows, if it is not."""
+    if "IVF_PQ" in name:
+        return (
+            "not built: over 90 s at 20,000 rows on this machine (stopped; 114 s with 64 "
+            "partitions), so a million rows' build is not cheap"
+        )
+    if n > 2_000_000 and "float32" in name:
+        return "float32 only: 10M x 512 float32 is 20 GB, over this machine's 23 GiB with the rest"
+    if n > 2_000_000 and ("HNSW" in name or "IVF" in name):
+        return "not built: the build grows with the rows, already minutes at 1M on 2 cores"
+    return None
+
+
+def _chosen(name: str, wanted: list[str] | None) -> bool:
+    return not wanted or any(w.lower() in name.lower() for w in wanted)
+
+
+def latency(args: argparse.Namespace, work: Path, kept: dict | None = None) -> dict:
+    """Exact top-10 by each method, and the index candidates' build, latency and recall.  With
+    ``--methods``, only those named run; ``kept`` (--merge) keeps the earlier figures of the
+    methods and rows not run now."""
     out: dict[str, dict] = {}
     query = "np.random.default_rng(9).random(512).astype(np.float32)"
     for n in args.rows:
@@ -193,15 +347,37 @@ f(); t0 = time.perf_counter(); f(); print(time.perf_counter() - t0, {peak})"""
 import pyarrow.parquet as pq
 f = lambda: [b for b in pq.ParquetFile('{paths["float16list"]}', pre_buffer=False).iter_batches(batch_size={ROW_GROUP})]
 t0 = time.perf_counter(); f(); print(time.perf_counter() - t0, {peak})"""
+        methods = {k: v for k, v in methods.items() if _chosen(k, args.methods)}
         found = {name: _in_child(head + code) for name, code in methods.items()}
+        write_truth(work, paths["echocam"], n)
+        for name, code in INDEXES.items():
+            if not _chosen(name, args.methods):
+                continue
+            why = _index_skip(name, n)
+            prelude = INDEX_PRELUDE.format(work=work, n=n, table=paths["echocam"], lat=LAT_QUERIES)
+            code = code.format(work=work, n=n, threads=args.threads, lat=LAT_QUERIES)
+            found[name] = (
+                {"skipped": why}
+                if why
+                else _in_child(head + prelude + code, timeout_s=args.index_timeout)
+            )
+            for d in work.glob(f"lance-*-{n}"):
+                shutil.rmtree(d)
+            print(f"  {name}: {found[name]}", flush=True)
+        earlier = (kept or {}).get("by_rows", {}).get(str(n), {}).get("methods", {})
+        found = {**earlier, **found}  # --merge: the earlier methods' order, today's figures
         size = paths["echocam"].stat().st_size
         out[str(n)] = {"methods": found, "file_mb": round(size / 1e6, 1),
                        "write_s": round(build, 1)}  # fmt: skip
         for p in paths.values():
             p.unlink(missing_ok=True)
-        rows = [[name, r["seconds"], r["peak_mb"]] for name, r in found.items()]
-        print(f"\nexact top-{TOP} over {n:,} vectors ({size / 1e6:.0f} MB table)")
-        print(C.table(rows, ["method", "seconds", "peak MB"]))
+        rows = [[name, r.get("seconds"), r.get("peak_mb"), r.get("build_s"), r.get("recall_at_10"),
+                 r.get("skipped", "")] for name, r in found.items()]  # fmt: skip
+        print(f"\ntop-{TOP} over {n:,} vectors ({size / 1e6:.0f} MB table)")
+        print(C.table(rows, ["method", "seconds", "peak MB", "build s", "recall@10", "skipped"]))
+    for n, found in (kept or {}).get("by_rows", {}).items():  # --merge: the rows not run now
+        out.setdefault(n, found)
+    out = dict(sorted(out.items(), key=lambda kv: int(kv[0])))
     one = out.get("1000000", {}).get("methods", {})
     ours = next((r["seconds"] for name, r in one.items() if name.startswith("echocam")), None)
     verdict = C.verdict(ours, 1.0, higher_is_better=False) if ours else "not measured"
@@ -254,6 +430,18 @@ def main() -> None:
     ap.add_argument("--copies", type=int, default=4, help="copies of each, for the cost")
     ap.add_argument("--skip", nargs="*", default=[], choices=["cost", "latency"])
     ap.add_argument("--quality", default=None, help="a bench_families.py --workdir")
+    ap.add_argument(
+        "--methods",
+        nargs="*",
+        default=None,
+        help="latency: only the methods whose names hold one of these (default: all)",
+    )
+    ap.add_argument(
+        "--index-timeout",
+        type=float,
+        default=420.0,
+        help="seconds an index candidate may take, build and queries (then stopped)",
+    )
     ap.add_argument("--json", default=None, help="write the results here")
     ap.add_argument(
         "--merge", action="store_true", help="keep the parts of --json's result not run now"
@@ -263,14 +451,15 @@ def main() -> None:
     result: dict = {"machine": C.machine(args.threads), "args": vars(args)}
     if args.merge and args.json and Path(args.json).is_file():
         kept = json.loads(Path(args.json).read_text())
-        result |= {k: kept[k] for k in ("cost", "latency", "quality") if k in kept}
+        result |= {k: kept[k] for k in ("cost", "latency", "quality", "shards") if k in kept}
     with tempfile.TemporaryDirectory() as tmp:
         stamp = {"date": C.now(), "commit": C.commit()}  # each part's own, for --merge
         if "cost" not in args.skip:
             result["cost"] = cost(args, Path(tmp) / "cost") | stamp
         if "latency" not in args.skip:
             (Path(tmp) / "latency").mkdir(parents=True)
-            result["latency"] = latency(args, Path(tmp) / "latency") | stamp
+            earlier = result.get("latency") if args.merge else None
+            result["latency"] = latency(args, Path(tmp) / "latency", earlier) | stamp
         if args.quality:
             (Path(tmp) / "quality").mkdir()
             result["quality"] = quality(args, Path(tmp) / "quality") | stamp

@@ -14,8 +14,8 @@ the markdown of ``NAME``:
 - ``manifest_columns``, ``detections_columns``, ``raven_columns``, ``embeddings_columns``: the
   tables' Arrow schemas (``echocam.bucket.manifest.SCHEMA``, ``echocam.bucket.detections.SCHEMA``,
   ``echocam.bucket.embeddings.schema``) and the Raven table's columns;
-- ``search_latency``, ``search_cost``, ``search_quality``: ``benchmarks/results/search.json``'s
-  figures;
+- ``search_latency``, ``search_cost``, ``search_quality``, ``search_shards``:
+  ``benchmarks/results/search.json``'s figures;
 - ``performance``: ``benchmarks/performance_page.py``'s ``render(results_dir)`` over
   ``benchmarks/results/``.
 
@@ -317,16 +317,46 @@ def _measured_on(r: dict) -> str:
 
 def search_latency() -> str:
     r = _search_result()
-    out = ["| rows | method | seconds | peak memory (MB) |", "| --- | --- | --- | --- |"]
+    out = [
+        "| rows | method | seconds a query | peak memory (MB) | build (s) | recall@10 |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
     for n, found in r["latency"]["by_rows"].items():
         base = found["methods"].get("baseline: the imports alone", {}).get("peak_mb", 0)
         for name, m in found["methods"].items():
             if name.startswith("baseline"):
                 continue
             name = cell(name).replace("<", "&lt;").replace(">", "&gt;")  # list<float16>
-            out.append(f"| {int(n):,} | {name} | {m['seconds']:.3g} | "
-                       f"{m['peak_mb'] - base:,.0f} above the imports |")  # fmt: skip
-    return "\n".join(out) + f"\n\n{_measured_on(r)}\n"
+            if "skipped" in m:
+                out.append(f"| {int(n):,} | {name} | {cell(m['skipped'])} | | | |")
+                continue
+            build = "" if m.get("build_s") is None else f"{m['build_s']:.3g}"
+            recall = "exact" if m.get("recall_at_10") is None else f"{m['recall_at_10']:.3f}"
+            if name.startswith("reading"):  # a format's decoding alone, no search
+                recall = ""
+            if m.get("setting"):
+                recall += f" ({m['setting']})"
+            mem = f"{m['peak_mb'] - base:,.0f} above the imports"
+            out.append(f"| {int(n):,} | {name} | {m['seconds']:.3g} | {mem} | {build} | {recall} |")
+    note = r["latency"].get("note")
+    return "\n".join(out) + f"\n\n{_measured_on(r)}" + (f" {note}" if note else "") + "\n"
+
+
+def search_shards() -> str:
+    r = _search_result()
+    sh = r.get("shards")
+    if not sh:
+        return "*(not measured: `bench_search_shards.py`)*\n"
+    out = ["| how | seconds (median) |", "| --- | --- |",
+           f"| local disk, the scan alone | {sh['local_scan_s']:.3g} |",
+           f"| S3, the caller scans by ranged GETs | {sh['s3_caller_scan_s']:.3g} |"]  # fmt: skip
+    for p, m in sh["by_parts"].items():
+        out.append(f"| S3, `--distributed --parts {p}` | {m['median_s']:.3g} |")
+    return (
+        "\n".join(out)
+        + f"\n\n{sh['rows']:,} rows in {sh['row_groups']} row groups, {sh['workers']} workers; "
+        + f"{_measured_on(sh)}\n"
+    )
 
 
 def search_cost() -> str:
@@ -393,6 +423,7 @@ GENERATORS: dict[str, Callable[[], str]] = {
     "embeddings_columns": embeddings_columns,
     "search_latency": search_latency,
     "search_cost": search_cost,
+    "search_shards": search_shards,
     "search_quality": search_quality,
     "performance": performance,
 }
