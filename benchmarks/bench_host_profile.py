@@ -12,8 +12,10 @@ fresh child process that loops local mode for ``--seconds``:
 - **stages**: where that time goes: py-spy's samples of a second child, by the nearest echocam
   module on each stack (decode, evidence, images, npz, embeddings, records, writes, reads,
   index, other), as shares of the busy samples times the CPU time;
-- **gil_ms_per_window**: the share of samples holding the GIL (``py-spy --gil``) times the wall
-  time per window: the part no second thread can overlap;
+- **gil_share_of_busy**: the samples of a third child's loop that hold the GIL (``py-spy
+  --gil``) over the second child's busy samples (the same seconds at the same rate), and
+  **gil_ms_per_window**, that share of the wall time per window: what no second thread of the
+  process can overlap;
 - **scaling**: windows/s on 2 I/O threads ÷ 2 × 1 thread, and of 2 processes at once ÷ 2 × 1
   process (both ~1.0 when the work spreads perfectly; 0.5 when it does not at all);
 - **objects**: objects written per recording, and the CPU time of one PUT of a small object to
@@ -225,7 +227,6 @@ def run(args: argparse.Namespace) -> dict:
             total = sum(busy.values())
             gil = profile(case, args.seconds, work, gil=True)
             gil_busy = sum(v for k, v in gil["samples"].items() if k != "idle")
-            gil_all = sum(gil["samples"].values())
             cases[case] = {
                 "windows": one["windows"],
                 "recordings": one["recordings"],
@@ -235,7 +236,12 @@ def run(args: argparse.Namespace) -> dict:
                 "stages_ms_per_window": {
                     k: cpu_ms * v / total for k, v in sorted(busy.items(), key=lambda kv: -kv[1])
                 },
-                "gil_share_of_samples": gil_busy / max(1, gil_all),
+                # both profiles sample the same seconds of the loop at the same rate
+                "gil_share_of_busy": gil_busy / max(1, total),
+                "gil_ms_per_window": wall_ms
+                * gil_busy
+                / max(1, total + prof["samples"].get("idle", 0)),
+                "samples": {"all": prof["samples"], "gil": gil["samples"]},
                 "scaling_2_threads": rate(two) / (2 * rate(one)),
                 "scaling_2_processes": sum(rate(r) for r in both) / (2 * rate(one)),
                 "windows_per_s_1_thread": rate(one),
@@ -262,8 +268,8 @@ def report(res: dict) -> str:
         lines.append(
             f"\n{case}: {r['windows']} windows, {r['recordings']} recordings, "
             f"{r['objects_per_recording']:.1f} objects each; {r['cpu_ms_per_window']:.2f} CPU-ms "
-            f"per window ({r['wall_ms_per_window']:.2f} wall); GIL held in "
-            f"{100 * r['gil_share_of_samples']:.0f} % of samples; scaling 2 threads "
+            f"per window ({r['wall_ms_per_window']:.2f} wall); the GIL held in "
+            f"{100 * r['gil_share_of_busy']:.0f} % of the busy samples; scaling 2 threads "
             f"{r['scaling_2_threads']:.2f}, 2 processes {r['scaling_2_processes']:.2f}"
         )
         lines.append(C.table([[k, v] for k, v in r["stages_ms_per_window"].items()],

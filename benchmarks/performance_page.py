@@ -190,7 +190,8 @@ def _host_profile(r: dict) -> Iterator[Row]:
         top = list(c["stages_ms_per_window"].items())[:3]
         yield Row(f"{name}: the largest stages, CPU-ms per window",
                   ", ".join(f"{k} {v:.2f}" for k, v in top))  # fmt: skip
-        yield Row(f"{name}: share of samples holding the GIL", c["gil_share_of_samples"])
+        yield Row(f"{name}: GIL held, ms per window (share of busy samples)",
+                  f"{c['gil_ms_per_window']:.2f} ({c['gil_share_of_busy']:.0%})")  # fmt: skip
         for how in ("threads", "processes"):
             v = c[f"scaling_2_{how}"]
             yield Row(f"{name}: 2 {how} / (2 x 1)", v, "≥ 0.8", verdict(v, 0.8))
