@@ -8,8 +8,11 @@ well it finds the same call type.
 - **latency**: an exact top-10 search over N synthetic unit vectors (512 float16) stored as the
   run's embeddings.parquet, by echocam's scan (float16 product, float32 refinement) and by the
   candidates: numpy float32, DuckDB ``array_cosine_similarity`` on FLOAT[512] Parquet, and
-  pyarrow reading Parquet's list of float16 (the format not chosen); seconds and peak memory
-  (target: 1M rows in <= 1 s on 2 cores).
+  pyarrow reading Parquet's list of float16 (the format not chosen); and the libraries with
+  indexes, LanceDB (flat, IVF_PQ), usearch (exact, HNSW) and FAISS (flat, IVF, HNSW), with
+  their build time and recall@10 against the exact answer (``pip install -e '.[indexes]'``
+  first; a library missing is recorded as skipped); seconds and peak memory (target: 1M rows in
+  <= 1 s on 2 cores).
 - **quality** (``--quality WORKDIR``, a ``bench_families.py --workdir``): precision@10 from each
   held-out clip's call, with the call-box embedding, the window embedding, and the embedding
   under the call's true box (as ``--like`` draws it), for the call types the model was trained
