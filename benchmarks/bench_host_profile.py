@@ -21,7 +21,8 @@ fresh child process that loops local mode for ``--seconds``:
 - **objects**: objects written per recording, and the CPU time of one PUT of a small object to
   a local store and through boto3 to SeaweedFS on loopback.
 
-    python benchmarks/bench_host_profile.py [--seconds 15] [--json F]
+    python benchmarks/bench_host_profile.py [--seconds 15] [--clips 64] [--long-minutes 30]
+        [--no-profile] [--json F]
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ from pathlib import Path
 import _common as C
 
 HERE = Path(__file__).resolve()
-CLIPS, CLIP_S, LONG_S = 64, 5.0, 1800.0
+CLIP_S = 5.0
 # stage ← the first echocam module (from the leaf up) on a sample's stack
 STAGES = (
     ("evidence", ("explain/localise.py", "encoder.py:_evidence")),
@@ -61,8 +62,9 @@ IDLE = ("Condition.wait", "_worker (concurrent/futures/thread.py:81)", "Event.wa
 # -- the child: local mode in a loop ------------------------------------------------------------
 
 
-def make_inputs(case: str, folder: Path) -> list[Path]:
-    """The case's recordings as WAV files in ``folder``."""
+def make_inputs(case: str, folder: Path, size: float) -> list[Path]:
+    """The case's recordings as WAV files in ``folder``: ``size`` clips, or one recording of
+    ``size`` minutes."""
     import numpy as np
 
     from echocam.settings import Params
@@ -76,7 +78,7 @@ def make_inputs(case: str, folder: Path) -> list[Path]:
     folder.mkdir(parents=True, exist_ok=True)
     if case == "clips":
         n, out = int(CLIP_S * sr), []
-        for i in range(CLIPS):
+        for i in range(int(size)):
             w = waves[i % len(waves)]
             start = (i // len(waves)) * n % max(1, w.shape[0] - n)
             path = folder / f"clip-{i:03d}.wav"
@@ -84,13 +86,14 @@ def make_inputs(case: str, folder: Path) -> list[Path]:
             out.append(path)
         return out
     joined = np.concatenate(waves)
-    reps = int(np.ceil(LONG_S * sr / joined.shape[0]))
-    path = folder / "long-30min.wav"
-    path.write_bytes(C.wav_bytes(np.tile(joined, reps)[: int(LONG_S * sr)], sr))
+    samples = int(size * 60 * sr)
+    reps = int(np.ceil(samples / joined.shape[0]))
+    path = folder / f"long-{size:g}min.wav"
+    path.write_bytes(C.wav_bytes(np.tile(joined, reps)[:samples], sr))
     return [path]
 
 
-def child(case: str, threads: int, seconds: float) -> None:
+def child(case: str, threads: int, seconds: float, size: float) -> None:
     import torch
     from bench_host_threads import replay_device
 
@@ -100,7 +103,7 @@ def child(case: str, threads: int, seconds: float) -> None:
 
     work = Path(tempfile.mkdtemp(prefix="echocam-profile-"))
     try:
-        paths = make_inputs(case, work / "in")
+        paths = make_inputs(case, work / "in", size)
         torch.set_num_threads(2)
         ex = Explainer(load_model("random"), Params(), device="cpu", batch_size=32)
         pool = ThreadPoolExecutor(threads, thread_name_prefix="echocam-io")
@@ -134,8 +137,8 @@ def child(case: str, threads: int, seconds: float) -> None:
 # -- the parent ---------------------------------------------------------------------------------
 
 
-def spawn(case: str, threads: int, seconds: float, *, spy: list[str] | None = None):
-    cmd = [sys.executable, str(HERE), "--child", case, str(threads), str(seconds)]
+def spawn(case: str, threads: int, seconds: float, size: float, *, spy: list[str] | None = None):
+    cmd = [sys.executable, str(HERE), "--child", case, str(threads), str(seconds), str(size)]
     if spy:
         cmd = [*spy, "--", *cmd]
     env = {**os.environ, "PYTHONPATH": str(HERE.parent)}
@@ -159,12 +162,12 @@ def stage_of(frames: list[str]) -> str:
     return "other"
 
 
-def profile(case: str, seconds: float, work: Path, *, gil: bool) -> dict:
+def profile(case: str, seconds: float, size: float, work: Path, *, gil: bool) -> dict:
     """Samples by stage (``idle``: waiting) of a 1-thread child's loop; with ``gil``, only the
     samples whose thread holds the GIL are busy."""
     py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     raw = work / f"{case}-{'gil' if gil else 'all'}.txt"
-    proc = spawn(case, 1, seconds + 3)
+    proc = spawn(case, 1, seconds + 3, size)
     if proc.stdout.readline().strip() != "ready":
         raise RuntimeError("the child did not start")
     spy = [py_spy, "record", "--pid", str(proc.pid), "-d", str(int(seconds)), "-r", "200",
@@ -184,7 +187,7 @@ def profile(case: str, seconds: float, work: Path, *, gil: bool) -> dict:
     return {"samples": dict(counts), "child": res}
 
 
-def put_cpu(n: int = 300) -> dict:
+def put_cpu(n: int) -> dict:
     """CPU seconds per PUT of a 10-kB object: a local store, and boto3 to SeaweedFS (loopback)."""
     from devtools.services import SeaweedS3
     from echocam.bucket.storage import LocalStore, S3Store
@@ -214,39 +217,42 @@ def run(args: argparse.Namespace) -> dict:
     work = Path(tempfile.mkdtemp(prefix="echocam-profile-"))
     cases = {}
     try:
-        for case in ("clips", "long"):
-            one = result(spawn(case, 1, args.seconds))
-            two = result(spawn(case, 2, args.seconds))
-            pair = [spawn(case, 1, args.seconds) for _ in range(2)]
+        for case, size in (("clips", args.clips), ("long", args.long_minutes)):
+            one = result(spawn(case, 1, args.seconds, size))
+            two = result(spawn(case, 2, args.seconds, size))
+            pair = [spawn(case, 1, args.seconds, size) for _ in range(2)]
             both = [result(p) for p in pair]
             rate = lambda r: r["runs"] * r["windows"] / r["wall_s"]  # noqa: E731
             cpu_ms = 1000 * one["cpu_s"] / (one["runs"] * one["windows"])
             wall_ms = 1000 * one["wall_s"] / (one["runs"] * one["windows"])
-            prof = profile(case, args.seconds, work, gil=False)
-            busy = {k: v for k, v in prof["samples"].items() if k != "idle"}
-            total = sum(busy.values())
-            gil = profile(case, args.seconds, work, gil=True)
-            gil_busy = sum(v for k, v in gil["samples"].items() if k != "idle")
             cases[case] = {
                 "windows": one["windows"],
                 "recordings": one["recordings"],
                 "objects_per_recording": one["objects"] / one["recordings"],
                 "cpu_ms_per_window": cpu_ms,
                 "wall_ms_per_window": wall_ms,
+                "scaling_2_threads": rate(two) / (2 * rate(one)),
+                "scaling_2_processes": sum(rate(r) for r in both) / (2 * rate(one)),
+                "windows_per_s_1_thread": rate(one),
+            }
+            if not args.profile:
+                continue
+            prof = profile(case, args.seconds, size, work, gil=False)
+            busy = {k: v for k, v in prof["samples"].items() if k != "idle"}
+            total = sum(busy.values())
+            gil = profile(case, args.seconds, size, work, gil=True)
+            gil_busy = sum(v for k, v in gil["samples"].items() if k != "idle")
+            sampled = max(1, total + prof["samples"].get("idle", 0))
+            cases[case] |= {
                 "stages_ms_per_window": {
                     k: cpu_ms * v / total for k, v in sorted(busy.items(), key=lambda kv: -kv[1])
                 },
                 # both profiles sample the same seconds of the loop at the same rate
                 "gil_share_of_busy": gil_busy / max(1, total),
-                "gil_ms_per_window": wall_ms
-                * gil_busy
-                / max(1, total + prof["samples"].get("idle", 0)),
+                "gil_ms_per_window": wall_ms * gil_busy / sampled,
                 "samples": {"all": prof["samples"], "gil": gil["samples"]},
-                "scaling_2_threads": rate(two) / (2 * rate(one)),
-                "scaling_2_processes": sum(rate(r) for r in both) / (2 * rate(one)),
-                "windows_per_s_1_thread": rate(one),
             }
-        puts = put_cpu()
+        puts = put_cpu(args.puts)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return {
@@ -254,7 +260,7 @@ def run(args: argparse.Namespace) -> dict:
         "date": C.now(),
         "commit": C.commit(),
         "machine": C.machine(1),
-        "seconds": args.seconds,
+        "args": vars(args),
         "cases": cases,
         "puts": puts,
         "note": "py-spy samples at 200 Hz; stages are shares of busy samples times the CPU time "
@@ -265,6 +271,9 @@ def run(args: argparse.Namespace) -> dict:
 def report(res: dict) -> str:
     lines = [C.machine_line(res["machine"]), f"commit {res['commit']}"]
     for case, r in res["cases"].items():
+        if "stages_ms_per_window" not in r:
+            lines.append(f"\n{case}: {r['cpu_ms_per_window']:.2f} CPU-ms per window (no profile)")
+            continue
         lines.append(
             f"\n{case}: {r['windows']} windows, {r['recordings']} recordings, "
             f"{r['objects_per_recording']:.1f} objects each; {r['cpu_ms_per_window']:.2f} CPU-ms "
@@ -284,10 +293,19 @@ def report(res: dict) -> str:
 def main(argv: list[str] | None = None) -> dict | None:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["--child"]:
-        child(argv[1], int(argv[2]), float(argv[3]))
+        child(argv[1], int(argv[2]), float(argv[3]), float(argv[4]))
         return None
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seconds", type=float, default=15.0, help="each child's timed loop")
+    ap.add_argument("--clips", type=int, default=64, help="5-s clips in the clips case")
+    ap.add_argument("--long-minutes", type=float, default=30.0, help="the long recording")
+    ap.add_argument("--puts", type=int, default=300, help="PUTs timed per store")
+    ap.add_argument(
+        "--profile",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="the stages and the GIL's share, by py-spy (pip install py-spy)",
+    )
     ap.add_argument("--json", default=None, help="write the results here")
     args = ap.parse_args(argv)
     res = run(args)

@@ -788,7 +788,9 @@ def test_the_route_table_answers_its_paths_and_404s_the_rest(server):
         "/tile",
     ):
         assert get(server, target)[0] == 404, target
-    assert get(server, "/", method="POST")[0] == 501  # GET and HEAD only
+    # GET and HEAD only, but for review mode's POST: a read-only viewer refuses every POST
+    assert get(server, "/", method="POST")[0] == 403
+    assert get(server, "/", method="PUT")[0] == 501
 
 
 def test_only_loopback_hosts_and_with_a_token_only_its_holders(run_dir):
