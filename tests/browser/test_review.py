@@ -344,37 +344,53 @@ def _burst(api: Api, targets: list[str], *, reviewer_tag: str, acked: list, stop
         acked.extend((v["id"], v["at"], reviewer_tag) for v in batch)
 
 
-@pytest.mark.slow
-def test_a_viewer_killed_during_a_burst_loses_no_acknowledged_verdict(run):
-    proc, url, log = start_viewer(run, "ann")
-    targets = ids(run)
-    acked: list = []
-    halt = threading.Event()
-    try:
-        api = Api(url)
-        threads = [
+class Bursts:
+    """One thread per (api, reviewer) of ``clients`` running :func:`_burst` at once; ``acked``
+    gathers what the viewers acknowledged, as (id, at, reviewer); ``halt`` stops them."""
+
+    def __init__(self, clients, targets: list[str], *, n_batches: int, size: int = 20):
+        self.acked: list = []
+        self.halt = threading.Event()
+        self.threads = [
             threading.Thread(
                 target=_burst,
                 args=(api, targets),
                 kwargs={
-                    "reviewer_tag": "ann",
-                    "acked": acked,
-                    "stop_on": halt,
-                    "n_batches": 10_000,
+                    "reviewer_tag": who,
+                    "acked": self.acked,
+                    "stop_on": self.halt,
+                    "n_batches": n_batches,
+                    "size": size,
                 },
             )  # fmt: skip
-            for _ in range(4)
+            for api, who in clients
         ]
-        for t in threads:
+        for t in self.threads:
             t.start()
-        wait_for(lambda: len(acked) >= 400, timeout=60, what="400 acknowledged verdicts")
-        os.killpg(proc.pid, signal.SIGKILL)  # mid-burst: requests are in flight
-        proc.wait(timeout=10)
-        halt.set()
-        for t in threads:
-            t.join(timeout=30)
+
+    def join(self, timeout: float) -> None:
+        for t in self.threads:
+            t.join(timeout=timeout)
+
+    def __enter__(self) -> Bursts:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.halt.set()  # a test that failed midway leaves no client posting
+
+
+@pytest.mark.slow
+def test_a_viewer_killed_during_a_burst_loses_no_acknowledged_verdict(run):
+    proc, url, log = start_viewer(run, "ann")
+    try:
+        with Bursts([(Api(url), "ann")] * 4, ids(run), n_batches=10_000) as bursts:
+            acked = bursts.acked
+            wait_for(lambda: len(acked) >= 400, timeout=60, what="400 acknowledged verdicts")
+            os.killpg(proc.pid, signal.SIGKILL)  # mid-burst: requests are in flight
+            proc.wait(timeout=10)
+            bursts.halt.set()
+            bursts.join(timeout=30)
     finally:
-        halt.set()
         stop(proc, log)
     have = {(v["id"], v["at"], v["reviewer"]) for v in stored(run)}
     missing = set(acked) - have
@@ -393,23 +409,12 @@ def test_a_viewer_killed_during_a_burst_loses_no_acknowledged_verdict(run):
 def test_two_viewers_reviewing_one_run_at_once_lose_nothing(run):
     a, url_a, log_a = start_viewer(run, "ann")
     b, url_b, log_b = start_viewer(run, "bob")
-    targets = ids(run)
-    acked: list = []
-    halt = threading.Event()
     try:
         apis = {"ann": Api(url_a), "bob": Api(url_b)}
-        threads = [
-            threading.Thread(
-                target=_burst,
-                args=(apis[who], targets),
-                kwargs={"reviewer_tag": who, "acked": acked, "stop_on": halt, "n_batches": 15},
-            )  # fmt: skip
-            for who in ("ann", "bob", "ann", "bob")
-        ]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(timeout=120)
+        clients = [(apis[who], who) for who in ("ann", "bob", "ann", "bob")]
+        with Bursts(clients, ids(run), n_batches=15) as bursts:
+            bursts.join(timeout=120)
+        acked = bursts.acked
         assert len(acked) == 4 * 15 * 20
         lines = stored(run)
         assert {(v["id"], v["at"], v["reviewer"]) for v in lines} == set(acked)
@@ -425,7 +430,6 @@ def test_two_viewers_reviewing_one_run_at_once_lose_nothing(run):
             body = json.loads(get(url, "/api/review/verdicts?n=1")[2])
             assert sum(body["counts"].values()) == len(latest), who
     finally:
-        halt.set()
         stop(a, log_a)
         stop(b, log_b)
 
@@ -434,39 +438,20 @@ def test_two_viewers_reviewing_one_run_at_once_lose_nothing(run):
 def test_ten_thousand_verdicts_in_a_minute_hold(run):
     proc, url, log = start_viewer(run, "ann")
     targets = ids(run)
-    acked: list = []
-    halt = threading.Event()
     try:
         api = Api(url)
         t0 = time.monotonic()
-        threads = [
-            threading.Thread(
-                target=_burst,
-                args=(api, targets),
-                kwargs={
-                    "reviewer_tag": "ann",
-                    "acked": acked,
-                    "stop_on": halt,
-                    "n_batches": 50,
-                    "size": 50,
-                },
-            )  # fmt: skip
-            for _ in range(4)
-        ]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(timeout=300)
+        with Bursts([(api, "ann")] * 4, targets, n_batches=50, size=50) as bursts:
+            bursts.join(timeout=300)
         took = time.monotonic() - t0
         print(f"\n10,000 verdicts in {took:.1f} s (4 clients, 50 a request)")
-        assert len(acked) == 10_000
+        assert len(bursts.acked) == 10_000
         assert len(stored(run)) == 10_000
         # the viewer still answers, with every verdict merged
         mine = json.loads(get(url, "/api/review/verdicts?n=5")[2])
         assert sum(mine["counts"].values()) == len(set(targets))
         assert api.queue(n=5) == []  # every detection judged
     finally:
-        halt.set()
         stop(proc, log)
 
 
