@@ -461,6 +461,7 @@ def test_the_page_reviews_twenty_items_with_the_keyboard(run, browser, screensho
     from selenium.webdriver.common.keys import Keys
 
     proc, url, log = start_viewer(run, "ann")
+    browser.get_log("browser")  # the module's browser: an earlier test's messages are not ours
     try:
         browser.get(url + "/review?strategy=top")
         wait_for(lambda: current(browser) and shown_image(browser),
