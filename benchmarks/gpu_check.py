@@ -12,7 +12,10 @@
 5. local mode in 1 / 4 / 8 processes sharing the device (as worker processes would);
 6. training (``bench_train.measure``): ``echocam train``'s loader, front end and step at batch
    256 in bf16 on synthetic species clips, next to the bare step (target >= 5,000 windows/s on
-   an H100, training / bare >= 0.8).
+   an H100, training / bare >= 0.8);
+7. search (``echocam.search.scan``): the exact scan of 1M unit 512-d float16 vectors (64k-row
+   groups) on the device and on the CPU: seconds each, and the top 10 and their similarities
+   the same on both (within 1e-6).
 
 The headline: end to end (one process, or several sharing the device) >= 0.5 x the device
 stage.  Writes ``$OUT/gpu_check.json`` (``--out``, default $OUT or ./benchmarks/results).  Each
@@ -362,6 +365,41 @@ def training(device: torch.device, *, quick: bool) -> dict:
         )
 
 
+def search(device: torch.device, *, quick: bool) -> dict:
+    """``scan`` over synthetic unit vectors, on ``device`` and on the CPU: time and agreement."""
+    import numpy as np
+    import pyarrow as pa
+
+    from echocam.bucket import embeddings
+    from echocam.search import scan
+
+    rows, group = (20_000, 4096) if quick else (1_000_000, 65_536)
+    rng = np.random.default_rng(0)
+    v = rng.standard_normal((rows, 512), dtype=np.float32)
+    columns = {"source_key": [f"k{i}" for i in range(rows)], "window_index": [0] * rows,
+               "begin_s": [0.0] * rows, "end_s": [5.0] * rows, "class_name": ["a"] * rows,
+               "class_id": [0] * rows, "probability": [0.5] * rows, "box": ["call"] * rows,
+               **{name: [1.0] * rows for name in embeddings.BOX_COLUMNS}}  # fmt: skip
+    batches = pa.Table.from_batches(embeddings.table(columns, v).to_batches(group)).to_batches()
+    query = rng.standard_normal(512).astype(np.float32)
+    out: dict = {"rows": rows, "row_group": group}
+    found = {}
+    for name, dev in (("device", device), ("cpu", torch.device("cpu"))):
+        scan(batches[:1], query, top=10, device=dev)  # warm-up
+        sync(dev)
+        t0 = time.perf_counter()
+        found[name] = scan(batches, query, top=10, device=dev)
+        sync(dev)
+        out[f"{name}_s"] = time.perf_counter() - t0
+    keys = [found[n].column("source_key").to_pylist() for n in ("device", "cpu")]
+    sims = [found[n].column("similarity").to_numpy() for n in ("device", "cpu")]
+    out["same_top10"] = keys[0] == keys[1]
+    out["max_similarity_diff"] = float(np.abs(sims[0] - sims[1]).max())
+    if not out["same_top10"] or out["max_similarity_diff"] > 1e-6:
+        raise AssertionError(f"device and CPU scans disagree: {out}")
+    return out
+
+
 def headline(report: dict) -> dict:
     """The target: end to end >= 0.5 x the device stage (the uncompiled rows' fastest device
     stage against the fastest end to end, one process or several sharing the GPU)."""
@@ -379,7 +417,7 @@ def headline(report: dict) -> dict:
 
 
 #: The parts, in the order they run; "device" always runs.
-PARTS = ("device", "model_cam", "full_path", "local_run", "processes", "training")
+PARTS = ("device", "model_cam", "full_path", "local_run", "processes", "training", "search")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -431,6 +469,7 @@ def main(argv: list[str] | None = None) -> int:
         ("local_run", lambda: local_run(device, out, timeout=240)),
         ("processes", lambda: processes(device, counts, windows)),
         ("training", lambda: training(device, quick=quick)),
+        ("search", lambda: search(device, quick=quick)),
     ]
     if args.parts:
         parts = [part for part in parts if part[0] == "device" or part[0] in args.parts]

@@ -133,6 +133,7 @@ def search(
     embedded with the runs' model (``weights`` where it now lives elsewhere) and parameters.
     The runs must share one model: other models' vectors do not compare.
 
+    The products run on ``settings.device`` (``auto``: CUDA where there is one).
     ``distributed``: the runs' tables (in S3) are scanned by the Celery workers of
     ``ECHOCAM_BROKER_URL``, in ``parts`` parts of whole row groups each (0: one a row group,
     at most 256), and the caller merges their best rows: the same answer as a local search.
@@ -144,6 +145,7 @@ def search(
 
     from echocam.bucket.runs import RUN_NAME
     from echocam.bucket.storage import client_factory, open_store, read_json
+    from echocam.explain.device import resolve_device
     from echocam.search import (
         detection_id,
         parse_detection_id,
@@ -153,6 +155,7 @@ def search(
     )
 
     settings = settings or Settings.from_env()
+    device = resolve_device(settings.device)
     uris = [runs] if isinstance(runs, str) else list(runs)
     if sum(q is not None for q in (like, like_detection, like_audio)) != 1:
         raise InvalidParams("give exactly one query: like, like_detection or like_audio")
@@ -186,7 +189,7 @@ def search(
             )  # fmt: skip
             part = pd.DataFrame(rows) if rows else None
         else:
-            t = scan(run_batches(store), query, **run_options)
+            t = scan(run_batches(store), query, **run_options, device=device)
             part = t.drop_columns(["vector"]).to_pandas() if t.num_rows else None
         if part is not None and reviewed:
             ids = [

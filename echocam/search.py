@@ -6,7 +6,8 @@ A query is a vector: a detection's (``--like-detection``), or a box's in a recor
 memory stays that of one row group whatever the run's size.  Boxes are compared with boxes,
 windows with windows.  The stored vectors are unit length, so a similarity is one float16
 matrix-vector product (torch's, accumulating in float32: numpy has no fast float16 product),
-refined in float32 near the top; figures in ``benchmarks/results/search.json``.
+refined in float32 near the top, on the device where there is one; figures in
+``benchmarks/results/search.json``.
 """
 
 from __future__ import annotations
@@ -169,15 +170,18 @@ def scan(
     class_name: str | None = None,
     min_similarity: float | None = None,
     exclude: Iterable[tuple[str, int, str | None]] = (),
+    device: str | torch.device = "cpu",
 ) -> pa.Table:
     """The ``top`` rows most like ``query`` (dim,), best first, with their ``similarity``.
 
     Compares boxes (the detections' rows) or, with ``windows``, the windows' rows.  ``class_name``
     keeps one class's detections; ``exclude`` leaves out rows by (source key, window index,
-    class name or None).  Ties keep the earlier row.
+    class name or None).  Ties keep the earlier row.  The products run on ``device`` (each row
+    group is copied there); a row's similarity does not depend on the device or its neighbours
+    beyond float32 rounding.
     """
     q = np.asarray(query, dtype=np.float32)
-    q = torch.from_numpy(q / max(float(np.linalg.norm(q)), 1e-12))
+    q = torch.from_numpy(q / max(float(np.linalg.norm(q)), 1e-12)).to(device)
     skip = {tuple(e) for e in exclude}  # lists, when they came as JSON
     best: pa.Table | None = None
     for batch in batches:
@@ -224,11 +228,13 @@ def _similarities(v: np.ndarray, q: torch.Tensor, *, top: int) -> np.ndarray:
     every row that can be among the ``top``, -inf for the others.
 
     One float16 product ranks every row (a tenth of the time of converting them to float32);
-    the rows within its error of the ``top``-th best are then computed again in float32.
+    the rows within its error of the ``top``-th best are then computed again in float32, each
+    row on its own (a matrix product's blocking, and so its rounding, depends on the rows beside
+    it).  On ``q``'s device.
     """
     with warnings.catch_warnings():  # read only, as the products read it
         warnings.filterwarnings("ignore", message=".*not writable.*")
-        rows = torch.from_numpy(v)
+        rows = torch.from_numpy(v).to(q.device)
     rough = (rows @ q.to(torch.float16)).float()
     if len(rough) > top:
         cut = rough.topk(top).values[-1] - _HALF_ERROR
@@ -236,7 +242,7 @@ def _similarities(v: np.ndarray, q: torch.Tensor, *, top: int) -> np.ndarray:
     else:
         near = torch.arange(len(rough))
     out = np.full(len(rough), -np.inf, dtype=np.float32)
-    out[near.numpy()] = (rows[near].float() @ q).numpy()
+    out[near.cpu().numpy()] = (rows[near].float() * q).sum(dim=1).cpu().numpy()
     return out
 
 

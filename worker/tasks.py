@@ -206,11 +206,13 @@ def search(output: str, part: int, row_groups: list[int], query: list[float], op
     run ``output``'s embeddings table like ``query`` (``echocam.search.scan``'s ``options``),
     without their vectors, pushed to the caller's Redis list ``reply`` (an error, too).  Not
     acked late: a lost part times the caller out, instead of a redelivery nobody waits for."""
+    from echocam.explain.device import resolve_device
     from echocam.search import reply_part, run_batches, scan
 
     try:
         vector = np.asarray(query, np.float32)
-        found = scan(run_batches(state.store(output), row_groups=row_groups), vector, **options)
+        batches = run_batches(state.store(output), row_groups=row_groups)
+        found = scan(batches, vector, **options, device=resolve_device(settings.device))
         rows = found.drop_columns(["vector"]).to_pylist() if found.num_rows else []
         reply_part(state.redis(), reply, part, rows=rows)
     except Exception as e:  # the caller is told at once, not after its timeout

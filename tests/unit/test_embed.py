@@ -134,6 +134,24 @@ def test_scan_finds_what_a_numpy_brute_force_finds(windows):
     )
 
 
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_a_rows_similarity_does_not_depend_on_the_rows_scanned_beside_it(device):
+    """The local search scans whole row groups, a distributed part a few: each row's exact
+    similarity must be the same number either way (and on the device as on the CPU)."""
+    t, _ = table(4001, 512, seed=5, windows_every=4001)  # one window, then 4,000 boxes
+    query = np.random.default_rng(6).standard_normal(512).astype(np.float32)
+    whole = scan(t.to_batches(), query, top=4000, device=device)
+    apart = scan(t.to_batches(max_chunksize=7), query, top=4000, device=device)
+    sims = whole.column("similarity").to_numpy()
+    assert whole.num_rows == 4000 and np.array_equal(sims, apart.column("similarity").to_numpy())
+    if device != "cpu":
+        on_cpu = scan(t.to_batches(), query, top=4000).column("similarity").to_numpy()
+        np.testing.assert_allclose(sims, on_cpu, atol=1e-6)
+
+
 def test_scan_filters_by_class_similarity_and_excluded_rows():
     t, v = table(600, 32, seed=3)
     query = embeddings.vectors(t.slice(1, 1))[0].astype(np.float32)  # row 1: a detection of "a"
