@@ -73,6 +73,11 @@ class TrainConfig:
     val: str | None = option(None, "a validation source instead of a split")
     val_labels: str | None = option(None, "labels CSV of --val")
     background: str | None = option(None, "unlabelled recordings to mix in")
+    background_class: str = option(
+        "",
+        "a class of that name made of the --background recordings' windows, where the data has "
+        "none (a class with no call makes CAMs point at the calls; '': none)",
+    )
     init: str = option("imagenet", "imagenet | random | PATH | s3://bucket/key (checkpoint)")
     epochs: int = option(30, "most epochs")
     batch_size: int = option(0, "windows per step (0: 256 on CUDA, 32 on the CPU)")

@@ -150,7 +150,8 @@ class Loader:
     def _cut(self, ex: Example, *, rng: np.random.Generator | None) -> np.ndarray:
         """A window of ``ex``'s recording: random (``rng``) or centred, a copy."""
         p = self.params
-        samples = load_samples(self.store, ex.key, params=p)
+        store = self.backgrounds.store if ex.background else self.store
+        samples = load_samples(store, ex.key, params=p)
         n = samples.shape[0]
         length = min(p.window_samples, n)
         span = None

@@ -30,6 +30,7 @@ class Example:
     end_s: float | None = None
     low_hz: float | None = None
     high_hz: float | None = None
+    background: bool = False  # a key of the --background recordings, not of the source
 
     @property
     def span(self) -> tuple[float, float] | None:
@@ -53,8 +54,8 @@ class Labelled:
     examples: list[Example]
 
     def recordings(self) -> list[str]:
-        """Distinct source keys, sorted."""
-        return sorted({e.key for e in self.examples})
+        """Distinct keys, sorted (``background:KEY`` for the ``--background`` source's)."""
+        return sorted({f"background:{e.key}" if e.background else e.key for e in self.examples})
 
     def keys_sha256(self) -> str:
         """sha256 of the sorted distinct keys, one per line: the data's identity."""
@@ -165,6 +166,18 @@ def extend_classes(labelled: Labelled, base: Sequence[str]) -> Labelled:
     return Labelled(labelled.source, names, examples)
 
 
+def with_background_class(labelled: Labelled, keys: Sequence[str], *, name: str) -> Labelled:
+    """``labelled`` with one more class, ``name``, whose examples are the whole recordings
+    ``keys`` of the ``--background`` source: a class with no call in it, for sources that have
+    none (without one, a model's CAMs point away from the calls).  Unchanged where the source
+    already has a class ``name``."""
+    if name in labelled.class_names:
+        return labelled
+    label = len(labelled.class_names)
+    extra = [Example(k, label, background=True) for k in sorted(keys)]
+    return Labelled(labelled.source, [*labelled.class_names, name], labelled.examples + extra)
+
+
 def split_by_recording(
     labelled: Labelled, *, val_fraction: float, seed: int
 ) -> tuple[Labelled, Labelled]:
@@ -176,21 +189,21 @@ def split_by_recording(
     """
     if not 0.0 <= val_fraction < 1.0:
         raise ValueError("val_fraction must be within [0, 1)")
-    first: dict[str, int] = {}
+    first: dict[tuple[bool, str], int] = {}  # (from --background, key): a recording
     for e in labelled.examples:
-        first.setdefault(e.key, e.label)
-    by_class: dict[int, list[str]] = defaultdict(list)
+        first.setdefault((e.background, e.key), e.label)
+    by_class: dict[int, list[tuple[bool, str]]] = defaultdict(list)
     for key in sorted(first):
         by_class[first[key]].append(key)
     rng = np.random.default_rng(seed)
-    val_keys: set[str] = set()
+    val_keys: set[tuple[bool, str]] = set()
     for label in sorted(by_class):
         keys = by_class[label]
         n = round(val_fraction * len(keys))
         if val_fraction > 0 and len(keys) >= 2:
             n = min(max(n, 1), len(keys) - 1)
         val_keys.update(keys[i] for i in rng.permutation(len(keys))[:n])
-    train = [e for e in labelled.examples if e.key not in val_keys]
-    val = [e for e in labelled.examples if e.key in val_keys]
+    train = [e for e in labelled.examples if (e.background, e.key) not in val_keys]
+    val = [e for e in labelled.examples if (e.background, e.key) in val_keys]
     names = labelled.class_names
     return Labelled(labelled.source, names, train), Labelled(labelled.source, names, val)

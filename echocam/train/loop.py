@@ -19,7 +19,7 @@ import math
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -46,6 +46,7 @@ from echocam.train.labels import (
     list_folders,
     read_labels,
     split_by_recording,
+    with_background_class,
 )
 from echocam.train.predict import predict
 
@@ -205,12 +206,18 @@ class _StopFlag:
 
 
 def load_data(
-    config: TrainConfig, *, settings: Settings, base_names: list[str] | None = None
+    config: TrainConfig,
+    *,
+    settings: Settings,
+    base_names: list[str] | None = None,
+    background_keys: Sequence[str] = (),
 ) -> tuple[Store, Labelled, Store, Labelled]:
     """(train store, train examples, validation store, validation examples).
 
     ``base_names``: a previous model's classes (``--init CHECKPOINT``), which come first, in
-    their order; the data's other classes follow, sorted.
+    their order; the data's other classes follow, sorted.  With ``config.background_class``,
+    the ``--background`` recordings ``background_keys`` are that class's examples (and split
+    by recording as the others) where the data has no such class.
     """
     make = client_factory(settings)
     src = open_store(config.source, client_factory=make)
@@ -220,6 +227,8 @@ def load_data(
         labelled = list_folders(src, extensions=settings.extensions, page_size=settings.page_size)
     if base_names:
         labelled = extend_classes(labelled, base_names)
+    if config.background_class and background_keys:
+        labelled = with_background_class(labelled, background_keys, name=config.background_class)
     if len(labelled.class_names) < 2:
         raise ValueError(
             f"{config.source}: need at least two classes, found {labelled.class_names}"
@@ -262,7 +271,22 @@ def train(
     base = previous.class_names if previous and previous.weights_kind == "checkpoint" else None
     if base == [f"class_{i}" for i in range(len(base or []))]:
         base = None  # a bare state dict: its classes have no names to keep
-    src, train_set, val_src, val_set = load_data(config, settings=settings, base_names=base)
+    backgrounds = None
+    if config.background:
+        backgrounds = Backgrounds(
+            open_store(config.background, client_factory=client_factory(settings)),
+            params=params,
+            extensions=settings.extensions,
+        )
+    src, train_set, val_src, val_set = load_data(
+        config,
+        settings=settings,
+        base_names=base,
+        background_keys=backgrounds.keys if backgrounds else (),
+    )
+    if backgrounds and any(e.background for e in val_set.examples):
+        # a recording that validates the background class is not mixed into training windows
+        backgrounds.keys = sorted({e.key for e in train_set.examples if e.background})
     names = train_set.class_names
     out_store = open_store(_split_uri(config.out)[0], client_factory=client_factory(settings))
     out_name, state_name = _split_uri(config.out)[1], resume_name(config.out)
@@ -296,14 +320,7 @@ def train(
     fe = FrontEnd(params, device)
     frames_per_s = params.sample_rate / params.hop_length
     labels = [e.label for e in train_set.examples]
-    backgrounds_src = None
     with ThreadPoolExecutor(settings.io_threads, thread_name_prefix="echocam-train") as pool:
-        if config.background:
-            backgrounds_src = Backgrounds(
-                open_store(config.background, client_factory=client_factory(settings)),
-                params=params,
-                extensions=settings.extensions,
-            )
         loader = Loader(
             src,
             train_set.examples,
@@ -313,7 +330,7 @@ def train(
             batch_size=batch_size,
             prefetch=config.prefetch,
             seed=config.seed,
-            backgrounds=backgrounds_src,
+            backgrounds=backgrounds,
         )
         loader.skipped.update(state.skipped)
         with _StopFlag(log) as stop:
@@ -341,8 +358,9 @@ def train(
                         f"{state.epoch}'s result (continue with --resume)"
                     )
                 val = _validate(
-                    net, fe, val_src, val_set, params=params, pool=pool, batch_size=batch_size
-                )
+                    net, fe, val_src, val_set, params=params, pool=pool, batch_size=batch_size,
+                    background=backgrounds.store if backgrounds else None,
+                )  # fmt: skip
                 row.update(val["row"])
                 state.history.append(row)
                 state.epoch = epoch
@@ -539,7 +557,9 @@ def _epoch(
     }
 
 
-def _validate(net, fe, store, val_set: Labelled, *, params, pool, batch_size) -> dict[str, Any]:
+def _validate(
+    net, fe, store, val_set: Labelled, *, params, pool, batch_size, background=None
+) -> dict[str, Any]:
     if not val_set.examples:
         return {"row": {}, "scores": None, "skipped": {}}
     net.eval()
@@ -553,6 +573,7 @@ def _validate(net, fe, store, val_set: Labelled, *, params, pool, batch_size) ->
         n_classes=len(val_set.class_names),
         pool=pool,
         batch_size=batch_size,
+        background=background,
     )
     ok = pred.n_windows > 0
     y = np.array([e.label for e in val_set.examples])[ok]

@@ -61,15 +61,20 @@ class Predictions:
 
 
 def _windows(
-    store: Store, examples: Sequence[Example], *, params: Params, pool: Executor
+    store: Store,
+    examples: Sequence[Example],
+    *,
+    params: Params,
+    pool: Executor,
+    background: Store | None = None,
 ) -> Iterator[tuple[int, list[tuple[float, np.ndarray]] | Skipped]]:
     """(example index, its windows' (start s, samples) or why not), loading 8 examples ahead on
-    ``pool``."""
+    ``pool``; ``background`` holds the examples marked ``background``."""
 
     def load(i: int) -> list[np.ndarray] | Skipped:
         ex = examples[i]
         try:
-            samples = load_samples(store, ex.key, params=params)
+            samples = load_samples(background if ex.background else store, ex.key, params=params)
         except EchoCamError as e:
             return Skipped(ex.key, e.code, e.message)
         except FileNotFoundError as e:
@@ -97,9 +102,11 @@ def predict(
     n_classes: int,
     pool: Executor,
     batch_size: int,
+    background: Store | None = None,
 ) -> Predictions:
     """Mean softmax probabilities of every example's windows, and for examples with a box the
-    pointing game of their windows (``net`` gives logits and layer4 features)."""
+    pointing game of their windows (``net`` gives logits and layer4 features).  ``background``:
+    the store of the examples from ``--background``."""
     probs = np.full((len(examples), n_classes), np.nan, np.float32)
     sums = np.zeros((len(examples), n_classes), np.float64)
     counts = np.zeros(len(examples), np.int64)
@@ -129,7 +136,7 @@ def predict(
             counts[i] += 1
         queue.clear()
 
-    for i, got in _windows(store, examples, params=params, pool=pool):
+    for i, got in _windows(store, examples, params=params, pool=pool, background=background):
         if isinstance(got, Skipped):
             skipped.setdefault(got.key, got)
             continue

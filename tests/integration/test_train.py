@@ -255,6 +255,46 @@ def test_seeded_cpu_training_is_reproducible(species_data, tmp_path):
     assert run("a") == run("b")
 
 
+@pytest.mark.training
+def test_a_background_class_made_of_the_background_recordings(species_data, tmp_path):
+    """``--background-class Background`` on a source without one: the --background recordings
+    become the class's examples, split by recording like the others; a source with the class
+    keeps its own."""
+    from echocam.settings import Params, Settings
+    from echocam.train.config import TrainConfig
+    from echocam.train.loop import train
+
+    bg = sorted(p.name for p in species_data["bg"].iterdir())
+
+    def run(source, name: str) -> dict:
+        cfg = TrainConfig(
+            source=str(source), out=str(tmp_path / name / "m.pt"), init="random", epochs=1,
+            batch_size=4, epoch_windows=8, val_fraction=0.3, seed=1,
+            background=str(species_data["bg"]), background_class="Background",
+        )  # fmt: skip
+        train(cfg, params=Params(), settings=Settings(threads=2), progress=False, log=print)
+        return json.loads((tmp_path / name / "metrics.json").read_text())
+
+    without = tmp_path / "without"  # the held-out clips but their Background folder
+    for d in species_data["heldout"].iterdir():
+        if d.is_dir() and d.name != "Background":
+            (without / d.name).mkdir(parents=True)
+            for f in sorted(d.iterdir())[:4]:
+                (without / d.name / f.name).write_bytes(f.read_bytes())
+    m = run(without, "added")
+    assert m["val"]["class_names"] == [*sorted(SPECIES), "Background"]
+    classes = {part: m["data"][part]["classes"]["Background"] for part in ("train", "val")}
+    assert classes["train"]["recordings"] >= 1 and classes["val"]["recordings"] >= 1
+    assert classes["train"]["recordings"] + classes["val"]["recordings"] == len(bg)
+    assert m["data"]["windows_drawn"]["Background"] >= 1
+    assert m["data"]["train"]["recordings"] + m["data"]["val"]["recordings"] == 4 * 3 + len(bg)
+
+    own = species_data["heldout"] / "Background"  # a source with its own class keeps it, alone
+    m = run(species_data["heldout"], "own")
+    got = sum(m["data"][part]["classes"]["Background"]["recordings"] for part in ("train", "val"))
+    assert got == len(list(own.iterdir()))
+
+
 # -- the trained checkpoint -----------------------------------------------------------------
 
 
