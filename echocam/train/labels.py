@@ -170,12 +170,15 @@ def with_background_class(labelled: Labelled, keys: Sequence[str], *, name: str)
     """``labelled`` with one more class, ``name``, whose examples are the whole recordings
     ``keys`` of the ``--background`` source: a class with no call in it, for sources that have
     none (without one, a model's CAMs point away from the calls).  Unchanged where the source
-    already has a class ``name``."""
-    if name in labelled.class_names:
+    has examples of ``name``; a name already listed without examples (a previous model's
+    class) keeps its place."""
+    names = list(labelled.class_names)
+    if name in names and any(e.label == names.index(name) for e in labelled.examples):
         return labelled
-    label = len(labelled.class_names)
-    extra = [Example(k, label, background=True) for k in sorted(keys)]
-    return Labelled(labelled.source, [*labelled.class_names, name], labelled.examples + extra)
+    if name not in names:
+        names.append(name)
+    extra = [Example(k, names.index(name), background=True) for k in sorted(keys)]
+    return Labelled(labelled.source, names, labelled.examples + extra)
 
 
 def split_by_recording(

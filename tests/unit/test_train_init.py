@@ -84,3 +84,21 @@ def test_fine_tuning_from_a_checkpoint_appends_the_new_classes(tmp_path):
     val = result["val"]
     assert val["per_class"]["Wren"]["support"] == 0 and val["per_class"]["Robin"]["support"] == 0
     assert val["n"] >= 1 and 0.0 <= val["macro_f1"] <= 1.0
+
+
+def test_a_background_class_joins_a_previous_models_class_of_that_name():
+    """Fine-tuning a model that has a Background class on data without one: the --background
+    recordings fill the previous model's class, in its place; data with its own keeps it."""
+    from echocam.train.labels import Example, Labelled, extend_classes, with_background_class
+
+    data = Labelled("s", ["a", "c"], [Example("a/1.wav", 0), Example("c/1.wav", 1)])
+    widened = extend_classes(data, ["Background", "a"])
+    got = with_background_class(widened, ["x.wav", "y.wav"], name="Background")
+    assert got.class_names == ["Background", "a", "c"]
+    assert [(e.key, e.label, e.background) for e in got.examples if e.background] == [
+        ("x.wav", 0, True), ("y.wav", 0, True)
+    ]  # fmt: skip
+    fresh = with_background_class(data, ["x.wav"], name="Background")
+    assert fresh.class_names == ["a", "c", "Background"] and fresh.examples[-1].label == 2
+    own = Labelled("s", ["Background", "a"], [Example("Background/q", 0), Example("a/1", 1)])
+    assert with_background_class(own, ["x.wav"], name="Background") is own
