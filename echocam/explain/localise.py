@@ -9,9 +9,8 @@ The evidence box is as coarse as the CAM: a layer4 cell is 32 model-image pixels
 mel bands at the defaults), so it cannot be tighter than about one cell.  The *call box* narrows
 it with the spectrogram: the sounds loud against their band's background that the evidence
 region holds, the one nearest the peak and those within :data:`CALL_GAP_S` of it (the elements
-of one call; a sound at the same time joins only as a harmonic), each taken whole (see
-:func:`call_box`).  No box reaches above the Nyquist frequency, where a spectrogram whose
-``fmax`` lies beyond it has only empty bands.
+of one call), each taken whole (see :func:`call_box`).  No box reaches above the Nyquist
+frequency, where a spectrogram whose ``fmax`` lies beyond it has only empty bands.
 """
 
 from __future__ import annotations
@@ -37,10 +36,6 @@ CALL_GAP_S = 0.3
 #: ...and in frequency (octaves between their bands) are elements of one call: syllables of a
 #: phrase, a high note then a lower one; not a low rumble under a high trill.
 CALL_GAP_OCTAVES = 1.0
-#: A sound that overlaps one of the call's elements in time joins only as its harmonic or
-#: partial: starting and ending within this (s) of it.  Another bird singing at the same time
-#: starts and stops on its own.
-CALL_ONSET_S = 0.05
 #: A band's floor is the median of every 4th frame (36 ms apart at the defaults): the same
 #: background level for a quarter of the work.
 FLOOR_STRIDE = 4
@@ -239,7 +234,6 @@ def call_box(
     gap_s: float = CALL_GAP_S,
     freqs_hz: np.ndarray | None = None,
     gap_octaves: float = CALL_GAP_OCTAVES,
-    onset_s: float = CALL_ONSET_S,
 ) -> tuple[tuple[int, int], tuple[int, int]] | None:
     """The call the evidence points at: ((first, last) frame, (lowest, highest) row) or None.
 
@@ -251,9 +245,8 @@ def call_box(
     pixel nearest the peak, joined by every other sound with a loud pixel in the region that
     starts or ends within ``gap_s`` of the call so far and, given each row's centre frequency
     ``freqs_hz`` (rows,), whose band lies within ``gap_octaves`` of the call's: the elements of
-    one call.  A sound that overlaps an element in time joins only if it starts and ends within
-    ``onset_s`` of it (a harmonic, not another bird).  Sounds are taken whole, in or out of the
-    region, as far as ``excess`` reaches.  None where the region has no loud pixel.
+    one call.  Sounds are taken whole, in or out of the region, as far as ``excess`` reaches.
+    None where the region has no loud pixel.
     """
     loudest = float(np.where(region, excess, -np.inf).max())
     level = max(min_excess_db, loudest - within_db)
@@ -276,7 +269,7 @@ def call_box(
     seed = int(sounds[rr[nearest], cc[nearest]])
     call = {seed}
     (top, bottom), (first, last) = [(sl.start, sl.stop - 1) for sl in boxes[seed - 1]]
-    gap, onset = round(gap_s / frame_s), round(onset_s / frame_s)
+    gap = round(gap_s / frame_s)
     octave = None if freqs_hz is None else np.log2(np.maximum(freqs_hz[a0:a1], 1.0))
     grown = True
     while grown:  # single linkage: a call's elements chain, each near the next
@@ -288,21 +281,11 @@ def call_box(
                 below = octave[bottom] - octave[rows.start]
                 near = max(below, octave[rows.stop - 1] - octave[top]) <= gap_octaves
             if near:
-                near = all(_together(t, boxes[m - 1][1], onset) for m in call)
-            if near:
                 call.add(k)
                 first, last = min(first, t.start), max(last, t.stop - 1)
                 top, bottom = min(top, rows.start), max(bottom, rows.stop - 1)
                 grown = True
     return (b0 + first, b0 + last), (a0 + bottom, a0 + top)
-
-
-def _together(a: slice, b: slice, tolerance: int) -> bool:
-    """Frame spans ``a`` and ``b`` apart in time, or starting and ending within ``tolerance``
-    frames of each other."""
-    if a.start >= b.stop or b.start >= a.stop:
-        return True
-    return abs(a.start - b.start) <= tolerance and abs(a.stop - b.stop) <= tolerance
 
 
 def _span(any_: np.ndarray) -> tuple[int, int]:
