@@ -10,7 +10,7 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO, NamedTuple, Protocol
@@ -20,6 +20,8 @@ from echocam.bucket.chunking import read_ahead
 from echocam.bucket.keys import join
 from echocam.errors import TooLarge
 from echocam.settings import Settings
+
+_CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
 
 
 class ObjectInfo(NamedTuple):
@@ -119,14 +121,21 @@ class LocalStore:
         self.root = Path(root).resolve()
         self.only = only
         self.uri = str(self.root)
-        # mkstemp makes 0600; outputs follow the umask as it is when the store is made, read
-        # once: reading it per file (/proc/self/status, parsed in Python) costs about as much
-        # as a small file's write
-        self.mode = 0o666 & ~_umask()
+        self._prefix = os.path.join(self.uri, "")
 
     def _path(self, key: str) -> Path:
+        """``key``'s file, links followed: a read never leaves the root."""
         path = (self.root / key).resolve()
         if not path.is_relative_to(self.root):
+            raise ValueError(f"key {key!r} escapes {self.root}")
+        return path
+
+    def _where(self, key: str) -> str:
+        """``key``'s path for a write: ``..`` cannot leave the root.  Links the user made in
+        their output folder are followed (resolving every component would cost a third of a
+        small file's write)."""
+        path = os.path.normpath(os.path.join(self.uri, key))
+        if not path.startswith(self._prefix):
             raise ValueError(f"key {key!r} escapes {self.root}")
         return path
 
@@ -172,18 +181,21 @@ class LocalStore:
         return self._path(key).open("rb")
 
     def put(self, key: str, data: bytes | BinaryIO, *, if_absent: bool = False) -> bool:
-        path = self._path(key)
-        for attempt in (1, 2):
-            path.parent.mkdir(parents=True, exist_ok=True)
+        # A temporary file renamed (or linked) into place: readers never see part of a file.
+        # Its folder is made only when missing, and the kernel applies the umask to the mode:
+        # a small file's write costs little more than the file's creation.
+        path = self._where(key)
+        tmp = f"{os.path.dirname(path)}/.tmp-{uuid.uuid4().hex}"
+        for attempt in (1, 2, 3):
             try:
-                fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+                fd = os.open(tmp, _CREATE, 0o666)
                 break
-            except FileNotFoundError:  # the folder was removed as empty in between: again
-                if attempt == 2:
+            except FileNotFoundError:  # no folder yet (or removed as empty in between)
+                if attempt == 3:
                     raise
+                os.makedirs(os.path.dirname(path), exist_ok=True)
         try:
-            os.fchmod(fd, self.mode)
-            with os.fdopen(fd, "wb") as f:
+            with open(fd, "wb", closefd=True) as f:
                 if isinstance(data, bytes | bytearray | memoryview):
                     f.write(data)
                 else:
@@ -229,20 +241,6 @@ class LocalStore:
                     self._path(key).rmdir()
             else:
                 self._path(key).unlink(missing_ok=True)
-
-
-def _umask() -> int:
-    """The process umask, read without changing it (``os.umask`` sets it, racing other threads)."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except OSError:
-        pass
-    mask = os.umask(0o022)  # elsewhere: read it the only way there is, and put it back
-    os.umask(mask)
-    return mask
 
 
 def s3_client(*, endpoint_url: str = "", region: str = "", max_pool: int = 16, retries: int = 8):
