@@ -90,7 +90,8 @@ class WindowArrays:
     """
 
     spectrogram_db: Sequence[np.ndarray]  # (n_mels, t) float32, dB re the window's maximum
-    spectrogram_rgb: Sequence[np.ndarray]  # (n_mels, t, 3) uint8, magma, row 0 the highest band
+    # (n_mels, t) uint8: each pixel's magma colour (its index in the palette PNG's palette)
+    spectrogram_index: Sequence[np.ndarray]
     overlay: Sequence[np.ndarray]  # (k, n_mels, t, 3) uint8: a band per explained class
     class_ids: Sequence[np.ndarray]  # (k,) int64, the explained classes
     logits: Sequence[np.ndarray]  # (k,) float32
@@ -201,7 +202,7 @@ class Encoder:
             j = part.first + i
             col = int(self.columns[j])
             if "spectrogram" in self.want:
-                for t, tile in self.spectrogram.add(a.spectrogram_rgb[i], col):
+                for t, tile in self.spectrogram.add(a.spectrogram_index[i][..., None], col):
                     self._image(SPECTROGRAM, t, tile)
             if "overlay" in self.want:
                 for t, tile in self.overlay.add(a.overlay[i], col):
@@ -232,12 +233,12 @@ class Encoder:
         as a magma-palette PNG, the overlay in ``params.overlay_format``."""
         p = self.params
         level = p.png_compress_level
-        rgb = tile.reshape(-1, *tile.shape[-2:])  # overlay (k, m, t, 3): a band per class
-        if name == SPECTROGRAM:
+        if name == SPECTROGRAM:  # (m, t, 1): each pixel's colour is its magma row already
             magma = colormaps.lut("magma")
-            index = render.palette_index(rgb, palette=magma)
+            index = tile[..., 0]
             ext, data = "png", render.encode_palette_png(index, palette=magma, compress_level=level)
         else:
+            rgb = tile.reshape(-1, *tile.shape[-2:])  # overlay (k, m, t, 3): a band per class
             ext, data = render.encode_image(
                 rgb, fmt=p.overlay_format, quality=p.overlay_quality, compress_level=level
             )

@@ -263,7 +263,7 @@ class Explainer:
         for i, (r, j) in enumerate(batch):
             rows[i] = recordings[r].windowed.window(j)
         db = self.frontend.db(waves.to(self.device, non_blocking=True))
-        levels, rgb, img8 = self.frontend.colours(db)
+        levels, _, img8 = self.frontend.colours(db)
         x = self.frontend.model_input(img8)
         # bf16 only for the forward: logits and CAMs are computed in float32
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.cuda):
@@ -277,7 +277,7 @@ class Explainer:
         prob_sum.index_add_(0, owner, cb.probs)
         out = {
             "spectrogram_db": db,
-            "spectrogram_rgb": rgb,
+            "spectrogram_index": levels.to(torch.uint8),  # a third of the RGB's copy
             "overlay": ov,
             "class_ids": cb.class_ids,
             "logits": cb.logits.gather(1, cb.class_ids),

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import itertools
 import os
 import struct
 import tempfile
 import zlib
 from collections.abc import Sequence
-from functools import cache
 from typing import BinaryIO
 
 import numpy as np
@@ -118,37 +116,6 @@ def encode_palette_png(index: np.ndarray, *, palette: np.ndarray, compress_level
     plte = _png_chunk(b"PLTE", np.ascontiguousarray(palette, dtype=np.uint8).tobytes())
     rows = np.ascontiguousarray(index, dtype=np.uint8)
     return _png(w, h, colour_type=3, rows=rows, bpp=1, compress_level=compress_level, extra=plte)
-
-
-def palette_index(rgb: np.ndarray, *, palette: np.ndarray) -> np.ndarray:
-    """uint8 (..., 3) pixels, each one of ``palette``'s (<= 256, 3) colours → their uint8 indices.
-
-    The pixels must come from the palette (as :func:`echocam.signal.colormaps.apply` makes them):
-    another colour gets an arbitrary index, unchecked, since checking would double the cost.
-    """
-    weights, table = _inverse(np.ascontiguousarray(palette, dtype=np.uint8).tobytes())
-    key = rgb[..., 0].astype(np.uint16)  # a weighted sum, injective on the palette: see _inverse
-    key += rgb[..., 1].astype(np.uint16) * weights[1]
-    key += rgb[..., 2].astype(np.uint16) * weights[2]
-    return table[key]
-
-
-@cache
-def _inverse(palette: bytes) -> tuple[tuple[int, int, int], np.ndarray]:
-    """Weights (1, b, c) of the smallest weighted sum R + b·G + c·B that tells the palette's
-    colours apart, and the uint8 table from that sum to the colour's index.
-
-    A table of a few thousand entries, where the packed 24-bit colour would need 16 MB: it stays
-    in cache, so the lookup costs about as much as reading the pixels.
-    """
-    colours = np.frombuffer(palette, np.uint8).reshape(-1, 3).astype(np.int64)
-    for b, c in sorted(itertools.product(range(1, 64), repeat=2), key=lambda bc: max(bc)):
-        keys = colours @ np.array([1, b, c])
-        if len(np.unique(keys)) == len(colours):
-            table = np.zeros(255 * (1 + b + c) + 1, np.uint8)
-            table[keys] = np.arange(len(colours))
-            return (1, b, c), table
-    raise ValueError("the palette's colours repeat")
 
 
 #: The largest width or height each lossy format can hold (JPEG: 16-bit sizes; WebP: 14-bit).
