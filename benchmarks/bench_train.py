@@ -9,7 +9,14 @@ scratch folder; then, interleaved, ``--repeats`` times:
 - **bare step**: ``train_step`` alone on one batch of real model inputs made beforehand, as many
   times;
 - **data path alone**: the training path without the step: how many windows/s the loader and
-  the front end could feed (above the bare step: decoding keeps up with the device).
+  the front end could feed (above the bare step: decoding keeps up with the device);
+- **loader CPU**: the host's own share, the loader alone (fetch, decode, crop, background mix,
+  gain; the front end runs on the device of a GPU host): CPU-ms per window with recordings
+  decoded at every window (``--decode-cache off``) and read from the decoded cache
+  (``echocam.train.decoded``, filled by a first epoch), alternated ``--repeats`` times.
+
+The loader of the training path keeps its recordings decoded (the default of ``echocam
+train``) unless ``--decode-cache off``.
 
 Both at the same batch, threads and device (bf16 autocast and channels-last on CUDA).  The
 headline is training windows/s ÷ bare windows/s (target ≥ 0.8), with the fraction of the time
@@ -57,6 +64,7 @@ def measure(
     repeats: int,
     io_threads: int,
     prefetch: int,
+    decode_cache: bool = True,
 ) -> dict:
     """Training path and bare step, interleaved; rates are medians over ``repeats``."""
     from torchvision.models import resnet18
@@ -66,6 +74,7 @@ def measure(
     from echocam.signal.frontend import FrontEnd
     from echocam.train.config import Augment
     from echocam.train.dataset import Loader, balanced_order, model_inputs
+    from echocam.train.decoded import decoded_for
     from echocam.train.labels import list_folders
     from echocam.train.loop import train_step
 
@@ -90,7 +99,10 @@ def measure(
         if cuda:
             torch.cuda.synchronize(dev)
 
-    with ThreadPoolExecutor(io_threads) as pool:
+    with (
+        ThreadPoolExecutor(io_threads) as pool,
+        decoded_for("" if decode_cache else "off", params=params) as decoded,
+    ):
         loader = Loader(
             store,
             labelled.examples,
@@ -100,6 +112,7 @@ def measure(
             batch_size=batch,
             prefetch=prefetch,
             seed=0,
+            decoded=decoded,
         )
         order0 = balanced_order(labels, n=batch, n_classes=n_classes, seed=0, epoch=0)
         first = next(loader.epoch(order0, epoch=0))
@@ -169,6 +182,48 @@ def measure(
         "repeats": {"train": path_rates, "bare": bare_rates, "data": data_rates, "wait": waits},
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "clips": len(labelled.examples),
+        "decode_cache": decode_cache,
+        "loader_cpu_ms_per_window": loader_cpu(
+            store, labelled, batch=batch, repeats=repeats, io_threads=io_threads
+        ),
+    }
+
+
+def loader_cpu(store, labelled, *, batch: int, repeats: int, io_threads: int) -> dict:
+    """CPU-ms per window of the loader alone (no front end), decoding every window and reading
+    the decoded cache, alternated: medians over ``repeats`` epochs of every example."""
+    from echocam.settings import Params
+    from echocam.train.config import Augment
+    from echocam.train.dataset import Loader, balanced_order
+    from echocam.train.decoded import decoded_for
+
+    params, labels = Params(), [e.label for e in labelled.examples]
+    n_classes = len(labelled.class_names)
+    n = len(labels)
+    out: dict[str, list[float]] = {"off": [], "cached": []}
+    with (
+        ThreadPoolExecutor(io_threads) as pool,
+        decoded_for("", params=params) as cache,
+        decoded_for("off", params=params) as off,
+    ):
+        loaders = {
+            name: Loader(store, labelled.examples, params=params, augment=Augment(), pool=pool,
+                         batch_size=batch, seed=0, decoded=decoded)
+            for name, decoded in (("off", off), ("cached", cache))
+        }  # fmt: skip
+        for _ in loaders["cached"].epoch(np.arange(n), epoch=0):
+            pass  # fills the cache: every recording decoded once
+        for r in range(repeats):
+            for name, loader in loaders.items():
+                order = balanced_order(labels, n=n, n_classes=n_classes, seed=0, epoch=r + 1)
+                c0 = time.process_time()
+                windows = sum(len(b) for b in loader.epoch(order, epoch=r + 1))
+                out[name].append(1000 * (time.process_time() - c0) / windows)
+    return {
+        "off": float(np.median(out["off"])),
+        "cached": float(np.median(out["cached"])),
+        "off_over_cached": float(np.median(out["off"]) / np.median(out["cached"])),
+        "repeats": out,
     }
 
 
@@ -182,6 +237,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--io-threads", type=int, default=4, help="decoding threads")
     ap.add_argument("--prefetch", type=int, default=4, help="batches decoded ahead")
     ap.add_argument("--clips", type=int, default=48, help="synthetic clips to train on")
+    ap.add_argument(
+        "--decode-cache", choices=("on", "off"), default="on",
+        help="the training path's loader reads decoded recordings (on) or decodes every window",
+    )  # fmt: skip
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -197,6 +256,7 @@ def main(argv: list[str] | None = None) -> int:
             repeats=args.repeats,
             io_threads=args.io_threads,
             prefetch=args.prefetch,
+            decode_cache=args.decode_cache == "on",
         )
     r["machine"] = m
     rows = [
@@ -207,7 +267,12 @@ def main(argv: list[str] | None = None) -> int:
         ["time waiting for the loader", f"{100 * r['data_wait_fraction']:.1f} %"],
         ["peak RSS", f"{r['peak_rss_mib']:.0f} MiB"],
     ]
+    cpu = r["loader_cpu_ms_per_window"]
     print(C.table(rows, ["what", f"windows/s, batch {args.batch}, {args.device}"]))
+    print(
+        f"loader CPU-ms per window: {cpu['off']:.2f} decoding every window, {cpu['cached']:.2f} "
+        f"from the decoded cache ({cpu['off_over_cached']:.1f}x)"
+    )
     if args.json:
         C.write_json(args.json, r)
     return 0

@@ -78,6 +78,11 @@ class Store(Protocol):
         """The object's size (and ETag where the store has one) without reading it."""
         ...
 
+    def version(self, key: str) -> str:
+        """A token that changes whenever the object does, without reading it: its ETag, or a
+        local file's size and modification time (FileNotFoundError if there is none)."""
+        ...
+
     def get_range(self, key: str, start: int, stop: int) -> bytes:
         """Bytes ``start`` to ``stop`` (exclusive) of the object, clipped to its end.
 
@@ -225,6 +230,9 @@ class LocalStore:
         if not path.is_file():
             raise FileNotFoundError(key)
         return ObjectInfo(key, path.stat().st_size, None)
+
+    def version(self, key: str) -> str:
+        return unread_etag(self._path(key).stat())
 
     def get_range(self, key: str, start: int, stop: int) -> bytes:
         path = self._path(key)
@@ -389,6 +397,10 @@ class S3Store:
                 raise FileNotFoundError(self._key(key)) from None
             raise
         return ObjectInfo(key, resp["ContentLength"], resp.get("ETag"))
+
+    def version(self, key: str) -> str:
+        info = self.head(key)
+        return info.etag or f"size-{info.size}"
 
     def get_range(self, key: str, start: int, stop: int) -> bytes:
         from botocore.exceptions import ClientError

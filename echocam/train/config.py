@@ -98,6 +98,11 @@ class TrainConfig:
     )
     seed: int = option(0, "seed of the split, the order, the augmentation and a random init")
     prefetch: int = option(4, "batches decoded ahead of the device")
+    decode_cache: str = option(
+        "",
+        "folder where recordings are kept decoded for the windows drawn from them, to reuse "
+        "between runs ('': a temporary folder removed after the run; 'off': decode every window)",
+    )
     augment: Augment = option(
         help="the augmentation flags below (--no-augment: none of it)",
         factory=Augment,

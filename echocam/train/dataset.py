@@ -1,10 +1,10 @@
 """Training windows streamed from a store: class-balanced epochs, decoded on a thread pool.
 
-Nothing is held decoded beyond the batches in flight: each window fetches its recording,
-decodes it (``echocam.signal.frontend.windowed``: the inference decoder), cuts and augments one
-window and drops the rest.  Up to ``prefetch`` batches are prepared on the pool while the device
-trains on the current one.  Every window's randomness comes from its own generator seeded by (seed,
-epoch, position), so a run is reproducible whatever the threads do.
+Nothing is held in memory beyond the batches in flight: each window reads its recording's
+samples (decoded by the inference decoder once, then kept on disk: ``echocam.train.decoded``),
+cuts and augments one window and drops the rest.  Up to ``prefetch`` batches are prepared on the
+pool while the device trains on the current one.  Every window's randomness comes from its own
+generator seeded by (seed, epoch, position), so a run is reproducible whatever the threads do.
 """
 
 from __future__ import annotations
@@ -21,9 +21,10 @@ import torch
 from echocam.bucket.storage import Store
 from echocam.errors import EchoCamError
 from echocam.settings import Params
-from echocam.signal.frontend import FrontEnd, windowed
+from echocam.signal.frontend import FrontEnd
 from echocam.train.augment import apply_gain, crop_start, mask_db, mix_background
 from echocam.train.config import Augment
+from echocam.train.decoded import Decoded
 from echocam.train.labels import Example
 
 
@@ -57,12 +58,6 @@ class Skipped:
     message: str
 
 
-def load_samples(store: Store, key: str, *, params: Params) -> np.ndarray:
-    """The decoded samples (n,) float32 of ``key``, exactly as inference decodes them."""
-    data, _ = store.get(key, max_bytes=params.max_bytes)
-    return windowed(data, params=params).audio.samples
-
-
 def balanced_order(
     labels: Sequence[int], *, n: int, n_classes: int, seed: int, epoch: int
 ) -> np.ndarray:
@@ -87,12 +82,20 @@ def balanced_order(
 
 
 class Backgrounds:
-    """Unlabelled recordings to mix in: keys listed once, a few decoded ones kept (LRU)."""
+    """Unlabelled recordings to mix in: keys listed once, a few decoded ones kept (LRU);
+    ``decoded`` keeps them all decoded on disk."""
 
     def __init__(
-        self, store: Store, *, params: Params, extensions: tuple[str, ...], cache: int = 32
+        self,
+        store: Store,
+        *,
+        params: Params,
+        extensions: tuple[str, ...],
+        cache: int = 32,
+        decoded: Decoded | None = None,
     ):
         self.store, self.params = store, params
+        self.decoded = decoded or Decoded(None, params=params)
         self.keys = [info.key for info in store.list(suffixes=extensions)]
         if not self.keys:
             raise ValueError(f"no audio under the background source {store.uri}")
@@ -100,7 +103,7 @@ class Backgrounds:
 
     def _decode(self, key: str) -> np.ndarray | None:
         try:
-            return load_samples(self.store, key, params=self.params)
+            return self.decoded.samples(self.store, key)
         except EchoCamError:
             return None  # a bad background is not worth failing a window for
 
@@ -109,7 +112,8 @@ class Backgrounds:
 
 
 class Loader:
-    """Batches of augmented training windows, prepared on ``pool`` ahead of their use."""
+    """Batches of augmented training windows, prepared on ``pool`` ahead of their use; their
+    recordings decoded by ``decoded`` (None: decoded at each window)."""
 
     def __init__(
         self,
@@ -123,8 +127,10 @@ class Loader:
         prefetch: int = 4,
         seed: int = 0,
         backgrounds: Backgrounds | None = None,
+        decoded: Decoded | None = None,
     ):
         self.store, self.examples, self.params = store, list(examples), params
+        self.decoded = decoded or Decoded(None, params=params)
         self.augment, self.pool = augment, pool
         self.batch_size, self.prefetch, self.seed = batch_size, prefetch, seed
         self.backgrounds = backgrounds
@@ -151,7 +157,7 @@ class Loader:
         """A window of ``ex``'s recording: random (``rng``) or centred, a copy."""
         p = self.params
         store = self.backgrounds.store if ex.background else self.store
-        samples = load_samples(store, ex.key, params=p)
+        samples = self.decoded.samples(store, ex.key)
         n = samples.shape[0]
         length = min(p.window_samples, n)
         span = None

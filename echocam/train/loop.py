@@ -40,6 +40,7 @@ from echocam.signal.frontend import FrontEnd
 from echocam.train import scores
 from echocam.train.config import TrainConfig
 from echocam.train.dataset import Backgrounds, Loader, Skipped, balanced_order, model_inputs
+from echocam.train.decoded import Decoded, decoded_for
 from echocam.train.labels import (
     Labelled,
     extend_classes,
@@ -261,6 +262,23 @@ def train(
     log: Callable[[str], None] = tqdm.write,
 ) -> dict[str, Any]:
     """Train, checkpoint every epoch, return the metrics (also in ``metrics.json``)."""
+    with decoded_for(config.decode_cache, params=params) as decoded:
+        return _train(
+            config, params=params, settings=settings, resume=resume, progress=progress, log=log,
+            decoded=decoded,
+        )  # fmt: skip
+
+
+def _train(
+    config: TrainConfig,
+    *,
+    params: Params,
+    settings: Settings,
+    resume: bool,
+    progress: bool,
+    log: Callable[[str], None],
+    decoded: Decoded,
+) -> dict[str, Any]:
     threads = set_threads(settings.threads)
     device = resolve_device(settings.device)
     cuda = device.type == "cuda"
@@ -277,6 +295,7 @@ def train(
             open_store(config.background, client_factory=client_factory(settings)),
             params=params,
             extensions=settings.extensions,
+            decoded=decoded,
         )
     src, train_set, val_src, val_set = load_data(
         config,
@@ -331,6 +350,7 @@ def train(
             prefetch=config.prefetch,
             seed=config.seed,
             backgrounds=backgrounds,
+            decoded=decoded,
         )
         loader.skipped.update(state.skipped)
         with _StopFlag(log) as stop:
@@ -359,7 +379,7 @@ def train(
                     )
                 val = _validate(
                     net, fe, val_src, val_set, params=params, pool=pool, batch_size=batch_size,
-                    background=backgrounds.store if backgrounds else None,
+                    background=backgrounds.store if backgrounds else None, decoded=decoded,
                 )  # fmt: skip
                 row.update(val["row"])
                 state.history.append(row)
@@ -558,7 +578,7 @@ def _epoch(
 
 
 def _validate(
-    net, fe, store, val_set: Labelled, *, params, pool, batch_size, background=None
+    net, fe, store, val_set: Labelled, *, params, pool, batch_size, background=None, decoded=None
 ) -> dict[str, Any]:
     if not val_set.examples:
         return {"row": {}, "scores": None, "skipped": {}}
@@ -574,6 +594,7 @@ def _validate(
         pool=pool,
         batch_size=batch_size,
         background=background,
+        decoded=decoded,
     )
     ok = pred.n_windows > 0
     y = np.array([e.label for e in val_set.examples])[ok]

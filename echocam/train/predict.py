@@ -24,7 +24,8 @@ from echocam.settings import Params
 from echocam.signal import windows
 from echocam.signal.frontend import FrontEnd
 from echocam.train.augment import crop_start
-from echocam.train.dataset import Skipped, load_samples, model_inputs
+from echocam.train.dataset import Skipped, model_inputs
+from echocam.train.decoded import Decoded
 from echocam.train.labels import Example
 from echocam.train.pointing import Tolerance, cam_peaks, hit_at
 
@@ -67,14 +68,17 @@ def _windows(
     params: Params,
     pool: Executor,
     background: Store | None = None,
+    decoded: Decoded | None = None,
 ) -> Iterator[tuple[int, list[tuple[float, np.ndarray]] | Skipped]]:
     """(example index, its windows' (start s, samples) or why not), loading 8 examples ahead on
-    ``pool``; ``background`` holds the examples marked ``background``."""
+    ``pool`` (through ``decoded``, if given); ``background`` holds the examples marked
+    ``background``."""
+    decoded = decoded or Decoded(None, params=params)
 
     def load(i: int) -> list[np.ndarray] | Skipped:
         ex = examples[i]
         try:
-            samples = load_samples(background if ex.background else store, ex.key, params=params)
+            samples = decoded.samples(background if ex.background else store, ex.key)
         except EchoCamError as e:
             return Skipped(ex.key, e.code, e.message)
         except FileNotFoundError as e:
@@ -103,10 +107,12 @@ def predict(
     pool: Executor,
     batch_size: int,
     background: Store | None = None,
+    decoded: Decoded | None = None,
 ) -> Predictions:
     """Mean softmax probabilities of every example's windows, and for examples with a box the
     pointing game of their windows (``net`` gives logits and layer4 features).  ``background``:
-    the store of the examples from ``--background``."""
+    the store of the examples from ``--background``; ``decoded``: where recordings are kept
+    decoded (:class:`echocam.train.decoded.Decoded`)."""
     probs = np.full((len(examples), n_classes), np.nan, np.float32)
     sums = np.zeros((len(examples), n_classes), np.float64)
     counts = np.zeros(len(examples), np.int64)
@@ -136,7 +142,9 @@ def predict(
             counts[i] += 1
         queue.clear()
 
-    for i, got in _windows(store, examples, params=params, pool=pool, background=background):
+    for i, got in _windows(
+        store, examples, params=params, pool=pool, background=background, decoded=decoded
+    ):
         if isinstance(got, Skipped):
             skipped.setdefault(got.key, got)
             continue
