@@ -16,7 +16,7 @@ import numpy as np
 import soundfile as sf
 
 from echocam.bucket import progress
-from echocam.bucket.storage import S3Store, client_factory, open_store
+from echocam.bucket.storage import S3Store, client_factory, open_store, without_obstore
 from echocam.explain.device import set_threads
 from echocam.explain.model import LoadedModel, load_model_from
 from echocam.explain.pipeline import Explainer, Source
@@ -36,7 +36,8 @@ def load_model_in_parent(concurrency: int) -> None:
 
     torch.set_num_threads(1)  # no intra-op pool in the parent: fork after threads can hang
     processes = max(1, concurrency)
-    model = load_model_from(settings)
+    with without_obstore():  # nor obstore's runtime, whose threads the children would lack
+        model = load_model_from(settings)
     log.info("echocam: model %s (%s) loaded", model.sha256[:12], model.weights)
 
 

@@ -16,6 +16,7 @@ import numpy as np
 from botocore.exceptions import BotoCoreError, ClientError
 from celery import signals
 from celery.exceptions import SoftTimeLimitExceeded
+from obstore.exceptions import BaseError as ObstoreError
 from redis.exceptions import RedisError
 
 from echocam.bucket import faults, manifest, progress, protocol
@@ -29,9 +30,9 @@ from worker.app import app, settings
 
 log = logging.getLogger(__name__)
 
-#: Errors writing to the bucket or Redis: the whole task retries (finished recordings are then
-#: skipped, and a task's outcomes are counted once).
-TRANSIENT = (BotoCoreError, ClientError, ConnectionError, TimeoutError, RedisError)
+#: Errors writing to the bucket (boto3's, and obstore's: ``S3Store.put``) or Redis: the whole
+#: task retries (finished recordings are then skipped, and a task's outcomes are counted once).
+TRANSIENT = (BotoCoreError, ClientError, ObstoreError, ConnectionError, TimeoutError, RedisError)
 #: Celery retries a task that raised one of them, with exponential backoff and jitter.
 RETRY = dict(
     autoretry_for=TRANSIENT,

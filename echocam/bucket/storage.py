@@ -10,8 +10,10 @@ import hashlib
 import json
 import os
 import shutil
+import threading
 import uuid
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, BinaryIO, NamedTuple, Protocol
 from urllib.parse import urlparse
@@ -283,6 +285,68 @@ def s3_client(*, endpoint_url: str = "", region: str = "", max_pool: int = 16, r
     )
 
 
+#: The process whose obstore runtime exists: its threads do not survive a fork, so a child forked
+#: after its parent used obstore sends every request through boto3.
+_obstore_pid: int | None = None
+_boto3_only = False
+
+
+@contextlib.contextmanager
+def without_obstore() -> Iterator[None]:
+    """S3 requests inside go through boto3 alone: for a process about to fork workers (Celery's
+    prefork parent loading the model), whose children then keep obstore's speed."""
+    global _boto3_only
+    before, _boto3_only = _boto3_only, True
+    try:
+        yield
+    finally:
+        _boto3_only = before
+
+
+def obstore_for(client: Any, bucket: str) -> Any:
+    """``bucket`` as an ``obstore`` store configured as the boto3 ``client`` is: endpoint,
+    region, addressing, credentials (the client's own, refreshed as it refreshes them),
+    attempts and timeouts."""
+    from obstore.store import S3Store as ObjectStore
+
+    meta, config = client.meta, client.meta.config
+    endpoint = meta.endpoint_url
+    aws = (urlparse(endpoint).hostname or "").endswith(".amazonaws.com")
+    style = (config.s3 or {}).get("addressing_style") or "auto"
+    attempts = (config.retries or {}).get("total_max_attempts") or 3
+    credentials = client._request_signer._credentials  # botocore gives it no public name
+    options: dict[str, Any] = {
+        "allow_http": endpoint.startswith("http://"),
+        "connect_timeout": timedelta(seconds=config.connect_timeout),
+        "timeout": timedelta(seconds=config.read_timeout),
+    }
+    kw: dict[str, Any] = {
+        "region": meta.region_name or "us-east-1",
+        "virtual_hosted_style_request": style == "virtual" or (style == "auto" and aws),
+    }
+    if not aws:
+        kw["endpoint"] = endpoint
+    if credentials is None:
+        kw["skip_signature"] = True
+    else:
+
+        def provide() -> dict[str, Any]:
+            frozen = credentials.get_frozen_credentials()
+            return {
+                "access_key_id": frozen.access_key,
+                "secret_access_key": frozen.secret_key,
+                "token": frozen.token,
+                # asked again after 5 minutes; botocore refreshes temporary credentials 10 or
+                # more minutes before they expire
+                "expires_at": datetime.now(UTC) + timedelta(minutes=5),
+            }
+
+        kw["credential_provider"] = provide
+    return ObjectStore(
+        bucket, client_options=options, retry_config={"max_retries": attempts - 1}, **kw
+    )
+
+
 def client_factory(settings: Settings) -> Callable[[], Any]:
     """A maker of S3 clients configured by ``settings`` (endpoint, region, pool, attempts)."""
 
@@ -315,6 +379,8 @@ class S3Store:
         self.bucket, self.prefix = parse_s3_uri(uri)
         self.client = client
         self.uri = f"s3://{self.bucket}/{self.prefix}".rstrip("/")
+        self._obstore, self._obstore_pid = None, 0  # see _objects()
+        self._lock = threading.Lock()
 
     def _key(self, key: str) -> str:
         return join(self.prefix, key)
@@ -355,6 +421,22 @@ class S3Store:
             raise
 
     def get(self, key: str, *, max_bytes: int | None = None) -> tuple[bytes, ObjectInfo]:
+        objects = self._objects()
+        if objects is not None:
+            import obstore
+            from obstore.exceptions import NotFoundError
+
+            try:
+                got = obstore.get(objects, self._key(key))
+            except NotFoundError:
+                raise FileNotFoundError(self._key(key)) from None
+            except ValueError:  # a key obstore's paths cannot hold ("a//b", control characters)
+                pass
+            else:
+                size = got.meta["size"]
+                if max_bytes is not None and size > max_bytes:
+                    raise TooLarge(f"object is {size} bytes, above the cap of {max_bytes}")
+                return bytes(got.bytes()), ObjectInfo(key, size, got.meta["e_tag"])
         resp = self._get_object(key)
         size = resp["ContentLength"]
         if max_bytes is not None and size > max_bytes:
@@ -367,6 +449,20 @@ class S3Store:
         return self._get_object(key)["Body"]
 
     def put(self, key: str, data: bytes | BinaryIO, *, if_absent: bool = False) -> bool:
+        objects = self._objects()
+        if objects is not None and isinstance(data, bytes | bytearray | memoryview):
+            import obstore
+            from obstore.exceptions import AlreadyExistsError, PreconditionError
+
+            try:
+                obstore.put(objects, self._key(key), data, mode="create" if if_absent else None)
+                return True
+            except (AlreadyExistsError, PreconditionError):
+                if if_absent:
+                    return False
+                raise
+            except ValueError:  # a key obstore's paths cannot hold
+                pass
         from botocore.exceptions import ClientError
 
         kw = {"IfNoneMatch": "*"} if if_absent else {}
@@ -383,6 +479,22 @@ class S3Store:
                 return False
             raise
         return True
+
+    def _objects(self) -> Any | None:
+        """The bucket through obstore, for the requests a run makes per recording (GET, PUT,
+        DELETE): boto3 spends about 1 CPU-ms of Python on each, as much as the rest of a 5-s
+        clip's host work; obstore (Rust) a fourth to a seventh of it, with the GIL released
+        (``benchmarks/bench_host_profile.py``).  None where it cannot serve: see
+        :func:`without_obstore`."""
+        global _obstore_pid
+        pid = os.getpid()
+        if _boto3_only or _obstore_pid not in (None, pid):
+            return None
+        with self._lock:
+            if self._obstore is None or self._obstore_pid != pid:
+                self._obstore, self._obstore_pid = obstore_for(self.client, self.bucket), pid
+            _obstore_pid = pid
+            return self._obstore
 
     def put_file(self, key: str, path: str | os.PathLike) -> None:
         self.client.upload_file(str(path), self.bucket, self._key(key))
@@ -421,6 +533,13 @@ class S3Store:
 
     def delete(self, keys: list[str]) -> None:
         if len(keys) == 1:  # one request either way; DeleteObject is the one every server has
+            objects = self._objects()
+            if objects is not None:
+                import obstore
+
+                with contextlib.suppress(ValueError):  # a key obstore's paths cannot hold
+                    obstore.delete(objects, self._key(keys[0]))
+                    return
             self.client.delete_object(Bucket=self.bucket, Key=self._key(keys[0]))
             return
         for i in range(0, len(keys), 1000):
