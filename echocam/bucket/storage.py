@@ -481,8 +481,9 @@ class S3Store:
         return True
 
     def _objects(self) -> Any | None:
-        """The bucket through obstore, for the requests a run makes per recording (GET, PUT,
-        DELETE): boto3 spends about 1 CPU-ms of Python on each, as much as the rest of a 5-s
+        """The bucket through obstore, for most requests a run makes per recording (GETs and
+        PUTs; obstore deletes one key with a DeleteObjects POST, which not every server has):
+        boto3 spends about 1 CPU-ms of Python on each, as much as the rest of a 5-s
         clip's host work; obstore (Rust) a fourth to a seventh of it, with the GIL released
         (``benchmarks/bench_host_profile.py``).  None where it cannot serve: see
         :func:`without_obstore`."""
@@ -533,13 +534,6 @@ class S3Store:
 
     def delete(self, keys: list[str]) -> None:
         if len(keys) == 1:  # one request either way; DeleteObject is the one every server has
-            objects = self._objects()
-            if objects is not None:
-                import obstore
-
-                with contextlib.suppress(ValueError):  # a key obstore's paths cannot hold
-                    obstore.delete(objects, self._key(keys[0]))
-                    return
             self.client.delete_object(Bucket=self.bucket, Key=self._key(keys[0]))
             return
         for i in range(0, len(keys), 1000):

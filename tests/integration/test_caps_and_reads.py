@@ -3,8 +3,9 @@ above a cap is refused before its bytes are read (an S3 body, a local file never
 from its header), a local listing hashes a large file in constant memory, and the local done
 index is listed without reading its segments.
 
-Real stores (a directory, and SeaweedFS for S3), real recordings from ``samples/``; reads are
-counted by a client whose bodies count bytes, and by an audit hook that notes every open.
+Real stores (a directory, and SeaweedFS for S3), real recordings from ``samples/``; an S3 body
+left unread shows as a process's peak memory that does not grow, local reads by an audit hook
+that notes every open.
 """
 
 from __future__ import annotations
@@ -12,9 +13,9 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import subprocess
 import sys
 import tracemalloc
-from collections import Counter
 
 import numpy as np
 import pytest
@@ -25,7 +26,7 @@ from echocam.bucket.storage import LocalStore, S3Store, md5_etag, read_json
 from echocam.errors import TooLarge, TooLong
 from echocam.settings import Params
 from echocam.signal import audio
-from tests.helpers import SAMPLES, explain_store, wav_bytes
+from tests.helpers import ROOT, SAMPLES, explain_store, wav_bytes
 
 CLIPS = ["S4A03895_20190522_053000.wav", "S4A03895_20190522_060000.wav"]  # 10 s each, 22 kHz
 BUCKET = "caps"
@@ -38,39 +39,7 @@ def s3(seaweed):
     return seaweed
 
 
-class CountingBody:
-    """A real response body that counts the bytes read from it."""
-
-    def __init__(self, body, counts: Counter, key: str):
-        self.body, self.counts, self.key = body, counts, key
-
-    def read(self, *args):
-        data = self.body.read(*args)
-        self.counts[self.key] += len(data)
-        return data
-
-    def __getattr__(self, name):
-        return getattr(self.body, name)
-
-
-class CountingClient:
-    """A real boto3 client whose object bodies count what is read from them."""
-
-    def __init__(self, client):
-        self.client, self.counts = client, Counter()
-
-    def get_object(self, **kw):
-        response = self.client.get_object(**kw)
-        response["Body"] = CountingBody(response["Body"], self.counts, kw["Key"])
-        return response
-
-    def __getattr__(self, name):
-        return getattr(self.client, name)
-
-
-def test_an_s3_object_above_max_bytes_is_refused_without_reading_its_body(
-    s3, request, tmp_path, species_model
-):
+def test_an_s3_object_above_max_bytes_is_refused(s3, request, tmp_path, species_model):
     big = (SAMPLES / CLIPS[0]).read_bytes()  # 440 044 bytes
     y, sr = sf.read(SAMPLES / CLIPS[1], dtype="float32")
     small = wav_bytes(y[: 2 * sr], sr)  # 2 s of the other recording: 88 244 bytes
@@ -78,8 +47,7 @@ def test_an_s3_object_above_max_bytes_is_refused_without_reading_its_body(
     client = s3.client()
     client.put_object(Bucket=BUCKET, Key=f"{prefix}/big.wav", Body=big)
     client.put_object(Bucket=BUCKET, Key=f"{prefix}/small.wav", Body=small)
-    counting = CountingClient(client)
-    src = S3Store(f"s3://{BUCKET}/{prefix}", counting)
+    src = S3Store(f"s3://{BUCKET}/{prefix}", client)
     from echocam.explain.model import load_model
 
     model = load_model("random")
@@ -87,8 +55,43 @@ def test_an_s3_object_above_max_bytes_is_refused_without_reading_its_body(
         src, LocalStore(tmp_path / "out"), model, run_id="c", max_bytes=200_000
     )
     assert {o.key: o.error_code for o in outcomes} == {"big.wav": "too_large", "small.wav": None}
-    assert counting.counts[f"{prefix}/small.wav"] == len(small)  # the counter does count
-    assert counting.counts[f"{prefix}/big.wav"] == 0
+
+
+def test_an_s3_object_above_max_bytes_is_refused_without_reading_its_body(s3, request):
+    """A 64-MB object refused at a 1-MB cap, in a fresh process: its peak memory does not grow;
+    the same object read (the control) grows it by at least its size."""
+    key = f"{request.node.name}/big.bin"
+    s3.client().put_object(Bucket=BUCKET, Key=key, Body=os.urandom(64 << 20))
+    script = f"""
+from echocam.bucket.storage import S3Store, s3_client
+from echocam.errors import TooLarge
+store = S3Store("s3://{BUCKET}", s3_client(endpoint_url="{s3.endpoint_url}", region="us-east-1"))
+store.put("warm.bin", b"x"); store.get("warm.bin")  # the client's own buffers, before measuring
+def status(name):  # kB
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(name + ":"))
+def growth(read):  # MB the peak rose above the memory before ``read``
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # the peak (VmHWM) starts again from the memory now
+    before = status("VmRSS")
+    try:
+        data = read()
+    except TooLarge:
+        data = None
+    return (status("VmHWM") - before) >> 10, data
+refused, none = growth(lambda: store.get("{key}", max_bytes=1 << 20))
+read, (data, _) = growth(lambda: store.get("{key}"))
+print(refused, read, len(data) >> 20, none)
+"""
+    env = {**os.environ, "AWS_ACCESS_KEY_ID": s3.access_key,
+           "AWS_SECRET_ACCESS_KEY": s3.secret_key}  # fmt: skip
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=120, cwd=ROOT, env=env)  # fmt: skip
+    assert proc.returncode == 0 and proc.stdout.strip(), proc.stderr[-2000:]
+    refused, read, size, none = proc.stdout.split()
+    assert none == "None"  # refused: TooLarge
+    assert int(size) == 64 and int(read) >= 64  # the measure sees a body that is read
+    assert int(refused) < 8, proc.stdout  # a refused body is not
 
 
 def test_a_local_file_above_max_bytes_is_refused_without_opening_it(tmp_path):
