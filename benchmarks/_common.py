@@ -254,6 +254,7 @@ class LocalMode:
         from echocam.settings import Settings
 
         self.explainer, self.chunk_size, self.pool = explainer, chunk_size, pool
+        self.dst = None  # or a maker of each run's destination store (else a scratch folder)
         self.work = Path(tempfile.mkdtemp(prefix="echocam-bench-"))
         (self.work / "in").mkdir()
         for i, p in enumerate(paths):
@@ -272,7 +273,7 @@ class LocalMode:
         outcomes = run_chunks(
             chunked(self.items, self.chunk_size),
             src=self.src,
-            dst=LocalStore(out),
+            dst=self.dst() if self.dst else LocalStore(out),
             explainer=self.explainer,
             run_id="bench",
             pool=self.pool,

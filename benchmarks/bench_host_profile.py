@@ -18,8 +18,13 @@ fresh child process that loops local mode for ``--seconds``:
   process can overlap;
 - **scaling**: windows/s on 2 I/O threads ÷ 2 × 1 thread, and of 2 processes at once ÷ 2 × 1
   process (both ~1.0 when the work spreads perfectly; 0.5 when it does not at all);
+- **bucket**: the clips again, read from and written to SeaweedFS on loopback as a worker does
+  (``S3Store``: its GETs, PUTs and DELETEs through obstore), against ``bucket-boto3`` (every
+  request through boto3, as before), alternated ``--bucket-rounds`` times: CPU-ms per window of
+  each (the server's CPU not counted), and their ratio;
 - **objects**: objects written per recording, and the CPU time of one PUT of a small object to
-  a local store and through boto3 to SeaweedFS on loopback.
+  a local store, and to SeaweedFS on loopback through ``S3Store.put`` (obstore) and through a
+  bare boto3 ``put_object`` (what ``S3Store.put`` used before), alternated.
 
     python benchmarks/bench_host_profile.py [--seconds 15] [--clips 64] [--long-minutes 30]
         [--no-profile] [--json F]
@@ -29,13 +34,16 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -76,7 +84,7 @@ def make_inputs(case: str, folder: Path, size: float) -> list[Path]:
         audio.decode(p.read_bytes(), **params.decode_options()).samples for p in C.recordings()
     ]
     folder.mkdir(parents=True, exist_ok=True)
-    if case == "clips":
+    if case != "long":  # clips, and the bucket cases' clips
         n, out = int(CLIP_S * sr), []
         for i in range(int(size)):
             w = waves[i % len(waves)]
@@ -102,6 +110,7 @@ def child(case: str, threads: int, seconds: float, size: float) -> None:
     from echocam.settings import Params
 
     work = Path(tempfile.mkdtemp(prefix="echocam-profile-"))
+    stack = contextlib.ExitStack()
     try:
         paths = make_inputs(case, work / "in", size)
         torch.set_num_threads(2)
@@ -109,10 +118,15 @@ def child(case: str, threads: int, seconds: float, size: float) -> None:
         pool = ThreadPoolExecutor(threads, thread_name_prefix="echocam-io")
         ex.map = pool.map
         local = C.LocalMode(ex, paths, chunk_size=16, pool=pool)
+        if case.startswith("bucket"):
+            bucket(case, stack, local)
         replay_device(ex)
         outcomes = local.run()  # the device stage, once per chunk
         windows = sum(o.windows for o in outcomes)
-        objects = sum(1 for p in (local.work / "out").rglob("*") if p.is_file())
+        if local.dst is None:
+            objects = sum(1 for p in (local.work / "out").rglob("*") if p.is_file())
+        else:
+            objects = sum(1 for _ in local.dst.last.list())
         torch.set_num_threads(1)
         local.run()  # warm
         print("ready", flush=True)  # a profiler may attach from here
@@ -131,7 +145,33 @@ def child(case: str, threads: int, seconds: float, size: float) -> None:
                 "wall_s": wall, "cpu_s": cpu}  # fmt: skip
         print(json.dumps(done), flush=True)
     finally:
+        stack.close()
         shutil.rmtree(work, ignore_errors=True)
+
+
+def bucket(case: str, stack: contextlib.ExitStack, local) -> None:
+    """For the bucket cases, ``local`` reads its clips from SeaweedFS (loopback) and writes to a
+    fresh prefix there each run (``local.dst.last``: the last one), as a worker does.
+    ``bucket-boto3`` sends every request through boto3, as ``S3Store`` did before obstore."""
+    from devtools.services import SeaweedS3
+    from echocam.bucket.storage import S3Store
+    from echocam.settings import Settings
+
+    s3 = stack.enter_context(SeaweedS3())
+    s3.create_bucket("bench")
+    client = s3.client(max_pool_connections=32)
+    if case == "bucket-boto3":
+        S3Store._objects = lambda self: None  # as if obstore could not serve: boto3 alone
+    local.src = S3Store("s3://bench/in", client)
+    for path in sorted((local.work / "in").iterdir()):
+        local.src.put(path.name, path.read_bytes())
+    local.items = list(local.src.list(suffixes=Settings().extensions))
+
+    def make():
+        make.last = S3Store(f"s3://bench/run-{uuid.uuid4().hex}", client)
+        return make.last
+
+    local.dst = make
 
 
 # -- the parent ---------------------------------------------------------------------------------
@@ -188,7 +228,8 @@ def profile(case: str, seconds: float, size: float, work: Path, *, gil: bool) ->
 
 
 def put_cpu(n: int) -> dict:
-    """CPU seconds per PUT of a 10-kB object: a local store, and boto3 to SeaweedFS (loopback)."""
+    """CPU seconds per PUT of a 10-kB object: a local store; ``S3Store.put`` (obstore) and a
+    bare boto3 ``put_object``, both to SeaweedFS on loopback, alternated in rounds."""
     from devtools.services import SeaweedS3
     from echocam.bucket.storage import LocalStore, S3Store
 
@@ -203,13 +244,56 @@ def put_cpu(n: int) -> dict:
     with SeaweedS3() as s3:
         s3.create_bucket("puts")
         store = S3Store("s3://puts/bench", s3.client())
-        for i in range(20):
-            store.put(f"warm/{i}.bin", body)
-        c0, t0 = time.process_time(), time.perf_counter()
-        for i in range(n):
-            store.put(f"r{i % 50}/o{i}.bin", body)
-        out["s3_cpu_ms_per_put"] = 1000 * (time.process_time() - c0) / n
-        out["s3_wall_ms_per_put"] = 1000 * (time.perf_counter() - t0) / n
+        client = store.client
+        ways = {
+            "s3": lambda k: store.put(k, body),
+            "boto3": lambda k: client.put_object(Bucket="puts", Key=f"bench/{k}", Body=body),
+        }
+        for name, put in ways.items():
+            for i in range(20):
+                put(f"warm/{name}/{i}.bin")
+        cpu = dict.fromkeys(ways, 0.0)
+        wall = dict.fromkeys(ways, 0.0)
+        rounds = 4
+        for r in range(rounds):
+            for name, put in ways.items():
+                c0, t0 = time.process_time(), time.perf_counter()
+                for i in range(n // rounds):
+                    put(f"{name}/r{r}/{i % 50}/o{i}.bin")
+                cpu[name] += time.process_time() - c0
+                wall[name] += time.perf_counter() - t0
+        for name in ways:
+            out[f"{name}_cpu_ms_per_put"] = 1000 * cpu[name] / (rounds * (n // rounds))
+            out[f"{name}_wall_ms_per_put"] = 1000 * wall[name] / (rounds * (n // rounds))
+    return out
+
+
+def per_window(child: dict) -> tuple[float, float]:
+    """(CPU-ms, wall-ms) per window of a child's loop."""
+    n = child["runs"] * child["windows"]
+    return 1000 * child["cpu_s"] / n, 1000 * child["wall_s"] / n
+
+
+def bucket_cases(args: argparse.Namespace) -> dict:
+    """The clips written to SeaweedFS, through obstore and through boto3, alternated
+    ``--bucket-rounds`` times: medians, and their ratio."""
+    runs: dict[str, list[dict]] = {"bucket": [], "bucket-boto3": []}
+    for _ in range(args.bucket_rounds):
+        for case in runs:
+            runs[case].append(result(spawn(case, 1, args.seconds, args.clips)))
+    out = {}
+    for case, children in runs.items():
+        cpu, wall = zip(*(per_window(c) for c in children), strict=True)
+        out[case] = {
+            "windows": children[0]["windows"],
+            "recordings": children[0]["recordings"],
+            "objects_per_recording": children[0]["objects"] / children[0]["recordings"],
+            "cpu_ms_per_window": statistics.median(cpu),
+            "wall_ms_per_window": statistics.median(wall),
+            "rounds": {"cpu_ms": cpu, "wall_ms": wall},
+        }
+    ratio = out["bucket-boto3"]["cpu_ms_per_window"] / out["bucket"]["cpu_ms_per_window"]
+    out["bucket"]["boto3_over_obstore_cpu"] = ratio
     return out
 
 
@@ -219,18 +303,19 @@ def run(args: argparse.Namespace) -> dict:
     try:
         for case, size in (("clips", args.clips), ("long", args.long_minutes)):
             one = result(spawn(case, 1, args.seconds, size))
-            two = result(spawn(case, 2, args.seconds, size))
-            pair = [spawn(case, 1, args.seconds, size) for _ in range(2)]
-            both = [result(p) for p in pair]
-            rate = lambda r: r["runs"] * r["windows"] / r["wall_s"]  # noqa: E731
-            cpu_ms = 1000 * one["cpu_s"] / (one["runs"] * one["windows"])
-            wall_ms = 1000 * one["wall_s"] / (one["runs"] * one["windows"])
+            cpu_ms, wall_ms = per_window(one)
             cases[case] = {
                 "windows": one["windows"],
                 "recordings": one["recordings"],
                 "objects_per_recording": one["objects"] / one["recordings"],
                 "cpu_ms_per_window": cpu_ms,
                 "wall_ms_per_window": wall_ms,
+            }
+            two = result(spawn(case, 2, args.seconds, size))
+            pair = [spawn(case, 1, args.seconds, size) for _ in range(2)]
+            both = [result(p) for p in pair]
+            rate = lambda r: r["runs"] * r["windows"] / r["wall_s"]  # noqa: E731
+            cases[case] |= {
                 "scaling_2_threads": rate(two) / (2 * rate(one)),
                 "scaling_2_processes": sum(rate(r) for r in both) / (2 * rate(one)),
                 "windows_per_s_1_thread": rate(one),
@@ -252,6 +337,7 @@ def run(args: argparse.Namespace) -> dict:
                 "gil_ms_per_window": wall_ms * gil_busy / sampled,
                 "samples": {"all": prof["samples"], "gil": gil["samples"]},
             }
+        cases |= bucket_cases(args)
         puts = put_cpu(args.puts)
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -271,6 +357,13 @@ def run(args: argparse.Namespace) -> dict:
 def report(res: dict) -> str:
     lines = [C.machine_line(res["machine"]), f"commit {res['commit']}"]
     for case, r in res["cases"].items():
+        if case.startswith("bucket"):
+            lines.append(
+                f"\n{case}: {r['windows']} clips to SeaweedFS, {r['objects_per_recording']:.1f} "
+                f"objects each; {r['cpu_ms_per_window']:.2f} CPU-ms per window "
+                f"({r['wall_ms_per_window']:.2f} wall)"
+            )
+            continue
         if "stages_ms_per_window" not in r:
             lines.append(f"\n{case}: {r['cpu_ms_per_window']:.2f} CPU-ms per window (no profile)")
             continue
@@ -284,9 +377,10 @@ def report(res: dict) -> str:
         lines.append(C.table([[k, v] for k, v in r["stages_ms_per_window"].items()],
                              ["stage", "CPU-ms/window"]))  # fmt: skip
     p = res["puts"]
-    lines.append(f"\nPUT of 10 kB: local {p['local_cpu_ms_per_put']:.3f} CPU-ms, boto3 to "
-                 f"SeaweedFS {p['s3_cpu_ms_per_put']:.2f} CPU-ms ({p['s3_wall_ms_per_put']:.2f} "
-                 "wall)")  # fmt: skip
+    lines.append(f"\nPUT of 10 kB: local {p['local_cpu_ms_per_put']:.3f} CPU-ms; to SeaweedFS, "
+                 f"S3Store.put {p['s3_cpu_ms_per_put']:.2f} CPU-ms ({p['s3_wall_ms_per_put']:.2f} "
+                 f"wall), bare boto3 {p['boto3_cpu_ms_per_put']:.2f} CPU-ms "
+                 f"({p['boto3_wall_ms_per_put']:.2f} wall)")  # fmt: skip
     return "\n".join(lines)
 
 
@@ -300,6 +394,7 @@ def main(argv: list[str] | None = None) -> dict | None:
     ap.add_argument("--clips", type=int, default=64, help="5-s clips in the clips case")
     ap.add_argument("--long-minutes", type=float, default=30.0, help="the long recording")
     ap.add_argument("--puts", type=int, default=300, help="PUTs timed per store")
+    ap.add_argument("--bucket-rounds", type=int, default=2, help="alternated rounds to SeaweedFS")
     ap.add_argument(
         "--profile",
         action=argparse.BooleanOptionalAction,
