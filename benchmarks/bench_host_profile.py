@@ -277,6 +277,8 @@ def per_window(child: dict) -> tuple[float, float]:
 def bucket_cases(args: argparse.Namespace) -> dict:
     """The clips written to SeaweedFS, through obstore and through boto3, alternated
     ``--bucket-rounds`` times: medians, and their ratio."""
+    if args.bucket_rounds < 1:
+        return {}
     runs: dict[str, list[dict]] = {"bucket": [], "bucket-boto3": []}
     for _ in range(args.bucket_rounds):
         for case in runs:
@@ -394,7 +396,9 @@ def main(argv: list[str] | None = None) -> dict | None:
     ap.add_argument("--clips", type=int, default=64, help="5-s clips in the clips case")
     ap.add_argument("--long-minutes", type=float, default=30.0, help="the long recording")
     ap.add_argument("--puts", type=int, default=300, help="PUTs timed per store")
-    ap.add_argument("--bucket-rounds", type=int, default=2, help="alternated rounds to SeaweedFS")
+    ap.add_argument(
+        "--bucket-rounds", type=int, default=2, help="alternated rounds to SeaweedFS (0: none)"
+    )
     ap.add_argument(
         "--profile",
         action=argparse.BooleanOptionalAction,
