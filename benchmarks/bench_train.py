@@ -1,7 +1,8 @@
 """Training throughput: does the data path keep up with the device?
 
-Synthetic species clips (``devtools.synthetic``, over the real recordings) are written to a
-scratch folder; then, interleaved, ``--repeats`` times:
+Synthetic species clips (``devtools.synthetic``, over the real recordings; at ``--clip-rate``,
+48 kHz as field recorders record, so decoding resamples) are written to a scratch folder; then,
+interleaved, ``--repeats`` times:
 
 - **training path**: ``echocam.train``'s ``Loader`` (fetch, decode, crop, background mix, gain on
   ``--io-threads`` threads, ``--prefetch`` batches ahead) → ``model_inputs`` (front end with time
@@ -41,9 +42,13 @@ import numpy as np
 import torch
 
 
-def write_clips(root: Path, *, clips: int, seed: int = 0) -> Path:
+def write_clips(root: Path, *, clips: int, seed: int = 0, rate: int = 48000) -> Path:
     """About ``clips`` synthetic 6-s clips (a quarter per class: three species and clips without
-    calls) under ``root``/train."""
+    calls) under ``root``/train, as WAV at ``rate`` Hz (field recorders' 48 kHz by default:
+    decoding them resamples, as it does real recordings)."""
+    import soundfile as sf
+    import soxr
+
     from devtools import synthetic
 
     paths = [p for p in sorted(C.RECORDINGS.glob("*")) if p.suffix in C.AUDIO_SUFFIXES]
@@ -52,6 +57,10 @@ def write_clips(root: Path, *, clips: int, seed: int = 0) -> Path:
     synthetic.write_species(
         root / "train", per_class=per, backgrounds=bgs, seed=seed, duration_s=6.0, n_calls=2
     )
+    for path in sorted((root / "train").rglob("*.wav")):
+        y, sr = sf.read(path, dtype="float32")
+        if sr != rate:
+            sf.write(path, soxr.resample(y, sr, rate, quality="HQ"), rate, subtype="PCM_16")
     return root / "train"
 
 
@@ -237,6 +246,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--io-threads", type=int, default=4, help="decoding threads")
     ap.add_argument("--prefetch", type=int, default=4, help="batches decoded ahead")
     ap.add_argument("--clips", type=int, default=48, help="synthetic clips to train on")
+    ap.add_argument("--clip-rate", type=int, default=48000, help="the clips' sample rate, Hz")
     ap.add_argument(
         "--decode-cache", choices=("on", "off"), default="on",
         help="the training path's loader reads decoded recordings (on) or decodes every window",
@@ -247,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
     m = C.machine(args.threads)
     print(C.machine_line(m), flush=True)
     with tempfile.TemporaryDirectory(prefix="echocam-bench-train-") as tmp:
-        source = write_clips(Path(tmp), clips=args.clips)
+        source = write_clips(Path(tmp), clips=args.clips, rate=args.clip_rate)
         r = measure(
             source,
             device=args.device,
