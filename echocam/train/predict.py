@@ -29,6 +29,10 @@ from echocam.train.decoded import Decoded
 from echocam.train.labels import Example
 from echocam.train.pointing import Tolerance, cam_peaks, hit_at
 
+#: A whole background recording (``--background-class``) is judged on at most this many of its
+#: windows, evenly spread: a 15-minute dawn chorus would otherwise cost 180 windows an epoch.
+BACKGROUND_WINDOWS = 8
+
 
 def eval_starts(
     n: int, *, params: Params, span: tuple[float, float] | None
@@ -84,6 +88,8 @@ def _windows(
         except FileNotFoundError as e:
             return Skipped(ex.key, "download_failed", f"not found: {e}")
         starts, length = eval_starts(samples.shape[0], params=params, span=ex.span)
+        if ex.background and len(starts) > BACKGROUND_WINDOWS:  # evenly spread, first and last
+            starts = starts[np.linspace(0, len(starts) - 1, BACKGROUND_WINDOWS).round().astype(int)]
         return [(s / params.sample_rate, samples[s : s + length]) for s in starts]
 
     ahead = 8
