@@ -53,7 +53,7 @@ class Window:
 class Skipped:
     """An example whose recording could not be used: the error code and message."""
 
-    key: str
+    key: str  # Example.recording: the key, or background:KEY for the --background source's
     code: str
     message: str
 
@@ -134,7 +134,7 @@ class Loader:
         self.augment, self.pool = augment, pool
         self.batch_size, self.prefetch, self.seed = batch_size, prefetch, seed
         self.backgrounds = backgrounds
-        self.skipped: dict[str, Skipped] = {}  # key → why; never fetched again
+        self.skipped: dict[str, Skipped] = {}  # Example.recording → why; never fetched again
         self._labels = np.array([e.label for e in self.examples])
 
     def window(self, index: int, *, rng: np.random.Generator | None) -> Window:
@@ -194,9 +194,9 @@ class Loader:
         try:
             return self.window(index, rng=rng)
         except EchoCamError as e:
-            return Skipped(self.examples[index].key, e.code, e.message)
+            return Skipped(self.examples[index].recording, e.code, e.message)
         except FileNotFoundError as e:
-            return Skipped(self.examples[index].key, "download_failed", f"not found: {e}")
+            return Skipped(self.examples[index].recording, "download_failed", f"not found: {e}")
 
     def epoch(self, order: Sequence[int], *, epoch: int) -> Iterator[list[Window]]:
         """Batches of the windows of examples ``order`` (indices), in that order.
@@ -209,7 +209,7 @@ class Loader:
 
         def submit() -> None:
             for pos, index in todo:
-                if self.examples[index].key not in self.skipped:
+                if self.examples[index].recording not in self.skipped:
                     pending.append(self.pool.submit(self._try, pos, int(index), epoch))
                     return
 

@@ -36,6 +36,12 @@ class Example:
     def span(self) -> tuple[float, float] | None:
         return None if self.start_s is None else (self.start_s, self.end_s)
 
+    @property
+    def recording(self) -> str:
+        """The recording's name across both sources: ``background:KEY`` for the
+        ``--background`` source's, whose keys may repeat the labelled source's."""
+        return f"background:{self.key}" if self.background else self.key
+
     def box(self, *, top_hz: float) -> tuple[float, float, float, float] | None:
         """(start_s, end_s, low_hz, high_hz) of a span, every frequency up to ``top_hz`` where
         the row gives none; None for a whole recording."""
@@ -55,7 +61,7 @@ class Labelled:
 
     def recordings(self) -> list[str]:
         """Distinct keys, sorted (``background:KEY`` for the ``--background`` source's)."""
-        return sorted({f"background:{e.key}" if e.background else e.key for e in self.examples})
+        return sorted({e.recording for e in self.examples})
 
     def keys_sha256(self) -> str:
         """sha256 of the sorted distinct keys, one per line: the data's identity."""

@@ -84,9 +84,9 @@ def _windows(
         try:
             samples = decoded.samples(background if ex.background else store, ex.key)
         except EchoCamError as e:
-            return Skipped(ex.key, e.code, e.message)
+            return Skipped(ex.recording, e.code, e.message)
         except FileNotFoundError as e:
-            return Skipped(ex.key, "download_failed", f"not found: {e}")
+            return Skipped(ex.recording, "download_failed", f"not found: {e}")
         starts, length = eval_starts(samples.shape[0], params=params, span=ex.span)
         if ex.background and len(starts) > BACKGROUND_WINDOWS:  # evenly spread, first and last
             starts = starts[np.linspace(0, len(starts) - 1, BACKGROUND_WINDOWS).round().astype(int)]
