@@ -19,7 +19,7 @@ fresh child process that loops local mode for ``--seconds``:
 - **scaling**: windows/s on 2 I/O threads ÷ 2 × 1 thread, and of 2 processes at once ÷ 2 × 1
   process (both ~1.0 when the work spreads perfectly; 0.5 when it does not at all);
 - **bucket**: the clips again, read from and written to SeaweedFS on loopback as a worker does
-  (``S3Store``: its GETs, PUTs and DELETEs through obstore), against ``bucket-boto3`` (every
+  (``S3Store``: its GETs and PUTs through obstore), against ``bucket-boto3`` (every
   request through boto3, as before), alternated ``--bucket-rounds`` times: CPU-ms per window of
   each (the server's CPU not counted), and their ratio;
 - **objects**: objects written per recording, and the CPU time of one PUT of a small object to

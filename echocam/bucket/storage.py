@@ -379,7 +379,7 @@ class S3Store:
         self.bucket, self.prefix = parse_s3_uri(uri)
         self.client = client
         self.uri = f"s3://{self.bucket}/{self.prefix}".rstrip("/")
-        self._obstore, self._obstore_pid = None, 0  # see _objects()
+        self._obstore = None  # see _objects()
         self._lock = threading.Lock()
 
     def _key(self, key: str) -> str:
@@ -491,9 +491,9 @@ class S3Store:
         pid = os.getpid()
         if _boto3_only or _obstore_pid not in (None, pid):
             return None
-        with self._lock:
-            if self._obstore is None or self._obstore_pid != pid:
-                self._obstore, self._obstore_pid = obstore_for(self.client, self.bucket), pid
+        with self._lock:  # made in this process: any made before a fork was refused above
+            if self._obstore is None:
+                self._obstore = obstore_for(self.client, self.bucket)
             _obstore_pid = pid
             return self._obstore
 
