@@ -118,6 +118,15 @@ class TrainConfig:
         d["augment"] = self.augment.to_dict()
         return d
 
+    def recipe(self) -> dict[str, Any]:
+        """:meth:`to_dict` without how this machine ran it (``RUNTIME``): what a checkpoint
+        records of its training."""
+        return {k: v for k, v in self.to_dict().items() if k not in RUNTIME}
+
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
         return cls(**{**d, "augment": Augment.from_dict(d["augment"])})
+
+
+#: ``TrainConfig`` fields that change how a run is carried out on a machine, not the model.
+RUNTIME = ("prefetch", "decode_cache")

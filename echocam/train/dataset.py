@@ -57,6 +57,21 @@ class Skipped:
     code: str
     message: str
 
+    @classmethod
+    def of(cls, ex: Example, error: EchoCamError | FileNotFoundError) -> Skipped:
+        """Why ``ex`` is skipped: the error's code, or ``download_failed`` for a missing file."""
+        if isinstance(error, EchoCamError):
+            return cls(ex.recording, error.code, error.message)
+        return cls(ex.recording, "download_failed", f"not found: {error}")
+
+
+def example_samples(
+    decoded: Decoded, ex: Example, *, store: Store, background: Store | None
+) -> np.ndarray:
+    """The decoded samples (n,) of ``ex``'s recording: from ``background`` (the --background
+    source) where ``ex`` is one of its recordings, else from ``store``."""
+    return decoded.samples(background if ex.background else store, ex.key)
+
 
 def balanced_order(
     labels: Sequence[int], *, n: int, n_classes: int, seed: int, epoch: int
@@ -156,8 +171,8 @@ class Loader:
     def _cut(self, ex: Example, *, rng: np.random.Generator | None) -> np.ndarray:
         """A window of ``ex``'s recording: random (``rng``) or centred, a copy."""
         p = self.params
-        store = self.backgrounds.store if ex.background else self.store
-        samples = self.decoded.samples(store, ex.key)
+        background = self.backgrounds.store if self.backgrounds is not None else None
+        samples = example_samples(self.decoded, ex, store=self.store, background=background)
         n = samples.shape[0]
         length = min(p.window_samples, n)
         span = None
@@ -193,10 +208,8 @@ class Loader:
         rng = np.random.default_rng([self.seed, epoch, position])
         try:
             return self.window(index, rng=rng)
-        except EchoCamError as e:
-            return Skipped(self.examples[index].recording, e.code, e.message)
-        except FileNotFoundError as e:
-            return Skipped(self.examples[index].recording, "download_failed", f"not found: {e}")
+        except (EchoCamError, FileNotFoundError) as e:
+            return Skipped.of(self.examples[index], e)
 
     def epoch(self, order: Sequence[int], *, epoch: int) -> Iterator[list[Window]]:
         """Batches of the windows of examples ``order`` (indices), in that order.

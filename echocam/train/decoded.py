@@ -51,8 +51,8 @@ class Decoded:
         if self.folder is not None:
             self.folder.mkdir(parents=True, exist_ok=True)
         self.params = params
-        self._files: dict[tuple[str, str], Path] = {}  # (store, key) → its file this run
-        self._locks: dict[Path, threading.Lock] = {}  # a recording is decoded by one thread
+        # (store, key) → its file this run, and the lock that lets one thread decode it
+        self._files: dict[tuple[str, str], tuple[Path, threading.Lock]] = {}
         self._lock = threading.Lock()
 
     def samples(self, store: Store, key: str) -> np.ndarray:
@@ -60,9 +60,7 @@ class Decoded:
         memory-mapped).  Decoding errors raise, and nothing is kept of them."""
         if self.folder is None:
             return load_samples(store, key, params=self.params)
-        path = self._file(store, key)
-        with self._lock:
-            lock = self._locks.setdefault(path, threading.Lock())
+        path, lock = self._file(store, key)
         with lock:  # the pool's other threads wait for this recording, not decode it again
             try:
                 return np.load(path, mmap_mode="r")
@@ -78,15 +76,18 @@ class Decoded:
                 tmp.unlink(missing_ok=True)
             return samples
 
-    def _file(self, store: Store, key: str) -> Path:
-        path = self._files.get((store.uri, key))
-        if path is None:
+    def _file(self, store: Store, key: str) -> tuple[Path, threading.Lock]:
+        found = self._files.get((store.uri, key))
+        if found is None:
             p = self.params
             what = [FORMAT, store.uri, key, store.version(key), p.sample_rate, p.max_duration_s,
                     p.max_bytes]  # fmt: skip
             digest = hashlib.sha256(json.dumps(what).encode()).hexdigest()[:32]
-            path = self._files[(store.uri, key)] = self.folder / f"{digest}.npy"
-        return path
+            with self._lock:  # two threads that both asked the version keep the first's lock
+                found = self._files.setdefault(
+                    (store.uri, key), (self.folder / f"{digest}.npy", threading.Lock())
+                )
+        return found
 
 
 @contextlib.contextmanager

@@ -693,7 +693,7 @@ def _write(
     }
     data_out = {**copy.deepcopy(data), "windows_drawn": dict(state.windows_drawn)}
     train_config = {
-        **config.to_dict(),
+        **config.recipe(),
         "started_from": started_from,
         "device": str(device),
         "threads": threads,

@@ -24,7 +24,7 @@ from echocam.settings import Params
 from echocam.signal import windows
 from echocam.signal.frontend import FrontEnd
 from echocam.train.augment import crop_start
-from echocam.train.dataset import Skipped, model_inputs
+from echocam.train.dataset import Skipped, example_samples, model_inputs
 from echocam.train.decoded import Decoded
 from echocam.train.labels import Example
 from echocam.train.pointing import Tolerance, cam_peaks, hit_at
@@ -82,11 +82,9 @@ def _windows(
     def load(i: int) -> list[np.ndarray] | Skipped:
         ex = examples[i]
         try:
-            samples = decoded.samples(background if ex.background else store, ex.key)
-        except EchoCamError as e:
-            return Skipped(ex.recording, e.code, e.message)
-        except FileNotFoundError as e:
-            return Skipped(ex.recording, "download_failed", f"not found: {e}")
+            samples = example_samples(decoded, ex, store=store, background=background)
+        except (EchoCamError, FileNotFoundError) as e:
+            return Skipped.of(ex, e)
         starts, length = eval_starts(samples.shape[0], params=params, span=ex.span)
         if ex.background and len(starts) > BACKGROUND_WINDOWS:  # evenly spread, first and last
             starts = starts[np.linspace(0, len(starts) - 1, BACKGROUND_WINDOWS).round().astype(int)]
