@@ -277,6 +277,10 @@ def test_weight_average_validates_is_kept_and_resumes(species_data, tmp_path):
         return blob, state
 
     blob, state = run("stopped", epochs=1)
+    assert blob["train_config"]["average_epochs"] == 1.0
+    assert not {"decode_cache", "prefetch"} & set(
+        blob["train_config"]
+    )  # this machine's, not the model's
     average = {k.removeprefix("module."): v for k, v in state["average"].items()}
     assert int(average.pop("n_averaged")) == 2  # one update a step, two steps
     for k, v in blob["state_dict"].items():
