@@ -86,11 +86,6 @@ class TrainConfig:
     warmup_epochs: float = option(1.0, "linear warm-up, epochs")
     min_lr_fraction: float = option(0.01, "the cosine decays to lr times this")
     label_smoothing: float = option(0.1, "label smoothing of the cross-entropy")
-    average_epochs: float = option(
-        0.0,
-        "validate and keep an exponential moving average of the weights (and batch-norm "
-        "statistics), its time constant in epochs (0: the weights as trained)",
-    )
     val_fraction: float = option(0.2, "recordings of each class that validate, without --val")
     patience: int = option(5, "epochs without a better validation macro-F1 before stopping")
     target_f1: float = option(

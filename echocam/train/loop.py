@@ -28,7 +28,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torchvision.models import resnet18
 from tqdm import tqdm
 
@@ -76,7 +75,7 @@ class TrainState:
     windows_drawn: dict[str, int] = field(default_factory=dict)  # training windows per class
     skipped: dict[str, Skipped] = field(default_factory=dict)  # files that failed, by key
 
-    def to_resume(self, *, net, average, opt, sched, config, params, keys_sha256) -> dict[str, Any]:
+    def to_resume(self, *, net, opt, sched, config, params, keys_sha256) -> dict[str, Any]:
         """The resume file's contents (plain values: ``torch.load(weights_only=True)``)."""
         return {
             "epoch": self.epoch,
@@ -85,7 +84,6 @@ class TrainState:
             "windows_drawn": self.windows_drawn,
             "skipped_objects": {k: [s.code, s.message] for k, s in self.skipped.items()},
             "net": {k: v.detach().cpu() for k, v in net.state_dict().items()},
-            "average": _cpu(average.state_dict()) if average is not None else None,
             "optimizer": opt.state_dict(),
             "scheduler": sched.state_dict(),
             "train_config": config.to_dict(),
@@ -129,25 +127,6 @@ def _read_text(uri: str, make_client) -> str:
     parent, name = _split_uri(uri)
     data, _ = open_store(parent, client_factory=make_client).get(name)
     return data.decode("utf-8-sig")
-
-
-def _cpu(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return {k: v.detach().cpu().clone() for k, v in state.items()}
-
-
-def weight_average(net: nn.Module, *, epochs: float, steps_per_epoch: int) -> AveragedModel | None:
-    """An exponential moving average of ``net``'s weights and buffers, updated every step, with
-    a time constant of ``epochs`` (None for 0).
-
-    Why: validation cannot tell a run's last epochs apart when it saturates (small classes, easy
-    validation recordings), and the weights of any one step carry that step's noise; their
-    average over the last epochs is flatter and generalises to unheard recordings at least as
-    well (measured in docs/guides/training.md).
-    """
-    if epochs <= 0:
-        return None
-    decay = 1.0 - 1.0 / max(1.0, epochs * steps_per_epoch)
-    return AveragedModel(net, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
 
 
 def _blob(obj: Any) -> bytes:
@@ -349,15 +328,12 @@ def _train(
             floor=config.min_lr_fraction,
         ),
     )
-    average = weight_average(net, epochs=config.average_epochs, steps_per_epoch=steps_per_epoch)
-    judged = average.module if average is not None else net  # what validates and is kept
     data = {"train": train_set.summary(), "val": val_set.summary()}
     state = TrainState(windows_drawn=dict.fromkeys(names, 0))
     if resume:
         state = _resume(
-            out_store, state_name, config=config, data=data, net=net, average=average, opt=opt,
-            sched=sched,
-        )  # fmt: skip
+            out_store, state_name, config=config, data=data, net=net, opt=opt, sched=sched
+        )
         log(f"resuming after epoch {state.epoch} (best so far: epoch {state.best.epoch})")
 
     fe = FrontEnd(params, device)
@@ -395,7 +371,6 @@ def _train(
                     progress=progress,
                     drawn=state.windows_drawn,
                     names=names,
-                    average=average,
                 )
                 if row is None:
                     raise TrainInterrupted(
@@ -403,7 +378,7 @@ def _train(
                         f"{state.epoch}'s result (continue with --resume)"
                     )
                 val = _validate(
-                    judged, fe, val_src, val_set, params=params, pool=pool, batch_size=batch_size,
+                    net, fe, val_src, val_set, params=params, pool=pool, batch_size=batch_size,
                     background=backgrounds.store if backgrounds else None, decoded=decoded,
                 )  # fmt: skip
                 row.update(val["row"])
@@ -412,7 +387,8 @@ def _train(
                 rank = (row.get("val_macro_f1", 0.0), -row.get("val_loss", row["loss"]))
                 improved = state.best is None or rank > state.best.rank
                 if improved:
-                    state.best = Best(epoch, rank, _cpu(judged.state_dict()), val["scores"])
+                    weights = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
+                    state.best = Best(epoch, rank, weights, val["scores"])
                 state.skipped = {**loader.skipped, **val["skipped"]}
                 result = _write(
                     out_store,
@@ -420,7 +396,6 @@ def _train(
                     state_name=state_name,
                     state=state,
                     net=net,
-                    average=average,
                     opt=opt,
                     sched=sched,
                     config=config,
@@ -526,7 +501,6 @@ def _epoch(
     progress,
     drawn,
     names,
-    average: AveragedModel | None = None,
 ) -> dict[str, Any] | None:
     """One pass over ``order``; None when a stop was requested mid-epoch."""
     net.train()
@@ -569,8 +543,6 @@ def _epoch(
             else:
                 y = torch.tensor([w.label for w in batch], device=fe.device)
             loss = train_step(net, opt, sched, x, y, label_smoothing=config.label_smoothing)
-            if average is not None:
-                average.update_parameters(net)
             # reading a loss waits for its step: read the previous one, so a GPU always has
             # this step queued while the host prepares the next batch
             if pending is not None:
@@ -669,7 +641,6 @@ def _write(
     state_name: str,
     state: TrainState,
     net: nn.Module,
-    average: AveragedModel | None,
     opt: torch.optim.Optimizer,
     sched: torch.optim.lr_scheduler.LRScheduler,
     config: TrainConfig,
@@ -722,7 +693,6 @@ def _write(
         out_store.put(CONFUSION_NAME, scores.confusion_png(conf, names, title=title))
     resume = state.to_resume(
         net=net,
-        average=average,
         opt=opt,
         sched=sched,
         config=config,
@@ -738,9 +708,7 @@ def _keys_sha256(data: dict[str, Any]) -> list[str]:
     return [data["train"]["keys_sha256"], data["val"]["keys_sha256"]]
 
 
-def _resume(
-    out_store: Store, state_name: str, *, config, data, net, average, opt, sched
-) -> TrainState:
+def _resume(out_store: Store, state_name: str, *, config, data, net, opt, sched) -> TrainState:
     try:
         raw, _ = out_store.get(state_name)
     except FileNotFoundError:
@@ -751,10 +719,6 @@ def _resume(
             "--resume: the training or validation data differ from the interrupted run's"
         )
     net.load_state_dict(saved["net"])
-    if average is not None:
-        if saved.get("average") is None:
-            raise ValueError("--resume: the interrupted run kept no average of its weights")
-        average.load_state_dict(saved["average"])
     opt.load_state_dict(saved["optimizer"])
     sched.load_state_dict(saved["scheduler"])
     return TrainState.from_resume(saved)
