@@ -27,8 +27,8 @@ class Augment:
     """
 
     shift: bool = option(True, "random window position in the recording (or around the span)")
-    background_p: float = option(0.5, "chance of mixing in a --background recording")
-    snr_db: tuple[float, float] = option((0.0, 20.0), "window RMS over background RMS, dB")
+    background_p: float = option(0.8, "chance of mixing in a --background recording")
+    snr_db: tuple[float, float] = option((-3.0, 20.0), "window RMS over background RMS, dB")
     gain_db: tuple[float, float] = option((-6.0, 6.0), "gain on the mix, dB")
     mask_p: float = option(0.8, "chance that a window gets its time and frequency masks")
     time_masks: int = option(2, "stripes across all bands, each up to --time-mask-s wide")
