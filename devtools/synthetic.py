@@ -27,6 +27,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -285,7 +286,8 @@ def write_species(
 
     ``noise_class`` (None: none) is a folder of as many clips with no call at all: a model
     must then find each species' own call, not tell a species by the absence of the others'
-    (a class learned by exclusion has no evidence to point at).  Backgrounds are used in turn,
+    (a class learned by exclusion has no evidence to point at).  Backgrounds are used in turn
+    (:func:`background_index`: every class over every one),
     SNRs drawn uniformly from ``snr_db``.  For a clip longer than
     ``window_s`` the first call lies in the stretch every ``window_s`` crop holds, so any crop
     of a training window contains at least one whole call.  ``species`` are names of
@@ -298,7 +300,7 @@ def write_species(
     classes = [*species, *([noise_class] if noise_class else [])]
     for i in range(per_class):
         for k, s in enumerate(classes):
-            bg = backgrounds[(i * len(classes) + k) % len(backgrounds)]
+            bg = backgrounds[background_index(i, k, classes=len(classes), n=len(backgrounds))]
             span = None
             if duration_s > window_s:
                 span = (duration_s - window_s + 0.05, window_s - 0.05)
@@ -319,6 +321,18 @@ def write_species(
             clips.append(clip)
     write_calls_csv(root / "calls.csv", clips)
     return clips
+
+
+def background_index(i: int, k: int, *, classes: int, n: int) -> int:
+    """Which of ``n`` backgrounds clip ``i`` of class ``k`` (of ``classes``) lies over.
+
+    Classes take the backgrounds in turn.  Where ``classes`` and ``n`` share a factor (6 classes
+    over 3 held-out recordings) that turn alone would put every clip of a class over the same
+    few recordings, so that a class's score is one recording's; each round of ``n / gcd`` clips
+    then starts one background further, and every class meets every background.
+    """
+    g = math.gcd(classes, n)
+    return (i * classes + k + (i // (n // g) if g > 1 else 0)) % n
 
 
 def write_calls_csv(path: str | Path, clips: Sequence[Clip]) -> None:

@@ -64,3 +64,19 @@ def test_note_series_jump_in_pitch_and_harmonics_stack():
     assert max(pitches) / min(pitches) > 1.1  # the notes are not one pitch
     _, _, low, high = stack.call(rng).box
     assert high / low >= 2.5  # at least three harmonics
+
+
+@pytest.mark.parametrize(("classes", "n"), [(6, 3), (4, 2), (6, 4), (4, 3), (6, 11)])
+def test_every_class_lies_over_every_background(classes, n):
+    """Six classes over three held-out recordings once put each class over one recording, so a
+    class's held-out score was that recording's; now each meets all of them, evenly."""
+    from devtools.synthetic import background_index
+
+    rounds = 4 * n
+    for k in range(classes):
+        used = [background_index(i, k, classes=classes, n=n) for i in range(rounds)]
+        assert np.bincount(used, minlength=n).tolist() == [rounds // n] * n, (k, used)
+    # clip i's classes still take different backgrounds where there are enough
+    for i in range(rounds):
+        row = {background_index(i, k, classes=classes, n=n) for k in range(classes)}
+        assert len(row) == min(classes, n)
