@@ -79,7 +79,7 @@ def train(root: Path, *, args, overrides: list[str]) -> Path:
     print(f"recipe: {config.to_dict()}", flush=True)
     run(
         config,
-        params=Params(input_size=args.input_size),
+        params=Params(input_size=args.input_size, output_stride=args.output_stride),
         settings=Settings(device="cpu", threads=args.threads),
         progress=False,
         log=lambda line: print(line, flush=True),
@@ -116,7 +116,12 @@ def figure(model, clips, *, params, path: Path, per_family: int = 2) -> None:
             logits, feats = model.net(fe.model_input(image))
             cid = model.class_names.index(clip.species)
             cams = class_activation_maps(feats, model.net.fc_weight, torch.tensor([[cid]]))
-            maps = display_maps(cams, size=tuple(db.shape[-2:]), unresized=params.input_size == 0)
+            maps = display_maps(
+                cams,
+                size=tuple(db.shape[-2:]),
+                unresized=params.input_size == 0,
+                stride=params.output_stride,
+            )
             axes = Axes.for_params(params, frames=db.shape[-1])
             ev = evidence(maps[0, 0].numpy(), axes=axes, db=db[0].numpy())
             img = Image.fromarray(render.overlay(levels, maps, table=blend)[0, 0].numpy())
@@ -161,6 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--input-size", type=int, default=TRAIN_INPUT_SIZE, help="Params.input_size (0: native)"
     )
+    ap.add_argument("--output-stride", type=int, default=32, help="Params.output_stride: 32 or 16")
     ap.add_argument(
         "--set",
         action="append",

@@ -58,6 +58,11 @@ class Params:
         "what ImageNet models saw), or 0: the spectrogram's own n_mels x frames, unresized, "
         "for finer CAM cells (echocam train's default)",
     )
+    output_stride: int = option(
+        32,
+        "model-input pixels between the CAM's cells: 32 (ResNet-18's own) or 16 (layer4 "
+        "dilated: cells half as wide and tall, about 1.7x the forward pass's compute)",
+    )
     hop_seconds: float = option(0.0, "window hop, seconds (0: equal to the window)")
     top_k: int = option(1, "classes predicted (and explained, unless --classes) per window")
     classes: tuple[str, ...] = option((), "explain these class names (comma-separated) instead")
@@ -96,6 +101,8 @@ class Params:
             raise ValueError("top_k must be >= 1")
         if self.input_size < 0 or self.input_size % 32:
             raise ValueError("input_size must be 0 (the spectrogram's size) or a multiple of 32")
+        if self.output_stride not in (16, 32):
+            raise ValueError("output_stride must be 32 or 16")
         if not 0 <= self.png_compress_level <= 3:
             raise ValueError("png_compress_level must be 0..3")
         unknown = sorted(set(self.outputs) - set(OUTPUT_KINDS))
@@ -199,6 +206,7 @@ MODEL_INPUT_FIELDS = (
     "top_db",
     "window_seconds",
     "input_size",
+    "output_stride",
 )
 
 
@@ -215,7 +223,10 @@ def params_for_model(
     """
     if not trained:
         return params
-    wanted = {name: trained[name] for name in MODEL_INPUT_FIELDS if name in trained}
+    # a checkpoint saved before a field existed was trained at that field's earlier value
+    earlier = {n: v for n, v in LATER_PARAMS.items() if n in MODEL_INPUT_FIELDS}
+    wanted = {n: trained.get(n, earlier.get(n)) for n in MODEL_INPUT_FIELDS}
+    wanted = {n: v for n, v in wanted.items() if v is not None}
     asked = set(MODEL_INPUT_FIELDS if explicit is None else explicit)
     differ = {n: v for n, v in wanted.items() if n in asked and getattr(params, n) != v}
     if differ:
@@ -332,7 +343,7 @@ def parse(hint: Any, raw: str, name: str) -> Any:
 
 #: Parameters added after runs were first fingerprinted, and the value every earlier run had:
 #: at that value a parameter stays out of the fingerprint, so those runs' outputs stay done.
-LATER_PARAMS = {"input_size": 224, "class_min_probability": {}}
+LATER_PARAMS = {"input_size": 224, "output_stride": 32, "class_min_probability": {}}
 
 
 def fingerprint(params: Params, model_sha256: str) -> str:

@@ -57,40 +57,44 @@ def explain(
 
 
 #: torchvision's ResNet-18 halves the grid five times (conv1, maxpool, layer2-4 each stride 2,
-#: padding k // 2), so layer4 cell j is centred on model-image pixel 32 j.
+#: padding k // 2), so layer4 cell j is centred on model-image pixel 32 j; at output stride 16
+#: (``echocam.explain.model.set_output_stride``) layer4 keeps layer3's grid, cell j on 16 j.
 STRIDE = 32
 
 
 def display_maps(
-    cams: torch.Tensor, *, size: tuple[int, int], unresized: bool = False
+    cams: torch.Tensor, *, size: tuple[int, int], unresized: bool = False, stride: int = STRIDE
 ) -> torch.Tensor:
     """Maps for display in [0, 1]: (b, k, h, w) raw CAMs → (b, k, *size).
 
     ReLU (only positive evidence, as Grad-CAM) and per-map min-max (as CAM's authors show it),
     then bilinear resampling that puts each cell's value where its receptive field is centred
-    (see :data:`STRIDE`), clamped at the borders.  ``size`` spans the same extent as the model's
-    image: a square of ``STRIDE`` pixels a cell, resized from the spectrogram, or with
+    (see :data:`STRIDE`; ``stride``: the model's output stride), clamped at the borders.
+    ``size`` spans the same extent as the model's image: a square of ``stride`` pixels a cell,
+    resized from the spectrogram, or with
     ``unresized`` the spectrogram itself (``Params.input_size`` 0: ``size`` is the image's).
     pytorch-grad-cam and ``F.interpolate(align_corners=False)`` put cell j at the middle of its
     32-px block instead, half a cell right of and below its evidence.
     """
     h, w = cams.shape[-2:]
     maps = minmax(cams.float().relu(), eps=1e-7)
-    image = size if unresized else (h * STRIDE, w * STRIDE)
-    rows = _resampling(size[0], h, image[0], device=maps.device)
-    cols = _resampling(size[1], w, image[1], device=maps.device)
+    image = size if unresized else (h * stride, w * stride)
+    rows = _resampling(size[0], h, image[0], stride, device=maps.device)
+    cols = _resampling(size[1], w, image[1], stride, device=maps.device)
     return minmax(torch.einsum("Hh,bkhw,Ww->bkHW", rows, maps, cols), eps=1e-7)
 
 
 @functools.lru_cache(maxsize=16)  # a run has a few window lengths and one device
-def _resampling(n_out: int, n_in: int, image: int, *, device: torch.device) -> torch.Tensor:
+def _resampling(
+    n_out: int, n_in: int, image: int, stride: int, *, device: torch.device
+) -> torch.Tensor:
     """(n_out, n_in) linear-interpolation weights from cell values to output pixels (shared:
     read only), over an ``image`` pixels wide.
 
     Output pixel y's centre lies at model-image coordinate (y + 0.5) · image / n_out; cell j's
-    receptive field is centred on pixel STRIDE · j, whose centre is STRIDE · j + 0.5.
+    receptive field is centred on pixel stride · j, whose centre is stride · j + 0.5.
     """
-    u = ((torch.arange(n_out, dtype=torch.float64) + 0.5) * image / n_out - 0.5) / STRIDE
+    u = ((torch.arange(n_out, dtype=torch.float64) + 0.5) * image / n_out - 0.5) / stride
     u = u.clamp(0, n_in - 1)
     lo = u.floor().long().clamp(max=max(n_in - 2, 0))
     frac = (u - lo).float()

@@ -401,7 +401,12 @@ class Embeddings:
                 )  # fmt: skip
                 self.vectors.append(
                     embed.box_embedding(
-                        a.features[i], a.cams[i][c], relative, axes=axes, unresized=unresized
+                        a.features[i],
+                        a.cams[i][c],
+                        relative,
+                        axes=axes,
+                        unresized=unresized,
+                        stride=params.output_stride,
                     )
                 )
 

@@ -11,10 +11,32 @@ from typing import Any
 
 import torch
 from torch import nn
-from torchvision.models import ResNet18_Weights, resnet18
+from torchvision.models import ResNet, ResNet18_Weights, resnet18
 
 from echocam.errors import WeightsUnavailable
 from echocam.settings import Settings
+
+
+#: The output strides a ResNet-18 can run at (``Params.output_stride``): model-input pixels
+#: between layer4's cells.
+OUTPUT_STRIDES = (32, 16)
+
+
+def set_output_stride(net: ResNet, stride: int) -> None:
+    """Put ``net``'s layer4 cells every ``stride`` model-input pixels, in place.
+
+    32 is ResNet-18's own.  16 removes layer4's stride and dilates every 3×3 convolution after
+    it by 2 (the atrous trick of DeepLab): each weight still meets the features it met at 32,
+    so any ResNet-18 state dict (ImageNet's included) loads at either stride, and the grid has
+    twice the cells along each axis for about 1.7× the compute of the forward pass.
+    """
+    if stride not in OUTPUT_STRIDES:
+        raise ValueError(f"output stride must be one of {OUTPUT_STRIDES}, not {stride}")
+    first, second = net.layer4
+    step, dilation = (2, 1) if stride == 32 else (1, 2)
+    first.conv1.stride = first.downsample[0].stride = (step, step)
+    for conv in (first.conv2, second.conv1, second.conv2):
+        conv.dilation = conv.padding = (dilation, dilation)
 
 
 class HookedResNet18(nn.Module):
@@ -24,10 +46,20 @@ class HookedResNet18(nn.Module):
     registered for the duration of one call so no tensor outlives the batch on the module.
     """
 
-    def __init__(self, num_classes: int = 1000):
+    def __init__(self, num_classes: int = 1000, *, output_stride: int = 32):
         super().__init__()
         self.net = resnet18(weights=None, num_classes=num_classes)
+        set_output_stride(self.net, output_stride)
         self.eval()
+
+    @property
+    def output_stride(self) -> int:
+        return 32 if self.net.layer4[0].conv1.stride[0] == 2 else 16
+
+    def at_output_stride(self, stride: int) -> HookedResNet18:
+        """This model, its layer4 set to ``stride`` (in place: the weights are the same)."""
+        set_output_stride(self.net, stride)
+        return self
 
     @classmethod
     def around(cls, net: nn.Module) -> HookedResNet18:
@@ -63,7 +95,8 @@ class LoadedModel:
     weights: str  # "imagenet", "random", a path or an s3:// URI
     weights_kind: str  # "imagenet" | "random" | "checkpoint"
     # The analysis parameters (``Params.to_dict()``) a trained checkpoint carries: inference
-    # must use its model-input fields (``echocam.settings.params_for_model``).  None: any.
+    # must use its model-input fields (``echocam.settings.params_for_model``), and ``net`` is
+    # built at its output stride.  None: any.
     params: dict | None = None
 
     @property
@@ -164,7 +197,7 @@ def load_model(weights: str, *, seed: int = 0, read_bytes=None) -> LoadedModel:
         raise WeightsUnavailable(
             f"{weights}: {len(names)} class names for an fc layer of {num_classes} classes"
         )
-    net = HookedResNet18(num_classes)
+    net = HookedResNet18(num_classes, output_stride=(trained or {}).get("output_stride", 32))
     try:
         net.net.load_state_dict(state)
     except RuntimeError as e:

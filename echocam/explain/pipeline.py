@@ -103,7 +103,7 @@ class Explainer:
         self.block_batches = block_batches
         # Decoding (libsndfile, soxr) and PNG encoding (ISA-L) release the GIL: threads overlap.
         self.map = pool.map if pool is not None else map
-        self.net = model.net.to(self.device)
+        self.net = model.net.at_output_stride(params.output_stride).to(self.device)
         if self.cuda:
             self.net = self.net.to(memory_format=torch.channels_last)
         if compile_model:
@@ -268,7 +268,12 @@ class Explainer:
         # bf16 only for the forward: logits and CAMs are computed in float32
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.cuda):
             cb = explain(self.net, x, top_k=p.top_k, class_ids=self.class_ids)
-        maps = display_maps(cb.cams, size=(db.shape[-2], db.shape[-1]), unresized=p.input_size == 0)
+        maps = display_maps(
+            cb.cams,
+            size=(db.shape[-2], db.shape[-1]),
+            unresized=p.input_size == 0,
+            stride=p.output_stride,
+        )
         ov = render.overlay(levels, maps, table=self.blend)
         # the evidence's batched half here, on the maps the overlay drew; its boxes on the host
         peak, mask = peaks_and_masks(maps, threshold=p.box_threshold)

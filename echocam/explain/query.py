@@ -36,7 +36,7 @@ def box_vector(model: LoadedModel, params: Params, data: bytes, box: Box) -> np.
             f"{box.source_key}: {box.begin_s:g}-{box.end_s:g} s is beyond its "
             f"{cut.audio.duration_s:g} s"
         )
-    net = model.net.eval()
+    net = model.net.at_output_stride(params.output_stride).eval()
     with torch.inference_mode():
         x = FrontEnd(params)(torch.from_numpy(np.ascontiguousarray(cut.window(j)))[None])
         cb = explain(net, x, top_k=1)
@@ -47,7 +47,14 @@ def box_vector(model: LoadedModel, params: Params, data: bytes, box: Box) -> np.
     start = float(spans[j])
     relative = (box.begin_s - start, box.end_s - start, low, high)
     cam = cb.cams[0, 0].numpy()
-    return box_embedding(features, cam, relative, axes=axes, unresized=params.input_size == 0)
+    return box_embedding(
+        features,
+        cam,
+        relative,
+        axes=axes,
+        unresized=params.input_size == 0,
+        stride=params.output_stride,
+    )
 
 
 def clip_vector(explainer, data: bytes, *, windows: bool) -> np.ndarray:

@@ -34,7 +34,13 @@ from tqdm import tqdm
 from echocam.bucket.records import version
 from echocam.bucket.storage import Store, client_factory, open_store
 from echocam.explain.device import resolve_device, set_threads
-from echocam.explain.model import Checkpoint, HookedResNet18, LoadedModel, load_model_from
+from echocam.explain.model import (
+    Checkpoint,
+    HookedResNet18,
+    LoadedModel,
+    load_model_from,
+    set_output_stride,
+)
 from echocam.settings import Params, Settings
 from echocam.signal.frontend import FrontEnd
 from echocam.train import scores
@@ -141,9 +147,11 @@ def build_net(
     *,
     settings: Settings,
     seed: int,
+    output_stride: int = 32,
     loaded: LoadedModel | None = None,
 ) -> tuple[nn.Module, str]:
-    """torchvision ResNet-18 for ``class_names`` from ``init``; (net, what it started from).
+    """torchvision ResNet-18 for ``class_names`` from ``init``, at ``output_stride``
+    (``Params.output_stride``: any init loads at either); (net, what it started from).
 
     ``imagenet`` and checkpoints are read by :func:`echocam.explain.model.load_model` (the same
     clear error offline), or given as ``loaded``.  The fc layer is new (seeded), except that a
@@ -153,6 +161,7 @@ def build_net(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         net = resnet18(weights=None, num_classes=len(class_names))
+    set_output_stride(net, output_stride)
     if init == "random":
         return net, "random"
     if loaded is None:
@@ -311,7 +320,12 @@ def _train(
     out_name, state_name = _split_uri(config.out)[1], resume_name(config.out)
 
     net, started_from = build_net(
-        config.init, names, settings=settings, seed=config.seed, loaded=previous
+        config.init,
+        names,
+        settings=settings,
+        seed=config.seed,
+        output_stride=params.output_stride,
+        loaded=previous,
     )
     if cuda:
         net = net.to(device, memory_format=torch.channels_last)

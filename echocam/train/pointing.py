@@ -97,7 +97,12 @@ def cam_peaks(
     peaks = []
     for j, n in enumerate(frames):
         unresized = params.input_size == 0
-        shown = display_maps(cams[j : j + 1], size=(params.n_mels, n), unresized=unresized)[0, 0]
+        shown = display_maps(
+            cams[j : j + 1],
+            size=(params.n_mels, n),
+            unresized=unresized,
+            stride=params.output_stride,
+        )[0, 0]
         row, col = divmod(int(shown.flatten().argmax()), n)  # the first maximum, as evidence's
         axes = Axes.for_params(params, frames=n)
         peaks.append((float(axes.times_s[col]), float(axes.freqs_hz[row])))
@@ -147,7 +152,12 @@ def localise(
                 ids = torch.tensor([class_ids[b0 + i] for i in rows], device=fe.device)[:, None]
                 cams = class_activation_maps(features, net.fc_weight, ids)
                 maps = (
-                    display_maps(cams, size=tuple(db.shape[-2:]), unresized=params.input_size == 0)
+                    display_maps(
+                        cams,
+                        size=tuple(db.shape[-2:]),
+                        unresized=params.input_size == 0,
+                        stride=params.output_stride,
+                    )
                     .cpu()
                     .numpy()
                 )
