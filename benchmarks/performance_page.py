@@ -111,8 +111,8 @@ BENCHMARKS: dict[str, tuple[str, str, str]] = {
     ),
     "input_size": (
         "bench_input_size.py",
-        "what --input-size 0 (9 x 18 CAM cells) costs per window against 224 (7 x 7), end to end "
-        "and the forward alone",
+        "what --input-size 0 (9 x 18 CAM cells), and with --output-stride 16 (17 x 35), cost "
+        "per window against 224 (7 x 7), end to end and the forward alone",
         "python benchmarks/run_all.py --only input_size",
     ),
     "search": (
@@ -381,6 +381,9 @@ def _input_size(r: dict) -> Iterator[Row]:
         yield Row(f"input {size or 0}: end to end ms/window ({grid} CAM cells)",
                   s["end_to_end_ms_per_window"])  # fmt: skip
     yield Row("unresized / 224, end to end per window", r["end_to_end_ratio_native_over_224"])
+    if "end_to_end_ratio_stride16_over_native" in r:
+        yield Row("unresized at stride 16 / unresized, end to end per window",
+                  r["end_to_end_ratio_stride16_over_native"])  # fmt: skip
 
 
 def _gpu_check(r: dict) -> Iterator[Row]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import io
 import os
@@ -57,9 +58,13 @@ class HookedResNet18(nn.Module):
         return 32 if self.net.layer4[0].conv1.stride[0] == 2 else 16
 
     def at_output_stride(self, stride: int) -> HookedResNet18:
-        """This model, its layer4 set to ``stride`` (in place: the weights are the same)."""
-        set_output_stride(self.net, stride)
-        return self
+        """This model at ``stride``: itself, or a copy with the same weights (not changed in
+        place, so explainers at two strides can share a loaded model)."""
+        if stride == self.output_stride:
+            return self
+        other = copy.deepcopy(self)
+        set_output_stride(other.net, stride)
+        return other
 
     @classmethod
     def around(cls, net: nn.Module) -> HookedResNet18:

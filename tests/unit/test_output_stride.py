@@ -60,7 +60,7 @@ def test_stride_16_cells_are_centred_where_display_maps_draw_them():
 
 def test_any_resnet18_state_dict_runs_at_either_stride_and_back():
     """The weights are the same tensors at 16 and 32 (an ImageNet state dict loads), and a
-    model set to 16 and back computes what it did."""
+    model at 16 copied back to 32 computes what it did (the original left at 16)."""
     torch.manual_seed(1)
     state = resnet18(weights=None, num_classes=4).state_dict()
     a, b = HookedResNet18(4), HookedResNet18(4, output_stride=16)
@@ -72,7 +72,10 @@ def test_any_resnet18_state_dict_runs_at_either_stride_and_back():
         logits, features = a(x)
         fine = b(x)[1]
         assert fine.shape[-2:] == (14, 14) and features.shape[-2:] == (7, 7)
-        back_logits, back = b.at_output_stride(32)(x)
+        assert b.at_output_stride(16) is b
+        other = b.at_output_stride(32)
+        assert b.output_stride == 16 and other.output_stride == 32  # a copy, b as it was
+        back_logits, back = other(x)
     torch.testing.assert_close(back, features, rtol=0, atol=0)
     torch.testing.assert_close(back_logits, logits, rtol=0, atol=0)
     with pytest.raises(ValueError, match="output stride"):
