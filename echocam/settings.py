@@ -23,6 +23,9 @@ AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3")
 OUTPUT_KINDS = ("spectrogram", "overlay", "cam", "db", "detections", "embeddings")
 DEFAULT_OUTPUTS = ("spectrogram", "overlay", "cam", "detections", "embeddings")
 OVERLAY_FORMATS = ("jpeg", "webp", "png")
+#: ``Params.output_stride``'s choices: model-input pixels between layer4's cells
+#: (``echocam.explain.model.set_output_stride``).
+OUTPUT_STRIDES = (32, 16)
 
 
 def option(default: Any = dataclasses.MISSING, help: str = "", *, factory: Any = None) -> Any:
@@ -101,8 +104,8 @@ class Params:
             raise ValueError("top_k must be >= 1")
         if self.input_size < 0 or self.input_size % 32:
             raise ValueError("input_size must be 0 (the spectrogram's size) or a multiple of 32")
-        if self.output_stride not in (16, 32):
-            raise ValueError("output_stride must be 32 or 16")
+        if self.output_stride not in OUTPUT_STRIDES:
+            raise ValueError(f"output_stride must be one of {OUTPUT_STRIDES}")
         if not 0 <= self.png_compress_level <= 3:
             raise ValueError("png_compress_level must be 0..3")
         unknown = sorted(set(self.outputs) - set(OUTPUT_KINDS))

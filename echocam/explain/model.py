@@ -15,12 +15,7 @@ from torch import nn
 from torchvision.models import ResNet, ResNet18_Weights, resnet18
 
 from echocam.errors import WeightsUnavailable
-from echocam.settings import Settings
-
-
-#: The output strides a ResNet-18 can run at (``Params.output_stride``): model-input pixels
-#: between layer4's cells.
-OUTPUT_STRIDES = (32, 16)
+from echocam.settings import OUTPUT_STRIDES, Settings
 
 
 def set_output_stride(net: ResNet, stride: int) -> None:

@@ -56,7 +56,7 @@ def evaluate(
             src, extensions=settings.extensions, page_size=settings.page_size, class_names=names
         )
     device = resolve_device(settings.device)
-    net = model.net.to(device).eval()
+    net = model.net.at_output_stride(params.output_stride).to(device).eval()
     batch_size = settings.batch_size or (256 if device.type == "cuda" else 32)
     with ThreadPoolExecutor(settings.io_threads) as pool:
         pred = predict(

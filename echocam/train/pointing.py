@@ -140,7 +140,7 @@ def localise(
     from echocam.signal.frontend import FrontEnd
 
     fe = FrontEnd(params, device)
-    net = model.net.to(fe.device).eval()
+    net = model.net.at_output_stride(params.output_stride).to(fe.device).eval()
     found = []
     with torch.inference_mode():
         for b0 in range(0, len(windows), batch_size):
