@@ -116,7 +116,9 @@ def test_a_model_trained_at_stride_16_runs_at_it(tmp_path):
 
     wavs = sorted(p.name for p in SAMPLES.glob("*.wav"))[:2]
     labels = tmp_path / "labels.csv"
-    labels.write_text("key,label\n" + "".join(f"{w},{n}\n" for w, n in zip(wavs, "AB", strict=True)))
+    labels.write_text(
+        "key,label\n" + "".join(f"{w},{n}\n" for w, n in zip(wavs, "AB", strict=True))
+    )
     out = tmp_path / "model" / "s16.pt"
     config = TrainConfig(
         source=str(SAMPLES),
