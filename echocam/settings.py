@@ -227,9 +227,8 @@ def params_for_model(
     if not trained:
         return params
     # a checkpoint saved before a field existed was trained at that field's earlier value
-    earlier = {n: v for n, v in LATER_PARAMS.items() if n in MODEL_INPUT_FIELDS}
-    wanted = {n: trained.get(n, earlier.get(n)) for n in MODEL_INPUT_FIELDS}
-    wanted = {n: v for n, v in wanted.items() if v is not None}
+    earlier = {n: LATER_PARAMS[n] for n in MODEL_INPUT_FIELDS if n in LATER_PARAMS}
+    wanted = {**earlier, **{n: trained[n] for n in MODEL_INPUT_FIELDS if n in trained}}
     asked = set(MODEL_INPUT_FIELDS if explicit is None else explicit)
     differ = {n: v for n, v in wanted.items() if n in asked and getattr(params, n) != v}
     if differ:
