@@ -94,7 +94,7 @@ def figure(model, clips, *, params, path: Path, per_family: int = 2) -> None:
     from PIL import Image, ImageDraw
 
     from echocam.explain import render
-    from echocam.explain.cam import class_activation_maps, display_maps
+    from echocam.explain.cam import CellGrid, class_activation_maps, display_maps
     from echocam.explain.localise import Axes, evidence
     from echocam.signal import colormaps
     from echocam.signal.frontend import FrontEnd
@@ -116,12 +116,7 @@ def figure(model, clips, *, params, path: Path, per_family: int = 2) -> None:
             logits, feats = model.net(fe.model_input(image))
             cid = model.class_names.index(clip.species)
             cams = class_activation_maps(feats, model.net.fc_weight, torch.tensor([[cid]]))
-            maps = display_maps(
-                cams,
-                size=tuple(db.shape[-2:]),
-                unresized=params.input_size == 0,
-                stride=params.output_stride,
-            )
+            maps = display_maps(cams, size=tuple(db.shape[-2:]), grid=CellGrid.of(params))
             axes = Axes.for_params(params, frames=db.shape[-1])
             ev = evidence(maps[0, 0].numpy(), axes=axes, db=db[0].numpy())
             img = Image.fromarray(render.overlay(levels, maps, table=blend)[0, 0].numpy())

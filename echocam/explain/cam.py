@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from echocam.explain.model import HookedResNet18
@@ -62,25 +63,48 @@ def explain(
 STRIDE = 32
 
 
+@dataclass(frozen=True)
+class CellGrid:
+    """Where CAM cells sit on the spectrogram: ``stride`` model-image pixels a cell (the
+    model's output stride), over a model image resized from the spectrogram to whole cells, or
+    ``unresized``: the spectrogram itself (``Params.input_size`` 0)."""
+
+    stride: int = STRIDE
+    unresized: bool = False
+
+    @classmethod
+    def of(cls, params) -> CellGrid:
+        """The grid of a run's ``echocam.settings.Params``."""
+        return cls(stride=params.output_stride, unresized=params.input_size == 0)
+
+    def image(self, cells: int, *, pixels: int) -> int:
+        """The model image's extent, in its pixels, along an axis of ``cells`` cells that is
+        ``pixels`` display pixels long."""
+        return pixels if self.unresized else cells * self.stride
+
+    def centres(self, cells: int, *, pixels: int) -> tuple[np.ndarray, float]:
+        """Where each cell's receptive field is centred along an axis of ``pixels`` display
+        pixels, as :func:`display_maps` puts it: ((cells,) centres, one cell's span in pixels)."""
+        scale = pixels / self.image(cells, pixels=pixels)
+        return (self.stride * np.arange(cells) + 0.5) * scale - 0.5, self.stride * scale
+
+
 def display_maps(
-    cams: torch.Tensor, *, size: tuple[int, int], unresized: bool = False, stride: int = STRIDE
+    cams: torch.Tensor, *, size: tuple[int, int], grid: CellGrid = CellGrid()
 ) -> torch.Tensor:
     """Maps for display in [0, 1]: (b, k, h, w) raw CAMs → (b, k, *size).
 
     ReLU (only positive evidence, as Grad-CAM) and per-map min-max (as CAM's authors show it),
     then bilinear resampling that puts each cell's value where its receptive field is centred
-    (see :data:`STRIDE`; ``stride``: the model's output stride), clamped at the borders.
-    ``size`` spans the same extent as the model's image: a square of ``stride`` pixels a cell,
-    resized from the spectrogram, or with
-    ``unresized`` the spectrogram itself (``Params.input_size`` 0: ``size`` is the image's).
+    (see :data:`STRIDE` and :class:`CellGrid`), clamped at the borders. ``size`` spans the same
+    extent as the model's image.
     pytorch-grad-cam and ``F.interpolate(align_corners=False)`` put cell j at the middle of its
     32-px block instead, half a cell right of and below its evidence.
     """
     h, w = cams.shape[-2:]
     maps = minmax(cams.float().relu(), eps=1e-7)
-    image = size if unresized else (h * stride, w * stride)
-    rows = _resampling(size[0], h, image[0], stride, device=maps.device)
-    cols = _resampling(size[1], w, image[1], stride, device=maps.device)
+    rows = _resampling(size[0], h, grid.image(h, pixels=size[0]), grid.stride, device=maps.device)
+    cols = _resampling(size[1], w, grid.image(w, pixels=size[1]), grid.stride, device=maps.device)
     return minmax(torch.einsum("Hh,bkhw,Ww->bkHW", rows, maps, cols), eps=1e-7)
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from echocam.explain.cam import STRIDE
+from echocam.explain.cam import CellGrid
 from echocam.explain.localise import Axes
 
 
@@ -22,25 +22,13 @@ def window_embeddings(features: torch.Tensor) -> torch.Tensor:
     return features.float().mean(dim=(-2, -1))
 
 
-def cell_centres(
-    cells: int, *, pixels: int, unresized: bool, stride: int = STRIDE
-) -> tuple[np.ndarray, float]:
-    """Where each CAM cell's receptive field is centred along an axis of ``pixels`` display
-    pixels, as ``echocam.explain.cam.display_maps`` puts it: ((cells,) centres, the span of one
-    cell in pixels)."""
-    image = pixels if unresized else cells * stride
-    scale = pixels / image
-    return (stride * np.arange(cells) + 0.5) * scale - 0.5, stride * scale
-
-
 def box_embedding(
     features: np.ndarray,
     cam: np.ndarray,
     box: tuple[float, float, float, float],
     *,
     axes: Axes,
-    unresized: bool,
-    stride: int = STRIDE,
+    grid: CellGrid,
 ) -> np.ndarray:
     """One box's embedding: (c, h, w) features and (h, w) raw CAM → (c,) float32.
 
@@ -50,8 +38,8 @@ def box_embedding(
     """
     h, w = cam.shape
     n_mels, frames = len(axes.freqs_hz), len(axes.times_s)
-    rows, row_span = cell_centres(h, pixels=n_mels, unresized=unresized, stride=stride)
-    cols, col_span = cell_centres(w, pixels=frames, unresized=unresized, stride=stride)
+    rows, row_span = grid.centres(h, pixels=n_mels)
+    cols, col_span = grid.centres(w, pixels=frames)
     begin, end, low, high = box
     # the box in display pixels: frames in time, mel rows (row 0 the highest) in frequency
     t0, t1 = begin / axes.frame_s, end / axes.frame_s

@@ -24,6 +24,7 @@ from echocam.bucket import detections, embeddings, records
 from echocam.bucket.keys import output_key
 from echocam.bucket.records import Record
 from echocam.explain import embed, render
+from echocam.explain.cam import CellGrid
 from echocam.explain.localise import Axes, region_evidence
 from echocam.explain.npz import NpzWriter
 from echocam.settings import Params
@@ -384,7 +385,7 @@ class Embeddings:
     ) -> None:
         """The windows of a block (from window ``first``) and their evidence (name → (n, k))."""
         axes = Axes.for_params(params, frames=a.spectrogram_db[0].shape[-1])
-        unresized = params.input_size == 0
+        grid = CellGrid.of(params)
         for i in range(len(a)):
             j, start = first + i, float(starts_s[first + i])
             self.rows.append({"window": j, "start": start})
@@ -405,8 +406,7 @@ class Embeddings:
                         a.cams[i][c],
                         relative,
                         axes=axes,
-                        unresized=unresized,
-                        stride=params.output_stride,
+                        grid=grid,
                     )
                 )
 

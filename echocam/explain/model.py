@@ -15,7 +15,7 @@ from torch import nn
 from torchvision.models import ResNet, ResNet18_Weights, resnet18
 
 from echocam.errors import WeightsUnavailable
-from echocam.settings import OUTPUT_STRIDES, Settings
+from echocam.settings import LATER_PARAMS, OUTPUT_STRIDES, Settings
 
 
 def set_output_stride(net: ResNet, stride: int) -> None:
@@ -197,7 +197,9 @@ def load_model(weights: str, *, seed: int = 0, read_bytes=None) -> LoadedModel:
         raise WeightsUnavailable(
             f"{weights}: {len(names)} class names for an fc layer of {num_classes} classes"
         )
-    net = HookedResNet18(num_classes, output_stride=(trained or {}).get("output_stride", 32))
+    # a checkpoint from before the field existed ran at ResNet-18's own stride
+    stride = (trained or {}).get("output_stride", LATER_PARAMS["output_stride"])
+    net = HookedResNet18(num_classes, output_stride=stride)
     try:
         net.net.load_state_dict(state)
     except RuntimeError as e:

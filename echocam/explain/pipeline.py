@@ -25,7 +25,7 @@ from echocam.bucket import records
 from echocam.bucket.records import Record
 from echocam.errors import EchoCamError
 from echocam.explain import render
-from echocam.explain.cam import display_maps, explain
+from echocam.explain.cam import CellGrid, display_maps, explain
 from echocam.explain.device import resolve_device
 from echocam.explain.embed import window_embeddings
 from echocam.explain.encoder import Encoder, Result, WindowArrays, WindowBlock
@@ -268,12 +268,7 @@ class Explainer:
         # bf16 only for the forward: logits and CAMs are computed in float32
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.cuda):
             cb = explain(self.net, x, top_k=p.top_k, class_ids=self.class_ids)
-        maps = display_maps(
-            cb.cams,
-            size=(db.shape[-2], db.shape[-1]),
-            unresized=p.input_size == 0,
-            stride=p.output_stride,
-        )
+        maps = display_maps(cb.cams, size=(db.shape[-2], db.shape[-1]), grid=CellGrid.of(p))
         ov = render.overlay(levels, maps, table=self.blend)
         # the evidence's batched half here, on the maps the overlay drew; its boxes on the host
         peak, mask = peaks_and_masks(maps, threshold=p.box_threshold)

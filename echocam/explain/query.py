@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 import torch
 
 from echocam.bucket.embeddings import vectors
-from echocam.explain.cam import explain
+from echocam.explain.cam import CellGrid, explain
 from echocam.explain.embed import box_embedding
 from echocam.explain.localise import Axes
 from echocam.explain.model import LoadedModel
@@ -52,8 +52,7 @@ def box_vector(model: LoadedModel, params: Params, data: bytes, box: Box) -> np.
         cam,
         relative,
         axes=axes,
-        unresized=params.input_size == 0,
-        stride=params.output_stride,
+        grid=CellGrid.of(params),
     )
 
 

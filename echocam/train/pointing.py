@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from echocam.explain.cam import class_activation_maps, display_maps
+from echocam.explain.cam import CellGrid, class_activation_maps, display_maps
 from echocam.explain.localise import CALL_GAP_S, Axes, Evidence
 from echocam.settings import Params
 from echocam.signal.melscale import hz_to_mel
@@ -94,15 +94,10 @@ def cam_peaks(
     """
     ids = torch.tensor(labels, device=features.device)[:, None]
     cams = class_activation_maps(features, fc_weight, ids)
+    grid = CellGrid.of(params)
     peaks = []
     for j, n in enumerate(frames):
-        unresized = params.input_size == 0
-        shown = display_maps(
-            cams[j : j + 1],
-            size=(params.n_mels, n),
-            unresized=unresized,
-            stride=params.output_stride,
-        )[0, 0]
+        shown = display_maps(cams[j : j + 1], size=(params.n_mels, n), grid=grid)[0, 0]
         row, col = divmod(int(shown.flatten().argmax()), n)  # the first maximum, as evidence's
         axes = Axes.for_params(params, frames=n)
         peaks.append((float(axes.times_s[col]), float(axes.freqs_hz[row])))
@@ -152,12 +147,7 @@ def localise(
                 ids = torch.tensor([class_ids[b0 + i] for i in rows], device=fe.device)[:, None]
                 cams = class_activation_maps(features, net.fc_weight, ids)
                 maps = (
-                    display_maps(
-                        cams,
-                        size=tuple(db.shape[-2:]),
-                        unresized=params.input_size == 0,
-                        stride=params.output_stride,
-                    )
+                    display_maps(cams, size=tuple(db.shape[-2:]), grid=CellGrid.of(params))
                     .cpu()
                     .numpy()
                 )

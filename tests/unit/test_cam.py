@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from echocam.explain.cam import class_activation_maps, display_maps, explain
+from echocam.explain.cam import CellGrid, class_activation_maps, display_maps, explain
+from echocam.explain.model import set_output_stride
 from echocam.settings import Params
 from echocam.signal.audio import decode
 from echocam.signal.colormaps import table
@@ -90,28 +91,39 @@ def test_display_map_keeps_each_cell_value_at_its_receptive_field_centre():
 
 
 @pytest.mark.slow
-def test_cell_receptive_fields_are_centred_where_display_maps_draw_them():
+@pytest.mark.parametrize(
+    ("stride", "cells", "tolerance"),
+    [(32, [(3, 2), (3, 4), (2, 3), (4, 3)], 4), (16, [(6, 4), (6, 8), (4, 6), (8, 6)], 3)],
+)
+def test_cell_receptive_fields_are_centred_where_display_maps_draw_them(stride, cells, tolerance):
     """The claim behind display_maps' resampling, checked on the network itself: the input
-    gradient of layer4 cell j is centred on pixel 32j (not on 32j + 16, where bilinear
-    upsampling with align_corners=False draws the cell).  Gradient energy of a seeded random
-    ResNet-18 over random images, centroid within ±40 px of the cell's centre."""
+    gradient of layer4 cell j is centred on pixel stride · j (not on stride · j + stride / 2,
+    where bilinear upsampling with align_corners=False draws the cell), at ResNet-18's own
+    stride and at 16 (layer4 without its stride, dilated).  Gradient energy of a seeded random
+    ResNet-18 over random images, centroid within ±40 px of the cell's centre, and a one-cell
+    map drawn at that stride peaks there."""
     from torchvision.models import resnet18
 
     torch.manual_seed(0)
-    body = torch.nn.Sequential(*list(resnet18(weights=None).eval().children())[:-2])
+    net = resnet18(weights=None).eval()
+    set_output_stride(net, stride)
+    body = torch.nn.Sequential(*list(net.children())[:-2])
     x = torch.randn(8, 3, 224, 224, requires_grad=True)
     features = body(x)
+    n = 224 // stride
+    assert features.shape[-2:] == (n, n)
     pixel = torch.arange(224, dtype=torch.float64) + 0.5
-    for i, j in [(3, 2), (3, 4), (2, 3), (4, 3)]:
+    for i, j in cells:
         (grad,) = torch.autograd.grad(features[:, :, i, j].sum(), x, retain_graph=True)
         energy = (grad.double() ** 2).sum((0, 1))  # (224, 224)
         for profile, cell in ((energy.sum(1), i), (energy.sum(0), j)):
-            near = (pixel - (32 * cell + 0.5)).abs() <= 40
+            near = (pixel - (stride * cell + 0.5)).abs() <= 40
             centroid = float((profile * pixel)[near].sum() / profile[near].sum())
-            assert abs(centroid - (32 * cell + 0.5)) < 4, (i, j, cell, centroid)
-        one = torch.zeros(1, 1, 7, 7)
+            assert abs(centroid - (stride * cell + 0.5)) < tolerance, (i, j, cell, centroid)
+        one = torch.zeros(1, 1, n, n)
         one[0, 0, i, j] = 1
-        assert divmod(int(display_maps(one, size=(224, 224)).argmax()), 224) == (32 * i, 32 * j)
+        shown = display_maps(one, size=(224, 224), grid=CellGrid(stride=stride))
+        assert divmod(int(shown.argmax()), 224) == (stride * i, stride * j)
 
 
 def test_cams_for_named_classes_are_one_einsum():
@@ -188,7 +200,7 @@ def test_unresized_inputs_give_finer_cells_drawn_where_their_fields_are():
     for i, j in [(0, 0), (4, 9), (8, 17), (2, 11)]:
         one = torch.zeros(1, 1, 9, 18)
         one[0, 0, i, j] = 1
-        shown = display_maps(one, size=(260, frames), unresized=True)
+        shown = display_maps(one, size=(260, frames), grid=CellGrid(unresized=True))
         row, col = divmod(int(shown.argmax()), frames)
         assert (row, col) == (min(32 * i, 259), min(32 * j, frames - 1))
     # a resized square keeps its 32 pixels a cell over the display's extent

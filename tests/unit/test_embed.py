@@ -10,8 +10,8 @@ import torch
 
 from echocam.bucket import embeddings
 from echocam.errors import InvalidParams
-from echocam.explain.cam import display_maps
-from echocam.explain.embed import box_embedding, cell_centres, window_embeddings
+from echocam.explain.cam import CellGrid, display_maps
+from echocam.explain.embed import box_embedding, window_embeddings
 from echocam.explain.localise import Axes
 from echocam.search import Box, detection_id, parse_detection_id, scan
 from echocam.settings import Params
@@ -24,19 +24,28 @@ def axes() -> Axes:
     return Axes.for_params(P, frames=FRAMES)
 
 
-@pytest.mark.parametrize(("cells", "unresized"), [((7, 7), False), ((9, 18), True)])
-def test_cell_centres_are_where_the_display_map_of_one_hot_cell_peaks(cells, unresized):
+@pytest.mark.parametrize(
+    ("cells", "grid"),
+    [
+        ((7, 7), CellGrid()),
+        ((9, 18), CellGrid(unresized=True)),
+        ((14, 14), CellGrid(stride=16)),
+        ((17, 35), CellGrid(stride=16, unresized=True)),
+    ],
+)
+def test_cell_centres_are_where_the_display_map_of_one_hot_cell_peaks(cells, grid):
     h, w = cells
-    rows, row_span = cell_centres(h, pixels=P.n_mels, unresized=unresized)
-    cols, col_span = cell_centres(w, pixels=FRAMES, unresized=unresized)
+    rows, row_span = grid.centres(h, pixels=P.n_mels)
+    cols, col_span = grid.centres(w, pixels=FRAMES)
     for y, x in [(1, 2), (h - 2, w // 2)]:
         cams = torch.zeros(1, 1, h, w)
         cams[0, 0, y, x] = 1.0
-        m = display_maps(cams, size=(P.n_mels, FRAMES), unresized=unresized)[0, 0].numpy()
+        m = display_maps(cams, size=(P.n_mels, FRAMES), grid=grid)[0, 0].numpy()
         peak_y, peak_x = np.unravel_index(m.argmax(), m.shape)
         assert abs(peak_y - rows[y]) <= 1 and abs(peak_x - cols[x]) <= 1
-    assert row_span * h == pytest.approx(P.n_mels if not unresized else 32 * h)
-    assert col_span * w == pytest.approx(FRAMES if not unresized else 32 * w)
+    # a resized image spans the display; an unresized one is the display, a cell per stride
+    assert row_span * h == pytest.approx(grid.stride * h if grid.unresized else P.n_mels)
+    assert col_span * w == pytest.approx(grid.stride * w if grid.unresized else FRAMES)
 
 
 def features_by_cell(h: int, w: int) -> np.ndarray:
@@ -51,22 +60,22 @@ def test_a_box_pools_the_cells_it_overlaps_weighted_by_the_cam():
     cam[3, 2], cam[3, 3] = 1.0, 3.0
     cam[0, 0] = 9.0  # outside the box: no weight
     a = axes()
-    rows, _ = cell_centres(h, pixels=P.n_mels, unresized=False)
-    cols, _ = cell_centres(w, pixels=FRAMES, unresized=False)
+    rows, _ = CellGrid().centres(h, pixels=P.n_mels)
+    cols, _ = CellGrid().centres(w, pixels=FRAMES)
     # a box over cells (3, 2) and (3, 3) only: its rows' frequencies, its columns' times
     row = int(round(rows[3]))
     low, high = a.low_hz[row], a.high_hz[row]
     begin, end = cols[2] * a.frame_s, cols[3] * a.frame_s
-    v = box_embedding(f, cam, (begin, end, low, high), axes=a, unresized=False)
+    v = box_embedding(f, cam, (begin, end, low, high), axes=a, grid=CellGrid())
     want = np.zeros(h * w)
     want[3 * w + 2], want[3 * w + 3] = 0.25, 0.75
     np.testing.assert_allclose(v, want, atol=1e-6)
     # where the CAM is zero on every cell of the box, the cells count equally
-    v = box_embedding(f, np.zeros_like(cam), (begin, end, low, high), axes=a, unresized=False)
+    v = box_embedding(f, np.zeros_like(cam), (begin, end, low, high), axes=a, grid=CellGrid())
     assert v[3 * w + 2] == pytest.approx(0.5) and v[3 * w + 3] == pytest.approx(0.5)
     # the whole window's box pools every cell: the window embedding, up to the weights
     whole = (0.0, FRAMES * a.frame_s, 0.0, a.top_hz)
-    v = box_embedding(f, np.ones_like(cam), whole, axes=a, unresized=False)
+    v = box_embedding(f, np.ones_like(cam), whole, axes=a, grid=CellGrid())
     np.testing.assert_allclose(v, window_embeddings(torch.from_numpy(f)[None])[0], atol=1e-6)
 
 
@@ -74,12 +83,12 @@ def test_a_box_narrower_than_a_cell_takes_the_cell_it_lies_in():
     h, w = 9, 18
     f = features_by_cell(h, w)
     a = axes()
-    rows, _ = cell_centres(h, pixels=P.n_mels, unresized=True)
-    cols, _ = cell_centres(w, pixels=FRAMES, unresized=True)
+    rows, _ = CellGrid(unresized=True).centres(h, pixels=P.n_mels)
+    cols, _ = CellGrid(unresized=True).centres(w, pixels=FRAMES)
     row = int(round(rows[4]))
     t = (cols[5] + 3) * a.frame_s  # a 20-ms box a few frames right of cell 5's centre
     box = (t, t + 0.02, a.low_hz[row], a.high_hz[row])
-    v = box_embedding(f, np.ones((h, w), np.float32), box, axes=a, unresized=True)
+    v = box_embedding(f, np.ones((h, w), np.float32), box, axes=a, grid=CellGrid(unresized=True))
     assert np.flatnonzero(v).tolist() == [4 * w + 5]
 
 

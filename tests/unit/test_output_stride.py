@@ -16,7 +16,7 @@ import torch
 from torchvision.models import resnet18
 
 from echocam.errors import ParamsMismatch
-from echocam.explain.cam import display_maps
+from echocam.explain.cam import CellGrid, display_maps
 from echocam.explain.model import Checkpoint, HookedResNet18, load_model, set_output_stride
 from echocam.settings import Params, Settings, fingerprint, params_for_model
 from echocam.train.config import TrainConfig
@@ -25,36 +25,16 @@ from echocam.train.loop import train
 SAMPLES = Path(__file__).resolve().parents[2] / "samples"
 
 
-def test_stride_16_cells_are_centred_where_display_maps_draw_them():
-    """The input gradient of layer4 cell j of a dilated net is centred on pixel 16 j, and a
-    one-cell map drawn at stride 16 peaks there: at 224 (14 × 14 cells) and on the unresized
-    spectrogram (260 × 552: 17 × 35 cells)."""
-    torch.manual_seed(0)
-    net = resnet18(weights=None).eval()
-    set_output_stride(net, 16)
-    body = torch.nn.Sequential(*list(net.children())[:-2])
-    x = torch.randn(8, 3, 224, 224, requires_grad=True)
-    features = body(x)
-    assert features.shape[-2:] == (14, 14)
-    pixel = torch.arange(224, dtype=torch.float64) + 0.5
-    for i, j in [(6, 4), (6, 8), (4, 6), (8, 6)]:
-        (grad,) = torch.autograd.grad(features[:, :, i, j].sum(), x, retain_graph=True)
-        energy = (grad.double() ** 2).sum((0, 1))
-        for profile, cell in ((energy.sum(1), i), (energy.sum(0), j)):
-            near = (pixel - (16 * cell + 0.5)).abs() <= 40
-            centroid = float((profile * pixel)[near].sum() / profile[near].sum())
-            assert abs(centroid - (16 * cell + 0.5)) < 3, (i, j, cell, centroid)
-        one = torch.zeros(1, 1, 14, 14)
-        one[0, 0, i, j] = 1
-        shown = display_maps(one, size=(224, 224), stride=16)
-        assert divmod(int(shown.argmax()), 224) == (16 * i, 16 * j)
+def test_stride_16_unresized_cells_are_drawn_every_16_pixels():
+    """On the unresized spectrogram (260 × 552) a net at 16 has 17 × 35 cells, and a one-cell
+    map drawn at stride 16 peaks on pixel 16 j (where its field is centred: ``test_cam``)."""
     with torch.no_grad():
         _, grid = HookedResNet18(3, output_stride=16)(torch.zeros(1, 3, 260, 552))
     assert grid.shape[-2:] == (17, 35)
     for i, j in [(0, 0), (8, 17), (16, 34), (3, 20)]:
         one = torch.zeros(1, 1, 17, 35)
         one[0, 0, i, j] = 1
-        shown = display_maps(one, size=(260, 552), unresized=True, stride=16)
+        shown = display_maps(one, size=(260, 552), grid=CellGrid(stride=16, unresized=True))
         assert divmod(int(shown.argmax()), 552) == (min(16 * i, 259), min(16 * j, 551))
 
 
@@ -153,8 +133,7 @@ def test_a_model_trained_at_stride_16_runs_at_it(tmp_path):
     axes = Axes.for_params(p, frames=552)
     assert len(rec["windows"]) == len(starts) >= 2
     for j, window in enumerate(rec["windows"]):
-        maps = display_maps(torch.from_numpy(cams[j : j + 1]), size=(260, 552), unresized=True,
-                            stride=16)  # fmt: skip
+        maps = display_maps(torch.from_numpy(cams[j : j + 1]), size=(260, 552), grid=CellGrid.of(p))
         e = evidence(maps[0, 0].numpy(), axes=axes, offset_s=float(starts[j]))
         explained = window["explained"][0]
         assert explained["peak_time_s"] == pytest.approx(e.peak_time_s, abs=1e-6)
