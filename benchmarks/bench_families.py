@@ -214,6 +214,9 @@ def main(argv: list[str] | None = None) -> int:
         )
         print(f"\ncall gap {g} s")
         print(C.table(rows, ["family", "clips", "F1", "acc", "pointing", "call IoU", "whole"]))
+    by_recording = [[k, v["n"], v["macro_f1"], v["accuracy"]] for k, v in r["by_recording"].items()]
+    print("\nby held-out recording (Background clips included)")
+    print(C.table(by_recording, ["recording", "clips", "F1", "acc"]))
     if args.json:
         C.write_json(args.json, result)
     return 0

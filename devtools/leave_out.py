@@ -89,13 +89,15 @@ def score(model, clips: Sequence[synthetic.Clip], *, params, gap_s: float | None
     """Held-out figures, overall and per family: macro-F1 (Background included), accuracy, the
     pointing game (the true class's CAM peak in the whole call's box ± half a cell), call-box
     median IoU with the whole call (seconds by mel, ``pointing.call_iou``) and, for calls of
-    several elements, the fraction whose call box holds every element's middle."""
+    several elements, the fraction whose call box holds every element's middle.  Also accuracy
+    and macro-F1 by background recording, and the confusion matrix (rows true, columns
+    predicted, in ``class_names``' order)."""
     from echocam.explain.localise import CALL_GAP_S
     from echocam.train import scores
     from echocam.train.pointing import Tolerance, call_iou, hit, localise
 
     names = model.class_names
-    truth = [names.index(c.species) for c in clips]
+    truth = np.array([names.index(c.species) for c in clips])
     found = localise(
         model,
         [c.samples[: params.window_samples] for c in clips],
@@ -104,7 +106,13 @@ def score(model, clips: Sequence[synthetic.Clip], *, params, gap_s: float | None
         gap_s=CALL_GAP_S if gap_s is None else gap_s,
     )
     pred = found.probs.argmax(1)
-    summary = scores.summarise(scores.confusion(np.array(truth), pred, n_classes=len(names)), names)
+    matrix = scores.confusion(truth, pred, n_classes=len(names))
+    by_recording = {}  # one held-out recording with a loud bird can hold most errors: say which
+    for recording in sorted({c.background for c in clips}):
+        i = np.array([c.background == recording for c in clips])
+        s = scores.summarise(scores.confusion(truth[i], pred[i], n_classes=len(names)), names)
+        by_recording[recording] = {k: s[k] for k in ("n", "accuracy", "macro_f1")}
+    summary = scores.summarise(matrix, names)
     tol = Tolerance.half_cell(params)
     rows: dict[str, dict] = {}
     for clip, ev, p in zip(clips, found.evidence, pred, strict=True):
@@ -138,4 +146,7 @@ def score(model, clips: Sequence[synthetic.Clip], *, params, gap_s: float | None
         "pointing": float(np.mean(every["pointed"])),
         "call_iou_median": float(np.median(every["iou"])),
         "per_family": per_family,
+        "by_recording": by_recording,
+        "class_names": list(names),
+        "confusion": matrix.tolist(),
     }
