@@ -87,10 +87,11 @@ def train(root: Path, *, args, overrides: list[str]) -> Path:
     return ckpt
 
 
-def figure(model, clips, *, params, path: Path, per_family: int = 2) -> None:
+def figure(model, clips, *, params, path: Path, per_family: int = 2, errors: bool = False) -> None:
     """A sheet of held-out clips, ``per_family`` of each: the true class's CAM over the
     spectrogram, the whole call's box (white), the evidence box (green), the call box (cyan)
-    and the CAM's peak (cyan cross)."""
+    and the CAM's peak (cyan cross).  With ``errors``, every misclassified clip instead, under
+    the CAM of the class it was given, labelled with its background recording."""
     from PIL import Image, ImageDraw
 
     from echocam.explain import render
@@ -103,7 +104,9 @@ def figure(model, clips, *, params, path: Path, per_family: int = 2) -> None:
     blend = colormaps.blend(fe.magma, colormaps.table("plasma", fe.device), alpha=0.5)
     picked, seen = [], {}
     for c in clips:
-        if c.calls and seen.get(c.calls[0].kind, 0) < per_family:
+        if errors:
+            picked.append(c)
+        elif c.calls and seen.get(c.calls[0].kind, 0) < per_family:
             seen[c.calls[0].kind] = seen.get(c.calls[0].kind, 0) + 1
             picked.append(c)
     fps = params.sample_rate / params.hop_length
@@ -114,7 +117,9 @@ def figure(model, clips, *, params, path: Path, per_family: int = 2) -> None:
             db = fe.db(wave)
             levels, _, image = fe.colours(db)
             logits, feats = model.net(fe.model_input(image))
-            cid = model.class_names.index(clip.species)
+            cid = truth = model.class_names.index(clip.species)
+            if errors and (cid := int(logits.argmax())) == truth:
+                continue
             cams = class_activation_maps(feats, model.net.fc_weight, torch.tensor([[cid]]))
             maps = display_maps(cams, size=tuple(db.shape[-2:]), grid=CellGrid.of(params))
             axes = Axes.for_params(params, frames=db.shape[-1])
@@ -122,8 +127,7 @@ def figure(model, clips, *, params, path: Path, per_family: int = 2) -> None:
             img = Image.fromarray(render.overlay(levels, maps, table=blend)[0, 0].numpy())
             d = ImageDraw.Draw(img)
             rows = axes.freqs_hz[::-1], np.arange(params.n_mels)[::-1]  # Hz → image row
-            boxes = [
-                (clip.calls[0].box, "white", 2),
+            boxes = [(c.box, "white", 2) for c in clip.calls] + [
                 ((ev.box_begin_s, ev.box_end_s, ev.box_low_hz, ev.box_high_hz), (0, 255, 0), 1),
                 ((ev.call_begin_s, ev.call_end_s, ev.call_low_hz, ev.call_high_hz), "cyan", 1),
             ]
@@ -135,8 +139,14 @@ def figure(model, clips, *, params, path: Path, per_family: int = 2) -> None:
             d.line([x - 8, y, x + 8, y], fill="cyan", width=3)
             d.line([x, y - 8, x, y + 8], fill="cyan", width=3)
             p = float(logits.softmax(-1)[0, cid])
-            d.text((4, 2), f"{clip.species} p={p:.2f} snr {clip.snr_db:.0f} dB", fill="white")
+            label = f"{clip.species} p={p:.2f} snr {clip.snr_db:.0f} dB"
+            if errors:
+                label = f"{clip.species} -> {model.class_names[cid]} p={p:.2f} {clip.background}"
+            d.text((4, 2), label, fill="white")
             tiles.append(img)
+    if not tiles:
+        print(f"{path}: no clips to show")
+        return
     w, h = tiles[0].size
     cols = 2 * per_family
     sheet = Image.new("RGB", (cols * w, -(-len(tiles) // cols) * h), "black")
@@ -171,6 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--json", default=None)
     ap.add_argument("--figure", default=None, help="a JPEG of held-out clips with their boxes")
+    ap.add_argument("--errors", default=None, help="a JPEG of the misclassified held-out clips")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     from devtools import families, leave_out, synthetic
@@ -203,6 +214,8 @@ def main(argv: list[str] | None = None) -> int:
         result["by_gap"] = {g: leave_out.score(model, clips, params=params, gap_s=g) for g in gaps}
         if args.figure:
             figure(model, clips, params=params, path=Path(args.figure))
+        if args.errors:
+            figure(model, clips, params=params, path=Path(args.errors), errors=True)
     for g, r in result["by_gap"].items():
         rows = [
             [k, v["clips"], v["f1"], v["accuracy"], v["pointing"], v["call_iou_median"],
