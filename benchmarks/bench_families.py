@@ -117,8 +117,9 @@ def figure(model, clips, *, params, path: Path, per_family: int = 2, errors: boo
             db = fe.db(wave)
             levels, _, image = fe.colours(db)
             logits, feats = model.net(fe.model_input(image))
-            cid = truth = model.class_names.index(clip.species)
-            if errors and (cid := int(logits.argmax())) == truth:
+            truth = model.class_names.index(clip.species)
+            cid = int(logits.argmax()) if errors else truth  # the class whose CAM is drawn
+            if errors and cid == truth:
                 continue
             cams = class_activation_maps(feats, model.net.fc_weight, torch.tensor([[cid]]))
             maps = display_maps(cams, size=tuple(db.shape[-2:]), grid=CellGrid.of(params))
