@@ -202,6 +202,7 @@ def main(argv: list[str] | None = None) -> int:
             root, species, train_paths, held_paths, per_class=args.train_per_class,
             heldout=args.heldout, seed=args.seed, noise_class=args.noise_class,
             overlap_p=args.overlap_p,
+            train_noise_clips=not recipe(args.set).get("background_class"),
         )  # fmt: skip
         ckpt = args.checkpoint
         if ckpt is None:

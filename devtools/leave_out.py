@@ -30,11 +30,14 @@ def write_clips(
     seed: int,
     noise_class: bool = True,
     overlap_p: float = 0.3,
+    train_noise_clips: bool = True,
 ) -> list[synthetic.Clip]:
     """Training clips under root/train (6 s, two calls, one folder per species and a Background
     folder), the training recordings under root/bg to mix in, and held-out clips (5 s, one call)
     under root/heldout; returns the held-out clips.  SNRs -6 to 6 dB; with chance ``overlap_p``
-    a call lies over its background's loudest stretch."""
+    a call lies over its background's loudest stretch.  Without ``train_noise_clips`` the
+    training has no Background folder (the recipe then makes that class of root/bg's
+    recordings: ``--background-class Background``); the held-out clips keep theirs."""
     noise = synthetic.NOISE_CLASS if noise_class else None
     synthetic.write_species(
         root / "train",
@@ -45,7 +48,7 @@ def write_clips(
         n_calls=2,
         snr_db=(-6.0, 6.0),
         species=species,
-        noise_class=noise,
+        noise_class=noise if train_noise_clips else None,
         overlap_p=overlap_p,
     )
     (root / "bg").mkdir(parents=True, exist_ok=True)

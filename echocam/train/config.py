@@ -29,6 +29,11 @@ class Augment:
     shift: bool = option(True, "random window position in the recording (or around the span)")
     background_p: float = option(0.8, "chance of mixing in a --background recording")
     snr_db: tuple[float, float] = option((-3.0, 20.0), "window RMS over background RMS, dB")
+    hard_negatives: int = option(
+        1,
+        "a --background-class window of a --background recording is the loudest (RMS) of this "
+        "many random ones: other birds, which must be no class's evidence",
+    )
     gain_db: tuple[float, float] = option((-6.0, 6.0), "gain on the mix, dB")
     mask_p: float = option(0.8, "chance that a window gets its time and frequency masks")
     time_masks: int = option(2, "stripes across all bands, each up to --time-mask-s wide")

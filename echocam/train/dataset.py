@@ -179,6 +179,12 @@ class Loader:
         if ex.span is not None:
             span = (int(ex.start_s * p.sample_rate), min(n, int(np.ceil(ex.end_s * p.sample_rate))))
         start = crop_start(n, length=length, rng=rng, span=span)
+        if ex.background and rng is not None and self.augment.hard_negatives > 1:
+            starts = [start] + [
+                crop_start(n, length=length, rng=rng, span=span)
+                for _ in range(self.augment.hard_negatives - 1)
+            ]
+            start = max(starts, key=lambda s: float(np.square(samples[s : s + length]).sum()))
         return samples[start : start + length].copy()
 
     def _mix(
