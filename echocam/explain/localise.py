@@ -249,7 +249,10 @@ def call_box(
     one call.  Sounds are taken whole, in or out of the region, as far as ``excess`` reaches.
     None where the region has no loud pixel.
     """
-    loudest = float(np.where(region, excess, -np.inf).max())
+    inside = excess[region]
+    if inside.size == 0:
+        return None
+    loudest = float(inside.max())
     level = max(min_excess_db, loudest - within_db)
     loud = excess >= level
     if not (loud & region).any():
@@ -261,7 +264,7 @@ def call_box(
     seeds = loud & region
     reach = max(1, round(bridge_s / frame_s))
     sounds, _ = ndimage.label(_dilate(_dilate(loud, reach, axis=1), 1, axis=0))
-    sounds = np.where(loud, sounds, 0)  # each sound's own pixels, without the bridging
+    sounds[~loud] = 0  # each sound's own pixels, without the bridging
     rr, cc = np.nonzero(seeds)
     nearest = np.argmin((rr - peak[0]) ** 2 + (cc - peak[1]) ** 2)
     boxes = ndimage.find_objects(sounds)
