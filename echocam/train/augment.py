@@ -43,6 +43,11 @@ def crop_start(
     return int(rng.integers(lo, hi + 1))
 
 
+def rms(x: np.ndarray) -> float:
+    """Root mean square of ``x``, accumulated in float64."""
+    return float(np.sqrt(np.mean(np.square(x, dtype=np.float64))))
+
+
 def mix_background(
     x: np.ndarray, background: np.ndarray, *, snr_db: float, rng: np.random.Generator
 ) -> np.ndarray:
@@ -58,8 +63,7 @@ def mix_background(
     )
     off = int(rng.integers(0, bg.shape[0] - n + 1))
     bg = bg[off : off + n].astype(np.float32)
-    rms_x = float(np.sqrt(np.mean(np.square(x, dtype=np.float64))))
-    rms_bg = float(np.sqrt(np.mean(np.square(bg, dtype=np.float64))))
+    rms_x, rms_bg = rms(x), rms(bg)
     if rms_bg == 0.0 or rms_x == 0.0:
         return x
     return x + bg * np.float32(rms_x / rms_bg * 10 ** (-snr_db / 20))

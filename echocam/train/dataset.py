@@ -22,7 +22,7 @@ from echocam.bucket.storage import Store
 from echocam.errors import EchoCamError
 from echocam.settings import Params
 from echocam.signal.frontend import FrontEnd
-from echocam.train.augment import apply_gain, crop_start, mask_db, mix_background
+from echocam.train.augment import apply_gain, crop_start, mask_db, mix_background, rms
 from echocam.train.config import Augment
 from echocam.train.decoded import Decoded
 from echocam.train.labels import Example
@@ -184,7 +184,7 @@ class Loader:
                 crop_start(n, length=length, rng=rng, span=span)
                 for _ in range(self.augment.hard_negatives - 1)
             ]
-            start = max(starts, key=lambda s: float(np.square(samples[s : s + length]).sum()))
+            start = max(starts, key=lambda s: rms(samples[s : s + length]))
         return samples[start : start + length].copy()
 
     def _mix(
@@ -202,8 +202,7 @@ class Loader:
         except (EchoCamError, FileNotFoundError):
             return x, None
         n = min(x.shape[0], y.shape[0])
-        rms_x = float(np.sqrt(np.mean(np.square(x, dtype=np.float64))))
-        rms_y = float(np.sqrt(np.mean(np.square(y[:n], dtype=np.float64))))
+        rms_x, rms_y = rms(x), rms(y[:n])
         if rms_x == 0.0 or rms_y == 0.0:
             return x, None
         weight = 10 ** (float(rng.uniform(*self.augment.mix_gain_db)) / 20)
