@@ -22,6 +22,7 @@ from functools import cache
 import numpy as np
 import torch
 from scipy import ndimage
+from scipy.sparse.csgraph import connected_components
 
 from echocam.signal import melscale
 
@@ -242,11 +243,12 @@ def call_box(
     (rows, frames) bool the evidence region, ``peak`` the (row, frame) of the map's peak; row 0
     is the highest band.  Loud pixels stand at least ``min_excess_db`` above their band's floor
     and within ``within_db`` of the region's loudest; loud pixels at most ``bridge_s`` apart in
-    time and one band apart join one *sound*.  The call is the sound with the region's loud
-    pixel nearest the peak, joined by every other sound with a loud pixel in the region that
-    starts or ends within ``gap_s`` of the call so far and, given each row's centre frequency
-    ``freqs_hz`` (rows,), whose band lies within ``gap_octaves`` of the call's: the elements of
-    one call.  Sounds are taken whole, in or out of the region, as far as ``excess`` reaches.
+    time and one band apart join one *sound*.  The sounds with a loud pixel in the region group
+    into calls: two groups join while their boxes lie within ``gap_s`` of each other in time
+    and, given each row's centre frequency ``freqs_hz`` (rows,), within ``gap_octaves`` in
+    frequency (see :func:`_elements`).  The call is the group of the sound with the region's
+    loud pixel nearest the peak.  Sounds are taken whole, in or out of the region, as far as
+    ``excess`` reaches.
     None where the region has no loud pixel.
     """
     inside = excess[region]
@@ -268,27 +270,42 @@ def call_box(
     rr, cc = np.nonzero(seeds)
     nearest = np.argmin((rr - peak[0]) ** 2 + (cc - peak[1]) ** 2)
     boxes = ndimage.find_objects(sounds)
-    candidates = {int(k) for k in np.unique(sounds[seeds])}
-    seed = int(sounds[rr[nearest], cc[nearest]])
-    call = {seed}
-    (top, bottom), (first, last) = [(sl.start, sl.stop - 1) for sl in boxes[seed - 1]]
-    gap = round(gap_s / frame_s)
+    ks = np.unique(sounds[seeds])  # the sounds the region holds
+    spans = np.array([[s.start, s.stop - 1] for k in ks for s in boxes[k - 1]]).reshape(-1, 4)
     octave = None if freqs_hz is None else np.log2(np.maximum(freqs_hz[a0:a1], 1.0))
-    grown = True
-    while grown:  # single linkage: a call's elements chain, each near the next
-        grown = False
-        for k in sorted(candidates - call):
-            rows, t = boxes[k - 1]
-            near = t.start <= last + gap and t.stop - 1 >= first - gap
-            if near and octave is not None:  # rows run from high to low frequencies
-                below = octave[bottom] - octave[rows.start]
-                near = max(below, octave[rows.stop - 1] - octave[top]) <= gap_octaves
-            if near:
-                call.add(k)
-                first, last = min(first, t.start), max(last, t.stop - 1)
-                top, bottom = min(top, rows.start), max(bottom, rows.stop - 1)
-                grown = True
+    group = _elements(spans, gap=round(gap_s / frame_s), octave=octave, gap_octaves=gap_octaves)
+    call = spans[group == group[np.searchsorted(ks, sounds[rr[nearest], cc[nearest]])]]
+    top, first, bottom, last = (int(v) for v in (*call[:, ::2].min(0), *call[:, 1::2].max(0)))
     return (b0 + first, b0 + last), (a0 + bottom, a0 + top)
+
+
+def _elements(
+    spans: np.ndarray, *, gap: int, octave: np.ndarray | None, gap_octaves: float
+) -> np.ndarray:
+    """Which call each sound belongs to: ``spans`` (sounds, 4) their (top row, bottom row, first
+    frame, last frame); two groups of sounds join while their boxes lie within ``gap`` frames in
+    time and, given each row's ``octave`` (log2 Hz), ``gap_octaves`` in frequency.  Returns
+    (sounds,) group labels.  Joining grows boxes, and a bigger box is near more, so the groups are
+    the same whichever sound the peak picked: a high note, a low one and a middle one between
+    them in time make one call from any of the three."""
+    group = np.arange(len(spans))
+    while True:
+        n = group.max() + 1
+        box = np.tile([np.inf, -np.inf, np.inf, -np.inf], (n, 1))  # each group's box
+        np.minimum.at(box, (group[:, None], [0, 2]), spans[:, [0, 2]])
+        np.maximum.at(box, (group[:, None], [1, 3]), spans[:, [1, 3]])
+        top, bottom, first, last = box.T
+        near = (first[None, :] <= last[:, None] + gap) & (last[None, :] >= first[:, None] - gap)
+        if octave is not None:  # rows run from high to low frequencies
+            high, low = octave[top.astype(int)], octave[bottom.astype(int)]
+            near &= (
+                np.maximum(low[:, None] - high[None, :], low[None, :] - high[:, None])
+                <= gap_octaves
+            )
+        k, merged = connected_components(near, directed=False)
+        if k == n:
+            return group
+        group = merged[group]
 
 
 def _dilate(mask: np.ndarray, reach: int, *, axis: int) -> np.ndarray:

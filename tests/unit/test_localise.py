@@ -211,6 +211,26 @@ def test_the_elements_of_one_call_join_and_a_sound_further_off_stays_out():
     assert (first, last) == (100, hi + 14) and (high_row, low_row) == (5, 31)
 
 
+def test_a_calls_elements_join_whichever_of_them_the_peak_is_nearest():
+    """A note series as the held-out family draws them: a high note, a low one 1.2 octaves
+    under it, a middle-high one, a middle-low one, 0.2-0.3 s apart.  The first note is near
+    the second in time only and near the third in pitch only; the series is one call all the
+    same, found whole from any note (joining note by note from the first, it stayed one note)."""
+    freqs = np.geomspace(10_000, 500, 200)  # rows: 10 kHz down to 500 Hz
+    excess = np.zeros((200, 552))
+    notes = [(66, 100), (122, 142), (78, 182), (112, 225)]  # (row, first frame), 20 frames each
+    for row, start in notes:
+        excess[row, start : start + 20] = 30
+    excess[90, 400:420] = 30  # another bird's note 2 s later
+    region = np.ones_like(excess, bool)
+    for row, start in notes:
+        (first, last), (low_row, high_row) = call_box(
+            excess, region, (row, start + 10), frame_s=FRAME_S, freqs_hz=freqs
+        )
+        assert (first, last) == (100, 244) and (high_row, low_row) == (66, 122)
+    assert call_box(excess, region, (90, 410), frame_s=FRAME_S, freqs_hz=freqs)[0] == (400, 419)
+
+
 def test_sounds_are_taken_whole_but_only_sounds_the_region_holds_join():
     excess = np.zeros((100, 400))
     excess[40, 100:200] = 30  # a long whistle
