@@ -271,6 +271,7 @@ def call_box(
     nearest = np.argmin((rr - peak[0]) ** 2 + (cc - peak[1]) ** 2)
     boxes = ndimage.find_objects(sounds)
     ks = np.unique(sounds[seeds])  # the sounds the region holds
+    # each such sound's (top row, bottom row, first frame, last frame)
     spans = np.array([[s.start, s.stop - 1] for k in ks for s in boxes[k - 1]]).reshape(-1, 4)
     octave = None if freqs_hz is None else np.log2(np.maximum(freqs_hz[a0:a1], 1.0))
     group = _elements(spans, gap=round(gap_s / frame_s), octave=octave, gap_octaves=gap_octaves)

@@ -11,6 +11,7 @@ from scipy import ndimage
 from echocam.explain.localise import (
     FLOOR_STRIDE,
     Axes,
+    _dilate,
     band_centres,
     band_floor,
     call_box,
@@ -269,10 +270,6 @@ def test_call_boxes_of_evidence_reach_outside_the_region_in_time_but_stop_at_nyq
 def test_dilate_is_the_maximum_filter_it_replaced():
     """The call box's joins: ORs of doubling shifts equal ``maximum_filter1d`` of width
     ``2 * reach + 1`` (its reflected edges add nothing a dilation would not)."""
-    from scipy import ndimage
-
-    from echocam.explain.localise import _dilate
-
     rng = np.random.default_rng(0)
     for density in (0.02, 0.3):
         mask = rng.random((37, 61)) < density
