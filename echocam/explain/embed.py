@@ -2,8 +2,14 @@
 
 A *window embedding* is the window's layer4 features averaged over the CAM grid: the vector the
 classifier's last layer reads (512 values).  A *box embedding* pools the same features over the
-cells under a box (a detection's call box, else its evidence box), weighted by the class's CAM:
-the call, not the window around it.  Both are compared by cosine similarity
+cells under a box, weighted by the window's *activity map*: the call, not the window around it.
+A detection's box is the call box of the activity map (its call box, else its evidence box, as
+``echocam.explain.localise`` finds them for a class's CAM), a query's the box drawn.
+
+The activity map is the features' mean over channels: where the network responds, whatever the
+class.  A class's CAM is not: on a call type the model never saw, the most probable class is
+often the one with no call, whose CAM covers everything but the call (measured in
+``docs/guides/search.md``).  Both are compared by cosine similarity
 (``echocam.search``), and stored as ``echocam.bucket.embeddings`` says.  Pure functions;
 the pipeline calls them a batch or a window at a time.
 """
@@ -22,21 +28,28 @@ def window_embeddings(features: torch.Tensor) -> torch.Tensor:
     return features.float().mean(dim=(-2, -1))
 
 
+def activity_maps(features: torch.Tensor) -> torch.Tensor:
+    """(b, c, h, w) layer4 features → (b, 1, h, w) float32, their mean over channels: a
+    class-agnostic map in the CAMs' shape (``echocam.explain.cam.display_maps`` draws both)."""
+    return features.float().mean(dim=1, keepdim=True)
+
+
 def box_embedding(
     features: np.ndarray,
-    cam: np.ndarray,
+    weights_map: np.ndarray,
     box: tuple[float, float, float, float],
     *,
     axes: Axes,
     grid: CellGrid,
 ) -> np.ndarray:
-    """One box's embedding: (c, h, w) features and (h, w) raw CAM → (c,) float32.
+    """One box's embedding: (c, h, w) features and an (h, w) map (the window's activity map)
+    → (c,) float32.
 
     ``box`` is (begin s, end s, low Hz, high Hz) from the window's start.  The cells it
     overlaps count (those whose centre lies within half a cell of it, as the pointing game's
-    tolerance), each weighted by the CAM's positive part (equally where that is zero on all).
+    tolerance), each weighted by the map's positive part (equally where that is zero on all).
     """
-    h, w = cam.shape
+    h, w = weights_map.shape
     n_mels, frames = len(axes.freqs_hz), len(axes.times_s)
     rows, row_span = grid.centres(h, pixels=n_mels)
     cols, col_span = grid.centres(w, pixels=frames)
@@ -51,7 +64,7 @@ def box_embedding(
         ys = np.array([np.abs(rows - (r0 + r1) / 2).argmin()])
     if not len(xs):
         xs = np.array([np.abs(cols - (t0 + t1) / 2).argmin()])
-    weights = np.maximum(cam[np.ix_(ys, xs)], 0).astype(np.float32)
+    weights = np.maximum(weights_map[np.ix_(ys, xs)], 0).astype(np.float32)
     if not weights.sum() > 0:
         weights = np.ones_like(weights)
     cells = features[:, ys][:, :, xs].astype(np.float32)  # (c, len(ys), len(xs))

@@ -106,9 +106,13 @@ class WindowArrays:
     evidence_mask: Sequence[np.ndarray]  # (k, n_mels, t) bool, the map >= box_threshold
     floor_db: Sequence[np.ndarray]  # (n_mels,) float32, each band's median over the window
     inputs: Sequence[np.ndarray] | None = None  # (3, h, w) uint8 model inputs, with save_inputs
-    # with the embeddings output: the layer4 features and their mean (the window's embedding)
+    # with the embeddings output: the layer4 features and their mean (the window's embedding),
+    # and the activity map (``echocam.explain.embed``) with its evidence's device half
     features: Sequence[np.ndarray] | None = None  # (c, h, w) float16
     embedding: Sequence[np.ndarray] | None = None  # (c,) float32
+    activity: Sequence[np.ndarray] | None = None  # (1, h, w) float32
+    activity_peak: Sequence[np.ndarray] | None = None  # (1,) int64
+    activity_mask: Sequence[np.ndarray] | None = None  # (1, n_mels, t) bool
 
     def __len__(self) -> int:
         return len(self.cams)
@@ -225,7 +229,7 @@ class Encoder:
         for name, values in ev.items():
             self.evidence[name][j0:j1] = values
         if self.embeddings is not None:
-            self.embeddings.add(a, first=j0, starts_s=self.starts_s, evidence=ev, params=p)
+            self.embeddings.add(a, first=j0, starts_s=self.starts_s, params=p)
         self.seen = j1
         self.seconds += time.perf_counter() - t0
 
@@ -367,48 +371,42 @@ class Encoder:
 
 class Embeddings:
     """A recording's embeddings (``echocam.explain.embed``), gathered a block at a time: each
-    window's, then each explained class's over its call box (else its evidence box)."""
+    window's, then its call's (the box embedding of its activity map's call box, else evidence
+    box) once per explained class: a window's detections share it."""
 
     def __init__(self, source_key: str):
         self.source_key = source_key
         self.rows: list[dict[str, Any]] = []
         self.vectors: list[np.ndarray] = []
 
-    def add(
-        self,
-        a: WindowArrays,
-        *,
-        first: int,
-        starts_s: np.ndarray,
-        evidence: dict[str, np.ndarray],
-        params: Params,
-    ) -> None:
-        """The windows of a block (from window ``first``) and their evidence (name → (n, k))."""
+    def add(self, a: WindowArrays, *, first: int, starts_s: np.ndarray, params: Params) -> None:
+        """The windows of a block, from window ``first``."""
         axes = Axes.for_params(params, frames=a.spectrogram_db[0].shape[-1])
         grid = CellGrid.of(params)
-        for i in range(len(a)):
+        n = len(a)
+        ev = _evidence(
+            a.activity_peak, a.activity_mask, a.spectrogram_db, a.floor_db,
+            starts_s[first : first + n], params=params,
+        )  # fmt: skip
+        for i in range(n):
             j, start = first + i, float(starts_s[first + i])
+            found = not np.isnan(ev["call_begin_s"][i, 0])
+            box = tuple(
+                float(ev[name][i, 0]) for name in (detections.CALL if found else detections.BOX)
+            )
+            relative = (box[0] - start, box[1] - start, box[2], box[3])
+            call = embed.box_embedding(
+                a.features[i], a.activity[i][0], relative, axes=axes, grid=grid
+            )
             self.rows.append({"window": j, "start": start})
             self.vectors.append(a.embedding[i])
             for c, class_id in enumerate(a.class_ids[i]):
-                found = not np.isnan(evidence["call_begin_s"][i, c])
-                names = detections.CALL if found else detections.BOX
-                box = tuple(float(evidence[name][i, c]) for name in names)
-                relative = (box[0] - start, box[1] - start, box[2], box[3])
                 self.rows.append(
                     {"window": j, "start": start, "class_id": int(class_id),
                      "probability": round(float(a.probabilities[i][c]), 6),
                      "box": "call" if found else "evidence", "bounds": box}
                 )  # fmt: skip
-                self.vectors.append(
-                    embed.box_embedding(
-                        a.features[i],
-                        a.cams[i][c],
-                        relative,
-                        axes=axes,
-                        grid=grid,
-                    )
-                )
+                self.vectors.append(call)
 
     def table(self, *, names: Sequence[str], length_s: float):
         """The rows as an Arrow table of ``embeddings.schema``, in window order."""

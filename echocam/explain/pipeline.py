@@ -27,7 +27,7 @@ from echocam.errors import EchoCamError
 from echocam.explain import render
 from echocam.explain.cam import CellGrid, display_maps, explain
 from echocam.explain.device import resolve_device
-from echocam.explain.embed import window_embeddings
+from echocam.explain.embed import activity_maps, window_embeddings
 from echocam.explain.encoder import Encoder, Result, WindowArrays, WindowBlock
 from echocam.explain.localise import band_floor, peaks_and_masks
 from echocam.explain.model import LoadedModel
@@ -294,6 +294,12 @@ class Explainer:
         if "embeddings" in p.outputs:  # float16: half the copy; pooled in float32 on the host
             out["features"] = cb.features.to(torch.float16)
             out["embedding"] = window_embeddings(cb.features)
+            # the call the embeddings pool over: the activity map's evidence, as the class maps'
+            out["activity"] = activity_maps(cb.features)
+            activity = display_maps(out["activity"], size=maps.shape[-2:], grid=CellGrid.of(p))
+            out["activity_peak"], out["activity_mask"] = peaks_and_masks(
+                activity, threshold=p.box_threshold
+            )
         return WindowArrays(**self._to_host(out))
 
     def _to_host(self, tensors: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:

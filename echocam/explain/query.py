@@ -9,8 +9,8 @@ import pyarrow.parquet as pq
 import torch
 
 from echocam.bucket.embeddings import vectors
-from echocam.explain.cam import CellGrid, explain
-from echocam.explain.embed import box_embedding
+from echocam.explain.cam import CellGrid
+from echocam.explain.embed import activity_maps, box_embedding
 from echocam.explain.localise import Axes
 from echocam.explain.model import LoadedModel
 from echocam.search import Box
@@ -22,8 +22,8 @@ def box_vector(model: LoadedModel, params: Params, data: bytes, box: Box) -> np.
     """The embedding (dim,) of ``box`` in the recording ``data``.
 
     The window is the one of the recording's analysis windows that holds most of the box
-    (nearest its centre on a tie); the box's cells are weighted by the CAM of the class the
-    model finds most probable in it.  Without Hz, the box spans every band.
+    (nearest its centre on a tie); the box's cells are weighted by the window's activity map,
+    as a run weighs its detections' boxes.  Without Hz, the box spans every band.
     """
     cut = windowed(data, params=params)
     spans = cut.starts / params.sample_rate
@@ -39,17 +39,15 @@ def box_vector(model: LoadedModel, params: Params, data: bytes, box: Box) -> np.
     net = model.net.at_output_stride(params.output_stride).eval()
     with torch.inference_mode():
         x = FrontEnd(params)(torch.from_numpy(np.ascontiguousarray(cut.window(j)))[None])
-        cb = explain(net, x, top_k=1)
-    features = cb.features[0].numpy()
+        _, features = net(x)
     axes = Axes.for_params(params, frames=_frames(params, cut.length))
     low = 0.0 if box.low_hz is None else box.low_hz
     high = axes.top_hz if box.high_hz is None else box.high_hz
     start = float(spans[j])
     relative = (box.begin_s - start, box.end_s - start, low, high)
-    cam = cb.cams[0, 0].numpy()
     return box_embedding(
-        features,
-        cam,
+        features[0].numpy(),
+        activity_maps(features)[0, 0].numpy(),
         relative,
         axes=axes,
         grid=CellGrid.of(params),

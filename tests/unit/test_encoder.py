@@ -13,6 +13,9 @@ from PIL import Image
 
 from echocam.bucket import detections, embeddings
 from echocam.explain import render
+from echocam.explain.cam import CellGrid, display_maps
+from echocam.explain.embed import box_embedding
+from echocam.explain.localise import Axes, evidence
 from echocam.explain.pipeline import Explainer, Source
 from echocam.settings import DEFAULT_OUTPUTS, Params
 from echocam.signal import colormaps
@@ -175,29 +178,49 @@ def test_outputs_writes_exactly_what_it_names(species_model, outputs, expected):
     assert record["n_windows"] == 2 and record["windows"][0]["explained"]  # the record is whole
 
 
-def test_embeddings_hold_each_window_and_each_detection_over_its_box(species_model):
+def test_embeddings_hold_each_window_and_for_each_detection_its_windows_call(species_model):
+    """A window's row, then one per explained class: the box embedding of the window's call, the
+    call box of its activity map (``echocam.explain.embed``), recomputed here from the model's
+    features through ``localise.evidence`` on the map drawn at the display's size."""
+    p = Params(top_k=2)
     record, files = explain(species_model, CLIP, top_k=2)
     t = pq.read_table(pa.BufferReader(files[record["outputs"]["embeddings"]]))
     assert t.schema.equals(embeddings.schema(512))
-    rows = t.drop_columns(["vector"]).to_pylist()
-    expected = []
+    db, starts = front_end(CLIP, p)
+    fe = FrontEnd(p)
+    with torch.inference_mode():
+        _, features = species_model.net.eval()(fe.model_input(fe.colours(db)[2]))
+    activity = features.mean(dim=1, keepdim=True)
+    shown = display_maps(activity, size=tuple(db.shape[-2:]))
+    axes = Axes.for_params(p, frames=db.shape[-1])
+    expected, want = [], []
     for j, w in enumerate(record["windows"]):
         expected.append((j, w["start_s"], None, None))
+        want.append(features[j].mean(dim=(-2, -1)).numpy())
+        start = starts[j] / p.sample_rate
+        e = evidence(shown[j, 0].numpy(), axes=axes, offset_s=start, db=db[j].numpy())
+        found = not np.isnan(e.call_begin_s)
+        box = [getattr(e, n) for n in (detections.CALL if found else detections.BOX)]
+        relative = (box[0] - start, box[1] - start, *box[2:])
+        call = box_embedding(
+            features[j].numpy(), activity[j, 0].numpy(), relative, axes=axes, grid=CellGrid()
+        )
         for c in w["explained"]:
-            found = c["call_begin_s"] is not None
-            box = [c[n] for n in (detections.CALL if found else detections.BOX)]
             expected.append((j, w["start_s"], c["class_name"], ["evidence", "call"][found], *box))
+            want.append(call)
     got = [
         (r["window_index"], r["begin_s"], r["class_name"], r["box"])
         + (tuple(r[n] for n in embeddings.BOX_COLUMNS) if r["class_name"] else ())
-        for r in rows
+        for r in t.drop_columns(["vector"]).to_pylist()
     ]
-    assert got == [tuple(e) for e in expected]
-    assert all(r["source_key"] == CLIP.name for r in rows)
+    assert [g[:4] for g in got] == [e[:4] for e in expected]
+    np.testing.assert_allclose([g[4:] for g in got if g[2]], [e[4:] for e in expected if e[2]],
+                               atol=1e-6)  # fmt: skip
+    assert all(r == CLIP.name for r in t.column("source_key").to_pylist())
     v = embeddings.vectors(t).astype(np.float32)
-    np.testing.assert_allclose(np.linalg.norm(v, axis=1), 1.0, atol=2e-3)
-    # a detection's vector is its own: not its window's, nor the other class's
-    assert not np.array_equal(v[0], v[1]) and not np.array_equal(v[1], v[2])
+    want = np.stack(want) / np.linalg.norm(want, axis=1, keepdims=True)
+    np.testing.assert_allclose(v, want, atol=2e-3)  # float16 vectors
+    assert np.array_equal(v[1], v[2])  # a window's detections share its call's vector
 
 
 def test_outputs_and_formats_are_checked():
