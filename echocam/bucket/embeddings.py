@@ -1,10 +1,11 @@
 """Embeddings as stored: each recording's ``embeddings.parquet``, the shards, the run's table.
 
 Each ok recording with the ``embeddings`` output has ``<key>/embeddings.parquet``: a row per
-window (no class, no box) and a row per explained class of each window (its call box, else its
-evidence box), with the vector (unit length, float16; ``echocam.explain.embed`` computes them).
-As with the manifest, each chunk of work also puts one *shard*,
-``_manifest/embeddings/<id>.parquet``, of its records' rows with each record's digest, and
+window (no class, no box) and a row per explained class of each window (the box embedding of the
+window's call, which its detections share), with the vector (unit length, float16;
+``echocam.explain.embed`` computes them).  As with the manifest, each chunk of work also puts
+one *shard*, ``_manifest/embeddings/<id>.parquet``, of its records' rows with each record's
+digest, and
 compaction keeps for each source the rows of its current record, reads the few recordings'
 files no shard holds, writes the run's ``embeddings.parquet`` (sorted by source key and window)
 and consolidates the shards into one.  Vectors stay Arrow binaries throughout, never Python
@@ -39,7 +40,7 @@ FIELDS = (
     ("class_name", pa.string()),  # null: the whole window
     ("class_id", pa.int64()),
     ("probability", pa.float64()),
-    ("box", pa.string()),  # "call", "evidence", or null (the window)
+    ("box", pa.string()),  # "activity" (before 2026-12-07: "call", "evidence"); null: the window
     *((name, pa.float64()) for name in BOX_COLUMNS),  # s from the recording's start, Hz
 )
 _ROW_GROUP = 8192

@@ -3,15 +3,18 @@
 A *window embedding* is the window's layer4 features averaged over the CAM grid: the vector the
 classifier's last layer reads (512 values).  A *box embedding* pools the same features over the
 cells under a box, weighted by the window's *activity map*: the call, not the window around it.
-A detection's box is the call box of the activity map (its call box, else its evidence box, as
-``echocam.explain.localise`` finds them for a class's CAM), a query's the box drawn.
+A detection's box is the activity map's evidence box (``echocam.explain.localise``: the region
+around its peak where the drawn map is at least ``box_threshold``), a query's the box drawn.
 
 The activity map is the features' mean over channels: where the network responds, whatever the
 class.  A class's CAM is not: on a call type the model never saw, the most probable class is
-often the one with no call, whose CAM covers everything but the call (measured in
-``docs/guides/search.md``).  Both are compared by cosine similarity
-(``echocam.search``), and stored as ``echocam.bucket.embeddings`` says.  Pure functions;
-the pipeline calls them a batch or a window at a time.
+often the one with no call, whose CAM covers everything but the call.  Measured in
+``docs/guides/search.md``: with its evidence box, "more like this" finds the same call type
+more often than with the class's call box or with the activity map's own call box, and costs
+one connected region per window, not a call box.
+Both are compared by cosine similarity (``echocam.search``), and stored as
+``echocam.bucket.embeddings`` says.  Pure functions; the pipeline calls them a batch or a
+window at a time.
 """
 
 from __future__ import annotations
@@ -21,6 +24,10 @@ import torch
 
 from echocam.explain.cam import CellGrid
 from echocam.explain.localise import Axes
+
+#: A detection's box embedding's ``box`` in embeddings.parquet: the activity map's evidence box
+#: (runs before 2026-12-07 have "call" or "evidence": their class's boxes).
+BOX = "activity"
 
 
 def window_embeddings(features: torch.Tensor) -> torch.Tensor:

@@ -371,8 +371,8 @@ class Encoder:
 
 class Embeddings:
     """A recording's embeddings (``echocam.explain.embed``), gathered a block at a time: each
-    window's, then its call's (the box embedding of its activity map's call box, else evidence
-    box) once per explained class: a window's detections share it."""
+    window's, then its call's (the box embedding of its activity map's evidence box) once per
+    explained class: a window's detections share it."""
 
     def __init__(self, source_key: str):
         self.source_key = source_key
@@ -383,17 +383,12 @@ class Embeddings:
         """The windows of a block, from window ``first``."""
         axes = Axes.for_params(params, frames=a.spectrogram_db[0].shape[-1])
         grid = CellGrid.of(params)
-        n = len(a)
-        ev = _evidence(
-            a.activity_peak, a.activity_mask, a.spectrogram_db, a.floor_db,
-            starts_s[first : first + n], params=params,
-        )  # fmt: skip
-        for i in range(n):
+        for i in range(len(a)):
             j, start = first + i, float(starts_s[first + i])
-            found = not np.isnan(ev["call_begin_s"][i, 0])
-            box = tuple(
-                float(ev[name][i, 0]) for name in (detections.CALL if found else detections.BOX)
+            e = region_evidence(
+                a.activity_mask[i][0], int(a.activity_peak[i][0]), axes=axes, offset_s=start
             )
+            box = tuple(getattr(e, name) for name in detections.BOX)
             relative = (box[0] - start, box[1] - start, box[2], box[3])
             call = embed.box_embedding(
                 a.features[i], a.activity[i][0], relative, axes=axes, grid=grid
@@ -404,7 +399,7 @@ class Embeddings:
                 self.rows.append(
                     {"window": j, "start": start, "class_id": int(class_id),
                      "probability": round(float(a.probabilities[i][c]), 6),
-                     "box": "call" if found else "evidence", "bounds": box}
+                     "box": embed.BOX, "bounds": box}
                 )  # fmt: skip
                 self.vectors.append(call)
 

@@ -35,11 +35,12 @@ SCHEDULE = [
 # generator had it until 2026-12-06: 0.82, 0.88, 0.88.)  The floors leave room for another
 # machine's arithmetic.
 F1_FLOOR, POINTING_FLOOR, IOU_FLOOR = 0.75, 0.75, 0.6
-# More like this, precision@10 (this test): trained types 0.74 (call box), 0.81 (window), 0.87
-# (true box drawn); unseen types 0.27, 0.43, 0.52: a drawn box beats the window on calls the
-# model never saw by 0.09, the detection's call box does not (with each class over one
-# recording: 0.73, 0.86, 0.88; 0.45, 0.42, 0.57).
-SEARCH_TRAINED_FLOOR, SEARCH_DRAWN_MARGIN = 0.65, 0.05
+# More like this, precision@10 (this test): trained types 0.86 (a detection's box), 0.81 (window),
+# 0.87 (true box drawn); unseen types 0.40, 0.43, 0.55.  A detection's box is its window's call,
+# the call box of the activity map; when it was its class's CAM's (until 2026-12-07) it read 0.74
+# and 0.27: on an unseen call type that class is mostly Background, whose CAM is off the call.
+# A drawn box beats the window on calls the model never saw by 0.12.
+SEARCH_TRAINED_FLOOR, SEARCH_DRAWN_MARGIN, SEARCH_UNSEEN_BOX_FLOOR = 0.65, 0.05, 0.33
 
 
 @pytest.fixture(scope="module")
@@ -121,3 +122,5 @@ def test_more_like_this_finds_the_same_call_type(heldout_families, tmp_path):
     assert drawn[0] >= SEARCH_TRAINED_FLOOR
     # a call's own box, drawn, finds an unseen call type better than its window does
     assert drawn[1] >= window[1] + SEARCH_DRAWN_MARGIN
+    # and a detection's box holds the call, not where its class's CAM points (0.27 when it did)
+    assert box[1] >= SEARCH_UNSEEN_BOX_FLOOR

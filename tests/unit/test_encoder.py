@@ -179,9 +179,9 @@ def test_outputs_writes_exactly_what_it_names(species_model, outputs, expected):
 
 
 def test_embeddings_hold_each_window_and_for_each_detection_its_windows_call(species_model):
-    """A window's row, then one per explained class: the box embedding of the window's call, the
-    call box of its activity map (``echocam.explain.embed``), recomputed here from the model's
-    features through ``localise.evidence`` on the map drawn at the display's size."""
+    """A window's row, then one per explained class: the box embedding of the window's call,
+    under the evidence box of its activity map (``echocam.explain.embed``), recomputed here from
+    the model's features through ``localise.evidence`` on the map drawn at the display's size."""
     p = Params(top_k=2)
     record, files = explain(species_model, CLIP, top_k=2)
     t = pq.read_table(pa.BufferReader(files[record["outputs"]["embeddings"]]))
@@ -198,15 +198,14 @@ def test_embeddings_hold_each_window_and_for_each_detection_its_windows_call(spe
         expected.append((j, w["start_s"], None, None))
         want.append(features[j].mean(dim=(-2, -1)).numpy())
         start = starts[j] / p.sample_rate
-        e = evidence(shown[j, 0].numpy(), axes=axes, offset_s=start, db=db[j].numpy())
-        found = not np.isnan(e.call_begin_s)
-        box = [getattr(e, n) for n in (detections.CALL if found else detections.BOX)]
+        e = evidence(shown[j, 0].numpy(), axes=axes, offset_s=start)
+        box = [getattr(e, n) for n in detections.BOX]
         relative = (box[0] - start, box[1] - start, *box[2:])
         call = box_embedding(
             features[j].numpy(), activity[j, 0].numpy(), relative, axes=axes, grid=CellGrid()
         )
         for c in w["explained"]:
-            expected.append((j, w["start_s"], c["class_name"], ["evidence", "call"][found], *box))
+            expected.append((j, w["start_s"], c["class_name"], "activity", *box))
             want.append(call)
     got = [
         (r["window_index"], r["begin_s"], r["class_name"], r["box"])
