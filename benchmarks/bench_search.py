@@ -62,6 +62,7 @@ def cost(args: argparse.Namespace, work: Path) -> dict:
     walls: dict[str, list[float]] = {"with": [], "without": []}
     cpus: dict[str, list[float]] = {"with": [], "without": []}
     sizes: dict[str, int] = {}
+    os.sync()  # the copies' writes, before the first run
     for i in range(args.repeats):
         for label in ("without", "with") if i % 2 else ("with", "without"):
             out = work / f"out-{label}-{i}"
@@ -80,6 +81,9 @@ def cost(args: argparse.Namespace, work: Path) -> dict:
             emb += sum(f.stat().st_size for f in (out / embeddings.SHARDS).glob("*"))
             sizes[f"{label}_embeddings"] = emb
             shutil.rmtree(out)
+            # ext4 with discard trims freed blocks at the journal's next commit, inside whatever
+            # runs next (bench_host_profile.py): here, the next run of the pair
+            os.sync()
     # CPU seconds (the run's process, all its threads), paired run by run: the machine drifted
     # by more than the embeddings cost over a benchmark's minutes
     time_ratio = float(np.median(np.divide(cpus["with"], cpus["without"])))
