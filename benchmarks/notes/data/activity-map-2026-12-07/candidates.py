@@ -9,14 +9,16 @@ map; precision@10 over trained and unseen species (each clip the query in turn, 
 box weighted by the top class's CAM or by the activity map.  Run from the repository root;
 the clips are cached under /tmp/cagn/.  Written for the 2026-12-07 comparison (see README.md).
 """
+
 import json
 import sys
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, "."); sys.path.insert(0, "benchmarks")
+sys.path[:0] = [".", "benchmarks"]
 from benchmarks import _common as C  # noqa
 from devtools import families, more_like_this, synthetic  # noqa
 from echocam.explain.cam import CellGrid, display_maps, explain  # noqa
@@ -40,13 +42,27 @@ model = load_model(str(wd / "model" / "species.pt"))
 names = model.class_names
 bg = names.index("Background")
 from echocam.settings import params_for_model  # noqa
+
 params = params_for_model(Params(), model.params, explicit=())
 print(params.input_size, params.output_stride)
 net = model.net.at_output_stride(params.output_stride).eval()
 fe = FrontEnd(params)
 W = net.fc_weight.detach().float()
 grid = CellGrid.of(params)
-STRATS = ["act_ev", "act_topw", "actl2", "truth_top", "truth_act", "top", "top_nonbg", "mix", "contrast", "act", "notbg", "top_or_nonbg"]
+STRATS = [
+    "act_ev",
+    "act_topw",
+    "actl2",
+    "truth_top",
+    "truth_act",
+    "top",
+    "top_nonbg",
+    "mix",
+    "contrast",
+    "act",
+    "notbg",
+    "top_or_nonbg",
+]
 
 rows = []  # (key, species, window, {strat: vec}, {strat: box}, window_vec, top class)
 for wav in sorted(src.glob("*/*.wav")):
@@ -85,13 +101,17 @@ for wav in sorted(src.glob("*/*.wav")):
             tb = boxes[key]
             rel = (tb[0] - start, tb[1] - start, tb[2], tb[3])
             for s, c in (("truth_top", cams["top"]), ("truth_act", cams["act"])):
-                vecs[s] = box_embedding(F.numpy(), c.reshape(h, w).numpy(), rel, axes=axes, grid=grid)
+                vecs[s] = box_embedding(
+                    F.numpy(), c.reshape(h, w).numpy(), rel, axes=axes, grid=grid
+                )
                 bxs[s] = tb
         for s, c in cams.items():
             cam = c.reshape(h, w)
             m = display_maps(cam[None, None], size=dbn.shape, grid=grid)
             pk, mk = peaks_and_masks(m, threshold=params.box_threshold)
-            e = region_evidence(mk[0, 0].numpy(), int(pk[0, 0]), axes=axes, offset_s=start, db=dbn, floor=floor)
+            e = region_evidence(
+                mk[0, 0].numpy(), int(pk[0, 0]), axes=axes, offset_s=start, db=dbn, floor=floor
+            )
             if not np.isnan(e.call_begin_s):
                 b = (e.call_begin_s, e.call_end_s, e.call_low_hz, e.call_high_hz)
             else:
@@ -101,9 +121,17 @@ for wav in sorted(src.glob("*/*.wav")):
             vecs[s] = box_embedding(F.numpy(), cam.numpy(), rel, axes=axes, grid=grid)
             if s == "act":  # the activity map's evidence box: its region, no call box
                 eb = (e.box_begin_s, e.box_end_s, e.box_low_hz, e.box_high_hz)
-                vecs["act_ev"] = box_embedding(F.numpy(), cam.numpy(), (eb[0] - start, eb[1] - start, eb[2], eb[3]), axes=axes, grid=grid)
+                vecs["act_ev"] = box_embedding(
+                    F.numpy(),
+                    cam.numpy(),
+                    (eb[0] - start, eb[1] - start, eb[2], eb[3]),
+                    axes=axes,
+                    grid=grid,
+                )
                 bxs["act_ev"] = eb
-                vecs["act_topw"] = box_embedding(F.numpy(), cams["top"].reshape(h, w).numpy(), rel, axes=axes, grid=grid)
+                vecs["act_topw"] = box_embedding(
+                    F.numpy(), cams["top"].reshape(h, w).numpy(), rel, axes=axes, grid=grid
+                )
                 bxs["act_topw"] = b
             for t in ("truth_top", "truth_act"):
                 if key not in boxes and s == "top":
@@ -151,10 +179,13 @@ for s in STRATS:
     for r in rows:
         if r[0] in boxes:
             ious.setdefault(r[1].rsplit("-", 1)[0] in unseen, []).append(iou(r[4][s], boxes[r[0]]))
-    res[s] = {"p10": summ(per), "iou_trained": round(float(np.mean(ious[False])), 3),
-              "iou_unseen": round(float(np.mean(ious[True])), 3), "per": {k: round(v, 3) for k, v in per.items()}}
-from collections import Counter  # noqa
+    res[s] = {
+        "p10": summ(per),
+        "iou_trained": round(float(np.mean(ious[False])), 3),
+        "iou_unseen": round(float(np.mean(ious[True])), 3),
+        "per": {k: round(v, 3) for k, v in per.items()},
+    }
 res["top_classes_unseen"] = dict(Counter(r[6] for r in rows if r[1].rsplit("-", 1)[0] in unseen))
 for s, v in res.items():
     print(s, {k: v[k] for k in v if k != "per"} if isinstance(v, dict) and "p10" in v else v)
-json.dump(res, open(out, "w"), indent=1)
+Path(out).write_text(json.dumps(res, indent=1))
