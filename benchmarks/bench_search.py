@@ -412,7 +412,7 @@ def quality(args: argparse.Namespace, work: Path) -> dict:
     boxes = more_like_this.truth_boxes([wd / "heldout" / "calls.csv", src / "calls.csv"])
     assert all(c.name in boxes for c in clips)
     found = {}
-    for label in ("call box", "window", "true call box, drawn (--like)"):
+    for label in ("detection's box (activity map)", "window", "true call box, drawn (--like)"):
         if label.startswith("true"):
             per = more_like_this.precision_drawn(work / "run", src, boxes, k=TOP)
         else:

@@ -203,11 +203,12 @@ def scan(
                                 ("source_key", "window_index", "class_name"))  # fmt: skip
             gone = [(k, i, c) in skip for k, i, c in zip(keys, idx, names, strict=True)]
             sims[np.array(gone, dtype=bool)] = -np.inf
-        n = min(top, int(np.isfinite(sims).sum()))
-        if not n:
+        # the rows compared exactly (few: the top and those within rounding of it), best first,
+        # ties in row order: a window's detections share its call's vector
+        pick = np.flatnonzero(np.isfinite(sims))
+        pick = pick[np.argsort(-sims[pick], kind="stable")[:top]]
+        if not len(pick):
             continue
-        pick = np.argpartition(-sims, n - 1)[:n] if n < len(sims) else np.arange(len(sims))
-        pick = pick[np.isfinite(sims[pick])]
         found = pa.Table.from_batches([batch.take(pa.array(pick))]).append_column(
             "similarity", pa.array(sims[pick].astype(np.float64))
         )
