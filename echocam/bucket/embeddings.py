@@ -5,11 +5,10 @@ window (no class, no box) and a row per explained class of each window (the box 
 window's call, which its detections share), with the vector (unit length, float16;
 ``echocam.explain.embed`` computes them).  As with the manifest, each chunk of work also puts
 one *shard*, ``_manifest/embeddings/<id>.parquet``, of its records' rows with each record's
-digest, and
-compaction keeps for each source the rows of its current record, reads the few recordings'
-files no shard holds, writes the run's ``embeddings.parquet`` (sorted by source key and window)
-and consolidates the shards into one.  Vectors stay Arrow binaries throughout, never Python
-lists.  No torch here.
+digest, and compaction keeps for each source the rows of its current record, reads the few
+recordings' files no shard holds, writes the run's ``embeddings.parquet`` (sorted by source
+key and window) and consolidates the shards into one.  Vectors stay Arrow binaries throughout,
+never Python lists.  No torch here.
 """
 
 from __future__ import annotations

@@ -12,7 +12,8 @@ often the one with no call, whose CAM covers everything but the call.  Measured 
 ``docs/guides/search.md``: with its evidence box, "more like this" finds the same call type
 more often than with the class's call box or with the activity map's own call box, and costs
 one connected region per window, not a call box.
-Both are compared by cosine similarity (``echocam.search``), and stored as
+
+Window and box embeddings are compared by cosine similarity (``echocam.search``), and stored as
 ``echocam.bucket.embeddings`` says.  Pure functions; the pipeline calls them a batch or a
 window at a time.
 """
