@@ -125,7 +125,8 @@ def search(
     exclude_reviewed: bool | str = False,
 ) -> pd.DataFrame:
     """ "More like this": the ``top`` boxes (or, with ``windows``, windows) of ``runs`` most
-    like the query, best first, as a DataFrame with a ``similarity`` (cosine) column.
+    like the query, best first, as a DataFrame with a ``similarity`` (cosine) column: one row a
+    window (its detections share its call's box), never the query's own.
 
     The query is exactly one of ``like`` (``KEY@T0-T1`` or ``KEY@T0-T1@F0-F1``: a box in a
     recording of the runs, s and Hz), ``like_detection`` (a detection's id,
@@ -167,11 +168,11 @@ def search(
     models = {run["model"]["sha256"] for run in described}
     if len(models) > 1:
         raise InvalidParams("the runs were made by different models: their vectors do not compare")
-    exclude: list[tuple[str, int, str | None]] = []
+    exclude: list[tuple[str, int]] = []  # the query's own window
     if like_detection is not None:
         key, begin, name = parse_detection_id(like_detection)
         query, row = stored_vector(stores, key, begin, name, windows=windows)
-        exclude.append((key, row, None if windows else name))
+        exclude.append((key, row))
     else:
         query = _embedded_query(described[0], uris[0], like, like_audio, windows, weights, settings)
     options = dict(
@@ -233,7 +234,7 @@ def _search_on_workers(
 
     from echocam.bucket import progress
     from echocam.bucket.protocol import SEARCH_TASK
-    from echocam.search import gather_parts, row_groups
+    from echocam.search import distinct_windows, gather_parts, row_groups
     from worker.app import app
 
     if not uri.startswith("s3://"):
@@ -251,7 +252,8 @@ def _search_on_workers(
     answers = gather_parts(progress.client(settings.broker_url), reply, k, timeout_s=timeout_s)
     rows = [row for answer in answers for row in answer]  # in row-group order
     rows.sort(key=lambda r: -r["similarity"])  # stable: ties keep the table's order
-    return rows[: options["top"]]
+    keep = distinct_windows([r["source_key"] for r in rows], [r["window_index"] for r in rows])
+    return [rows[i] for i in keep[: options["top"]]]
 
 
 def _run_model(run, uri, weights, settings):

@@ -169,20 +169,22 @@ def scan(
     windows: bool = False,
     class_name: str | None = None,
     min_similarity: float | None = None,
-    exclude: Iterable[tuple[str, int, str | None]] = (),
+    exclude: Iterable[tuple[str, int]] = (),
     device: str | torch.device = "cpu",
 ) -> pa.Table:
     """The ``top`` rows most like ``query`` (dim,), best first, with their ``similarity``.
 
-    Compares boxes (the detections' rows) or, with ``windows``, the windows' rows.  ``class_name``
-    keeps one class's detections; ``exclude`` leaves out rows by (source key, window index,
-    class name or None).  Ties keep the earlier row.  The products run on ``device`` (each row
+    Compares boxes (the detections' rows) or, with ``windows``, the windows' rows: one row a
+    window either way, as a window's detections share its call's vector (its first explained
+    class's row, the most probable unless the run named its classes, stands for them).
+    ``class_name`` keeps one class's detections; ``exclude`` leaves out windows by (source
+    key, window index).  Ties keep the earlier row.  The products run on ``device`` (each row
     group is copied there); a row's similarity does not depend on the device or its neighbours
     beyond float32 rounding.
     """
     q = np.asarray(query, dtype=np.float32)
     q = torch.from_numpy(q / max(float(np.linalg.norm(q)), 1e-12)).to(device)
-    skip = {tuple(e) for e in exclude}  # lists, when they came as JSON
+    skip = {(key, int(window)) for key, window in exclude}  # lists, when they came as JSON
     best: pa.Table | None = None
     for batch in batches:
         keep = pc.is_null(batch.column("class_name"))
@@ -193,15 +195,16 @@ def scan(
         keep = pc.fill_null(keep, False)
         if not pc.all(keep).as_py():
             batch = batch.filter(keep)
+        if not windows:
+            batch = _first_of_each_window(batch)
         if not batch.num_rows:
             continue
         sims = _similarities(vectors(batch), q, top=top + len(skip))  # some may be skipped
         if min_similarity is not None:
             sims[sims < min_similarity] = -np.inf
         if skip:
-            keys, idx, names = (batch.column(n).to_pylist() for n in
-                                ("source_key", "window_index", "class_name"))  # fmt: skip
-            gone = [(k, i, c) in skip for k, i, c in zip(keys, idx, names, strict=True)]
+            keys, idx = (batch.column(n).to_pylist() for n in ("source_key", "window_index"))
+            gone = [(k, i) in skip for k, i in zip(keys, idx, strict=True)]
             sims[np.array(gone, dtype=bool)] = -np.inf
         # the rows compared exactly (few: the top and those within rounding of it), best first,
         # ties in row order: a window's detections share its call's vector
@@ -247,9 +250,36 @@ def _similarities(v: np.ndarray, q: torch.Tensor, *, top: int) -> np.ndarray:
     return out
 
 
+def _first_of_each_window(batch: pa.RecordBatch) -> pa.RecordBatch:
+    """The rows of ``batch`` that begin a window's run of rows (a table holds a window's rows
+    together)."""
+    n = batch.num_rows
+    if n < 2:
+        return batch
+    keys, windows = batch.column("source_key"), batch.column("window_index")
+    new = pc.or_(
+        pc.not_equal(keys.slice(1), keys.slice(0, n - 1)),
+        pc.not_equal(windows.slice(1), windows.slice(0, n - 1)),
+    )
+    return batch.filter(pa.concat_arrays([pa.array([True]), new]))
+
+
+def distinct_windows(keys: Sequence[str], windows: Sequence[int]) -> list[int]:
+    """Indices of the rows (best first) whose window no earlier row has: a window's rows in
+    two row groups, or two parts of a distributed search, count once."""
+    seen: set[tuple[str, int]] = set()
+    out = []
+    for i, pair in enumerate(zip(keys, windows, strict=True)):
+        if pair not in seen:
+            seen.add(pair)
+            out.append(i)
+    return out
+
+
 def _best(t: pa.Table, top: int) -> pa.Table:
-    order = pc.sort_indices(t, sort_keys=[("similarity", "descending")])
-    return t.take(order[:top])
+    t = t.take(pc.sort_indices(t, sort_keys=[("similarity", "descending")]))  # stable
+    keys, windows = (t.column(n).to_pylist() for n in ("source_key", "window_index"))
+    return t.take(pa.array(distinct_windows(keys, windows)[:top], pa.int64()))
 
 
 # -- on the workers: each part's rows come back on a Redis list of the caller's ------------------

@@ -106,13 +106,11 @@ class WindowArrays:
     evidence_mask: Sequence[np.ndarray]  # (k, n_mels, t) bool, the map >= box_threshold
     floor_db: Sequence[np.ndarray]  # (n_mels,) float32, each band's median over the window
     inputs: Sequence[np.ndarray] | None = None  # (3, h, w) uint8 model inputs, with save_inputs
-    # with the embeddings output: the layer4 features and their mean (the window's embedding),
-    # and the activity map (``echocam.explain.embed``) with its evidence's device half
+    # with the embeddings output: the layer4 features, their mean (the window's embedding) and
+    # the activity map (``echocam.explain.embed``)
     features: Sequence[np.ndarray] | None = None  # (c, h, w) float16
     embedding: Sequence[np.ndarray] | None = None  # (c,) float32
     activity: Sequence[np.ndarray] | None = None  # (1, h, w) float32
-    activity_peak: Sequence[np.ndarray] | None = None  # (1,) int64
-    activity_mask: Sequence[np.ndarray] | None = None  # (1, n_mels, t) bool
 
     def __len__(self) -> int:
         return len(self.cams)
@@ -385,14 +383,11 @@ class Embeddings:
         grid = CellGrid.of(params)
         for i in range(len(a)):
             j, start = first + i, float(starts_s[first + i])
-            e = region_evidence(
-                a.activity_mask[i][0], int(a.activity_peak[i][0]), axes=axes, offset_s=start
-            )
-            box = tuple(getattr(e, name) for name in detections.BOX)
-            relative = (box[0] - start, box[1] - start, box[2], box[3])
-            call = embed.box_embedding(
-                a.features[i], a.activity[i][0], relative, axes=axes, grid=grid
-            )
+            activity = a.activity[i][0]
+            rows, cols = embed.activity_cells(activity, threshold=params.box_threshold)
+            call = embed.cells_embedding(a.features[i], activity, rows, cols)
+            b = embed.cells_box(rows, cols, shape=activity.shape, axes=axes, grid=grid)
+            box = (start + b[0], start + b[1], b[2], b[3])
             self.rows.append({"window": j, "start": start})
             self.vectors.append(a.embedding[i])
             for c, class_id in enumerate(a.class_ids[i]):

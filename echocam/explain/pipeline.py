@@ -294,12 +294,7 @@ class Explainer:
         if "embeddings" in p.outputs:  # float16: half the copy; pooled in float32 on the host
             out["features"] = cb.features.to(torch.float16)
             out["embedding"] = window_embeddings(cb.features)
-            # the call the embeddings pool over: the activity map's evidence, as the class maps'
-            out["activity"] = activity_maps(cb.features)
-            activity = display_maps(out["activity"], size=maps.shape[-2:], grid=CellGrid.of(p))
-            out["activity_peak"], out["activity_mask"] = peaks_and_masks(
-                activity, threshold=p.box_threshold
-            )
+            out["activity"] = activity_maps(cb.features)  # where the call is: boxed on the host
         return WindowArrays(**self._to_host(out))
 
     def _to_host(self, tensors: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:

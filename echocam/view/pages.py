@@ -130,7 +130,7 @@ def similar(data: RunData, query: dict[str, str], *, reviewing: bool = False) ->
             key, name = query.get("key", ""), query.get("class", "")
             t = float(query.get("t", "nan"))
             vector, window = stored_vector([data.store], key, t, name)
-            exclude = [(key, window, name)]
+            exclude = [(key, window)]
     except (ValueError, InvalidParams, FileNotFoundError):
         return None
     found = scan(run_batches(data.store), vector, top=top, exclude=exclude)

@@ -175,7 +175,7 @@ class Review:
             vector,
             top=limit,
             class_name=class_name,
-            exclude=[(key, window, name)],
+            exclude=[(key, window)],
         )
         hits = found.to_pylist() if found.num_rows else []
         rows = self.rows([(h["source_key"], h["begin_s"], h["class_name"]) for h in hits])

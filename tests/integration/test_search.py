@@ -101,9 +101,13 @@ def test_resume_change_force_and_full_rebuild_keep_one_copy_of_each_source(run, 
 
 
 def brute_force(df: pd.DataFrame, query: np.ndarray, *, windows: bool, top: int, skip=None):
+    """One row a window (a window's detections share its call's vector: its first stands for
+    them), the window of row ``skip`` left out."""
     rows = df[df["class_name"].isna() == windows]
+    rows = rows.drop_duplicates(["source_key", "window_index"], keep="first")
     if skip is not None:
-        rows = rows.drop(index=skip)
+        own = df.loc[skip, ["source_key", "window_index"]]
+        rows = rows[(rows["source_key"] != own.iloc[0]) | (rows["window_index"] != own.iloc[1])]
     cos = np.stack(rows["vector"]) @ (query / np.linalg.norm(query))
     order = np.argsort(-cos, kind="stable")[:top]
     return rows.iloc[order].assign(similarity=cos[order])

@@ -7,12 +7,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
+from scipy import ndimage
 
 from echocam.bucket import embeddings
 from echocam.errors import InvalidParams
 from echocam.explain.cam import CellGrid, display_maps
-from echocam.explain.embed import box_embedding, window_embeddings
-from echocam.explain.localise import Axes
+from echocam.explain.embed import activity_cells, box_embedding, cells_box, window_embeddings
+from echocam.explain.localise import Axes, evidence
 from echocam.search import Box, detection_id, parse_detection_id, scan
 from echocam.settings import Params
 
@@ -92,10 +93,56 @@ def test_a_box_narrower_than_a_cell_takes_the_cell_it_lies_in():
     assert np.flatnonzero(v).tolist() == [4 * w + 5]
 
 
+def pooled(box, *, h: int, w: int, grid: CellGrid) -> set[tuple[int, int]]:
+    """The cells ``box_embedding`` pools for ``box``, as (row, column)."""
+    v = box_embedding(features_by_cell(h, w), np.ones((h, w), np.float32), box, axes=axes(),
+                      grid=grid)  # fmt: skip
+    return {divmod(int(i), w) for i in np.flatnonzero(v)}
+
+
+@pytest.mark.parametrize(
+    ("cells", "grid"), [((7, 7), CellGrid()), ((9, 18), CellGrid(unresized=True))]
+)
+def test_the_activity_cells_are_those_the_drawn_maps_evidence_box_pools(cells, grid):
+    """A window's call is boxed on the CAM's grid, not on the map drawn at the display's size:
+    the cells must be those the drawn map's evidence box would pool (9 maps in 10 at least;
+    bilinear drawing is not exactly two 1-d interpolations' rule), and the box stored for them
+    must pool them again, and no others."""
+    h, w = cells
+    rng = np.random.default_rng(0)
+    same = 0
+    for _ in range(100):
+        a = ndimage.gaussian_filter(rng.standard_normal((h, w)), 1.0).astype(np.float32)
+        drawn = display_maps(torch.from_numpy(a)[None, None], size=(P.n_mels, FRAMES), grid=grid)
+        e = evidence(drawn[0, 0].numpy(), axes=axes(), threshold=P.box_threshold)
+        box = (e.box_begin_s, e.box_end_s, e.box_low_hz, e.box_high_hz)
+        rows, cols = activity_cells(a, threshold=P.box_threshold)
+        block = {(y, x) for y in range(rows.start, rows.stop) for x in range(cols.start, cols.stop)}
+        stored = cells_box(rows, cols, shape=(h, w), axes=axes(), grid=grid)
+        assert pooled(stored, h=h, w=w, grid=grid) == block
+        same += pooled(box, h=h, w=w, grid=grid) == block
+    assert same >= 85  # 90 and 98 measured
+
+
+def test_the_activity_cells_of_a_peak_and_of_a_constant_map():
+    a = np.zeros((7, 7), np.float32)
+    a[3, 4] = 1.0  # drawn, the region reaches 0.4 of the way to each neighbour
+    assert activity_cells(a, threshold=0.6) == (slice(3, 4), slice(4, 5))
+    a[3, 5] = 0.3  # the mean of the two is 0.65: now more than half way to that one
+    assert activity_cells(a, threshold=0.6) == (slice(3, 4), slice(4, 6))
+    a[0, 0] = 0.9  # above the threshold but not connected to the peak
+    assert activity_cells(a, threshold=0.6) == (slice(3, 4), slice(4, 6))
+    assert activity_cells(np.ones((7, 7), np.float32), threshold=0.5) == (slice(0, 1), slice(0, 1))
+
+
 def table(n: int, dim: int, *, seed: int, windows_every: int = 3) -> tuple[pa.Table, np.ndarray]:
+    """``n`` rows, a window's (its own key, window 0) every ``windows_every``, then its
+    detections, which share a vector as a run's do."""
     rng = np.random.default_rng(seed)
     v = np.abs(rng.standard_normal((n, dim))).astype(np.float32)
     is_window = np.arange(n) % windows_every == 0
+    first_box = np.arange(n) - np.arange(n) % windows_every + 1
+    v[~is_window] = v[first_box[~is_window]]
     classes = np.where(is_window, None, np.where(np.arange(n) % 2, "a", "b"))
     columns = {
         "source_key": [f"site/{i // windows_every:04d}.wav" for i in range(n)],
@@ -125,21 +172,26 @@ def test_stored_vectors_are_unit_float16_and_keep_cosines_within_2e4():
 
 
 @pytest.mark.parametrize("windows", [False, True])
-def test_scan_finds_what_a_numpy_brute_force_finds(windows):
+@pytest.mark.parametrize("rows_a_batch, top", [(257, 15), (None, 15), (257, 1000)])
+def test_scan_finds_what_a_numpy_brute_force_finds(windows, rows_a_batch, top):
+    """One row a window: its own, or its first detection's (which its others share), also
+    where a batch of 257 rows splits a window's rows and where every window is asked for."""
     t, v = table(3000, 64, seed=1)
     query = np.random.default_rng(2).standard_normal(64).astype(np.float32)
-    batches = pq.read_table(pa.BufferReader(embeddings.to_parquet(t))).to_batches(max_chunksize=257)
-    got = scan(batches, query, top=15, windows=windows)
-    rows = np.flatnonzero(np.array([c is None for c in t.column("class_name").to_pylist()]))
-    if not windows:
-        rows = np.setdiff1d(np.arange(len(v)), rows)
+    batches = pq.read_table(pa.BufferReader(embeddings.to_parquet(t))).to_batches(
+        max_chunksize=rows_a_batch
+    )
+    got = scan(batches, query, top=top, windows=windows)
+    rows = np.arange(0, len(v), 3) + (0 if windows else 1)
     stored = embeddings.vectors(t).astype(np.float64)  # the same vectors, as stored
     cos = stored[rows] @ (query / np.linalg.norm(query))
-    best = rows[np.argsort(-cos, kind="stable")[:15]]
-    want_keys = [t.column("source_key")[int(i)].as_py() for i in best]
-    assert got.column("source_key").to_pylist() == want_keys
+    best = rows[np.argsort(-cos, kind="stable")[:top]]
+    want = [(t.column("source_key")[int(i)].as_py(), t.column("class_name")[int(i)].as_py())
+            for i in best]  # fmt: skip
+    keys, names = (got.column(n).to_pylist() for n in ("source_key", "class_name"))
+    assert list(zip(keys, names, strict=True)) == want
     np.testing.assert_allclose(
-        got.column("similarity").to_numpy(), np.sort(cos)[::-1][:15], atol=1e-6
+        got.column("similarity").to_numpy(), np.sort(cos)[::-1][:top], atol=1e-6
     )
 
 
@@ -150,7 +202,7 @@ DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 def test_a_rows_similarity_does_not_depend_on_the_rows_scanned_beside_it(device):
     """The local search scans whole row groups, a distributed part a few: each row's exact
     similarity must be the same number either way (and on the device as on the CPU)."""
-    t, _ = table(4001, 512, seed=5, windows_every=4001)  # one window, then 4,000 boxes
+    t, _ = table(8000, 512, seed=5, windows_every=2)  # 4,000 windows, a detection each
     query = np.random.default_rng(6).standard_normal(512).astype(np.float32)
     whole = scan(t.to_batches(), query, top=4000, device=device)
     apart = scan(t.to_batches(max_chunksize=7), query, top=4000, device=device)
@@ -169,7 +221,7 @@ def test_scan_filters_by_class_similarity_and_excluded_rows():
     assert set(got.column("class_name").to_pylist()) == {"a"}
     assert got.column("source_key")[0].as_py() == key  # itself, first
     assert got.column("similarity")[0].as_py() == pytest.approx(1.0, abs=2e-3)
-    got = scan(t.to_batches(), query, top=5, class_name="a", exclude=[(key, 0, "a")])
+    got = scan(t.to_batches(), query, top=5, class_name="a", exclude=[(key, 0)])
     assert key not in got.column("source_key").to_pylist() and got.num_rows == 5
     got = scan(t.to_batches(), query, top=50, min_similarity=0.8)
     assert got.num_rows < 50 and min(got.column("similarity").to_pylist()) >= 0.8

@@ -11,11 +11,11 @@ import pytest
 import torch
 from PIL import Image
 
-from echocam.bucket import detections, embeddings
+from echocam.bucket import embeddings
 from echocam.explain import render
-from echocam.explain.cam import CellGrid, display_maps
-from echocam.explain.embed import box_embedding
-from echocam.explain.localise import Axes, evidence
+from echocam.explain.cam import CellGrid
+from echocam.explain.embed import activity_cells, box_embedding, cells_box
+from echocam.explain.localise import Axes
 from echocam.explain.pipeline import Explainer, Source
 from echocam.settings import DEFAULT_OUTPUTS, Params
 from echocam.signal import colormaps
@@ -181,7 +181,8 @@ def test_outputs_writes_exactly_what_it_names(species_model, outputs, expected):
 def test_embeddings_hold_each_window_and_for_each_detection_its_windows_call(species_model):
     """A window's row, then one per explained class: the box embedding of the window's call,
     under the evidence box of its activity map (``echocam.explain.embed``), recomputed here from
-    the model's features through ``localise.evidence`` on the map drawn at the display's size."""
+    the model's features (the cells' agreement with the map drawn at the display's size:
+    tests/unit/test_embed.py)."""
     p = Params(top_k=2)
     record, files = explain(species_model, CLIP, top_k=2)
     t = pq.read_table(pa.BufferReader(files[record["outputs"]["embeddings"]]))
@@ -190,20 +191,17 @@ def test_embeddings_hold_each_window_and_for_each_detection_its_windows_call(spe
     fe = FrontEnd(p)
     with torch.inference_mode():
         _, features = species_model.net.eval()(fe.model_input(fe.colours(db)[2]))
-    activity = features.mean(dim=1, keepdim=True)
-    shown = display_maps(activity, size=tuple(db.shape[-2:]))
+    activity = features.mean(dim=1).numpy()
     axes = Axes.for_params(p, frames=db.shape[-1])
     expected, want = [], []
     for j, w in enumerate(record["windows"]):
         expected.append((j, w["start_s"], None, None))
         want.append(features[j].mean(dim=(-2, -1)).numpy())
         start = starts[j] / p.sample_rate
-        e = evidence(shown[j, 0].numpy(), axes=axes, offset_s=start)
-        box = [getattr(e, n) for n in detections.BOX]
-        relative = (box[0] - start, box[1] - start, *box[2:])
-        call = box_embedding(
-            features[j].numpy(), activity[j, 0].numpy(), relative, axes=axes, grid=CellGrid()
-        )
+        rows, cols = activity_cells(activity[j], threshold=p.box_threshold)
+        relative = cells_box(rows, cols, shape=activity[j].shape, axes=axes, grid=CellGrid())
+        box = (start + relative[0], start + relative[1], *relative[2:])
+        call = box_embedding(features[j].numpy(), activity[j], relative, axes=axes, grid=CellGrid())
         for c in w["explained"]:
             expected.append((j, w["start_s"], c["class_name"], "activity", *box))
             want.append(call)

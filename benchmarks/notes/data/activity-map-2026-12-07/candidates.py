@@ -22,7 +22,7 @@ sys.path[:0] = [".", "benchmarks"]
 from benchmarks import _common as C  # noqa
 from devtools import families, more_like_this, synthetic  # noqa
 from echocam.explain.cam import CellGrid, display_maps, explain  # noqa
-from echocam.explain.embed import box_embedding  # noqa
+from echocam.explain.embed import activity_cells, box_embedding, cells_box, cells_embedding  # noqa
 from echocam.explain.localise import Axes, band_floor, peaks_and_masks, region_evidence  # noqa
 from echocam.explain.model import load_model  # noqa
 from echocam.settings import Params  # noqa
@@ -50,6 +50,7 @@ fe = FrontEnd(params)
 W = net.fc_weight.detach().float()
 grid = CellGrid.of(params)
 STRATS = [
+    "act_cells",
     "act_ev",
     "act_topw",
     "actl2",
@@ -129,6 +130,11 @@ for wav in sorted(src.glob("*/*.wav")):
                     grid=grid,
                 )
                 bxs["act_ev"] = eb
+                # the same on the CAM's grid (2026-12-07b): no map drawn at the display's size
+                rs, cs = activity_cells(cam.numpy(), threshold=params.box_threshold)
+                vecs["act_cells"] = cells_embedding(F.numpy(), cam.numpy(), rs, cs)
+                cb_ = cells_box(rs, cs, shape=(h, w), axes=axes, grid=grid)
+                bxs["act_cells"] = (cb_[0] + start, cb_[1] + start, cb_[2], cb_[3])
                 vecs["act_topw"] = box_embedding(
                     F.numpy(), cams["top"].reshape(h, w).numpy(), rel, axes=axes, grid=grid
                 )
