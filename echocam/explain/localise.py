@@ -22,7 +22,6 @@ from functools import cache
 import numpy as np
 import torch
 from scipy import ndimage
-from scipy.sparse.csgraph import connected_components
 
 from echocam.signal import melscale
 
@@ -303,10 +302,24 @@ def _elements(
                 np.maximum(low[:, None] - high[None, :], low[None, :] - high[:, None])
                 <= gap_octaves
             )
-        k, merged = connected_components(near, directed=False)
-        if k == n:
+        merged = _components(near)
+        if np.array_equal(merged, np.arange(n)):
             return group
-        group = merged[group]
+        group = np.unique(merged, return_inverse=True)[1][group]
+
+
+def _components(near: np.ndarray) -> np.ndarray:
+    """The connected components of a symmetric (n, n) bool adjacency with a True diagonal:
+    each node's label is the lowest index it reaches.  Labels spread to neighbours, then jump
+    along their own labels; a few passes over n × n, where n is a region's sounds (tens), not
+    scipy's graph (whose input checks cost more than the search here)."""
+    label = np.arange(len(near))
+    while True:
+        spread = np.where(near, label[None, :], len(near)).min(axis=1)
+        spread = spread[spread]
+        if np.array_equal(spread, label):
+            return label
+        label = spread
 
 
 def _dilate(mask: np.ndarray, reach: int, *, axis: int) -> np.ndarray:

@@ -11,6 +11,7 @@ from scipy import ndimage
 from echocam.explain.localise import (
     FLOOR_STRIDE,
     Axes,
+    _components,
     _dilate,
     band_centres,
     band_floor,
@@ -277,3 +278,18 @@ def test_dilate_is_the_maximum_filter_it_replaced():
             for axis in (0, 1):
                 want = ndimage.maximum_filter1d(mask.view(np.uint8), 2 * reach + 1, axis=axis)
                 assert np.array_equal(_dilate(mask, reach, axis=axis), want.astype(bool))
+
+
+def test_components_are_scipys_connected_components():
+    """The call box's grouping: labels that split the sounds as scipy's graph search does."""
+    from scipy.sparse.csgraph import connected_components
+
+    rng = np.random.default_rng(1)
+    for n, p in [(1, 0.5), (2, 0.0), (2, 1.0), (8, 0.1), (30, 0.04), (60, 0.03), (200, 0.005)]:
+        for _ in range(20):
+            near = rng.random((n, n)) < p
+            near = near | near.T | np.eye(n, dtype=bool)
+            k, want = connected_components(near, directed=False)
+            got = _components(near)
+            assert len(np.unique(got)) == k
+            assert np.array_equal(got[:, None] == got[None, :], want[:, None] == want[None, :])
