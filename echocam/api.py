@@ -126,7 +126,7 @@ def search(
 ) -> pd.DataFrame:
     """ "More like this": the ``top`` boxes (or, with ``windows``, windows) of ``runs`` most
     like the query, best first, as a DataFrame with a ``similarity`` (cosine) column: one row a
-    window (its detections share its call's box), never the query's own.
+    window (its detections share its call's box), never a ``like_detection``'s own window.
 
     The query is exactly one of ``like`` (``KEY@T0-T1`` or ``KEY@T0-T1@F0-F1``: a box in a
     recording of the runs, s and Hz), ``like_detection`` (a detection's id,

@@ -38,9 +38,9 @@ F1_FLOOR, POINTING_FLOOR, IOU_FLOOR = 0.75, 0.75, 0.6
 # More like this, precision@10 (this test): trained types 0.88 (a detection's box), 0.81 (window),
 # 0.87 (true box drawn); unseen types 0.44, 0.43, 0.53.  A detection's box is its window's call,
 # the activity map's evidence box (on the CAM's grid); when it was its class's call box,
-# CAM-weighted (until
-# 2026-12-07), it read 0.74 and 0.27: on an unseen call type that class is mostly Background,
-# whose CAM is off the call.  This model was not among those the box was chosen on.
+# CAM-weighted (until 2026-12-07), it read 0.74 and 0.27: on an unseen call type that class is
+# mostly Background, whose CAM is off the call.  This model was not among those the box was
+# chosen on.
 SEARCH_TRAINED_FLOOR, SEARCH_DRAWN_MARGIN, SEARCH_UNSEEN_BOX_FLOOR = 0.65, 0.05, 0.33
 
 
