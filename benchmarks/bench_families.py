@@ -189,6 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     from echocam.explain.localise import CALL_GAP_S
     from echocam.explain.model import load_model
     from echocam.settings import Params
+    from echocam.train.config import TrainConfig
 
     m = C.machine(args.threads)
     print(C.machine_line(m), flush=True)
@@ -198,11 +199,13 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="echocam-bench-families-") as tmp:
         root = Path(args.workdir or tmp)
         train_paths, held_paths = synthetic.split_recordings(C.recordings())
+        # the recipe's Background class is made of root/bg's recordings: no Background folder
+        built_class = TrainConfig(source="", out="").background_class
         clips = leave_out.write_clips(
             root, species, train_paths, held_paths, per_class=args.train_per_class,
             heldout=args.heldout, seed=args.seed, noise_class=args.noise_class,
             overlap_p=args.overlap_p,
-            train_noise_clips=not recipe(args.set).get("background_class"),
+            train_noise_clips=not recipe(args.set).get("background_class", built_class),
         )  # fmt: skip
         ckpt = args.checkpoint
         if ckpt is None:

@@ -32,13 +32,14 @@ EPOCHS = 10
 # and stopping later kept the same model (the lowest validation loss); more clips, not more
 # windows, is what generalises: 0.95 here, 1.00 on 80 held-out clips for two other seeds
 # (docs/guides/training.md)
-# At 224, the notebook's input, and the background mixing these figures were measured with (50 %
-# of windows at 0-20 dB; the default is now heavier): these tests are about the CLI,
+# At 224, the notebook's input, and the background mixing and frequency masks these figures were
+# measured with (50 % of windows at 0-20 dB, two masks; the defaults are now heavier mixing and
+# none): these tests are about the CLI,
 # checkpoints, runs, workers and the review loop, whose first model must make mistakes to fix
 # (tests/integration/test_families.py trains at the recipe's own defaults).
 TRAIN_ARGS = (
     f"--init random --epochs {EPOCHS} --epoch-windows 96 --batch-size 16 --lr 1e-3 --seed 0 "
-    "--input-size 224 --background-p 0.5 --snr-db 0,20 "
+    "--input-size 224 --background-p 0.5 --snr-db 0,20 --freq-masks 2 "
     f"--threads 2 --val-fraction 0.15 --patience {EPOCHS} --target-f1 1.0 --target-epochs 3 "
     "--quiet"
 ).split()

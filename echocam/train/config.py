@@ -30,7 +30,7 @@ class Augment:
     background_p: float = option(0.8, "chance of mixing in a --background recording")
     snr_db: tuple[float, float] = option((-3.0, 20.0), "window RMS over background RMS, dB")
     hard_negatives: int = option(
-        1,
+        4,
         "a --background-class window of a --background recording is the loudest (RMS) of this "
         "many random ones: other birds, which must be no class's evidence",
     )
@@ -38,7 +38,10 @@ class Augment:
     mask_p: float = option(0.8, "chance that a window gets its time and frequency masks")
     time_masks: int = option(2, "stripes across all bands, each up to --time-mask-s wide")
     time_mask_s: float = option(0.4, "widest time mask, s")
-    freq_masks: int = option(2, "stripes across all frames, each up to --freq-mask-frac tall")
+    # 0: a band masked out of a narrow call leaves a window of no call labelled with its
+    # species; with the Background class of field recordings that cost the pointing game
+    # (docs/guides/training.md, "Five draws")
+    freq_masks: int = option(0, "stripes across all frames, each up to --freq-mask-frac tall")
     freq_mask_frac: float = option(0.08, "tallest frequency mask, a fraction of the bands")
     mix_p: float = option(
         0.0,
@@ -79,7 +82,7 @@ class TrainConfig:
     val_labels: str | None = option(None, "labels CSV of --val")
     background: str | None = option(None, "unlabelled recordings to mix in")
     background_class: str = option(
-        "",
+        "Background",
         "a class of that name made of the --background recordings' windows, where the data has "
         "none (a class with no call makes CAMs point at the calls; '': none)",
     )

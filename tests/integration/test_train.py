@@ -259,20 +259,20 @@ def test_seeded_cpu_training_is_reproducible(species_data, tmp_path):
 
 @pytest.mark.training
 def test_a_background_class_made_of_the_background_recordings(species_data, tmp_path):
-    """``--background-class Background`` on a source without one: the --background recordings
-    become the class's examples, split by recording like the others; a source with the class
-    keeps its own."""
+    """By default (``--background-class Background``), on a source without one, the
+    --background recordings become the class's examples, split by recording like the others; a
+    source with the class keeps its own; ``--background-class ''`` makes none."""
     from echocam.settings import Params, Settings
     from echocam.train.config import TrainConfig
     from echocam.train.loop import train
 
     bg = sorted(p.name for p in species_data["bg"].iterdir())
 
-    def run(source, name: str) -> dict:
+    def run(source, name: str, **given) -> dict:
         cfg = TrainConfig(
             source=str(source), out=str(tmp_path / name / "m.pt"), init="random", epochs=1,
             batch_size=4, epoch_windows=8, val_fraction=0.3, seed=1,
-            background=str(species_data["bg"]), background_class="Background",
+            background=str(species_data["bg"]), **given,
         )  # fmt: skip
         train(cfg, params=Params(), settings=Settings(threads=2), progress=False, log=print)
         return json.loads((tmp_path / name / "metrics.json").read_text())
@@ -295,6 +295,10 @@ def test_a_background_class_made_of_the_background_recordings(species_data, tmp_
     m = run(species_data["heldout"], "own")
     got = sum(m["data"][part]["classes"]["Background"]["recordings"] for part in ("train", "val"))
     assert got == len(list(own.iterdir()))
+
+    m = run(without, "none", background_class="")  # the recordings only mixed in
+    assert m["val"]["class_names"] == sorted(SPECIES)
+    assert m["data"]["train"]["recordings"] + m["data"]["val"]["recordings"] == 4 * 3
 
 
 # -- the trained checkpoint -----------------------------------------------------------------
