@@ -101,7 +101,9 @@ def make_inputs(case: str, folder: Path, size: float) -> list[Path]:
     return [path]
 
 
-def child(case: str, threads: int, seconds: float, size: float) -> None:
+def child(case: str, threads: int, seconds: float, size: float, outputs: str = "") -> None:
+    """Local mode over the case's inputs in a loop, the device stage replayed; prints its
+    figures as JSON.  ``outputs``: ``Params.outputs`` (comma-separated; "": the default)."""
     import torch
     from bench_host_threads import replay_device
 
@@ -114,12 +116,15 @@ def child(case: str, threads: int, seconds: float, size: float) -> None:
     try:
         paths = make_inputs(case, work / "in", size)
         torch.set_num_threads(2)
-        ex = Explainer(load_model("random"), Params(), device="cpu", batch_size=32)
+        params = Params(outputs=tuple(outputs.split(","))) if outputs else Params()
+        ex = Explainer(load_model("random"), params, device="cpu", batch_size=32)
         pool = ThreadPoolExecutor(threads, thread_name_prefix="echocam-io")
         ex.map = pool.map
         local = C.LocalMode(ex, paths, chunk_size=16, pool=pool)
         if case.startswith("bucket"):
             bucket(case, stack, local)
+        device, chunks = ex.compute, []
+        ex.compute = lambda decoded: chunks.append(decoded) or device(decoded)
         replay_device(ex)
         outcomes = local.run()  # the device stage, once per chunk
         windows = sum(o.windows for o in outcomes)
@@ -144,10 +149,16 @@ def child(case: str, threads: int, seconds: float, size: float) -> None:
             wall += time.perf_counter() - t0
             cpu += time.process_time() - c0
             runs += 1
+        # the device stage of a CPU worker, once over every chunk, on this thread alone
+        c0 = time.thread_time()
+        for decoded in chunks:
+            for _ in device(decoded):
+                pass
+        device_cpu = time.thread_time() - c0
         local.close()
         pool.shutdown()
         done = {"runs": runs, "windows": windows, "recordings": len(paths), "objects": objects,
-                "wall_s": wall, "cpu_s": cpu}  # fmt: skip
+                "wall_s": wall, "cpu_s": cpu, "device_cpu_s": device_cpu}  # fmt: skip
         print(json.dumps(done), flush=True)
     finally:
         stack.close()
@@ -182,8 +193,17 @@ def bucket(case: str, stack: contextlib.ExitStack, local) -> None:
 # -- the parent ---------------------------------------------------------------------------------
 
 
-def spawn(case: str, threads: int, seconds: float, size: float, *, spy: list[str] | None = None):
+def spawn(
+    case: str,
+    threads: int,
+    seconds: float,
+    size: float,
+    *,
+    spy: list[str] | None = None,
+    outputs: str = "",
+):
     cmd = [sys.executable, str(HERE), "--child", case, str(threads), str(seconds), str(size)]
+    cmd += [outputs] if outputs else []
     if spy:
         cmd = [*spy, "--", *cmd]
     env = {**os.environ, "PYTHONPATH": str(HERE.parent)}
@@ -394,7 +414,7 @@ def report(res: dict) -> str:
 def main(argv: list[str] | None = None) -> dict | None:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["--child"]:
-        child(argv[1], int(argv[2]), float(argv[3]), float(argv[4]))
+        child(argv[1], int(argv[2]), float(argv[3]), float(argv[4]), *argv[5:6])
         return None
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seconds", type=float, default=15.0, help="each child's timed loop")

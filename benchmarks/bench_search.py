@@ -5,6 +5,10 @@ well it finds the same call type.
   against the same without ``embeddings``, in turns (each run a fresh output directory,
   ``--repeats`` pairs): the median of the pairs' CPU-time ratios, and the output-byte ratio
   (targets: <= 1.03 and <= 1.15).
+- **host cost**: the same difference, parts timed alone: the host's CPU per window with and
+  without ``embeddings``, the device stage replayed (``bench_host_profile.py``'s children,
+  ``--host-rounds`` pairs in turns), and the device stage's CPU per window on the CPU, so the
+  share of a CPU worker's time and of a GPU host's work.
 - **latency**: an exact top-10 search over N synthetic unit vectors (512 float16) stored as the
   run's embeddings.parquet, by echocam's scan (float16 product, float32 refinement) and by the
   candidates: numpy float32, DuckDB ``array_cosine_similarity`` on FLOAT[512] Parquet, and
@@ -104,6 +108,45 @@ def cost(args: argparse.Namespace, work: Path) -> dict:
         "bytes_ratio": round(bytes_ratio, 4),
         "verdict_time": C.verdict(time_ratio, 1.03, higher_is_better=False),
         "verdict_bytes": C.verdict(bytes_ratio, 1.15, higher_is_better=False),
+    }
+
+
+def host_cost(args: argparse.Namespace) -> dict:
+    """The embeddings' share of a worker's work, parts timed alone: the host's CPU per window
+    with and without them, the device stage replayed (``bench_host_profile.py``'s clips case,
+    one child each, ``--host-rounds`` pairs in turns), and the CPU device stage per window
+    (the forward, CAMs and maps, one thread; it is the same work either way but for the
+    embeddings' pooling, a few µs)."""
+    import bench_host_profile as H
+
+    cpu: dict[str, list[float]] = {"with": [], "without": []}
+    device: list[float] = []
+    for i in range(args.host_rounds):
+        for label in ("without", "with") if i % 2 else ("with", "without"):
+            outputs = "" if label == "with" else OUTPUTS_WITHOUT
+            got = H.result(H.spawn("clips", 1, args.host_seconds, args.host_clips, outputs=outputs))
+            cpu[label].append(H.per_window(got)[0])
+            if label == "with":
+                device.append(1000 * got["device_cpu_s"] / got["windows"])
+    ratios = np.divide(cpu["with"], cpu["without"])
+    host_ratio = float(np.median(ratios))
+    with_ms, without_ms = float(np.median(cpu["with"])), float(np.median(cpu["without"]))
+    device_ms = float(np.median(device))
+    # a CPU worker does the device stage and the host's work: the embeddings' share of the two
+    cpu_run_ratio = (device_ms + with_ms) / (device_ms + without_ms)
+    print(
+        f"host cost: {with_ms:.2f} against {without_ms:.2f} CPU-ms a window, x {host_ratio:.3f} "
+        f"(pairs {ratios.min():.3f}-{ratios.max():.3f}; a GPU host's work); device stage on the "
+        f"CPU {device_ms:.1f} ms a window: a CPU worker's time x {cpu_run_ratio:.3f}"
+    )
+    return {
+        "clips": args.host_clips,
+        "host_cpu_ms_per_window": {k: [round(v, 4) for v in vs] for k, vs in cpu.items()},
+        "device_cpu_ms_per_window": [round(v, 3) for v in device],
+        "host_ratio": round(host_ratio, 4),
+        "cpu_run_ratio": round(cpu_run_ratio, 4),
+        "verdict_cpu_run": C.verdict(cpu_run_ratio, 1.03, higher_is_better=False),
+        "verdict_host": C.verdict(host_ratio, 1.03, higher_is_better=False),
     }
 
 
@@ -435,7 +478,10 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--recordings", type=int, default=None, help="the first N (default: all)")
     ap.add_argument("--copies", type=int, default=4, help="copies of each, for the cost")
-    ap.add_argument("--skip", nargs="*", default=[], choices=["cost", "latency"])
+    ap.add_argument("--skip", nargs="*", default=[], choices=["cost", "host", "latency"])
+    ap.add_argument("--host-rounds", type=int, default=4, help="pairs of host children")
+    ap.add_argument("--host-seconds", type=float, default=10.0, help="each host child's loop")
+    ap.add_argument("--host-clips", type=int, default=64, help="5-s clips of the host children")
     ap.add_argument("--quality", default=None, help="a bench_families.py --workdir")
     ap.add_argument(
         "--methods",
@@ -458,11 +504,14 @@ def main() -> None:
     result: dict = {"machine": C.machine(args.threads), "args": vars(args)}
     if args.merge and args.json and Path(args.json).is_file():
         kept = json.loads(Path(args.json).read_text())
-        result |= {k: kept[k] for k in ("cost", "latency", "quality", "shards") if k in kept}
+        parts = ("cost", "host_cost", "latency", "quality", "shards")
+        result |= {k: kept[k] for k in parts if k in kept}
     with tempfile.TemporaryDirectory() as tmp:
         stamp = {"date": C.now(), "commit": C.commit()}  # each part's own, for --merge
         if "cost" not in args.skip:
             result["cost"] = cost(args, Path(tmp) / "cost") | stamp
+        if "host" not in args.skip:
+            result["host_cost"] = host_cost(args) | stamp
         if "latency" not in args.skip:
             (Path(tmp) / "latency").mkdir(parents=True)
             earlier = result.get("latency") if args.merge else None
