@@ -95,10 +95,14 @@ def vectors(t: pa.Table | pa.RecordBatch) -> np.ndarray:
     return flat.reshape(len(column), width // 2)
 
 
-def to_parquet(t: pa.Table) -> bytes:
-    """``t`` as Parquet bytes."""
+def to_parquet(t: pa.Table, *, lean: bool = False) -> bytes:
+    """``t`` as Parquet bytes.  ``lean``: a recording's own file, put once per recording and
+    read only by compaction and resumes: uncompressed, without statistics, dictionaries for the
+    strings alone (0.18 CPU-ms for a one-window recording against 0.48, and its file a quarter
+    smaller; 3 % larger for a 30-minute one)."""
     buf = pa.BufferOutputStream()
-    pq.write_table(t, buf, row_group_size=_ROW_GROUP, **_options(t.schema))
+    options = _LEAN if lean else _options(t.schema)
+    pq.write_table(t, buf, row_group_size=_ROW_GROUP, **options)
     return buf.getvalue().to_pybytes()
 
 
@@ -130,6 +134,13 @@ def _options(t: pa.Schema) -> dict[str, Any]:
         "compression": {name: COMPRESSION[name] for name in t.names},
         "write_statistics": [name for name in t.names if name != "vector"],
     }
+
+
+_LEAN = {
+    "compression": "none",
+    "use_dictionary": [name for name, t in FIELDS if t == pa.string()],
+    "write_statistics": False,
+}
 
 
 def _with_digest(t: pa.Table, digest: str) -> pa.Table:

@@ -271,7 +271,7 @@ class Encoder:
         if self.embeddings is not None:
             table = self.embeddings.table(names=names, length_s=self.length / p.sample_rate)
             written["embeddings"] = keys[EMBEDDINGS]
-            self.files[keys[EMBEDDINGS]] = spool(embeddings.to_parquet(table))
+            self.files[keys[EMBEDDINGS]] = spool(embeddings.to_parquet(table, lean=True))
         if "cam" in self.want:
             self._npz(h)
             written["cam"] = keys[CAM]

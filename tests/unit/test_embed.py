@@ -171,6 +171,17 @@ def test_stored_vectors_are_unit_float16_and_keep_cosines_within_2e4():
     assert np.array_equal(embeddings.vectors(back.slice(7, 3)), embeddings.vectors(back)[7:10])
 
 
+def test_a_recordings_lean_file_reads_back_the_same_table():
+    """A recording's own file (``lean``): the same table as the shards' options give, written
+    uncompressed and without statistics."""
+    t, _ = table(40, 512, seed=1)
+    lean = pq.ParquetFile(pa.BufferReader(embeddings.to_parquet(t, lean=True)))
+    assert lean.read().equals(pq.read_table(pa.BufferReader(embeddings.to_parquet(t))))
+    columns = [lean.metadata.row_group(0).column(i) for i in range(lean.metadata.num_columns)]
+    assert {c.compression for c in columns} == {"UNCOMPRESSED"}
+    assert not any(c.is_stats_set for c in columns)
+
+
 @pytest.mark.parametrize("windows", [False, True])
 @pytest.mark.parametrize("rows_a_batch, top", [(257, 15), (None, 15), (257, 1000)])
 def test_scan_finds_what_a_numpy_brute_force_finds(windows, rows_a_batch, top):
