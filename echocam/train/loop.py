@@ -55,7 +55,7 @@ from echocam.train.labels import (
     split_by_recording,
     with_background_class,
 )
-from echocam.train.predict import predict
+from echocam.train.predict import Mix, predict
 
 METRICS_NAME, CONFUSION_NAME = "metrics.json", "confusion.png"
 
@@ -312,9 +312,13 @@ def _train(
         base_names=base,
         background_keys=backgrounds.keys if backgrounds else (),
     )
+    val_mix = None
     if backgrounds and any(e.background for e in val_set.examples):
         # a recording that validates the background class is not mixed into training windows
         backgrounds.keys = sorted({e.key for e in train_set.examples if e.background})
+        if config.val_background_snr_db is not None:
+            held = sorted({e.key for e in val_set.examples if e.background})
+            val_mix = Mix(held, config.val_background_snr_db)
     names = train_set.class_names
     out_store = open_store(_split_uri(config.out)[0], client_factory=client_factory(settings))
     out_name, state_name = _split_uri(config.out)[1], resume_name(config.out)
@@ -394,6 +398,7 @@ def _train(
                 val = _validate(
                     net, fe, val_src, val_set, params=params, pool=pool, batch_size=batch_size,
                     background=backgrounds.store if backgrounds else None, decoded=decoded,
+                    mix=val_mix,
                 )  # fmt: skip
                 row.update(val["row"])
                 state.history.append(row)
@@ -592,7 +597,17 @@ def _epoch(
 
 
 def _validate(
-    net, fe, store, val_set: Labelled, *, params, pool, batch_size, background=None, decoded=None
+    net,
+    fe,
+    store,
+    val_set: Labelled,
+    *,
+    params,
+    pool,
+    batch_size,
+    background=None,
+    decoded=None,
+    mix=None,
 ) -> dict[str, Any]:
     if not val_set.examples:
         return {"row": {}, "scores": None, "skipped": {}}
@@ -609,6 +624,7 @@ def _validate(
         batch_size=batch_size,
         background=background,
         decoded=decoded,
+        mix=mix,
     )
     ok = pred.n_windows > 0
     y = np.array([e.label for e in val_set.examples])[ok]

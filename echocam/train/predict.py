@@ -10,6 +10,7 @@ the labels give one) is the pointing game's (:mod:`echocam.train.pointing`).
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
@@ -23,7 +24,7 @@ from echocam.explain.model import HookedResNet18
 from echocam.settings import Params
 from echocam.signal import windows
 from echocam.signal.frontend import FrontEnd
-from echocam.train.augment import crop_start
+from echocam.train.augment import crop_start, mix_background
 from echocam.train.dataset import Skipped, example_samples, model_inputs
 from echocam.train.decoded import Decoded
 from echocam.train.labels import Example
@@ -47,6 +48,15 @@ def eval_starts(
         return np.array([crop_start(n, length=length, rng=None, span=(a, b))]), length
     inside = windows.window_starts(b - a, window=length, hop=params.hop_samples)
     return a + inside, length
+
+
+@dataclass(frozen=True)
+class Mix:
+    """Recordings of the ``--background`` source (``keys``) whose stretches are added to the
+    labelled windows at ``snr_db`` (window RMS over stretch RMS, dB)."""
+
+    keys: Sequence[str]
+    snr_db: float
 
 
 @dataclass
@@ -73,11 +83,19 @@ def _windows(
     pool: Executor,
     background: Store | None = None,
     decoded: Decoded | None = None,
+    mix: Mix | None = None,
 ) -> Iterator[tuple[int, list[tuple[float, np.ndarray]] | Skipped]]:
     """(example index, its windows' (start s, samples) or why not), loading 8 examples ahead on
     ``pool`` (through ``decoded``, if given); ``background`` holds the examples marked
-    ``background``."""
+    ``background``.  With ``mix``, every window of an example not marked ``background`` has a
+    stretch of one of ``mix.keys`` (of ``background``) added, the same one each time."""
     decoded = decoded or Decoded(None, params=params)
+
+    def mixed(i: int, windows: list[np.ndarray]) -> list[np.ndarray]:
+        key = mix.keys[i % len(mix.keys)]
+        bg = decoded.samples(background, key)
+        rng = np.random.default_rng([i, 0x5C])  # the same stretch every epoch
+        return [mix_background(w, bg, snr_db=mix.snr_db, rng=rng) for w in windows]
 
     def load(i: int) -> list[np.ndarray] | Skipped:
         ex = examples[i]
@@ -88,7 +106,12 @@ def _windows(
         starts, length = eval_starts(samples.shape[0], params=params, span=ex.span)
         if ex.background and len(starts) > BACKGROUND_WINDOWS:  # evenly spread, first and last
             starts = starts[np.linspace(0, len(starts) - 1, BACKGROUND_WINDOWS).round().astype(int)]
-        return [(s / params.sample_rate, samples[s : s + length]) for s in starts]
+        got = [samples[s : s + length] for s in starts]
+        if mix is not None and not ex.background:
+            # a bad background is not worth failing an example for: it stays unmixed
+            with contextlib.suppress(EchoCamError, FileNotFoundError):
+                got = mixed(i, got)
+        return [(s / params.sample_rate, w) for s, w in zip(starts, got, strict=True)]
 
     ahead = 8
     futures = [pool.submit(load, i) for i in range(min(ahead, len(examples)))]
@@ -112,11 +135,13 @@ def predict(
     batch_size: int,
     background: Store | None = None,
     decoded: Decoded | None = None,
+    mix: Mix | None = None,
 ) -> Predictions:
     """Mean softmax probabilities of every example's windows, and for examples with a box the
     pointing game of their windows (``net`` gives logits and layer4 features).  ``background``:
     the store of the examples from ``--background``; ``decoded``: where recordings are kept
-    decoded (:class:`echocam.train.decoded.Decoded`)."""
+    decoded (:class:`echocam.train.decoded.Decoded`); ``mix``: stretches of ``background``'s
+    recordings added to the windows of the other examples."""
     probs = np.full((len(examples), n_classes), np.nan, np.float32)
     sums = np.zeros((len(examples), n_classes), np.float64)
     counts = np.zeros(len(examples), np.int64)
@@ -147,7 +172,7 @@ def predict(
         queue.clear()
 
     for i, got in _windows(
-        store, examples, params=params, pool=pool, background=background, decoded=decoded
+        store, examples, params=params, pool=pool, background=background, decoded=decoded, mix=mix
     ):
         if isinstance(got, Skipped):
             skipped.setdefault(got.key, got)

@@ -57,3 +57,37 @@ def test_a_bad_background_recording_leaves_the_source_one_of_its_name(tmp_path):
         drawn = [w.example for e in (1, 2) for b in loader.epoch([0, 1], epoch=e) for w in b]
     assert set(loader.skipped) == {f"background:{NAME}"}
     assert drawn == [1, 1]  # the source's recording, both epochs
+
+
+def test_validation_mixes_a_held_out_background_into_the_labelled_windows(tmp_path):
+    """``Mix``: each labelled example's windows get a stretch of one of the mix's recordings at
+    its SNR, the same stretch every time it is judged; the Background class's own windows and a
+    mix whose recording fails to decode stay as they are."""
+    from echocam.train.augment import rms
+    from echocam.train.predict import Mix
+
+    params = Params()
+    for name in (NAME, "S4A03895_20190522_060000.wav"):
+        shutil.copy(RECORDINGS / name, tmp_path / name)
+    (tmp_path / "broken.wav").write_bytes(b"RIFF not really a wave file")
+    store = LocalStore(tmp_path)
+    examples = [Example(NAME, 0), Example("S4A03895_20190522_060000.wav", 1, background=True)]
+
+    def judged(mix):
+        with ThreadPoolExecutor(2) as pool:
+            return dict(_windows(store, examples, params=params, pool=pool, background=store,
+                                 mix=mix))  # fmt: skip
+
+    plain = judged(None)
+    mix = Mix(["S4A03895_20190522_060000.wav"], snr_db=0.0)
+    once, twice = judged(mix), judged(mix)
+    for (s0, w0), (s1, w1), (s2, w2) in zip(plain[0], once[0], twice[0], strict=True):
+        assert s0 == s1 == s2
+        np.testing.assert_array_equal(w1, w2)
+        added = w1 - w0
+        assert abs(20 * np.log10(rms(w0) / rms(added)) - 0.0) < 0.1  # at the mix's SNR
+    for (_, w0), (_, w1) in zip(plain[1], once[1], strict=True):
+        np.testing.assert_array_equal(w0, w1)
+    broken = judged(Mix(["broken.wav"], snr_db=0.0))
+    for (_, w0), (_, w1) in zip(plain[0], broken[0], strict=True):
+        np.testing.assert_array_equal(w0, w1)
