@@ -201,12 +201,15 @@ def spawn(
     *,
     spy: list[str] | None = None,
     outputs: str = "",
+    tmpdir: str | None = None,
 ):
     cmd = [sys.executable, str(HERE), "--child", case, str(threads), str(seconds), str(size)]
     cmd += [outputs] if outputs else []
     if spy:
         cmd = [*spy, "--", *cmd]
     env = {**os.environ, "PYTHONPATH": str(HERE.parent)}
+    if tmpdir:  # where the child's inputs and outputs go
+        env["TMPDIR"] = tmpdir
     return subprocess.Popen(
         cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=C.ROOT, env=env
     )
