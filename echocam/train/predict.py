@@ -14,6 +14,7 @@ import contextlib
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 import torch
@@ -91,9 +92,12 @@ def _windows(
     stretch of one of ``mix.keys`` (of ``background``) added, the same one each time."""
     decoded = decoded or Decoded(None, params=params)
 
+    # a few recordings mixed into every example: loaded once a pass, not once an example (with
+    # --decode-cache off, decoded once)
+    mix_samples = lru_cache(maxsize=None)(lambda key: decoded.samples(background, key))
+
     def mixed(i: int, windows: list[np.ndarray]) -> list[np.ndarray]:
-        key = mix.keys[i % len(mix.keys)]
-        bg = decoded.samples(background, key)
+        bg = mix_samples(mix.keys[i % len(mix.keys)])
         rng = np.random.default_rng([i, 0x5C])  # the same stretch every epoch
         return [mix_background(w, bg, snr_db=mix.snr_db, rng=rng) for w in windows]
 
