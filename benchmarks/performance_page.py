@@ -197,6 +197,14 @@ def _host_profile(r: dict) -> Iterator[Row]:
         for how in ("threads", "processes"):
             v = c[f"scaling_2_{how}"]
             yield Row(f"{name}: 2 {how} / (2 x 1)", v, "≥ 0.8", verdict(v, 0.8))
+        if "tmpfs" in c:  # the files on tmpfs: the work's spread without the disk's journal
+            t = c["tmpfs"]
+            yield Row(f"{name}, files on tmpfs: CPU-ms per window (1 thread)",
+                      t["cpu_ms_per_window"], f"≤ {target}",
+                      verdict(t["cpu_ms_per_window"], target, higher_is_better=False))  # fmt: skip
+            for how in ("threads", "processes"):
+                yield Row(f"{name}, files on tmpfs: 2 {how} / (2 x 1)", t[how], "≥ 0.8",
+                          verdict(t[how], 0.8))  # fmt: skip
         yield Row(f"{name}: objects written per recording", c["objects_per_recording"])
     if "bucket" in r["cases"]:
         ms = [r["cases"][c]["cpu_ms_per_window"] for c in ("bucket", "bucket-boto3")]

@@ -38,7 +38,10 @@ HERE = Path(__file__).resolve().parent
 BENCHMARKS: dict[str, tuple[str, str]] = {
     "host": ("", "--windows 8 --repeats 1"),
     "host_threads": ("", "--windows 8 --repeats 1 --chunk-size 4"),
-    "host_profile": ("", "--seconds 0.2 --clips 4 --long-minutes 0.25 --puts 10 --no-profile"),
+    "host_profile": (
+        "",
+        "--seconds 0.2 --clips 4 --long-minutes 0.25 --puts 10 --no-profile --scaling-rounds 1",
+    ),
     "local": ("", "--windows 8 --batch 8 --threads 1 --repeats 1"),
     "notebook": ("", "--clips 2 --batch 2 --repeats 1"),
     "distributed": ("", "--recordings 2 --task-size 1 --configs 1x1"),
