@@ -210,7 +210,8 @@ def spawn(
     cmd += [outputs] if outputs else []
     if spy:
         cmd = [*spy, "--", *cmd]
-    env = {**os.environ, "PYTHONPATH": str(HERE.parent)}
+    # this checkout's echocam first, not whichever one the environment has installed
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE.parent), str(C.ROOT)])}
     if tmpdir:  # where the child's inputs and outputs go
         env["TMPDIR"] = tmpdir
     return subprocess.Popen(
