@@ -19,6 +19,10 @@ from echocam.settings import option
 TRAIN_INPUT_SIZE = 0
 
 
+#: How a --background-class window is chosen among its --hard-negatives candidates.
+HARD_NEGATIVES_BY = ("loudness", "model")
+
+
 @dataclass(frozen=True)
 class Augment:
     """What to randomise; every probability in [0, 1], every range "low,high".
@@ -33,6 +37,11 @@ class Augment:
         4,
         "a --background-class window of a --background recording is the loudest (RMS) of this "
         "many random ones: other birds, which must be no class's evidence",
+    )
+    hard_negatives_by: str = option(
+        "loudness",
+        "which of the --hard-negatives windows: 'loudness' (the loudest) or 'model' (the one the "
+        "model being trained, at each epoch's start, finds most like another class)",
     )
     gain_db: tuple[float, float] = option((-6.0, 6.0), "gain on the mix, dB")
     mask_p: float = option(0.8, "chance that a window gets its time and frequency masks")
@@ -50,6 +59,12 @@ class Augment:
     mix_gain_db: tuple[float, float] = option(
         (-6.0, 0.0), "the added window's RMS over this one's, dB"
     )
+
+    def __post_init__(self) -> None:
+        if self.hard_negatives_by not in HARD_NEGATIVES_BY:
+            raise ValueError(
+                f"--hard-negatives-by {self.hard_negatives_by!r}: one of {HARD_NEGATIVES_BY}"
+            )
 
     @classmethod
     def off(cls) -> Augment:

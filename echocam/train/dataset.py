@@ -151,11 +151,22 @@ class Loader:
         self.backgrounds = backgrounds
         self.skipped: dict[str, Skipped] = {}  # Example.recording → why; never fetched again
         self._labels = np.array([e.label for e in self.examples])
+        #: position in the next epoch's order → the start (samples) of its window, where it is
+        #: chosen before the epoch (``echocam.train.mining``)
+        self.starts: dict[int, int] = {}
 
-    def window(self, index: int, *, rng: np.random.Generator | None) -> Window:
-        """The window of example ``index``: random (``rng``) or centred (None, no augmentation)."""
+    def samples(self, ex: Example) -> np.ndarray:
+        """The decoded samples (n,) of ``ex``'s recording."""
+        background = self.backgrounds.store if self.backgrounds is not None else None
+        return example_samples(self.decoded, ex, store=self.store, background=background)
+
+    def window(
+        self, index: int, *, rng: np.random.Generator | None, start: int | None = None
+    ) -> Window:
+        """The window of example ``index``: random (``rng``) or centred (None, no augmentation);
+        from ``start`` (samples) where given."""
         ex, aug = self.examples[index], self.augment
-        x = self._cut(ex, rng=rng if aug.shift else None)
+        x = self._cut(ex, rng=rng if aug.shift else None, start=start)
         mixed = None
         if rng is not None:
             if self.backgrounds is not None and rng.random() < aug.background_p:
@@ -168,18 +179,21 @@ class Loader:
                 x = apply_gain(x, float(rng.uniform(*aug.gain_db)))
         return Window(x, ex.label, index, mixed)
 
-    def _cut(self, ex: Example, *, rng: np.random.Generator | None) -> np.ndarray:
-        """A window of ``ex``'s recording: random (``rng``) or centred, a copy."""
+    def _cut(
+        self, ex: Example, *, rng: np.random.Generator | None, start: int | None = None
+    ) -> np.ndarray:
+        """A window of ``ex``'s recording: random (``rng``), centred, or from ``start``; a copy."""
         p = self.params
-        background = self.backgrounds.store if self.backgrounds is not None else None
-        samples = example_samples(self.decoded, ex, store=self.store, background=background)
+        samples = self.samples(ex)
         n = samples.shape[0]
         length = min(p.window_samples, n)
+        if start is not None:
+            return samples[start : start + length].copy()
         span = None
         if ex.span is not None:
             span = (int(ex.start_s * p.sample_rate), min(n, int(np.ceil(ex.end_s * p.sample_rate))))
         start = crop_start(n, length=length, rng=rng, span=span)
-        if ex.background and rng is not None and self.augment.hard_negatives > 1:
+        if ex.background and rng is not None and self.augment.hard_negatives > 1:  # loudest
             starts = [start] + [
                 crop_start(n, length=length, rng=rng, span=span)
                 for _ in range(self.augment.hard_negatives - 1)
@@ -212,7 +226,7 @@ class Loader:
     def _try(self, position: int, index: int, epoch: int) -> Window | Skipped:
         rng = np.random.default_rng([self.seed, epoch, position])
         try:
-            return self.window(index, rng=rng)
+            return self.window(index, rng=rng, start=self.starts.get(position))
         except (EchoCamError, FileNotFoundError) as e:
             return Skipped.of(self.examples[index], e)
 

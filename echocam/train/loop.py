@@ -55,6 +55,7 @@ from echocam.train.labels import (
     split_by_recording,
     with_background_class,
 )
+from echocam.train.mining import mine
 from echocam.train.predict import Mix, predict
 
 METRICS_NAME, CONFUSION_NAME = "metrics.json", "confusion.png"
@@ -373,15 +374,18 @@ def _train(
         loader.skipped.update(state.skipped)
         with _StopFlag(log) as stop:
             for epoch in range(state.epoch + 1, config.epochs + 1):
+                order = balanced_order(
+                    labels, n=epoch_windows, n_classes=len(names), seed=config.seed, epoch=epoch
+                )
+                if config.augment.hard_negatives_by == "model":
+                    loader.starts = mine(net, fe, loader, order, epoch=epoch, batch_size=batch_size)
                 row = _epoch(
                     net,
                     opt,
                     sched,
                     loader,
                     fe,
-                    order=balanced_order(
-                        labels, n=epoch_windows, n_classes=len(names), seed=config.seed, epoch=epoch
-                    ),
+                    order=order,
                     epoch=epoch,
                     config=config,
                     frames_per_s=frames_per_s,

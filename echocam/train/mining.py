@@ -1,0 +1,94 @@
+"""Hard negatives chosen by the model being trained (``--hard-negatives-by model``).
+
+A ``--background-class`` window is one of ``--hard-negatives`` random windows of a
+``--background`` recording.  By loudness, the loudest: other birds, more often than a random
+stretch.  By the model, the one that the network, as it stands at the epoch's start, finds most
+like any other class: the sounds it is taking for a species, whatever their level (online hard
+example mining).  A held-out dawn chorus's loud bird, called a broadband-chips species, is
+the case it is for (docs/guides/training.md).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from echocam.errors import EchoCamError
+from echocam.signal.frontend import FrontEnd
+from echocam.train.augment import crop_start
+from echocam.train.dataset import Loader, model_inputs
+
+_STREAM = 0x4E6  # the candidates' random stream, apart from the windows' own
+
+
+def mine(
+    net: nn.Module,
+    fe: FrontEnd,
+    loader: Loader,
+    order: Sequence[int],
+    *,
+    epoch: int,
+    batch_size: int,
+) -> dict[int, int]:
+    """Position in ``order`` → the start (samples) of that background example's window: of
+    ``loader.augment.hard_negatives`` random starts, the one whose window ``net`` (in eval
+    mode) gives the highest probability of a class other than the example's own.
+
+    Recordings that fail to load are left out (their windows are then cut as usual).
+    """
+    k = loader.augment.hard_negatives
+    length = loader.params.window_samples
+    candidates: list[tuple[int, int, int]] = []  # (position, start, label)
+    windows: list[np.ndarray] = []
+    for position, index in enumerate(order):
+        ex = loader.examples[int(index)]
+        if not ex.background or k < 2:
+            continue
+        try:
+            samples = loader.samples(ex)
+        except (EchoCamError, FileNotFoundError):
+            continue
+        n = min(length, samples.shape[0])
+        rng = np.random.default_rng([loader.seed, epoch, position, _STREAM])
+        for _ in range(k):
+            start = crop_start(samples.shape[0], length=n, rng=rng)
+            candidates.append((position, start, ex.label))
+            windows.append(samples[start : start + n])
+    if not candidates:
+        return {}
+    labels = torch.tensor([c[2] for c in candidates])
+    scores = torch.cat(
+        [
+            other_class_probability(
+                net, fe, windows[i : i + batch_size], labels[i : i + batch_size]
+            )
+            for i in range(0, len(windows), batch_size)
+        ]
+    )
+    best: dict[int, tuple[float, int]] = {}
+    for (position, start, _), score in zip(candidates, scores.tolist(), strict=True):
+        if position not in best or score > best[position][0]:
+            best[position] = (score, start)
+    return {position: start for position, (_, start) in best.items()}
+
+
+def other_class_probability(
+    net: nn.Module, fe: FrontEnd, waves: Sequence[np.ndarray], labels: torch.Tensor
+) -> torch.Tensor:
+    """(b,) the highest softmax probability of a class other than ``labels`` (b,), of windows
+    ``waves`` through ``fe`` and ``net`` in eval mode (left in the mode it was in)."""
+    was_training = net.training
+    net.eval()
+    try:
+        with (
+            torch.inference_mode(),
+            torch.autocast("cuda", dtype=torch.bfloat16, enabled=fe.device.type == "cuda"),
+        ):
+            probs = net(model_inputs(fe, waves)).float().softmax(dim=1).cpu()
+            probs[torch.arange(len(labels)), labels] = -1.0
+            return probs.amax(dim=1)
+    finally:
+        net.train(was_training)
