@@ -11,6 +11,17 @@ import soundfile as sf
 import torch
 
 
+def one_call(tmp_path, *, seconds: int, sr: int, seed: int):
+    """A folder holding ``chorus.wav``: ``seconds`` of faint noise, one loud 0.5-s call in the
+    middle."""
+    chorus = np.random.default_rng(seed).normal(0, 0.001, seconds * sr)
+    mid = seconds * sr // 2
+    chorus[mid : mid + sr // 2] += 0.5 * np.sin(2 * np.pi * 3000 * np.arange(sr // 2) / sr)
+    (tmp_path / "bg").mkdir()
+    sf.write(tmp_path / "bg" / "chorus.wav", chorus, sr)
+    return tmp_path / "bg"
+
+
 def test_more_draws_put_the_recordings_loud_call_in_more_background_windows(tmp_path):
     from echocam.bucket.storage import LocalStore
     from echocam.settings import Params
@@ -19,12 +30,7 @@ def test_more_draws_put_the_recordings_loud_call_in_more_background_windows(tmp_
     from echocam.train.labels import Example
 
     params = Params()
-    sr = params.sample_rate
-    quiet = np.random.default_rng(0).normal(0, 0.001, 60 * sr)  # 60 s, one 0.5-s call at 30 s
-    quiet[30 * sr : 30 * sr + sr // 2] += 0.5 * np.sin(2 * np.pi * 3000 * np.arange(sr // 2) / sr)
-    (tmp_path / "bg").mkdir()
-    sf.write(tmp_path / "bg" / "chorus.wav", quiet, sr)
-    store = LocalStore(tmp_path / "bg")
+    store = LocalStore(one_call(tmp_path, seconds=60, sr=params.sample_rate, seed=0))
     examples = [Example("chorus.wav", 0, background=True)]
 
     def with_call(draws: int) -> int:
@@ -72,12 +78,7 @@ def test_the_model_chooses_the_windows_it_takes_for_another_class(tmp_path):
     from echocam.train.mining import mine
 
     params = Params()
-    sr = params.sample_rate
-    chorus = np.random.default_rng(1).normal(0, 0.001, 30 * sr)  # 30 s, a 0.5-s call at 15 s
-    chorus[15 * sr : 15 * sr + sr // 2] += 0.5 * np.sin(2 * np.pi * 3000 * np.arange(sr // 2) / sr)
-    (tmp_path / "bg").mkdir()
-    sf.write(tmp_path / "bg" / "chorus.wav", chorus, sr)
-    store = LocalStore(tmp_path / "bg")
+    store = LocalStore(one_call(tmp_path, seconds=30, sr=params.sample_rate, seed=1))
     crops = Augment(background_p=0.0, gain_db=(0.0, 0.0), mask_p=0.0, hard_negatives=4,
                     hard_negatives_by="model")  # fmt: skip
     fe = FrontEnd(params, torch.device("cpu"))
