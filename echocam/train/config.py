@@ -35,13 +35,13 @@ class Augment:
     snr_db: tuple[float, float] = option((-3.0, 20.0), "window RMS over background RMS, dB")
     hard_negatives: int = option(
         4,
-        "a --background-class window of a --background recording is the loudest (RMS) of this "
-        "many random ones: other birds, which must be no class's evidence",
+        "a --background-class window of a --background recording is one of this many random "
+        "ones (--hard-negatives-by): other birds, which must be no class's evidence",
     )
     hard_negatives_by: str = option(
         "loudness",
-        "which of the --hard-negatives windows: 'loudness' (the loudest) or 'model' (the one the "
-        "model being trained, at each epoch's start, finds most like another class)",
+        "which of the --hard-negatives windows: 'loudness' (the loudest, RMS) or 'model' (the one "
+        "the model being trained, at each epoch's start, finds most like another class)",
     )
     gain_db: tuple[float, float] = option((-6.0, 6.0), "gain on the mix, dB")
     mask_p: float = option(0.8, "chance that a window gets its time and frequency masks")

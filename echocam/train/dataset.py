@@ -193,7 +193,7 @@ class Loader:
         if ex.span is not None:
             span = (int(ex.start_s * p.sample_rate), min(n, int(np.ceil(ex.end_s * p.sample_rate))))
         start = crop_start(n, length=length, rng=rng, span=span)
-        if ex.background and rng is not None and self.augment.hard_negatives > 1:  # loudest
+        if ex.background and rng is not None and self.augment.hard_negatives > 1:
             starts = [start] + [
                 crop_start(n, length=length, rng=rng, span=span)
                 for _ in range(self.augment.hard_negatives - 1)
