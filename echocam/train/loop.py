@@ -394,6 +394,8 @@ def _train(
                     drawn=state.windows_drawn,
                     names=names,
                 )
+                if row is not None and config.augment.hard_negatives_by == "model":
+                    row["hard_negatives_chosen"] = len(loader.starts)  # by the model
                 if row is None:
                     raise TrainInterrupted(
                         f"stopped during epoch {epoch}; {config.out} holds epoch "

@@ -260,10 +260,11 @@ def test_seeded_cpu_training_is_reproducible(species_data, tmp_path):
 @pytest.mark.training
 def test_a_background_class_made_of_the_background_recordings(species_data, tmp_path):
     """By default (``--background-class Background``), on a source without one, the
-    --background recordings become the class's examples, split by recording like the others; a
-    source with the class keeps its own; ``--background-class ''`` makes none."""
+    --background recordings become the class's examples, split by recording like the others
+    (here their windows chosen by the model); a source with the class keeps its own;
+    ``--background-class ''`` makes none."""
     from echocam.settings import Params, Settings
-    from echocam.train.config import TrainConfig
+    from echocam.train.config import Augment, TrainConfig
     from echocam.train.loop import train
 
     bg = sorted(p.name for p in species_data["bg"].iterdir())
@@ -283,8 +284,10 @@ def test_a_background_class_made_of_the_background_recordings(species_data, tmp_
             (without / d.name).mkdir(parents=True)
             for f in sorted(d.iterdir())[:4]:
                 (without / d.name / f.name).write_bytes(f.read_bytes())
-    m = run(without, "added")
+    m = run(without, "added", augment=Augment(hard_negatives_by="model"))
     assert m["val"]["class_names"] == [*sorted(SPECIES), "Background"]
+    # each of the epoch's Background windows chosen by the model: 8 windows, 4 classes
+    assert m["history"][0]["hard_negatives_chosen"] == 2
     classes = {part: m["data"][part]["classes"]["Background"] for part in ("train", "val")}
     assert classes["train"]["recordings"] >= 1 and classes["val"]["recordings"] >= 1
     assert classes["train"]["recordings"] + classes["val"]["recordings"] == len(bg)
