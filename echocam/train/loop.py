@@ -377,8 +377,14 @@ def _train(
                 order = balanced_order(
                     labels, n=epoch_windows, n_classes=len(names), seed=config.seed, epoch=epoch
                 )
+                chosen = {}
                 if config.augment.hard_negatives_by == "model":
+                    t0 = time.perf_counter()
                     loader.starts = mine(net, fe, loader, order, epoch=epoch, batch_size=batch_size)
+                    chosen = {
+                        "hard_negatives_chosen": len(loader.starts),
+                        "hard_negatives_s": round(time.perf_counter() - t0, 3),
+                    }
                 row = _epoch(
                     net,
                     opt,
@@ -394,8 +400,6 @@ def _train(
                     drawn=state.windows_drawn,
                     names=names,
                 )
-                if row is not None and config.augment.hard_negatives_by == "model":
-                    row["hard_negatives_chosen"] = len(loader.starts)  # by the model
                 if row is None:
                     raise TrainInterrupted(
                         f"stopped during epoch {epoch}; {config.out} holds epoch "
@@ -406,7 +410,7 @@ def _train(
                     background=backgrounds.store if backgrounds else None, decoded=decoded,
                     mix=val_mix,
                 )  # fmt: skip
-                row.update(val["row"])
+                row.update(val["row"], **chosen)
                 state.history.append(row)
                 state.epoch = epoch
                 rank = (row.get("val_macro_f1", 0.0), -row.get("val_loss", row["loss"]))
