@@ -4,8 +4,10 @@ A ``--background-class`` window is one of ``--hard-negatives`` random windows of
 ``--background`` recording.  By loudness, the loudest: other birds, more often than a random
 stretch.  By the model, the one that the network, as it stands at the epoch's start, finds most
 like any other class: the sounds it is taking for a species, whatever their level (online hard
-example mining).  A held-out dawn chorus's loud bird, called a broadband-chips species, is
-the case it is for (docs/guides/training.md).
+example mining).  Measured on held-out call families (docs/guides/training.md): it cured one
+model of taking a dawn chorus's loud bird for a broadband-chips species, and made others call
+some of their species' calls Background (the background's own calls most like them, now
+labelled as none), so it is an option.
 """
 
 from __future__ import annotations
