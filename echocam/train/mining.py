@@ -39,26 +39,33 @@ def mine(
     ``loader.augment.hard_negatives`` random starts, the one whose window ``net`` (in eval
     mode) gives the highest probability of a class other than the example's own.
 
-    Recordings that fail to load are left out (their windows are then cut as usual).
+    Recordings that fail to load are left out (their windows are then cut as usual).  Each
+    recording is loaded once, and only its candidate windows kept (with ``--decode-cache off``
+    a recording is decoded in full).
     """
     k = loader.augment.hard_negatives
+    if k < 2:
+        return {}
+    positions: dict[int, list[int]] = {}  # background example → its positions in ``order``
+    for position, index in enumerate(order):
+        if loader.examples[int(index)].background:
+            positions.setdefault(int(index), []).append(position)
     length = loader.params.window_samples
     candidates: list[tuple[int, int, int]] = []  # (position, start, label)
     windows: list[np.ndarray] = []
-    for position, index in enumerate(order):
-        ex = loader.examples[int(index)]
-        if not ex.background or k < 2:
-            continue
+    for index, at in positions.items():
+        ex = loader.examples[index]
         try:
             samples = loader.samples(ex)
         except (EchoCamError, FileNotFoundError):
             continue
         n = min(length, samples.shape[0])
-        rng = np.random.default_rng([loader.seed, epoch, position, _STREAM])
-        for _ in range(k):
-            start = crop_start(samples.shape[0], length=n, rng=rng)
-            candidates.append((position, start, ex.label))
-            windows.append(samples[start : start + n])
+        for position in at:
+            rng = np.random.default_rng([loader.seed, epoch, position, _STREAM])
+            for _ in range(k):
+                start = crop_start(samples.shape[0], length=n, rng=rng)
+                candidates.append((position, start, ex.label))
+                windows.append(samples[start : start + n].copy())
     if not candidates:
         return {}
     labels = torch.tensor([c[2] for c in candidates])
