@@ -121,7 +121,7 @@ def host_cost(args: argparse.Namespace) -> dict:
     difference measured."""
     import bench_host_profile as H
 
-    tmpdir = "/dev/shm" if os.path.isdir("/dev/shm") else None
+    tmpdir = str(H.TMPFS) if H.TMPFS.is_dir() else None
 
     cpu: dict[str, list[float]] = {"with": [], "without": []}
     device: list[float] = []
