@@ -21,6 +21,7 @@ then reports on the held-out clips, per family:
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import sys
 import tempfile
@@ -69,6 +70,8 @@ def train(root: Path, *, args, overrides: list[str]) -> Path:
     ckpt = root / "model" / "species.pt"
     given = recipe(overrides)
     augment = Augment(**given.pop("augment"))
+    if args.box_labels:
+        given["labels"] = str(box_labels(root / "train"))
     config = TrainConfig(
         source=str(root / "train"),
         out=str(ckpt),
@@ -85,6 +88,27 @@ def train(root: Path, *, args, overrides: list[str]) -> Path:
         log=lambda line: print(line, flush=True),
     )
     return ckpt
+
+
+def box_labels(train: Path) -> Path:
+    """A labels CSV beside ``train`` with every training call's box (its ``calls.csv``, as a
+    user's Raven selections would give them), and a class folder without calls (a Background
+    folder) as whole recordings."""
+    out = train.parent / "labels.csv"
+    with (train / "calls.csv").open() as f:
+        calls = list(csv.DictReader(f))
+    boxed = {c["key"] for c in calls}
+    with out.open("w", newline="") as f:
+        w = csv.writer(f)
+        columns = ["start_s", "end_s", "low_hz", "high_hz"]
+        w.writerow(["key", "label", *columns])
+        for c in calls:
+            w.writerow([c["key"], c["species"], *(c[k] for k in columns)])
+        for p in sorted(train.glob("*/*.wav")):
+            key = p.relative_to(train).as_posix()
+            if key not in boxed:
+                w.writerow([key, p.parent.name, "", "", "", ""])
+    return out
 
 
 def figure(model, clips, *, params, path: Path, per_family: int = 2, errors: bool = False) -> None:
@@ -179,6 +203,11 @@ def main(argv: list[str] | None = None) -> int:
         default=[],
         metavar="FIELD=VALUE",
         help="a TrainConfig field (augment.FIELD for Augment's), JSON where it parses",
+    )
+    ap.add_argument(
+        "--box-labels",
+        action="store_true",
+        help="train from a labels CSV of every training call's box (see --set outside_box_loss=W)",
     )
     ap.add_argument("--json", default=None)
     ap.add_argument("--figure", default=None, help="a JPEG of held-out clips with their boxes")

@@ -37,6 +37,9 @@ class Window:
     label: int
     example: int  # index into the loader's examples
     mixed: tuple[int, float] | None = None  # (label, share in [0, 1))
+    #: the labelled boxes in the window (start_s, end_s from its start, low_hz, high_hz): none
+    #: for a --background window, None where the labels give no boxes or a class was mixed in
+    boxes: tuple[tuple[float, float, float, float], ...] | None = None
 
     def target(self, n_classes: int) -> np.ndarray:
         """The training target (n_classes,) float32: one-hot, or split between two classes."""
@@ -154,6 +157,11 @@ class Loader:
         #: position in the next epoch's order → the start (samples) of its window, where it is
         #: chosen before the epoch (``echocam.train.mining``)
         self.starts: dict[int, int] = {}
+        top_hz = min(params.fmax, params.sample_rate / 2)
+        self._boxes: dict[str, list[tuple[float, float, float, float]]] = {}
+        for e in self.examples:
+            if (box := e.box(top_hz=top_hz)) is not None:
+                self._boxes.setdefault(e.recording, []).append(box)
 
     def samples(self, ex: Example) -> np.ndarray:
         """The decoded samples (n,) of ``ex``'s recording."""
@@ -166,7 +174,8 @@ class Loader:
         """The window of example ``index``: random (``rng``) or centred (None, no augmentation);
         from ``start`` (samples) where given."""
         ex, aug = self.examples[index], self.augment
-        x = self._cut(ex, rng=rng if aug.shift else None, start=start)
+        x, start = self._cut(ex, rng=rng if aug.shift else None, start=start)
+        boxes = self._window_boxes(ex, start=start, length=x.shape[0])
         mixed = None
         if rng is not None:
             if self.backgrounds is not None and rng.random() < aug.background_p:
@@ -177,18 +186,33 @@ class Loader:
                 x, mixed = self._mix(x, ex.label, rng=rng)
             if aug.gain_db != (0.0, 0.0):
                 x = apply_gain(x, float(rng.uniform(*aug.gain_db)))
-        return Window(x, ex.label, index, mixed)
+        return Window(x, ex.label, index, mixed, None if mixed else boxes)
+
+    def _window_boxes(
+        self, ex: Example, *, start: int, length: int
+    ) -> tuple[tuple[float, float, float, float], ...] | None:
+        """The labelled boxes of ``ex``'s recording that overlap its window at ``start``
+        (samples), in the window's seconds; none for a --background recording, None where its
+        labels give no box."""
+        if ex.background:
+            return ()
+        boxes = self._boxes.get(ex.recording)
+        if boxes is None:
+            return None
+        t0, t1 = start / self.params.sample_rate, (start + length) / self.params.sample_rate
+        return tuple((a - t0, b - t0, lo, hi) for a, b, lo, hi in boxes if a < t1 and b > t0)
 
     def _cut(
         self, ex: Example, *, rng: np.random.Generator | None, start: int | None = None
-    ) -> np.ndarray:
-        """A window of ``ex``'s recording: random (``rng``), centred, or from ``start``; a copy."""
+    ) -> tuple[np.ndarray, int]:
+        """A window of ``ex``'s recording: random (``rng``), centred, or from ``start``; (a copy,
+        its start in samples)."""
         p = self.params
         samples = self.samples(ex)
         n = samples.shape[0]
         length = min(p.window_samples, n)
         if start is not None:
-            return samples[start : start + length].copy()
+            return samples[start : start + length].copy(), start
         span = None
         if ex.span is not None:
             span = (int(ex.start_s * p.sample_rate), min(n, int(np.ceil(ex.end_s * p.sample_rate))))
@@ -199,7 +223,7 @@ class Loader:
                 for _ in range(self.augment.hard_negatives - 1)
             ]
             start = max(starts, key=lambda s: rms(samples[s : s + length]))
-        return samples[start : start + length].copy()
+        return samples[start : start + length].copy(), start
 
     def _mix(
         self, x: np.ndarray, label: int, *, rng: np.random.Generator
@@ -212,7 +236,7 @@ class Loader:
             return x, None
         other = self.examples[int(others[rng.integers(others.size)])]
         try:
-            y = self._cut(other, rng=rng)
+            y, _ = self._cut(other, rng=rng)
         except (EchoCamError, FileNotFoundError):
             return x, None
         n = min(x.shape[0], y.shape[0])

@@ -56,6 +56,7 @@ from echocam.train.labels import (
     with_background_class,
 )
 from echocam.train.mining import mine
+from echocam.train.outside import OutsideBoxes
 from echocam.train.predict import Mix, predict
 
 METRICS_NAME, CONFUSION_NAME = "metrics.json", "confusion.png"
@@ -460,16 +461,24 @@ def train_step(
     y: torch.Tensor,
     *,
     label_smoothing: float,
+    outside: OutsideBoxes | None = None,
+    outside_weight: float = 0.0,
 ) -> torch.Tensor:
     """One optimiser step on inputs ``x`` (b, 3, h, w) and labels ``y`` (b,) or targets
-    (b, classes); the loss.
+    (b, classes); the loss.  With ``outside``, plus ``outside_weight`` times the loss of the CAM
+    cells outside the batch's labelled boxes (:mod:`echocam.train.outside`).
 
     bf16 autocast for the forward on CUDA; the loss in float32, a detached 0-d tensor on the
     device (reading it waits for the step).
     """
     with torch.autocast("cuda", dtype=torch.bfloat16, enabled=x.device.type == "cuda"):
-        logits = net(x)
+        if outside is None:
+            logits = net(x)
+        else:
+            logits, features = HookedResNet18.around(net)(x)
     loss = F.cross_entropy(logits.float(), y, label_smoothing=label_smoothing)
+    if outside is not None:
+        loss = loss + outside_weight * outside.loss(features, net.fc)
     opt.zero_grad(set_to_none=True)
     loss.backward()
     opt.step()
@@ -539,6 +548,7 @@ def _epoch(
     n_batches = math.ceil(len(order) / loader.batch_size)
     bn_from = n_batches - math.ceil(config.bn_windows / loader.batch_size)
     bn = BatchNormAverage(net)
+    background = names.index(config.background_class) if config.background_class in names else None
     loss_sum, windows, wait = 0.0, 0, 0.0
     pending: tuple[torch.Tensor, int] | None = None  # the last step's loss, read a step later
     t0 = time.perf_counter()
@@ -571,7 +581,19 @@ def _epoch(
                 y = y.to(fe.device)
             else:
                 y = torch.tensor([w.label for w in batch], device=fe.device)
-            loss = train_step(net, opt, sched, x, y, label_smoothing=config.label_smoothing)
+            outside = None
+            if config.outside_box_loss > 0:
+                outside = OutsideBoxes(
+                    boxes=[w.boxes for w in batch],
+                    labels=[w.label for w in batch],
+                    frames=[1 + w.samples.shape[0] // loader.params.hop_length for w in batch],
+                    params=loader.params,
+                    background=background,
+                )
+            loss = train_step(
+                net, opt, sched, x, y, label_smoothing=config.label_smoothing,
+                outside=outside, outside_weight=config.outside_box_loss,
+            )  # fmt: skip
             # reading a loss waits for its step: read the previous one, so a GPU always has
             # this step queued while the host prepares the next batch
             if pending is not None:

@@ -257,6 +257,43 @@ def test_seeded_cpu_training_is_reproducible(species_data, tmp_path):
     assert run("a") == run("b")
 
 
+def test_the_outside_box_loss_trains_on_labelled_boxes_only(species_data, tmp_path):
+    """``--outside-box-loss`` changes a seeded run where the labels give the calls' boxes, and
+    leaves it bit for bit where they label whole recordings (no box: no cell is outside)."""
+    from echocam.explain.model import state_dict_sha256
+    from echocam.settings import Params, Settings
+    from echocam.train.config import TrainConfig
+    from echocam.train.loop import train
+
+    clips = species_data["held_clips"]
+    rows = {
+        "boxes": [
+            f"{c.name},{c.species},{k.start_s:.3f},{k.end_s:.3f},{k.low_hz:.0f},{k.high_hz:.0f}"
+            for c in clips
+            for k in c.calls
+        ]
+        + [f"{c.name},{c.species},,,," for c in clips if not c.calls],
+        "whole": [f"{c.name},{c.species},,,," for c in clips],
+    }
+
+    def run(labels: str, weight: float) -> str:
+        name = f"{labels}-{weight}"
+        csv_path = tmp_path / f"{labels}.csv"
+        header = "key,label,start_s,end_s,low_hz,high_hz"
+        csv_path.write_text("\n".join([header, *rows[labels]]) + "\n")
+        cfg = TrainConfig(
+            source=str(species_data["heldout"]), labels=str(csv_path),
+            out=str(tmp_path / name / "m.pt"), init="random", epochs=1, batch_size=6,
+            epoch_windows=6, val_fraction=0.0, seed=7, outside_box_loss=weight,
+        )  # fmt: skip
+        train(cfg, params=Params(), settings=Settings(threads=2), progress=False, log=print)
+        blob = torch.load(tmp_path / name / "m.pt", weights_only=True)
+        return state_dict_sha256(blob["state_dict"])
+
+    assert run("boxes", 1.0) != run("boxes", 0.0)
+    assert run("whole", 1.0) == run("whole", 0.0)
+
+
 @pytest.mark.training
 def test_a_background_class_made_of_the_background_recordings(species_data, tmp_path):
     """By default (``--background-class Background``), on a source without one, the
