@@ -117,10 +117,10 @@ class TrainConfig:
     )
     outside_box_loss: float = option(
         0.0,
-        "weight of a loss that trains the CAM cells away from every labelled box (--labels with "
-        "start_s,end_s[,low_hz,high_hz]) as the --background-class: the model must find its "
-        "species in the calls, not around them; every call in a labelled recording must be "
-        "boxed (0: off)",
+        "weight of a loss on the CAM cells away from every labelled box (--labels with "
+        "start_s,end_s[,low_hz,high_hz]): no species may score above the --background-class "
+        "there, so the model finds its species in the calls, not around them; every call in a "
+        "labelled recording must be boxed (0: off)",
     )
     patience: int = option(5, "epochs without a better validation macro-F1 before stopping")
     target_f1: float = option(

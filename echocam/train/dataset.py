@@ -25,7 +25,7 @@ from echocam.signal.frontend import FrontEnd
 from echocam.train.augment import apply_gain, crop_start, mask_db, mix_background, rms
 from echocam.train.config import Augment
 from echocam.train.decoded import Decoded
-from echocam.train.labels import Example
+from echocam.train.labels import Box, Example
 
 
 @dataclass
@@ -39,7 +39,7 @@ class Window:
     mixed: tuple[int, float] | None = None  # (label, share in [0, 1))
     #: the labelled boxes in the window (start_s, end_s from its start, low_hz, high_hz): none
     #: for a --background window, None where the labels give no boxes or a class was mixed in
-    boxes: tuple[tuple[float, float, float, float], ...] | None = None
+    boxes: tuple[Box, ...] | None = None
 
     def target(self, n_classes: int) -> np.ndarray:
         """The training target (n_classes,) float32: one-hot, or split between two classes."""
@@ -158,7 +158,7 @@ class Loader:
         #: chosen before the epoch (``echocam.train.mining``)
         self.starts: dict[int, int] = {}
         top_hz = min(params.fmax, params.sample_rate / 2)
-        self._boxes: dict[str, list[tuple[float, float, float, float]]] = {}
+        self._boxes: dict[str, list[Box]] = {}
         for e in self.examples:
             if (box := e.box(top_hz=top_hz)) is not None:
                 self._boxes.setdefault(e.recording, []).append(box)
@@ -188,9 +188,7 @@ class Loader:
                 x = apply_gain(x, float(rng.uniform(*aug.gain_db)))
         return Window(x, ex.label, index, mixed, None if mixed else boxes)
 
-    def _window_boxes(
-        self, ex: Example, *, start: int, length: int
-    ) -> tuple[tuple[float, float, float, float], ...] | None:
+    def _window_boxes(self, ex: Example, *, start: int, length: int) -> tuple[Box, ...] | None:
         """The labelled boxes of ``ex``'s recording that overlap its window at ``start``
         (samples), in the window's seconds; none for a --background recording, None where its
         labels give no box."""

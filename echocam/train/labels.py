@@ -18,6 +18,9 @@ import numpy as np
 
 from echocam.bucket.storage import Store
 
+#: A call's box: start_s, end_s, low_hz, high_hz.
+Box = tuple[float, float, float, float]
+
 
 @dataclass(frozen=True)
 class Example:
@@ -42,7 +45,7 @@ class Example:
         ``--background`` source's, whose keys may repeat the labelled source's."""
         return f"background:{self.key}" if self.background else self.key
 
-    def box(self, *, top_hz: float) -> tuple[float, float, float, float] | None:
+    def box(self, *, top_hz: float) -> Box | None:
         """(start_s, end_s, low_hz, high_hz) of a span, every frequency up to ``top_hz`` where
         the row gives none; None for a whole recording."""
         if self.start_s is None:

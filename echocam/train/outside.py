@@ -3,16 +3,14 @@
 Where the labels give boxes (a labels CSV's ``start_s,end_s[,low_hz,high_hz]``), every CAM cell
 of a training window that lies away from every labelled box must be no species: no species'
 logit may lie above the ``--background-class``'s (without one: the window's own class may lie
-above no other).  A
-cell's logits are the fc layer applied to that cell's layer4 features; their mean over the cells
-is the model's logits (global average pooling is linear), so a cell can be asked for a class as
-the window is.  This is "right for the right reasons" (Ross et al. 2017) on the CAM's own cells:
-the other birds and the noise around the labelled calls become dense negatives, where a
-background window is one negative.  Cells whose centre lies within one cell of a box are left
-out (their receptive field holds the call), as are windows without boxes (folder labels) and
-windows with another class mixed in.  Every call in a labelled recording must then be boxed: an
-unlabelled call is trained as no species.
-"""
+above no other).  A cell's logits are the fc layer applied to that cell's layer4 features; their
+mean over the cells is the model's logits (global average pooling is linear), so a cell can be
+asked for a class as the window is.  This is "right for the right reasons" (Ross et al. 2017)
+on the CAM's own cells: the other birds and the noise around the labelled calls become dense
+negatives, where a background window is one negative.  Cells whose centre lies within one cell
+of a box are left out (their receptive field holds the call), as are windows without boxes
+(folder labels) and windows with another class mixed in.  Every call in a labelled recording
+must then be boxed: an unlabelled call is trained as no species."""
 
 from __future__ import annotations
 
@@ -28,8 +26,7 @@ from echocam.explain.cam import CellGrid
 from echocam.explain.localise import Axes
 from echocam.settings import Params
 from echocam.signal.melscale import hz_to_mel
-
-Box = tuple[float, float, float, float]  # start_s, end_s (from the window's start), low_hz, high_hz
+from echocam.train.labels import Box
 
 
 def outside_cells(
