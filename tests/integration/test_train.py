@@ -257,6 +257,7 @@ def test_seeded_cpu_training_is_reproducible(species_data, tmp_path):
     assert run("a") == run("b")
 
 
+@pytest.mark.training
 def test_the_outside_box_loss_trains_on_labelled_boxes_only(species_data, tmp_path):
     """``--outside-box-loss`` changes a seeded run where the labels give the calls' boxes, and
     leaves it bit for bit where they label whole recordings (no box: no cell is outside)."""
