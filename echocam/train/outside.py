@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from echocam.explain.cam import CellGrid
+from echocam.explain.cam import CellGrid, class_activation_maps
 from echocam.explain.localise import Axes
 from echocam.settings import Params
 from echocam.signal.melscale import hz_to_mel
@@ -80,8 +80,10 @@ class OutsideBoxes:
         if not masks.any():
             return features.new_zeros(())
         mask = torch.from_numpy(masks).to(features.device)
-        cells = torch.einsum("bkhw,ck->bhwc", features.float(), fc.weight.float()) + fc.bias
-        chosen = cells[mask]  # (n, classes)
+        every = torch.arange(fc.out_features, device=features.device).expand(len(masks), -1)
+        cams = class_activation_maps(features, fc.weight, every)  # (b, classes, h, w)
+        cells = cams + fc.bias.float()[None, :, None, None]  # each cell's logits
+        chosen = cells.permute(0, 2, 3, 1)[mask]  # (n, classes)
         if self.background is not None:
             floor = chosen[:, self.background]
             others = torch.cat([chosen[:, : self.background], chosen[:, self.background + 1 :]], 1)
